@@ -1,0 +1,96 @@
+/**
+ * The typed surface of the native addon: the only file that knows its shape.
+ * Everything here is positional and unchecked for friendliness; lib/ validates
+ * arguments first and the addon re-checks only what could crash it.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+import { MobaError } from './errors.js';
+
+export interface NativeBuffer {
+  readonly bytes: number;
+  readonly disposed: boolean;
+  dispose(): void;
+}
+
+export interface NativeMemoryInfo {
+  free: number;
+  total: number;
+  used: number;
+}
+
+export interface NativeDevice {
+  readonly kind: 'cpu' | 'cuda';
+  readonly name: string;
+  /** "9.0" on CUDA, null on the CPU. */
+  readonly computeCapability: string | null;
+  memoryInfo(): NativeMemoryInfo;
+  alloc(bytes: number): NativeBuffer;
+  /** Converts `data` to `dtypeCode` and enqueues the upload. */
+  write(buffer: NativeBuffer, data: Float32Array | Float64Array | Int32Array | Uint16Array, dtypeCode: number): void;
+  read(buffer: NativeBuffer, dtypeCode: number, count: number): Promise<Float32Array | Int32Array>;
+  fill(buffer: NativeBuffer, count: number, elemBytes: 1 | 2 | 4, pattern: number): void;
+  copy(dst: NativeBuffer, dstOffset: number, src: NativeBuffer, srcOffset: number, bytes: number): void;
+  synchronize(): Promise<void>;
+  dispose(): void;
+  mobaGate(
+    q: NativeBuffer, k: NativeBuffer, out: NativeBuffer,
+    cuSeqlensQ: Int32Array, cuSeqlensK: Int32Array, dtypeCode: number,
+    numQHeads: number, numKVHeads: number, headDim: number, chunkSize: number, topK: number,
+  ): void;
+  /** chunkSize 0 selects dense attention (flashAttention). */
+  attention(
+    q: NativeBuffer, k: NativeBuffer, v: NativeBuffer, out: NativeBuffer, lse: NativeBuffer | null,
+    cuSeqlensQ: Int32Array, cuSeqlensK: Int32Array, dtypeCode: number,
+    numQHeads: number, numKVHeads: number, headDim: number,
+    softmaxScale: number, causal: boolean, chunkSize: number, topK: number,
+  ): void;
+}
+
+export interface CudaProbe {
+  /** The binary was built with nvcc. */
+  compiled: boolean;
+  usable: boolean;
+  deviceCount: number;
+  /** CUDA version the driver supports (e.g. 13000), 0 without a driver. */
+  driverVersion: number;
+  runtimeVersion: number;
+  reason: string;
+  /** GPU architectures compiled in, e.g. "80,86,89,90a,compute_90". */
+  archs: string;
+}
+
+export interface NativeAddon {
+  NativeDevice: new (kind: 'cpu' | 'cuda', index: number) => NativeDevice;
+  probeCuda(): CudaProbe;
+  setErrorClass(ctor: typeof MobaError): void;
+  version: string;
+}
+
+export const packageRoot = fileURLToPath(new URL('..', import.meta.url));
+
+let cached: NativeAddon | undefined;
+
+/** Loads the addon (prebuilds/ first, then build/), once. Throws ENOBINARY. */
+export function loadNative(): NativeAddon {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  let addon: NativeAddon;
+  try {
+    const load = require('node-gyp-build') as (dir: string) => NativeAddon;
+    addon = load(packageRoot);
+  } catch (cause) {
+    const reason = cause instanceof Error ? cause.message.split('\n')[0] : String(cause);
+    throw new MobaError(
+      'ENOBINARY',
+      `moba-cuda's native addon could not be loaded for ${process.platform}-${process.arch} ` +
+        `(Node ${process.versions.node}, N-API ${process.versions.napi}): ${reason}. ` +
+        `Build it with \`npm run build:native\` in ${packageRoot} (needs cmake and a C++ compiler; nvcc adds CUDA).`,
+      { cause },
+    );
+  }
+  addon.setErrorClass(MobaError);
+  cached = addon;
+  return addon;
+}

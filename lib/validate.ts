@@ -1,0 +1,153 @@
+/**
+ * Argument checks shared by every op. Each failure is an EINVAL MobaError
+ * naming the argument, what was expected and what was received.
+ */
+import type { Device } from './device.js';
+import { isFloat16Type } from './dtype.js';
+import { describeValue, invalidArgument, MobaError } from './errors.js';
+import { Tensor } from './tensor.js';
+
+export function checkOptions<T extends object>(options: unknown, arg = 'options'): T {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw invalidArgument(arg, 'an options object', options);
+  }
+  return options as T;
+}
+
+export function checkPositiveInt(value: unknown, arg: string, max = 2 ** 31 - 1): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > max) {
+    throw invalidArgument(arg, max < 2 ** 31 - 1 ? `a positive integer <= ${max}` : 'a positive integer', value);
+  }
+  return value;
+}
+
+export function checkBoolean(value: unknown, arg: string, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') throw invalidArgument(arg, 'a boolean', value);
+  return value;
+}
+
+export function checkSoftmaxScale(value: unknown, headDim: number): number {
+  if (value === undefined) return 1 / Math.sqrt(headDim);
+  if (typeof value !== 'number' || !Number.isFinite(value)) {
+    throw invalidArgument('softmaxScale', 'a finite number', value);
+  }
+  return value;
+}
+
+export function checkTensor(value: unknown, arg: string): Tensor {
+  if (!(value instanceof Tensor)) throw invalidArgument(arg, 'a Tensor', value);
+  value.assertLive(arg);
+  value.device.assertLive(arg);
+  return value;
+}
+
+/** Shapes of q, k (and v) in THD layout, checked against each other. */
+export interface QKVShape {
+  device: Device;
+  dtype: 'bf16' | 'f16';
+  totalQ: number;
+  totalK: number;
+  numQHeads: number;
+  numKVHeads: number;
+  headDim: number;
+}
+
+/** Head dims the CUDA kernels are instantiated for. */
+export const CUDA_HEAD_DIMS: readonly number[] = [64, 128];
+
+function check3d(t: Tensor, arg: string, layout: string): void {
+  if (t.shape.length !== 3) throw invalidArgument(`${arg}.shape`, `a 3-D shape ${layout}`, t.shape);
+}
+
+export function checkQKV(qv: unknown, kv: unknown, vv: unknown | undefined, withV: boolean): QKVShape {
+  const q = checkTensor(qv, 'q');
+  const k = checkTensor(kv, 'k');
+  if (!isFloat16Type(q.dtype)) throw invalidArgument('q.dtype', '"bf16" or "f16"', q.dtype);
+  check3d(q, 'q', '[totalQ, numQHeads, headDim]');
+  check3d(k, 'k', '[totalK, numKVHeads, headDim]');
+  if (k.device !== q.device) throw invalidArgument('k.device', `the device of q (${q.device})`, k.device.toString());
+  if (k.dtype !== q.dtype) throw invalidArgument('k.dtype', `the dtype of q ("${q.dtype}")`, k.dtype);
+  const [totalQ, numQHeads, headDim] = q.shape as [number, number, number];
+  const [totalK, numKVHeads, kDim] = k.shape as [number, number, number];
+  if (kDim !== headDim) throw invalidArgument('k.shape[2]', `the head dim of q (${headDim})`, kDim);
+  if (headDim < 1) throw invalidArgument('q.shape[2]', 'a positive head dim', headDim);
+  if (numKVHeads < 1 || numQHeads < 1 || numQHeads % numKVHeads !== 0) {
+    throw invalidArgument(
+      'k.shape[1]',
+      `a positive number of KV heads dividing the ${numQHeads} query heads of q`,
+      numKVHeads,
+    );
+  }
+  if (withV) {
+    const v = checkTensor(vv, 'v');
+    if (v.device !== q.device) throw invalidArgument('v.device', `the device of q (${q.device})`, v.device.toString());
+    if (v.dtype !== q.dtype) throw invalidArgument('v.dtype', `the dtype of q ("${q.dtype}")`, v.dtype);
+    if (v.shape.length !== 3 || v.shape.some((d, i) => d !== k.shape[i])) {
+      throw invalidArgument('v.shape', `the shape of k [${k.shape.join(', ')}]`, v.shape);
+    }
+  }
+  if (q.device.backend === 'cuda' && !CUDA_HEAD_DIMS.includes(headDim)) {
+    throw invalidArgument('q.shape[2]', `a head dim of ${CUDA_HEAD_DIMS.join(' or ')} on CUDA`, headDim);
+  }
+  return { device: q.device, dtype: q.dtype, totalQ, totalK, numQHeads, numKVHeads, headDim };
+}
+
+export interface Varlen {
+  cuSeqlensQ: Int32Array;
+  cuSeqlensK: Int32Array;
+  batch: number;
+  /** Longest key length of any sequence. */
+  maxSeqlenK: number;
+}
+
+function checkPrefixSums(value: unknown, arg: string, total: number, totalName: string, length?: number): Int32Array {
+  if (!(value instanceof Int32Array)) throw invalidArgument(arg, 'an Int32Array of prefix sums [batch+1]', value);
+  if (value.length < 2) throw invalidArgument(`${arg}.length`, 'at least 2 (batch + 1 with batch >= 1)', value.length);
+  if (length !== undefined && value.length !== length) {
+    throw invalidArgument(`${arg}.length`, `${length} (the length of cuSeqlensQ)`, value.length);
+  }
+  if (value[0] !== 0) throw invalidArgument(`${arg}[0]`, '0', value[0]);
+  for (let i = 1; i < value.length; i++) {
+    if (value[i]! < value[i - 1]!) {
+      throw invalidArgument(`${arg}[${i}]`, `a value >= ${arg}[${i - 1}] (${value[i - 1]})`, value[i]);
+    }
+  }
+  const last = value[value.length - 1]!;
+  if (last !== total) throw invalidArgument(`${arg}[${value.length - 1}]`, `${totalName} (${total})`, last);
+  return value;
+}
+
+export function checkVarlen(
+  options: { cuSeqlensQ?: unknown; cuSeqlensK?: unknown },
+  totalQ: number,
+  totalK: number,
+): Varlen {
+  const cuSeqlensQ = checkPrefixSums(options.cuSeqlensQ, 'cuSeqlensQ', totalQ, 'q.shape[0]');
+  const cuSeqlensK =
+    options.cuSeqlensK === undefined
+      ? checkPrefixSums(cuSeqlensQ, 'cuSeqlensQ', totalK, 'k.shape[0] (cuSeqlensK defaults to cuSeqlensQ)')
+      : checkPrefixSums(options.cuSeqlensK, 'cuSeqlensK', totalK, 'k.shape[0]', cuSeqlensQ.length);
+  const batch = cuSeqlensQ.length - 1;
+  let maxSeqlenK = 0;
+  for (let b = 0; b < batch; b++) {
+    const lq = cuSeqlensQ[b + 1]! - cuSeqlensQ[b]!;
+    const lk = cuSeqlensK[b + 1]! - cuSeqlensK[b]!;
+    if (lk < lq) {
+      throw invalidArgument(
+        `the key length of sequence ${b} (cuSeqlensK)`,
+        `at least its query length (${lq}): queries are the last positions of a sequence`,
+        lk,
+      );
+    }
+    if (lk > maxSeqlenK) maxSeqlenK = lk;
+  }
+  return { cuSeqlensQ, cuSeqlensK, batch, maxSeqlenK };
+}
+
+/** Index arithmetic in the kernels is 32-bit: keep every flat index below 2^31. */
+export function checkIndexRange(count: number, what: string): void {
+  if (count >= 2 ** 31) {
+    throw new MobaError('EINVAL', `Expected fewer than 2^31 elements for ${what} but received ${describeValue(count)}`);
+  }
+}

@@ -1,0 +1,88 @@
+#include "args.h"
+
+#include <cmath>
+
+#include "errors.h"
+
+namespace moba {
+
+int64_t argInt(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max) {
+  Napi::Value v = info[i];
+  if (!v.IsNumber()) throwInvalid(info.Env(), std::string("Expected an integer for ") + name + " but received a non-number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || d != std::floor(d) || d < static_cast<double>(min) || d > static_cast<double>(max)) {
+    throwInvalid(info.Env(), std::string("Expected an integer in [") + std::to_string(min) + ", " + std::to_string(max) +
+                                 "] for " + name + " but received " + std::to_string(d));
+  }
+  return static_cast<int64_t>(d);
+}
+
+double argNumber(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = info[i];
+  if (!v.IsNumber()) throwInvalid(info.Env(), std::string("Expected a number for ") + name);
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+bool argBool(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = info[i];
+  if (!v.IsBoolean()) throwInvalid(info.Env(), std::string("Expected a boolean for ") + name);
+  return v.As<Napi::Boolean>().Value();
+}
+
+DType argDType(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  int64_t code = argInt(info, i, name, 0, 3);
+  return static_cast<DType>(code);
+}
+
+BufferWrap* argOptionalBuffer(const Napi::CallbackInfo& info, size_t i, const char* name, const DeviceCore& core,
+                              size_t minBytes) {
+  if (info[i].IsNull() || info[i].IsUndefined()) return nullptr;
+  return argBuffer(info, i, name, core, minBytes);
+}
+
+BufferWrap* argBuffer(const Napi::CallbackInfo& info, size_t i, const char* name, const DeviceCore& core,
+                      size_t minBytes) {
+  BufferWrap* b = BufferWrap::unwrap(info[i]);
+  if (!b) throwInvalid(info.Env(), std::string("Expected a native buffer for ") + name);
+  if (b->freed()) throwStatus(info.Env(), Status::Error(ErrorCode::Disposed, std::string(name) + " has been disposed"));
+  if (b->core().get() != &core) throwInvalid(info.Env(), std::string(name) + " belongs to another device");
+  if (b->bytes() < minBytes) {
+    throwInvalid(info.Env(), std::string("Expected at least ") + std::to_string(minBytes) + " bytes for " + name +
+                                 " but received " + std::to_string(b->bytes()));
+  }
+  return b;
+}
+
+Napi::Int32Array argInt32Array(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = info[i];
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    throwInvalid(info.Env(), std::string("Expected an Int32Array for ") + name);
+  }
+  return v.As<Napi::Int32Array>();
+}
+
+Varlen argVarlen(const Napi::CallbackInfo& info, size_t iq, size_t ik) {
+  Napi::Env env = info.Env();
+  Napi::Int32Array q = argInt32Array(info, iq, "cuSeqlensQ");
+  Napi::Int32Array k = argInt32Array(info, ik, "cuSeqlensK");
+  if (q.ElementLength() < 2) throwInvalid(env, "Expected at least 2 entries for cuSeqlensQ");
+  if (k.ElementLength() != q.ElementLength()) throwInvalid(env, "Expected cuSeqlensK and cuSeqlensQ of equal length");
+  Varlen v;
+  v.batch = static_cast<int>(q.ElementLength() - 1);
+  v.cuSeqlensQ = q.Data();
+  v.cuSeqlensK = k.Data();
+  if (q[0] != 0 || k[0] != 0) throwInvalid(env, "Expected cuSeqlensQ[0] and cuSeqlensK[0] to be 0");
+  for (int b = 0; b < v.batch; ++b) {
+    if (q[b + 1] < q[b] || k[b + 1] < k[b]) throwInvalid(env, "Expected monotone cuSeqlensQ and cuSeqlensK");
+    int32_t lq = q[b + 1] - q[b];
+    int32_t lk = k[b + 1] - k[b];
+    if (lk < lq) throwInvalid(env, "Expected each sequence to have at least as many keys as queries");
+    if (lq > v.maxSeqlenQ) v.maxSeqlenQ = lq;
+    if (lk > v.maxSeqlenK) v.maxSeqlenK = lk;
+  }
+  v.totalQ = q[v.batch];
+  v.totalK = k[v.batch];
+  return v;
+}
+
+}  // namespace moba

@@ -1,0 +1,33 @@
+// Argument readers for the N-API methods. lib/ validates everything with
+// friendly messages first; these are the cheap re-checks that keep a direct
+// caller of the native surface from crashing the process.
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+
+#include "../common/dtype.h"
+#include "../common/params.h"
+#include "buffer_wrap.h"
+#include "device_core.h"
+
+namespace moba {
+
+int64_t argInt(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max);
+double argNumber(const Napi::CallbackInfo& info, size_t i, const char* name);
+bool argBool(const Napi::CallbackInfo& info, size_t i, const char* name);
+DType argDType(const Napi::CallbackInfo& info, size_t i, const char* name);
+// A live buffer of `core` holding at least `minBytes`.
+BufferWrap* argBuffer(const Napi::CallbackInfo& info, size_t i, const char* name, const DeviceCore& core,
+                      size_t minBytes);
+// Like argBuffer, but null/undefined gives nullptr.
+BufferWrap* argOptionalBuffer(const Napi::CallbackInfo& info, size_t i, const char* name, const DeviceCore& core,
+                              size_t minBytes);
+Napi::Int32Array argInt32Array(const Napi::CallbackInfo& info, size_t i, const char* name);
+
+// Reads cuSeqlensQ/K (Int32Array [batch+1]) and checks the invariants the
+// kernels rely on: start at 0, monotone, per sequence Lk >= Lq.
+Varlen argVarlen(const Napi::CallbackInfo& info, size_t iq, size_t ik);
+
+}  // namespace moba

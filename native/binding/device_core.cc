@@ -1,0 +1,58 @@
+#include "device_core.h"
+
+#include <vector>
+
+#include "buffer_wrap.h"
+#include "errors.h"
+
+namespace moba {
+
+DeviceCore::DeviceCore(Napi::Env env, std::unique_ptr<Backend> b) : backend(std::move(b)) {
+  tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function(), "moba-cuda completion", 0, 1);
+  tsfn.Unref(env);
+}
+
+DeviceCore::~DeviceCore() {
+  backend.reset();
+  tsfn.Release();
+}
+
+void DeviceCore::shutdown() {
+  std::vector<BufferWrap*> live(buffers.begin(), buffers.end());
+  for (BufferWrap* b : live) b->free();
+  buffers.clear();
+  backend.reset();  // drains the stream; its callbacks post to the TSFN
+}
+
+DeviceCore::Pending DeviceCore::newPending(Napi::Env env) {
+  auto* completion = new Completion{Napi::Promise::Deferred::New(env), shared_from_this(), Status::Ok(), nullptr};
+  if (pendingCount++ == 0) tsfn.Ref(env);
+  Napi::Promise promise = completion->deferred.Promise();
+  Napi::ThreadSafeFunction channel = tsfn;
+  auto settle = [completion, channel](const Status& status, ResultMaker make) mutable {
+    completion->status = status;
+    completion->make = std::move(make);
+    napi_status st = channel.BlockingCall(completion, [](Napi::Env env, Napi::Function, Completion* c) {
+      Napi::HandleScope scope(env);
+      DeviceCore& core = *c->core;
+      if (--core.pendingCount == 0) core.tsfn.Unref(env);
+      if (!c->status.ok()) {
+        c->deferred.Reject(makeError(env, c->status).Value());
+      } else {
+        try {
+          c->deferred.Resolve(c->make ? c->make(env) : env.Undefined());
+        } catch (const Napi::Error& e) {
+          c->deferred.Reject(e.Value());
+        }
+      }
+      delete c;
+    });
+    // On failure the environment is tearing down: the completion is leaked on
+    // purpose, since dropping its core reference here could destroy the
+    // backend from one of its own threads.
+    (void)st;
+  };
+  return {promise, settle};
+}
+
+}  // namespace moba

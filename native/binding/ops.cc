@@ -1,0 +1,87 @@
+// N-API entry points of the ops: read positional arguments (lib/native.ts
+// documents their order), re-check shapes against buffer sizes, enqueue.
+#include <cmath>
+
+#include "args.h"
+#include "device_wrap.h"
+#include "errors.h"
+
+namespace moba {
+namespace {
+
+HeadShape argHeads(const Napi::CallbackInfo& info, size_t i) {
+  HeadShape h;
+  h.numQHeads = static_cast<int>(argInt(info, i, "numQHeads", 1, 4096));
+  h.numKVHeads = static_cast<int>(argInt(info, i + 1, "numKVHeads", 1, 4096));
+  h.headDim = static_cast<int>(argInt(info, i + 2, "headDim", 1, 1024));
+  if (h.numQHeads % h.numKVHeads != 0) {
+    throwInvalid(info.Env(), "Expected numQHeads to be a multiple of numKVHeads but received " +
+                                 std::to_string(h.numQHeads) + " and " + std::to_string(h.numKVHeads));
+  }
+  return h;
+}
+
+DType argFloatDType(const Napi::CallbackInfo& info, size_t i) {
+  DType t = argDType(info, i, "dtype");
+  if (t != DType::BF16 && t != DType::F16) throwInvalid(info.Env(), "Expected bf16 or f16 for dtype");
+  return t;
+}
+
+size_t rows(int64_t tokens, int heads, int dim, DType t) {
+  return static_cast<size_t>(tokens) * heads * dim * dtypeSize(t);
+}
+
+}  // namespace
+
+// mobaGate(q, k, out, cuSeqlensQ, cuSeqlensK, dtype, numQHeads, numKVHeads, headDim, chunkSize, topK)
+Napi::Value DeviceWrap::mobaGate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceCore& c = core(info);
+  GateParams p;
+  p.varlen = argVarlen(info, 3, 4);
+  p.dtype = argFloatDType(info, 5);
+  p.heads = argHeads(info, 6);
+  p.chunkSize = static_cast<int>(argInt(info, 9, "chunkSize", 1, 1 << 30));
+  p.topK = static_cast<int>(argInt(info, 10, "topK", 1, 1 << 20));
+  const Varlen& v = p.varlen;
+  p.q = argBuffer(info, 0, "q", c, rows(v.totalQ, p.heads.numQHeads, p.heads.headDim, p.dtype))->data();
+  p.k = argBuffer(info, 1, "k", c, rows(v.totalK, p.heads.numKVHeads, p.heads.headDim, p.dtype))->data();
+  size_t outBytes = static_cast<size_t>(v.totalQ) * p.heads.numQHeads * p.topK * 4;
+  p.indices = static_cast<int32_t*>(argBuffer(info, 2, "out", c, outBytes)->data());
+  if (v.totalQ == 0) return env.Undefined();
+  Status s = c.backend->mobaGate(p);
+  if (!s.ok()) throwStatus(env, s);
+  return env.Undefined();
+}
+
+// attention(q, k, v, out, lse | null, cuSeqlensQ, cuSeqlensK, dtype, numQHeads, numKVHeads, headDim,
+//           softmaxScale, causal, chunkSize, topK); chunkSize 0 = dense attention.
+Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceCore& c = core(info);
+  AttentionParams p;
+  p.varlen = argVarlen(info, 5, 6);
+  p.dtype = argFloatDType(info, 7);
+  p.heads = argHeads(info, 8);
+  double scale = argNumber(info, 11, "softmaxScale");
+  if (!std::isfinite(scale)) throwInvalid(env, "Expected a finite number for softmaxScale");
+  p.softmaxScale = static_cast<float>(scale);
+  p.causal = argBool(info, 12, "causal");
+  p.chunkSize = static_cast<int>(argInt(info, 13, "chunkSize", 0, 1 << 30));
+  p.topK = static_cast<int>(argInt(info, 14, "topK", 0, 1 << 20));
+  if (p.chunkSize > 0 && p.topK < 1) throwInvalid(env, "Expected topK >= 1 for MoBA attention");
+  const Varlen& v = p.varlen;
+  const HeadShape& h = p.heads;
+  p.q = argBuffer(info, 0, "q", c, rows(v.totalQ, h.numQHeads, h.headDim, p.dtype))->data();
+  p.k = argBuffer(info, 1, "k", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();
+  p.v = argBuffer(info, 2, "v", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();
+  p.out = argBuffer(info, 3, "out", c, rows(v.totalQ, h.numQHeads, h.headDim, p.dtype))->data();
+  BufferWrap* lse = argOptionalBuffer(info, 4, "lse", c, static_cast<size_t>(v.totalQ) * h.numQHeads * 4);
+  p.lse = lse ? static_cast<float*>(lse->data()) : nullptr;
+  if (v.totalQ == 0) return env.Undefined();
+  Status s = c.backend->attention(p);
+  if (!s.ok()) throwStatus(env, s);
+  return env.Undefined();
+}
+
+}  // namespace moba

@@ -1,0 +1,158 @@
+// The CPU backend: "device memory" is aligned host memory, the stream is a
+// CpuStream and ops run on a thread pool with one thread per core.
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "../common/backend.h"
+#include "cpu_ops.h"
+#include "cpu_stream.h"
+#include "thread_pool.h"
+
+namespace moba {
+namespace {
+
+class HostStaging final : public Staging {
+ public:
+  explicit HostStaging(size_t bytes) : bytes_(bytes), data_(std::malloc(bytes ? bytes : 1)) {
+    if (!data_) throw std::bad_alloc();
+  }
+  ~HostStaging() override { std::free(data_); }
+  void* data() override { return data_; }
+  size_t size() const override { return bytes_; }
+
+ private:
+  size_t bytes_;
+  void* data_;
+};
+
+// Keeps the cuSeqlens arrays alive until the queued op has run.
+struct OwnedVarlen {
+  std::vector<int32_t> q, k;
+  explicit OwnedVarlen(Varlen& v) {
+    q.assign(v.cuSeqlensQ, v.cuSeqlensQ + v.batch + 1);
+    k.assign(v.cuSeqlensK, v.cuSeqlensK + v.batch + 1);
+    v.cuSeqlensQ = q.data();
+    v.cuSeqlensK = k.data();
+  }
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend() : pool_(static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+  ~CpuBackend() override = default;  // stream_ drains before pool_ goes (declaration order)
+
+  const char* kind() const override { return "cpu"; }
+  std::string name() const override {
+    return "CPU (" + std::to_string(pool_.size()) + " threads)";
+  }
+
+  MemoryInfo memoryInfo() override {
+    MemoryInfo info;
+    struct sysinfo si;
+    if (sysinfo(&si) == 0) {
+      info.total = static_cast<uint64_t>(si.totalram) * si.mem_unit;
+      info.free = static_cast<uint64_t>(si.freeram + si.bufferram) * si.mem_unit;
+    }
+    info.used = used_.load();
+    return info;
+  }
+
+  Status allocate(size_t bytes, void** ptr) override {
+    size_t rounded = ((bytes ? bytes : 1) + 63) & ~size_t(63);
+    void* p = std::aligned_alloc(64, rounded);
+    if (!p) {
+      return Status::Error(ErrorCode::Oom, "out of host memory allocating " + std::to_string(bytes) + " bytes");
+    }
+    used_ += bytes;
+    *ptr = p;
+    return Status::Ok();
+  }
+
+  void release(void* ptr, size_t bytes) override {
+    stream_.enqueue([this, ptr, bytes] {
+      std::free(ptr);
+      used_ -= bytes;
+      return Status::Ok();
+    });
+  }
+
+  std::unique_ptr<Staging> stage(size_t bytes) override { return std::make_unique<HostStaging>(bytes); }
+
+  Status enqueueUpload(void* dst, std::unique_ptr<Staging> staged) override {
+    std::shared_ptr<Staging> s(std::move(staged));
+    stream_.enqueue([dst, s] {
+      std::memcpy(dst, s->data(), s->size());
+      return Status::Ok();
+    });
+    return Status::Ok();
+  }
+
+  Status enqueueRead(const void* src, size_t, ReadCallback done) override {
+    stream_.enqueueObserver([src, done = std::move(done)](const Status& s) { done(s, src); });
+    return Status::Ok();
+  }
+
+  Status enqueueFill(void* dst, size_t count, int elemBytes, uint32_t pattern) override {
+    stream_.enqueue([=] {
+      if (elemBytes == 1) {
+        std::memset(dst, static_cast<int>(pattern & 0xff), count);
+      } else if (elemBytes == 2) {
+        auto* d = static_cast<uint16_t*>(dst);
+        std::fill(d, d + count, static_cast<uint16_t>(pattern));
+      } else {
+        auto* d = static_cast<uint32_t*>(dst);
+        std::fill(d, d + count, pattern);
+      }
+      return Status::Ok();
+    });
+    return Status::Ok();
+  }
+
+  Status enqueueCopy(void* dst, const void* src, size_t bytes) override {
+    stream_.enqueue([=] {
+      std::memmove(dst, src, bytes);
+      return Status::Ok();
+    });
+    return Status::Ok();
+  }
+
+  Status enqueueHost(HostCallback done) override {
+    stream_.enqueueObserver(std::move(done));
+    return Status::Ok();
+  }
+
+  Status mobaGate(const GateParams& params) override {
+    auto p = std::make_shared<GateParams>(params);
+    auto owned = std::make_shared<OwnedVarlen>(p->varlen);
+    stream_.enqueue([this, p, owned] { return cpuMobaGate(*p, pool_); });
+    return Status::Ok();
+  }
+
+  Status attention(const AttentionParams& params) override {
+    auto p = std::make_shared<AttentionParams>(params);
+    auto owned = std::make_shared<OwnedVarlen>(p->varlen);
+    stream_.enqueue([this, p, owned] { return cpuAttention(*p, pool_); });
+    return Status::Ok();
+  }
+
+ private:
+  ThreadPool pool_;
+  std::atomic<uint64_t> used_{0};
+  CpuStream stream_;  // declared last: destroyed first, so queued work finishes while pool_ lives
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> createCpuBackend(Status* status) {
+  *status = Status::Ok();
+  return std::make_unique<CpuBackend>();
+}
+
+}  // namespace moba

@@ -1,0 +1,51 @@
+// MoBA block selection on the CPU, shared by the gate op and the attention
+// op: block centroids and the per-query top-k over complete past blocks.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "../common/params.h"
+#include "thread_pool.h"
+
+namespace moba {
+
+// Centroids of every block of every sequence, fp32 [totalBlocks, numKVHeads, headDim].
+struct Centroids {
+  std::vector<float> data;
+  std::vector<int32_t> cuBlocks;  // [batch+1] prefix sums of ceil(Lk / chunkSize)
+};
+
+Centroids computeCentroids(const void* k, DType dtype, const Varlen& v, const HeadShape& h, int chunkSize,
+                           ThreadPool& pool);
+
+// Selects the blocks of query position `t` (head `h`) into `out[0..topK)`:
+// ascending, -1 padded. `q` is the query row in fp32, `centroids` points at
+// block 0 of the sequence for this query's KV head (stride between blocks:
+// `blockStride` floats). `scratch` is reused between calls.
+struct ScoredBlock {
+  float score;
+  int32_t block;
+};
+void selectBlocks(const float* q, const float* centroids, size_t blockStride, int headDim, int64_t t, int chunkSize,
+                  int topK, std::vector<ScoredBlock>& scratch, int32_t* out);
+
+// Sequence index of every query row, so parallel chunks can start anywhere.
+std::vector<int32_t> sequenceOfRows(const Varlen& v);
+
+// Widens `count` elements of a bf16/f16 row to fp32.
+void loadRow(const void* base, DType dtype, size_t offset, int count, float* dst);
+
+inline float dotF32(const float* a, const float* b, int n) {
+  // Eight independent partial sums let the compiler vectorize without -ffast-math.
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  }
+  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+}  // namespace moba
