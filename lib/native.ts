@@ -72,14 +72,23 @@ export const packageRoot = fileURLToPath(new URL('..', import.meta.url));
 
 let cached: NativeAddon | undefined;
 
-/** Loads the addon (prebuilds/ first, then build/), once. Throws ENOBINARY. */
+/**
+ * Loads the addon once: the file named by MOBA_NATIVE_PATH when set (for
+ * trying out a build elsewhere), else prebuilds/ first, then build/.
+ * Throws ENOBINARY when none loads.
+ */
 export function loadNative(): NativeAddon {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
   let addon: NativeAddon;
   try {
-    const load = require('node-gyp-build') as (dir: string) => NativeAddon;
-    addon = load(packageRoot);
+    const explicit = process.env.MOBA_NATIVE_PATH;
+    if (explicit) {
+      addon = require(explicit) as NativeAddon;
+    } else {
+      const load = require('node-gyp-build') as (dir: string) => NativeAddon;
+      addon = load(packageRoot);
+    }
   } catch (cause) {
     const reason = cause instanceof Error ? cause.message.split('\n')[0] : String(cause);
     throw new MobaError(
