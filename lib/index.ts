@@ -14,5 +14,16 @@ export {
   type FlashAttentionOptions,
   type MobaAttentionOptions,
 } from './attention.js';
+export {
+  KVCache,
+  KVPlan,
+  MAX_DECODE_TOKENS,
+  type KVCacheOptions,
+  type KVCacheUsage,
+  type PlanEntry,
+  type PlanOptions,
+  type PlannedSequence,
+} from './kv-cache.js';
+export { MobaAttention, type DecodePolicy, type MobaAttentionLayerOptions } from './moba-layer.js';
 export { buildInfo, type BuildInfo } from './info.js';
 export * as reference from './reference/index.js';

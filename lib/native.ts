@@ -46,6 +46,50 @@ export interface NativeDevice {
     numQHeads: number, numKVHeads: number, headDim: number,
     softmaxScale: number, causal: boolean, chunkSize: number, topK: number,
   ): void;
+  /**
+   * Internal, for tests of the CUDA gate only (not part of the public API):
+   * runs mobaGate into `out` and also builds the CSR lists the sparse
+   * attention kernels consume (native/kernels/common/moba_lists.h), copying
+   * them into the given i32 buffers: cuBlocksOut [batch+1], segmentOffsetsOut
+   * [totalBlocks*numQHeads+1], entriesOut and entryOfOut [numQHeads*totalQ*(topK-1)].
+   * The CPU backend throws EINVAL.
+   */
+  mobaGateLists(
+    q: NativeBuffer, k: NativeBuffer, out: NativeBuffer,
+    cuSeqlensQ: Int32Array, cuSeqlensK: Int32Array, dtypeCode: number,
+    numQHeads: number, numKVHeads: number, headDim: number, chunkSize: number, topK: number,
+    cuBlocksOut: NativeBuffer, segmentOffsetsOut: NativeBuffer, entriesOut: NativeBuffer, entryOfOut: NativeBuffer,
+  ): void;
+  /**
+   * Paged KV cache ops (lib/kv-cache.ts). `meta` is an i32 buffer; segments
+   * are [page, slot, row, count] quadruples starting at int offset segOffset.
+   * The trailing (dtype ... headDim) arguments describe the page pool.
+   */
+  kvAppend(
+    pool: NativeBuffer, keySums: NativeBuffer, k: NativeBuffer, v: NativeBuffer,
+    meta: NativeBuffer, segOffset: number, numSegments: number, numRows: number,
+    dtypeCode: number, numPages: number, numLayers: number, layer: number,
+    numKVHeads: number, pageSize: number, headDim: number,
+  ): void;
+  kvGather(
+    pool: NativeBuffer, k: NativeBuffer, v: NativeBuffer,
+    meta: NativeBuffer, segOffset: number, numSegments: number, numRows: number,
+    dtypeCode: number, numPages: number, numLayers: number, layer: number,
+    numKVHeads: number, pageSize: number, headDim: number,
+  ): void;
+  /**
+   * Decode over the cache; meta at infoOffset holds qStart[batch], qLen[batch],
+   * kvLen[batch], pageIndptr[batch+1], then numPageIndices page indices.
+   * policy: 0 full, 1 moba. counters: zeroed i32 buffer for split-KV (CUDA).
+   */
+  decodeAttention(
+    q: NativeBuffer, out: NativeBuffer, pool: NativeBuffer, keySums: NativeBuffer,
+    meta: NativeBuffer, infoOffset: number, batch: number, numPageIndices: number, counters: NativeBuffer | null,
+    numRows: number, numQHeads: number, maxQLen: number, maxKvLen: number, sumKvLen: number,
+    softmaxScale: number, policy: number, chunkSize: number, topK: number,
+    dtypeCode: number, numPages: number, numLayers: number, layer: number,
+    numKVHeads: number, pageSize: number, headDim: number,
+  ): void;
 }
 
 export interface CudaProbe {

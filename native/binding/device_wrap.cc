@@ -25,6 +25,10 @@ Napi::Function DeviceWrap::defineClass(Napi::Env env) {
                          InstanceMethod<&DeviceWrap::dispose>("dispose"),
                          InstanceMethod<&DeviceWrap::mobaGate>("mobaGate"),
                          InstanceMethod<&DeviceWrap::attention>("attention"),
+                         InstanceMethod<&DeviceWrap::mobaGateLists>("mobaGateLists"),
+                         InstanceMethod<&DeviceWrap::kvAppend>("kvAppend"),
+                         InstanceMethod<&DeviceWrap::kvGather>("kvGather"),
+                         InstanceMethod<&DeviceWrap::decodeAttention>("decodeAttention"),
                      });
 }
 

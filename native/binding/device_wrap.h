@@ -18,6 +18,12 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
   // Ops live in ops.cc.
   Napi::Value mobaGate(const Napi::CallbackInfo& info);
   Napi::Value attention(const Napi::CallbackInfo& info);
+  // Internal (tests of the CUDA gate's lists); ops_gate_lists.cc.
+  Napi::Value mobaGateLists(const Napi::CallbackInfo& info);
+  // Paged KV cache ops live in ops_kv.cc.
+  Napi::Value kvAppend(const Napi::CallbackInfo& info);
+  Napi::Value kvGather(const Napi::CallbackInfo& info);
+  Napi::Value decodeAttention(const Napi::CallbackInfo& info);
 
  private:
   DeviceCore& core(const Napi::CallbackInfo& info);  // throws EDISPOSED after dispose()

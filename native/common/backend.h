@@ -63,6 +63,23 @@ class Backend {
   // Ops (DESIGN.md section 1). Arguments were validated by the callers above.
   virtual Status mobaGate(const GateParams& p) = 0;
   virtual Status attention(const AttentionParams& p) = 0;
+  // Paged KV cache ops (lib/kv-cache.ts).
+  virtual Status kvAppend(const KVAppendParams& p) = 0;
+  virtual Status kvGather(const KVGatherParams& p) = 0;
+  virtual Status decodeAttention(const DecodeParams& p) = 0;
+
+  // Internal, for tests of the CUDA gate: runs the gate's CSR list builder
+  // (native/kernels/common/moba_lists.h) and copies its arrays into `out`
+  // (device buffers sized by the caller). Only the CUDA backend has lists.
+  struct GateListsOut {
+    int32_t* cuBlocks = nullptr;        // [batch+1]
+    int32_t* segmentOffsets = nullptr;  // [totalBlocks * numQHeads + 1]
+    int32_t* entries = nullptr;         // [numQHeads * totalQ * (topK-1)], valid up to segmentOffsets[last]
+    int32_t* entryOf = nullptr;         // [numQHeads * totalQ * (topK-1)]
+  };
+  virtual Status mobaGateLists(const GateParams&, const GateListsOut&) {
+    return Status::Invalid("mobaGateLists (internal) is only available on the CUDA backend");
+  }
 };
 
 std::unique_ptr<Backend> createCpuBackend(Status* status);

@@ -56,4 +56,95 @@ struct AttentionParams {
   int topK = 0;
 };
 
+// The paged KV cache (lib/kv-cache.ts): one page pool shared by all layers.
+// A page holds `pageSize` consecutive tokens of one sequence for every layer;
+// within a (page, layer) K and V are stored per KV head, so one head's slice
+// of a page is contiguous ("HND"): a decode CTA streams it with 16-byte loads.
+struct PagedKV {
+  DType dtype = DType::BF16;
+  void* pool = nullptr;      // [numPages, numLayers, 2 (K, V), numKVHeads, pageSize, headDim]
+  float* keySums = nullptr;  // [numPages, numLayers, numKVHeads, headDim] fp32 sum of the page's keys
+  int numPages = 0;
+  int numLayers = 0;
+  int layer = 0;             // the layer this op reads or writes
+  int numKVHeads = 0;
+  int pageSize = 0;
+  int headDim = 0;
+
+  // Element offsets (in dtype units) for the selected layer.
+  int64_t pageStride() const { return static_cast<int64_t>(numLayers) * 2 * numKVHeads * pageSize * headDim; }
+  int64_t layerOffset() const { return static_cast<int64_t>(layer) * 2 * numKVHeads * pageSize * headDim; }
+  int64_t vOffset() const { return static_cast<int64_t>(numKVHeads) * pageSize * headDim; }
+  // Float offsets into keySums for the selected layer.
+  int64_t sumsPageStride() const { return static_cast<int64_t>(numLayers) * numKVHeads * headDim; }
+  int64_t sumsLayerOffset() const { return static_cast<int64_t>(layer) * numKVHeads * headDim; }
+};
+
+// A run of consecutive tokens of one sequence that lies in one page: the unit
+// of work of kvAppend and kvGather. Stored as 4 int32 in device metadata.
+//   page:  the page index in the pool
+//   slot:  first slot in the page (0 <= slot, slot + count <= pageSize)
+//   row:   first row of the contiguous [rows, numKVHeads, headDim] side
+//   count: number of tokens
+constexpr int kSegmentInts = 4;
+
+// kvAppend: copies new K/V rows into their pages and updates the page key
+// sums (a segment starting at slot 0 resets its page's sums first).
+struct KVAppendParams {
+  PagedKV kv;
+  const void* k = nullptr;           // [numRows, numKVHeads, headDim]
+  const void* v = nullptr;           // [numRows, numKVHeads, headDim]
+  int numRows = 0;
+  const int32_t* segments = nullptr; // [numSegments, 4] device metadata
+  int numSegments = 0;
+};
+
+// kvGather: copies cached tokens out of their pages into contiguous rows
+// (chunked prefill reads K/V this way before the contiguous attention op).
+struct KVGatherParams {
+  PagedKV kv;
+  void* k = nullptr;                 // [numRows, numKVHeads, headDim]
+  void* v = nullptr;                 // [numRows, numKVHeads, headDim]
+  int numRows = 0;
+  const int32_t* segments = nullptr; // [numSegments, 4] device metadata
+  int numSegments = 0;
+};
+
+// Most query tokens per sequence the decode kernels take (speculative decoding).
+constexpr int kMaxDecodeTokens = 8;
+
+enum class DecodePolicy : int { Full = 0, Moba = 1 };
+
+// decodeAttention over the paged cache (DESIGN.md section 1, decode): each
+// sequence brings 1..kMaxDecodeTokens query rows whose K/V are already in the
+// cache; its queries are the last qLen positions of its kvLen cached tokens.
+// Device metadata `seqInfo` for `batch` sequences, int32, back to back:
+//   qStart     [batch]   first row of the sequence in q / out
+//   qLen       [batch]   1..kMaxDecodeTokens
+//   kvLen      [batch]   cached tokens, new ones included (>= qLen)
+//   pageIndptr [batch+1] prefix sums into pageIndices (pageIndptr[0] may be > 0)
+//   pageIndices[numPageIndices] page of each sequence's i-th pageSize tokens
+struct DecodeParams {
+  PagedKV kv;
+  const void* q = nullptr;  // [numRows, numQHeads, headDim]
+  void* out = nullptr;      // [numRows, numQHeads, headDim]; rows of other sequences untouched
+  int numRows = 0;
+  int numQHeads = 0;
+  int batch = 0;
+  const int32_t* seqInfo = nullptr;      // device metadata, layout above
+  const int32_t* pageIndices = nullptr;  // == seqInfo + 4 * batch + 1
+  int numPageIndices = 0;
+  // Host facts about the batch (exact), used to size grids and workspace.
+  int maxQLen = 0;
+  int maxKvLen = 0;
+  int64_t sumKvLen = 0;
+  float softmaxScale = 0.f;
+  DecodePolicy policy = DecodePolicy::Full;
+  int chunkSize = 0;  // moba: block size, a multiple of pageSize
+  int topK = 0;       // moba
+  // Split-KV completion counters (CUDA): zero before the op, zero after it.
+  int32_t* counters = nullptr;
+  int numCounters = 0;
+};
+
 }  // namespace moba

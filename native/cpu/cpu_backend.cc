@@ -12,6 +12,7 @@
 
 #include "../common/backend.h"
 #include "cpu_ops.h"
+#include "cpu_kv.h"
 #include "cpu_stream.h"
 #include "thread_pool.h"
 
@@ -139,6 +140,23 @@ class CpuBackend final : public Backend {
     auto p = std::make_shared<AttentionParams>(params);
     auto owned = std::make_shared<OwnedVarlen>(p->varlen);
     stream_.enqueue([this, p, owned] { return cpuAttention(*p, pool_); });
+    return Status::Ok();
+  }
+
+  // KV cache ops: their Params hold only device (here: host) pointers, so a
+  // copy of the struct is all the queued task needs.
+  Status kvAppend(const KVAppendParams& params) override {
+    stream_.enqueue([this, p = params] { return cpuKvAppend(p, pool_); });
+    return Status::Ok();
+  }
+
+  Status kvGather(const KVGatherParams& params) override {
+    stream_.enqueue([this, p = params] { return cpuKvGather(p, pool_); });
+    return Status::Ok();
+  }
+
+  Status decodeAttention(const DecodeParams& params) override {
+    stream_.enqueue([this, p = params] { return cpuDecodeAttention(p, pool_); });
     return Status::Ok();
   }
 

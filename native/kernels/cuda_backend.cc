@@ -14,6 +14,7 @@
 
 #include "../common/backend.h"
 #include "common/cuda_context.h"
+#include "gate.h"
 #include "ops.h"
 
 #ifndef MOBA_CUDA_ARCHS
@@ -274,6 +275,42 @@ class CudaBackend final : public Backend, public CudaContext {
   Status attention(const AttentionParams& p) override {
     cudaSetDevice(device_);
     return attentionLaunch(p, *this);
+  }
+
+  Status kvAppend(const KVAppendParams& p) override {
+    cudaSetDevice(device_);
+    return kvAppendLaunch(p, *this);
+  }
+
+  Status kvGather(const KVGatherParams& p) override {
+    cudaSetDevice(device_);
+    return kvGatherLaunch(p, *this);
+  }
+
+  Status decodeAttention(const DecodeParams& p) override {
+    cudaSetDevice(device_);
+    return decodeLaunch(p, *this);
+  }
+
+  // Internal (tests): the gate's CSR lists, copied out of the workspace.
+  Status mobaGateLists(const GateParams& p, const GateListsOut& out) override {
+    cudaSetDevice(device_);
+    Status st;
+    size_t bytes = mobaListsWorkspaceBytes(p, &st);
+    MOBA_RETURN_IF_ERROR(st);
+    void* ws = nullptr;
+    MOBA_RETURN_IF_ERROR(scratch(bytes, &ws));
+    MobaLists lists;
+    MOBA_RETURN_IF_ERROR(mobaListsLaunch(p, *this, ws, &lists));
+    const size_t items = static_cast<size_t>(lists.maxEntries) * sizeof(int32_t);
+    MOBA_RETURN_IF_ERROR(enqueueCopy(out.cuBlocks, lists.cuBlocks, sizeof(int32_t) * (p.varlen.batch + 1)));
+    MOBA_RETURN_IF_ERROR(
+        enqueueCopy(out.segmentOffsets, lists.segmentOffsets, sizeof(int32_t) * (lists.numSegments + size_t{1})));
+    if (items > 0) {
+      MOBA_RETURN_IF_ERROR(enqueueCopy(out.entries, lists.entries, items));
+      MOBA_RETURN_IF_ERROR(enqueueCopy(out.entryOf, lists.entryOf, items));
+    }
+    return Status::Ok();
   }
 
   // CudaContext

@@ -8,5 +8,8 @@ namespace moba {
 
 Status gateLaunch(const GateParams& p, CudaContext& ctx);
 Status attentionLaunch(const AttentionParams& p, CudaContext& ctx);
+Status kvAppendLaunch(const KVAppendParams& p, CudaContext& ctx);
+Status kvGatherLaunch(const KVGatherParams& p, CudaContext& ctx);
+Status decodeLaunch(const DecodeParams& p, CudaContext& ctx);
 
 }  // namespace moba

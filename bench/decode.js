@@ -1,0 +1,209 @@
+// Decode over the paged KV cache: achieved bandwidth of 'full' decode against
+// the device copy bandwidth measured in the same run, 'moba' decode against
+// 'full' at long context, and the host cost of one decode step.
+//
+//   npm run bench -- decode [--page-size 16] [--moba-page-sizes 16,64] [--quick]
+//
+// Shape: 32 query heads, 8 KV heads, head dim 128, bf16; one new token per
+// sequence, so each step reads the whole cached K and V once.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { KVCache, MobaAttention, openDevice } from '../dist/index.js';
+
+const args = process.argv.slice(2);
+const opt = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const quick = args.includes('--quick');
+const pageSize = Number(opt('--page-size', '16'));
+const mobaPageSizes = opt('--moba-page-sizes', '16,64').split(',').map(Number);
+const HQ = 32;
+const HKV = 8;
+const D = 128;
+const FILL_ROWS = 8192;
+
+const device = openDevice({ backend: quick ? 'auto' : 'cuda' });
+console.log(`device: ${device.name}${device.computeCapability ? ` (sm ${device.computeCapability})` : ''}`);
+
+/** Standard normal samples (Box-Muller), a fixed seed: the bench needs non-zero data, not fresh data. */
+function randn(n, seed) {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const x = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(1 - next()));
+    const w = 2 * Math.PI * next();
+    x[i] = r * Math.cos(w);
+    if (i + 1 < n) x[i + 1] = r * Math.sin(w);
+  }
+  return x;
+}
+
+/** Median of `reps` timings, each the mean over `iters` back-to-back runs (GPU time when the host keeps ahead). */
+async function timeOp(fn, { iters, reps = 5, warmup = 3 }) {
+  for (let i = 0; i < warmup; i++) fn();
+  await device.synchronize();
+  const gpu = [];
+  const host = [];
+  for (let r = 0; r < reps; r++) {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < iters; i++) fn();
+    const t1 = process.hrtime.bigint();
+    await device.synchronize();
+    const t2 = process.hrtime.bigint();
+    gpu.push(Number(t2 - t0) / 1e3 / iters);
+    host.push(Number(t1 - t0) / 1e3 / iters);
+  }
+  const med = (x) => x.sort((p, q) => p - q)[Math.floor(x.length / 2)];
+  return { us: med(gpu), hostUs: med(host) };
+}
+
+function copyBandwidth() {
+  const elems = quick ? 1 << 22 : 1 << 29; // 2 GiB of f32 per buffer
+  const src = device.empty([elems], 'f32');
+  const dst = device.empty([elems], 'f32');
+  device.native.fill(src.buffer, elems, 4, 0x3f8ccccd);
+  const bytes = elems * 4;
+  return timeOp(() => device.native.copy(dst.buffer, 0, src.buffer, 0, bytes), { iters: quick ? 5 : 20 }).then((t) => {
+    src.dispose();
+    dst.dispose();
+    return { ...t, tbps: (2 * bytes) / t.us / 1e6 };
+  });
+}
+
+/** A cache holding `batch` sequences of `context` tokens (random K/V), the decode plan of one more token each. */
+async function buildCache(batch, context, pageSizeHere, extraTokens = 0) {
+  const pagesPerSeq = Math.ceil((context + 1 + extraTokens) / pageSizeHere);
+  const cache = new KVCache(device, {
+    numLayers: 1, numPages: batch * pagesPerSeq + 8, pageSize: pageSizeHere, numKVHeads: HKV, headDim: D, dtype: 'bf16',
+  });
+  const k = device.tensor(randn(FILL_ROWS * HKV * D, 1), { dtype: 'bf16', shape: [FILL_ROWS, HKV, D] });
+  const v = device.tensor(randn(FILL_ROWS * HKV * D, 2), { dtype: 'bf16', shape: [FILL_ROWS, HKV, D] });
+  const seqs = Array.from({ length: batch }, () => cache.addSequence());
+  // Fill in plans of FILL_ROWS rows: whole sequences or FILL_ROWS-token pieces of one.
+  const queue = seqs.map((seq) => ({ seq, left: context }));
+  while (queue.length > 0) {
+    const entries = [];
+    let rows = 0;
+    while (queue.length > 0 && rows < FILL_ROWS) {
+      const head = queue[0];
+      const n = Math.min(head.left, FILL_ROWS - rows);
+      entries.push({ seq: head.seq, newTokens: n });
+      rows += n;
+      head.left -= n;
+      if (head.left === 0) queue.shift();
+    }
+    const plan = cache.plan(entries, { maxDecodeTokens: 0 });
+    if (rows === FILL_ROWS) {
+      cache.append(0, plan, k, v);
+    } else {
+      const kk = device.tensor(randn(rows * HKV * D, 3), { dtype: 'bf16', shape: [rows, HKV, D] });
+      cache.append(0, plan, kk, kk);
+      kk.dispose();
+    }
+  }
+  k.dispose();
+  v.dispose();
+  const plan = cache.plan(seqs.map((seq) => ({ seq, newTokens: 1 })));
+  const k1 = device.tensor(randn(batch * HKV * D, 4), { dtype: 'bf16', shape: [batch, HKV, D] });
+  cache.append(0, plan, k1, k1);
+  k1.dispose();
+  const q = device.tensor(randn(batch * HQ * D, 5), { dtype: 'bf16', shape: [batch, HQ, D] });
+  await device.synchronize();
+  return { cache, plan, q, kvBytes: batch * (context + 1) * HKV * D * 2 * 2 };
+}
+
+function layer(decode, chunkSize = 512, topK = 3) {
+  return new MobaAttention(device, { numQHeads: HQ, numKVHeads: HKV, headDim: D, chunkSize, topK, decode, dtype: 'bf16' });
+}
+
+async function timeDecode(env, l) {
+  const expected = quick ? 1000 : Math.max(20, env.kvBytes / 3.5e6); // microseconds at ~3.5 TB/s
+  // At most 600 ops per timing: more would fill the launch queue and make the host wait.
+  const iters = Math.max(20, Math.min(600, Math.round(200000 / expected)));
+  return timeOp(() => l.attend(env.cache, 0, env.plan, env.q).dispose(), { iters });
+}
+
+const results = { device: device.name, copy: null, full: [], moba: [], host: null };
+results.copy = await copyBandwidth();
+console.log(`device copy: ${results.copy.tbps.toFixed(2)} TB/s (read + write)`);
+
+const shapes = quick ? [[1, 4096], [4, 1024]] : [[1, 131072], [64, 4096], [16, 32768]];
+const full = layer('full');
+const rows = [];
+for (const [batch, context] of shapes) {
+  const env = await buildCache(batch, context, pageSize);
+  const t = await timeDecode(env, full);
+  const tbps = env.kvBytes / t.us / 1e6;
+  const r = { batch, context, pageSize, us: t.us, hostUs: t.hostUs, tbps, ofCopy: tbps / results.copy.tbps };
+  results.full.push(r);
+  rows.push([`full ${batch} x ${context}`, pageSize, t.us.toFixed(1), tbps.toFixed(2), `${(100 * r.ofCopy).toFixed(1)}%`, t.hostUs.toFixed(1)]);
+  env.plan.dispose();
+  env.q.dispose();
+  env.cache.dispose();
+}
+
+const mobaShape = quick ? [1, 8192] : [1, 131072];
+for (const ps of mobaPageSizes) {
+  const env = await buildCache(mobaShape[0], mobaShape[1], ps);
+  const f = await timeDecode(env, full);
+  const moba = layer('moba');
+  const m = await timeDecode(env, moba);
+  const r = { batch: mobaShape[0], context: mobaShape[1], pageSize: ps, chunkSize: 512, topK: 3, fullUs: f.us, mobaUs: m.us,
+    mobaHostUs: m.hostUs, speedup: f.us / m.us };
+  results.moba.push(r);
+  rows.push([`full ${mobaShape[0]} x ${mobaShape[1]}`, ps, f.us.toFixed(1), (env.kvBytes / f.us / 1e6).toFixed(2),
+    `${((100 * env.kvBytes) / f.us / 1e6 / results.copy.tbps).toFixed(1)}%`, f.hostUs.toFixed(1)]);
+  rows.push([`moba (512, 3) ${mobaShape[0]} x ${mobaShape[1]}`, ps, m.us.toFixed(1), `${r.speedup.toFixed(1)}x faster`, '', m.hostUs.toFixed(1)]);
+  moba.dispose();
+  env.plan.dispose();
+  env.q.dispose();
+  env.cache.dispose();
+}
+
+// Host cost of a small decode step: plan(), then forward() (append + attention) and attend() alone.
+{
+  const batch = 4;
+  const n = quick ? 50 : 400;
+  const env = await buildCache(batch, 1024, pageSize, n);
+  const q = env.q;
+  const kv = device.tensor(randn(batch * HKV * D, 6), { dtype: 'bf16', shape: [batch, HKV, D] });
+  const seqs = env.plan.sequences.map((s) => s.seq);
+  const entries = seqs.map((seq) => ({ seq, newTokens: 1 }));
+  env.plan.dispose();
+  const cache = env.cache;
+  const t0 = process.hrtime.bigint();
+  let plan;
+  for (let i = 0; i < n; i++) plan = cache.plan(entries);
+  const planUs = Number(process.hrtime.bigint() - t0) / 1e3 / n;
+  const fwd = await timeOp(() => full.forward(cache, 0, plan, q, kv, kv).dispose(), { iters: n, warmup: 5 });
+  const att = await timeOp(() => full.attend(cache, 0, plan, q).dispose(), { iters: n, warmup: 5 });
+  results.host = { batch, context: 1024, planUs, forwardHostUs: fwd.hostUs, forwardUs: fwd.us, attendHostUs: att.hostUs, attendUs: att.us };
+  rows.push([`host: plan() of ${batch} seqs`, pageSize, '', '', '', planUs.toFixed(1)]);
+  rows.push([`host: forward() (append + decode)`, pageSize, fwd.us.toFixed(1), '', '', fwd.hostUs.toFixed(1)]);
+  rows.push([`host: attend() (decode op)`, pageSize, att.us.toFixed(1), '', '', att.hostUs.toFixed(1)]);
+  kv.dispose();
+  q.dispose();
+  cache.dispose();
+}
+
+const header = ['case', 'page', 'us/step', 'TB/s (KV read)', 'of copy', 'host us/call'];
+const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+const line = (r) => r.map((c, i) => String(c).padEnd(widths[i])).join(' | ');
+console.log(`\n${line(header)}\n${widths.map((w) => '-'.repeat(w)).join('-|-')}`);
+for (const r of rows) console.log(line(r));
+
+const here = dirname(fileURLToPath(import.meta.url));
+const outDir = process.env.OUT ?? join(here, 'results');
+mkdirSync(outDir, { recursive: true });
+writeFileSync(join(outDir, 'decode.json'), JSON.stringify(results, null, 1));
+device.dispose();

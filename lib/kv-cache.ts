@@ -1,0 +1,636 @@
+/**
+ * The paged KV cache (DESIGN.md sections 1 and 2): one device-resident pool of
+ * pages shared by every layer and every sequence, with the page bookkeeping
+ * (free list, reference counts for forks, page tables) on the host.
+ *
+ * A page holds `pageSize` consecutive tokens of one sequence, for all layers:
+ * K and V (`[numLayers, 2, numKVHeads, pageSize, headDim]` per page, in the
+ * cache dtype) and an fp32 sum of the page's keys per (layer, KV head), from
+ * which MoBA decode builds block centroids without re-reading keys.
+ *
+ * Plan/run, as FlashInfer: `plan(batch)` reserves pages for the new tokens of
+ * a step (all or nothing), builds every page table and index array once and
+ * uploads them in one copy; every layer then runs with that plan.
+ */
+import type { Device } from './device.js';
+import { DTYPE_BYTES, DTYPE_CODE } from './dtype.js';
+import { invalidArgument, MobaError } from './errors.js';
+import type { Tensor } from './tensor.js';
+import { checkOptions, checkPositiveInt, checkTensor, CUDA_HEAD_DIMS } from './validate.js';
+
+/** Most new tokens of one sequence that the decode kernels take (speculative decoding). */
+export const MAX_DECODE_TOKENS = 8;
+
+export interface KVCacheOptions {
+  /** Layers whose K/V live in the pool (each plan serves all of them). */
+  numLayers: number;
+  /** Pages in the pool; the pool is allocated once, at construction. */
+  numPages: number;
+  /** Tokens per page. MoBA layers need it to divide their chunkSize. */
+  pageSize: number;
+  numKVHeads: number;
+  /** 64 or 128 on CUDA; any positive multiple of 8 on the CPU. */
+  headDim: number;
+  dtype: 'bf16' | 'f16';
+}
+
+export interface KVCacheUsage {
+  numPages: number;
+  usedPages: number;
+  freePages: number;
+  /** Pages referenced by more than one sequence (shared by forks). */
+  sharedPages: number;
+  pageSize: number;
+  /** Device bytes of one page: K and V of every layer plus the fp32 key sums. */
+  bytesPerPage: number;
+  totalBytes: number;
+  usedBytes: number;
+  numSequences: number;
+  /** Cached tokens summed over sequences (a shared prefix counts once per sequence). */
+  numTokens: number;
+}
+
+/** One sequence of a step: `newTokens` tokens are appended after its cached ones. */
+export interface PlanEntry {
+  seq: number;
+  newTokens: number;
+}
+
+export interface PlanOptions {
+  /**
+   * Sequences bringing at most this many new tokens are decode rows (decode
+   * kernels, the layer's decode policy); longer ones are prefill rows (MoBA
+   * over the whole sequence). 0 to 8, default 8.
+   */
+  maxDecodeTokens?: number;
+}
+
+interface Sequence {
+  pages: number[];
+  length: number;
+}
+
+/** Where one planned sequence's rows are. */
+export interface PlannedSequence {
+  readonly seq: number;
+  /** Tokens cached before this step. */
+  readonly start: number;
+  readonly newTokens: number;
+  /** First row of this sequence in q, k, v and the output. */
+  readonly row: number;
+  /** True when its rows go to the decode kernels. */
+  readonly decode: boolean;
+}
+
+/** @internal The decode sub-batch of a plan (metadata layout: see DecodeParams in native/common/params.h). */
+export interface DecodePart {
+  batch: number;
+  infoOffset: number;
+  numPageIndices: number;
+  maxQLen: number;
+  maxKvLen: number;
+  sumKvLen: number;
+}
+
+/** @internal The prefill sub-batch: gathered into contiguous K/V, then attended like a one-shot prefill. */
+export interface PrefillPart {
+  batch: number;
+  gatherOffset: number;
+  numGatherSegments: number;
+  /** [batch+1] new tokens per prefill sequence. */
+  cuSeqlensQ: Int32Array;
+  /** [batch+1] all tokens (cached + new) per prefill sequence. */
+  cuSeqlensK: Int32Array;
+  maxSeqlenK: number;
+  /** Runs of consecutive prefill rows: [input row, prefill row, count] triples. */
+  rowRuns: number[];
+  /** The prefill rows are exactly all rows of the plan, in order. */
+  allRows: boolean;
+}
+
+const SEGMENT_INTS = 4;
+
+/**
+ * A step's batch over a KVCache. Valid until the cache's next plan(),
+ * fork() or free(); each layer uses it once (append, then attention).
+ * plan() has already advanced the sequences' lengths: run the plan on every
+ * layer before the next plan(), fork() or free(), or those tokens stay unwritten.
+ */
+export class KVPlan {
+  readonly cache: KVCache;
+  /** Rows of q, k, v and the output: the new tokens of all sequences, in batch order. */
+  readonly numRows: number;
+  readonly sequences: readonly PlannedSequence[];
+  /** @internal */
+  readonly meta: Tensor;
+  /** @internal */
+  readonly appendOffset: number;
+  /** @internal */
+  readonly numAppendSegments: number;
+  /** @internal */
+  readonly decode: DecodePart | null;
+  /** @internal */
+  readonly prefill: PrefillPart | null;
+  /** @internal */
+  readonly generation: number;
+  #workspace = new Map<string, Tensor>();
+  #disposed = false;
+
+  /** @internal */
+  constructor(
+    cache: KVCache, numRows: number, sequences: PlannedSequence[], meta: Tensor, numAppendSegments: number,
+    decode: DecodePart | null, prefill: PrefillPart | null, generation: number,
+  ) {
+    this.cache = cache;
+    this.numRows = numRows;
+    this.sequences = Object.freeze(sequences.map((s) => Object.freeze(s)));
+    this.meta = meta;
+    this.appendOffset = 0;
+    this.numAppendSegments = numAppendSegments;
+    this.decode = decode;
+    this.prefill = prefill;
+    this.generation = generation;
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /**
+   * @internal Workspace reused by every layer of this plan (work on the stream
+   * is ordered, so one layer's use ends before the next begins).
+   */
+  workspace(name: string, shape: readonly number[], dtype: 'bf16' | 'f16'): Tensor {
+    const key = `${name}:${dtype}:${shape.join('x')}`;
+    let t = this.#workspace.get(key);
+    if (!t) {
+      t = this.cache.device.output(shape, dtype);
+      this.#workspace.set(key, t);
+    }
+    return t;
+  }
+
+  /** Frees the plan's device metadata and workspace (after queued work). Idempotent. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.meta.dispose();
+    for (const t of this.#workspace.values()) t.dispose();
+    this.#workspace.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+function checkDtype16(value: unknown, arg: string): 'bf16' | 'f16' {
+  if (value !== 'bf16' && value !== 'f16') throw invalidArgument(arg, '"bf16" or "f16"', value);
+  return value;
+}
+
+/**
+ * The paged KV cache. Sequences are integer ids; `addSequence()` makes an
+ * empty one, `fork(seq)` one that shares `seq`'s pages (copy on write of the
+ * partly filled last page), `free(seq)` returns pages no sequence uses.
+ */
+export class KVCache {
+  readonly device: Device;
+  readonly numLayers: number;
+  readonly numPages: number;
+  readonly pageSize: number;
+  readonly numKVHeads: number;
+  readonly headDim: number;
+  readonly dtype: 'bf16' | 'f16';
+  /** @internal */
+  readonly dtypeCode: number;
+  /** @internal [numPages, numLayers, 2, numKVHeads, pageSize, headDim] */
+  readonly pool: Tensor;
+  /** @internal [numPages, numLayers, numKVHeads, headDim] fp32 */
+  readonly keySums: Tensor;
+  #refs: Int32Array;
+  #free: number[] = [];
+  #seqs = new Map<number, Sequence>();
+  #nextId = 0;
+  #generation = 0;
+  #plan: KVPlan | null = null;
+  #disposed = false;
+
+  constructor(device: Device, options: KVCacheOptions) {
+    if (device === null || typeof device !== 'object' || typeof (device as Device).assertLive !== 'function') {
+      throw invalidArgument('device', 'a Device', device);
+    }
+    device.assertLive('new KVCache()');
+    const o = checkOptions<KVCacheOptions>(options);
+    this.device = device;
+    this.numLayers = checkPositiveInt(o.numLayers, 'numLayers', 65536);
+    this.numPages = checkPositiveInt(o.numPages, 'numPages');
+    this.pageSize = checkPositiveInt(o.pageSize, 'pageSize', 1 << 20);
+    this.numKVHeads = checkPositiveInt(o.numKVHeads, 'numKVHeads', 4096);
+    this.headDim = checkPositiveInt(o.headDim, 'headDim', 1024);
+    this.dtype = checkDtype16(o.dtype, 'dtype');
+    this.dtypeCode = DTYPE_CODE[this.dtype];
+    if (device.backend === 'cuda' && !CUDA_HEAD_DIMS.includes(this.headDim)) {
+      throw invalidArgument('headDim', `a head dim of ${CUDA_HEAD_DIMS.join(' or ')} on CUDA`, this.headDim);
+    }
+    if (this.headDim % 8 !== 0) throw invalidArgument('headDim', 'a multiple of 8', this.headDim);
+    const tokensPerLayer = this.numPages * this.pageSize;
+    if (tokensPerLayer > 2 ** 31 - 1) {
+      throw invalidArgument('numPages * pageSize', 'fewer than 2^31 tokens', tokensPerLayer);
+    }
+    this.#refs = new Int32Array(this.numPages);
+    for (let p = this.numPages - 1; p >= 0; p--) this.#free.push(p);
+    this.pool = device.output(
+      [this.numPages, this.numLayers, 2, this.numKVHeads, this.pageSize, this.headDim], this.dtype);
+    try {
+      this.keySums = device.output([this.numPages, this.numLayers, this.numKVHeads, this.headDim], 'f32');
+    } catch (err) {
+      this.pool.dispose();
+      throw err;
+    }
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Number of live sequences. */
+  get numSequences(): number {
+    return this.#seqs.size;
+  }
+
+  /** A new empty sequence; returns its id. */
+  addSequence(): number {
+    this.assertLive('addSequence()');
+    const id = this.#nextId++;
+    this.#seqs.set(id, { pages: [], length: 0 });
+    return id;
+  }
+
+  /**
+   * A new sequence with the same cached tokens as `seq`, sharing its pages.
+   * Writes of either sequence are never seen by the other: a shared,
+   * partly filled last page is copied when either appends to it.
+   * Invalidates the current plan.
+   */
+  fork(seq: number): number {
+    this.assertLive('fork()');
+    const s = this.sequence(seq, 'seq');
+    const id = this.#nextId++;
+    for (const p of s.pages) this.#refs[p]!++;
+    this.#seqs.set(id, { pages: [...s.pages], length: s.length });
+    this.invalidatePlan();
+    return id;
+  }
+
+  /** Drops a sequence; pages no other sequence uses become free. Invalidates the current plan. */
+  free(seq: number): void {
+    this.assertLive('free()');
+    const s = this.sequence(seq, 'seq');
+    for (const p of s.pages) this.releasePage(p);
+    this.#seqs.delete(seq);
+    this.invalidatePlan();
+  }
+
+  /** Whether `seq` is a live sequence of this cache. */
+  has(seq: number): boolean {
+    return this.#seqs.has(seq);
+  }
+
+  /** Tokens cached for `seq` (new tokens of a plan count from plan()). */
+  length(seq: number): number {
+    return this.sequence(seq, 'seq').length;
+  }
+
+  /** The page of each pageSize tokens of `seq`, in order (a copy). */
+  pageTable(seq: number): Int32Array {
+    return Int32Array.from(this.sequence(seq, 'seq').pages);
+  }
+
+  usage(): KVCacheUsage {
+    const usedPages = this.numPages - this.#free.length;
+    let sharedPages = 0;
+    for (let p = 0; p < this.numPages; p++) if (this.#refs[p]! > 1) sharedPages++;
+    let numTokens = 0;
+    for (const s of this.#seqs.values()) numTokens += s.length;
+    const bytesPerPage =
+      this.numLayers * this.numKVHeads * this.headDim * (2 * this.pageSize * DTYPE_BYTES[this.dtype] + 4);
+    return {
+      numPages: this.numPages,
+      usedPages,
+      freePages: this.#free.length,
+      sharedPages,
+      pageSize: this.pageSize,
+      bytesPerPage,
+      totalBytes: bytesPerPage * this.numPages,
+      usedBytes: bytesPerPage * usedPages,
+      numSequences: this.#seqs.size,
+      numTokens,
+    };
+  }
+
+  /**
+   * Plans one step: reserves pages for each entry's new tokens (all or
+   * nothing: ECAPACITY when the pool is short, and then nothing changes),
+   * advances the sequences' lengths and uploads the step's metadata.
+   * Rows of q, k, v for the step are the entries' new tokens in this order.
+   */
+  plan(batch: readonly PlanEntry[], options: PlanOptions = {}): KVPlan {
+    this.assertLive('plan()');
+    const o = checkOptions<PlanOptions>(options);
+    const maxDecode = o.maxDecodeTokens ?? MAX_DECODE_TOKENS;
+    if (typeof maxDecode !== 'number' || !Number.isInteger(maxDecode) || maxDecode < 0 || maxDecode > MAX_DECODE_TOKENS) {
+      throw invalidArgument('maxDecodeTokens', `an integer in [0, ${MAX_DECODE_TOKENS}]`, maxDecode);
+    }
+    if (!Array.isArray(batch) || batch.length === 0) {
+      throw invalidArgument('batch', 'a non-empty array of { seq, newTokens }', batch);
+    }
+    const S = this.pageSize;
+    const seen = new Set<number>();
+    const seqs: Sequence[] = [];
+    let needPages = 0;
+    let numRows = 0;
+    // Metadata length, known before anything is committed so that its
+    // allocation is the last thing that can fail.
+    let metaInts = 0;
+    let numDecode = 0;
+    let prefillTokens = 0;
+    const sharedWriters = new Map<number, number>();
+    for (let i = 0; i < batch.length; i++) {
+      const e = batch[i];
+      if (e === null || typeof e !== 'object') throw invalidArgument(`batch[${i}]`, 'an object { seq, newTokens }', e);
+      const s = typeof e.seq === 'number' ? this.#seqs.get(e.seq) : undefined;
+      if (!s) throw invalidArgument(`batch[${i}].seq`, 'the id of a live sequence of this cache', e.seq);
+      if (seen.has(e.seq)) throw invalidArgument(`batch[${i}].seq`, 'a sequence not already in the batch', e.seq);
+      seen.add(e.seq);
+      const n = e.newTokens;
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) {
+        throw invalidArgument(`batch[${i}].newTokens`, 'a positive integer', n);
+      }
+      if (s.length + n > this.numPages * S) {
+        throw invalidArgument(`batch[${i}].newTokens`, `at most ${this.numPages * S - s.length} (the pool's tokens per sequence)`, n);
+      }
+      const pagesAfter = Math.ceil((s.length + n) / S);
+      needPages += pagesAfter - s.pages.length;
+      if (this.needsCopy(s)) {
+        const last = s.pages[s.pages.length - 1]!;
+        sharedWriters.set(last, (sharedWriters.get(last) ?? 0) + 1);
+      }
+      numRows += n;
+      metaInts += (pagesAfter - Math.floor(s.length / S)) * SEGMENT_INTS;
+      if (n <= maxDecode) {
+        numDecode++;
+        metaInts += 4 + pagesAfter;
+      } else {
+        prefillTokens += s.length + n;
+        metaInts += pagesAfter * SEGMENT_INTS;
+      }
+      seqs.push(s);
+    }
+    if (numDecode > 0) metaInts += 1;
+    // A shared partial page written by k sequences of the batch needs k copies,
+    // or k - 1 when they are all of its sharers (the last one keeps it).
+    for (const [page, k] of sharedWriters) needPages += k < this.#refs[page]! ? k : k - 1;
+    if (numRows > 2 ** 31 - 1) throw invalidArgument('batch', 'fewer than 2^31 new tokens in all', numRows);
+    if (prefillTokens > 2 ** 31 - 1) {
+      throw invalidArgument('batch', 'fewer than 2^31 tokens in all prefill sequences', prefillTokens);
+    }
+    if (needPages > this.#free.length) {
+      throw new MobaError(
+        'ECAPACITY',
+        `The KV cache is full: this batch needs ${needPages} free pages but only ${this.#free.length} of ` +
+          `${this.numPages} are free; nothing was changed (free sequences or make a larger cache)`,
+      );
+    }
+    const metaTensor = this.device.output([metaInts], 'i32');
+    // From here on nothing can fail: commit.
+    this.invalidatePlan();
+    for (const s of seqs) {
+      if (this.needsCopy(s)) this.copyLastPage(s);
+    }
+    const planned: PlannedSequence[] = [];
+    const meta = new Int32Array(metaInts);
+    let at = 0;
+    let row = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const s = seqs[i]!;
+      const n = batch[i]!.newTokens;
+      const start = s.length;
+      while (s.pages.length * S < start + n) {
+        const p = this.#free.pop()!;
+        this.#refs[p] = 1;
+        s.pages.push(p);
+      }
+      for (let pos = start; pos < start + n;) {
+        const slot = pos % S;
+        const count = Math.min(S - slot, start + n - pos);
+        meta[at++] = s.pages[Math.floor(pos / S)]!;
+        meta[at++] = slot;
+        meta[at++] = row + pos - start;
+        meta[at++] = count;
+        pos += count;
+      }
+      s.length = start + n;
+      planned.push({ seq: batch[i]!.seq, start, newTokens: n, row, decode: n <= maxDecode });
+      row += n;
+    }
+    return this.buildPlan(planned, seqs, meta, at / SEGMENT_INTS, numRows, metaTensor);
+  }
+
+  /**
+   * Writes the new K/V of a plan's rows into layer `layer` (k, v:
+   * [plan.numRows, numKVHeads, headDim]) and updates that layer's page key
+   * sums. MobaAttention.forward() calls it; call it directly when attention
+   * runs separately (MobaAttention.attend()).
+   */
+  append(layer: number, plan: KVPlan, k: Tensor, v: Tensor): void {
+    this.checkPlan(plan);
+    this.checkLayer(layer);
+    this.checkRows(k, 'k', plan.numRows);
+    this.checkRows(v, 'v', plan.numRows);
+    this.enqueueAppend(layer, plan, k, v);
+  }
+
+  /** Frees the pool and the current plan's metadata. Idempotent. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#plan?.dispose();
+    this.#plan = null;
+    this.pool.dispose();
+    this.keySums.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** @internal */
+  enqueueAppend(layer: number, plan: KVPlan, k: Tensor, v: Tensor): void {
+    this.device.native.kvAppend(
+      this.pool.buffer, this.keySums.buffer, k.buffer, v.buffer,
+      plan.meta.buffer, plan.appendOffset, plan.numAppendSegments, plan.numRows,
+      this.dtypeCode, this.numPages, this.numLayers, layer, this.numKVHeads, this.pageSize, this.headDim,
+    );
+  }
+
+  /** @internal Gathers the prefill sequences' cached K/V (new tokens included) into contiguous rows. */
+  enqueueGather(layer: number, plan: KVPlan, k: Tensor, v: Tensor): void {
+    const pre = plan.prefill!;
+    this.device.native.kvGather(
+      this.pool.buffer, k.buffer, v.buffer, plan.meta.buffer, pre.gatherOffset, pre.numGatherSegments,
+      pre.cuSeqlensK[pre.batch]!,
+      this.dtypeCode, this.numPages, this.numLayers, layer, this.numKVHeads, this.pageSize, this.headDim,
+    );
+  }
+
+  /** @internal */
+  checkPlan(plan: unknown, arg = 'plan'): KVPlan {
+    this.assertLive('a plan');
+    if (!(plan instanceof KVPlan) || plan.cache !== this) throw invalidArgument(arg, 'a KVPlan of this cache', plan);
+    if (plan.disposed || plan !== this.#plan || plan.generation !== this.#generation) {
+      throw new MobaError(
+        'EINVAL',
+        `Expected the current plan of this cache for ${arg} but received a stale one ` +
+          '(a later plan(), fork() or free() replaced it)',
+      );
+    }
+    return plan;
+  }
+
+  /** @internal */
+  checkLayer(layer: unknown): number {
+    if (typeof layer !== 'number' || !Number.isInteger(layer) || layer < 0 || layer >= this.numLayers) {
+      throw invalidArgument('layerIndex', `an integer in [0, ${this.numLayers - 1}]`, layer);
+    }
+    return layer;
+  }
+
+  /** @internal Checks a [rows, numKVHeads, headDim] tensor of the cache dtype on the cache device. */
+  checkRows(value: unknown, arg: string, rows: number): Tensor {
+    const t = checkTensor(value, arg);
+    if (t.device !== this.device) throw invalidArgument(`${arg}.device`, `the cache's device (${this.device})`, t.device.toString());
+    if (t.dtype !== this.dtype) throw invalidArgument(`${arg}.dtype`, `the cache dtype ("${this.dtype}")`, t.dtype);
+    const sh = t.shape;
+    if (sh.length !== 3 || sh[0] !== rows || sh[1] !== this.numKVHeads || sh[2] !== this.headDim) {
+      throw invalidArgument(
+        `${arg}.shape`, `[${rows}, ${this.numKVHeads}, ${this.headDim}] ([plan.numRows, numKVHeads, headDim])`, sh);
+    }
+    return t;
+  }
+
+  /** @internal */
+  assertLive(what: string): void {
+    if (this.#disposed) throw new MobaError('EDISPOSED', `Cannot use ${what}: the KV cache has been disposed`);
+    this.device.assertLive(what);
+  }
+
+  private sequence(seq: unknown, arg: string): Sequence {
+    const s = typeof seq === 'number' ? this.#seqs.get(seq) : undefined;
+    if (!s) throw invalidArgument(arg, 'the id of a live sequence of this cache', seq);
+    return s;
+  }
+
+  /** A shared page that is only partly filled must be copied before this sequence writes to it. */
+  private needsCopy(s: Sequence): boolean {
+    return s.length % this.pageSize !== 0 && this.#refs[s.pages[s.pages.length - 1]!]! > 1;
+  }
+
+  /** Copy on write: gives `s` its own copy of its last page (K, V and key sums of all layers). */
+  private copyLastPage(s: Sequence): void {
+    const old = s.pages[s.pages.length - 1]!;
+    const p = this.#free.pop()!;
+    this.#refs[p] = 1;
+    this.#refs[old]!--;
+    s.pages[s.pages.length - 1] = p;
+    const kvBytes = this.pool.byteLength / this.numPages;
+    const sumBytes = this.keySums.byteLength / this.numPages;
+    this.device.native.copy(this.pool.buffer, p * kvBytes, this.pool.buffer, old * kvBytes, kvBytes);
+    this.device.native.copy(this.keySums.buffer, p * sumBytes, this.keySums.buffer, old * sumBytes, sumBytes);
+  }
+
+  private releasePage(p: number): void {
+    if (--this.#refs[p]! === 0) this.#free.push(p);
+  }
+
+  private invalidatePlan(): void {
+    this.#generation++;
+    this.#plan?.dispose();
+    this.#plan = null;
+  }
+
+  /** Writes the decode and prefill parts of the metadata after the append segments, uploads it. */
+  private buildPlan(
+    planned: PlannedSequence[], seqs: Sequence[], meta: Int32Array, numAppendSegments: number, numRows: number,
+    metaTensor: Tensor,
+  ): KVPlan {
+    const S = this.pageSize;
+    let at = numAppendSegments * SEGMENT_INTS;
+    const dec: number[] = [];
+    const pre: number[] = [];
+    planned.forEach((p, i) => (p.decode ? dec : pre).push(i));
+    let decode: DecodePart | null = null;
+    if (dec.length > 0) {
+      // qStart[n], qLen[n], kvLen[n], pageIndptr[n+1], pageIndices[...]
+      const n = dec.length;
+      const infoOffset = at;
+      let numPageIndices = 0;
+      let maxQLen = 0;
+      let maxKvLen = 0;
+      let sumKvLen = 0;
+      meta[infoOffset + 3 * n] = 0;
+      for (let b = 0; b < n; b++) {
+        const p = planned[dec[b]!]!;
+        const s = seqs[dec[b]!]!;
+        meta[infoOffset + b] = p.row;
+        meta[infoOffset + n + b] = p.newTokens;
+        meta[infoOffset + 2 * n + b] = s.length;
+        const pagesAt = infoOffset + 4 * n + 1 + numPageIndices;
+        for (let j = 0; j < s.pages.length; j++) meta[pagesAt + j] = s.pages[j]!;
+        numPageIndices += s.pages.length;
+        meta[infoOffset + 3 * n + b + 1] = numPageIndices;
+        maxQLen = Math.max(maxQLen, p.newTokens);
+        maxKvLen = Math.max(maxKvLen, s.length);
+        sumKvLen += s.length;
+      }
+      at = infoOffset + 4 * n + 1 + numPageIndices;
+      decode = { batch: n, infoOffset, numPageIndices, maxQLen, maxKvLen, sumKvLen };
+    }
+    let prefill: PrefillPart | null = null;
+    if (pre.length > 0) {
+      const n = pre.length;
+      const gatherOffset = at;
+      const cuSeqlensQ = new Int32Array(n + 1);
+      const cuSeqlensK = new Int32Array(n + 1);
+      const rowRuns: number[] = [];
+      let maxSeqlenK = 0;
+      for (let b = 0; b < n; b++) {
+        const p = planned[pre[b]!]!;
+        const s = seqs[pre[b]!]!;
+        cuSeqlensQ[b + 1] = cuSeqlensQ[b]! + p.newTokens;
+        cuSeqlensK[b + 1] = cuSeqlensK[b]! + s.length;
+        maxSeqlenK = Math.max(maxSeqlenK, s.length);
+        for (let j = 0; j * S < s.length; j++) {
+          meta[at++] = s.pages[j]!;
+          meta[at++] = 0;
+          meta[at++] = cuSeqlensK[b]! + j * S;
+          meta[at++] = Math.min(S, s.length - j * S);
+        }
+        const last = rowRuns.length - 3;
+        if (last >= 0 && rowRuns[last]! + rowRuns[last + 2]! === p.row) {
+          rowRuns[last + 2]! += p.newTokens;
+        } else {
+          rowRuns.push(p.row, cuSeqlensQ[b]!, p.newTokens);
+        }
+      }
+      const numGatherSegments = (at - gatherOffset) / SEGMENT_INTS;
+      const allRows = rowRuns.length === 3 && rowRuns[0] === 0 && rowRuns[2] === numRows;
+      prefill = { batch: n, gatherOffset, numGatherSegments, cuSeqlensQ, cuSeqlensK, maxSeqlenK, rowRuns, allRows };
+    }
+    if (at !== meta.length) throw new Error(`internal: plan metadata is ${at} ints, sized ${meta.length}`);
+    this.device.native.write(metaTensor.buffer, meta, DTYPE_CODE.i32);
+    const plan = new KVPlan(this, numRows, planned, metaTensor, numAppendSegments, decode, prefill, this.#generation);
+    this.#plan = plan;
+    return plan;
+  }
+}

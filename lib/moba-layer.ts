@@ -1,0 +1,191 @@
+/**
+ * MobaAttention: the attention of one transformer layer over the paged KV
+ * cache, for a planned batch in which every sequence brings new tokens
+ * (prefill and decode mixed). forward() appends the new K/V, then sends
+ *  - decode rows (sequences with at most plan's maxDecodeTokens new tokens)
+ *    to the paged decode kernels, with the layer's decode policy: 'full'
+ *    causal attention over the whole cache (default, the MoBA paper's
+ *    choice) or 'moba' (the gate over the cache from page key sums, reading
+ *    only the selected blocks);
+ *  - prefill rows to MoBA over the whole sequence (dense when every prefill
+ *    sequence has at most topK blocks, which is the same result): the cached
+ *    K/V are gathered through the page table and attended like a one-shot
+ *    prefill, so chunked prefill equals prefill of the whole sequence.
+ * Outputs come back in the input row order. Like every op it only enqueues.
+ */
+import type { Device } from './device.js';
+import { DTYPE_CODE } from './dtype.js';
+import { invalidArgument } from './errors.js';
+import { MAX_TOP_K } from './gating.js';
+import { KVCache, type KVPlan } from './kv-cache.js';
+import type { Tensor } from './tensor.js';
+import { checkOptions, checkPositiveInt, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS } from './validate.js';
+
+export type DecodePolicy = 'full' | 'moba';
+
+export interface MobaAttentionLayerOptions {
+  numQHeads: number;
+  numKVHeads: number;
+  headDim: number;
+  /** MoBA block size in tokens; the cache's pageSize must divide it. */
+  chunkSize: number;
+  /** Blocks per query, its own block included. */
+  topK: number;
+  /** Attention of decode rows: 'full' (default) or 'moba'. */
+  decode?: DecodePolicy;
+  dtype: 'bf16' | 'f16';
+  /** Default 1/sqrt(headDim). */
+  softmaxScale?: number;
+}
+
+/** Rows of the decode tiles the CUDA kernel groups per CTA (its smallest tile). */
+const DECODE_ROW_TILE = 16;
+
+export class MobaAttention {
+  readonly device: Device;
+  readonly numQHeads: number;
+  readonly numKVHeads: number;
+  readonly headDim: number;
+  readonly chunkSize: number;
+  readonly topK: number;
+  readonly decode: DecodePolicy;
+  readonly dtype: 'bf16' | 'f16';
+  readonly softmaxScale: number;
+  /** Split-KV completion counters of the CUDA decode kernel: all zero between ops. */
+  #counters: Tensor | null = null;
+
+  constructor(device: Device, options: MobaAttentionLayerOptions) {
+    if (device === null || typeof device !== 'object' || typeof (device as Device).assertLive !== 'function') {
+      throw invalidArgument('device', 'a Device', device);
+    }
+    device.assertLive('new MobaAttention()');
+    const o = checkOptions<MobaAttentionLayerOptions>(options);
+    this.device = device;
+    this.numQHeads = checkPositiveInt(o.numQHeads, 'numQHeads', 4096);
+    this.numKVHeads = checkPositiveInt(o.numKVHeads, 'numKVHeads', 4096);
+    if (this.numQHeads % this.numKVHeads !== 0) {
+      throw invalidArgument('numKVHeads', `a divisor of numQHeads (${this.numQHeads})`, this.numKVHeads);
+    }
+    this.headDim = checkPositiveInt(o.headDim, 'headDim', 1024);
+    if (device.backend === 'cuda' && !CUDA_HEAD_DIMS.includes(this.headDim)) {
+      throw invalidArgument('headDim', `a head dim of ${CUDA_HEAD_DIMS.join(' or ')} on CUDA`, this.headDim);
+    }
+    this.chunkSize = checkPositiveInt(o.chunkSize, 'chunkSize');
+    this.topK = checkPositiveInt(o.topK, 'topK', MAX_TOP_K);
+    const policy = o.decode ?? 'full';
+    if (policy !== 'full' && policy !== 'moba') throw invalidArgument('decode', '"full" or "moba"', policy);
+    this.decode = policy;
+    if (o.dtype !== 'bf16' && o.dtype !== 'f16') throw invalidArgument('dtype', '"bf16" or "f16"', o.dtype);
+    this.dtype = o.dtype;
+    this.softmaxScale = checkSoftmaxScale(o.softmaxScale, this.headDim);
+  }
+
+  /**
+   * Appends k, v ([plan.numRows, numKVHeads, headDim]) to layer `layerIndex`
+   * of the cache, then attends q ([plan.numRows, numQHeads, headDim]).
+   * Returns [plan.numRows, numQHeads, headDim] in the input row order.
+   */
+  forward(cache: KVCache, layerIndex: number, plan: KVPlan, q: Tensor, k: Tensor, v: Tensor): Tensor {
+    this.check(cache, layerIndex, plan, q);
+    cache.checkRows(k, 'k', plan.numRows);
+    cache.checkRows(v, 'v', plan.numRows);
+    cache.enqueueAppend(layerIndex, plan, k, v);
+    return this.run(cache, layerIndex, plan, q);
+  }
+
+  /** Attention only: the plan's new K/V must already be in the cache (KVCache.append). */
+  attend(cache: KVCache, layerIndex: number, plan: KVPlan, q: Tensor): Tensor {
+    this.check(cache, layerIndex, plan, q);
+    return this.run(cache, layerIndex, plan, q);
+  }
+
+  /** Frees the layer's small device state. Idempotent. */
+  dispose(): void {
+    this.#counters?.dispose();
+    this.#counters = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  private check(cache: unknown, layerIndex: unknown, plan: unknown, qv: unknown): void {
+    if (!(cache instanceof KVCache)) throw invalidArgument('cache', 'a KVCache', cache);
+    const p = cache.checkPlan(plan);
+    cache.checkLayer(layerIndex);
+    if (cache.device !== this.device) {
+      throw invalidArgument('cache.device', `the layer's device (${this.device})`, cache.device.toString());
+    }
+    if (cache.numKVHeads !== this.numKVHeads) {
+      throw invalidArgument('cache.numKVHeads', `the layer's numKVHeads (${this.numKVHeads})`, cache.numKVHeads);
+    }
+    if (cache.headDim !== this.headDim) throw invalidArgument('cache.headDim', `the layer's headDim (${this.headDim})`, cache.headDim);
+    if (cache.dtype !== this.dtype) throw invalidArgument('cache.dtype', `the layer's dtype ("${this.dtype}")`, cache.dtype);
+    if (this.chunkSize % cache.pageSize !== 0) {
+      throw invalidArgument('cache.pageSize', `a divisor of the layer's chunkSize (${this.chunkSize})`, cache.pageSize);
+    }
+    const q = checkTensor(qv, 'q');
+    if (q.device !== this.device) throw invalidArgument('q.device', `the layer's device (${this.device})`, q.device.toString());
+    if (q.dtype !== this.dtype) throw invalidArgument('q.dtype', `the layer's dtype ("${this.dtype}")`, q.dtype);
+    const sh = q.shape;
+    if (sh.length !== 3 || sh[0] !== p.numRows || sh[1] !== this.numQHeads || sh[2] !== this.headDim) {
+      throw invalidArgument(
+        'q.shape', `[${p.numRows}, ${this.numQHeads}, ${this.headDim}] ([plan.numRows, numQHeads, headDim])`, sh);
+    }
+  }
+
+  private run(cache: KVCache, layer: number, plan: KVPlan, q: Tensor): Tensor {
+    const D = this.headDim;
+    const Hq = this.numQHeads;
+    const out = this.device.output([plan.numRows, Hq, D], this.dtype);
+    const dec = plan.decode;
+    if (dec) {
+      const group = Hq / this.numKVHeads;
+      const need = dec.batch * this.numKVHeads * Math.ceil((dec.maxQLen * group) / DECODE_ROW_TILE);
+      if (!this.#counters || this.#counters.numel < need) {
+        this.#counters?.dispose();
+        this.#counters = this.device.tensor(new Int32Array(Math.max(need, 256)), { dtype: 'i32' });
+      }
+      const moba = this.decode === 'moba';
+      this.device.native.decodeAttention(
+        q.buffer, out.buffer, cache.pool.buffer, cache.keySums.buffer,
+        plan.meta.buffer, dec.infoOffset, dec.batch, dec.numPageIndices, this.#counters.buffer,
+        plan.numRows, Hq, dec.maxQLen, dec.maxKvLen, dec.sumKvLen,
+        this.softmaxScale, moba ? 1 : 0, moba ? this.chunkSize : 0, moba ? this.topK : 0,
+        cache.dtypeCode, cache.numPages, cache.numLayers, layer, cache.numKVHeads, cache.pageSize, cache.headDim,
+      );
+    }
+    const pre = plan.prefill;
+    if (pre) {
+      const totalK = pre.cuSeqlensK[pre.batch]!;
+      const prefillRows = pre.cuSeqlensQ[pre.batch]!;
+      const k = plan.workspace('k', [totalK, this.numKVHeads, D], this.dtype);
+      const v = plan.workspace('v', [totalK, this.numKVHeads, D], this.dtype);
+      cache.enqueueGather(layer, plan, k, v);
+      let qP = q;
+      let oP = out;
+      const rowBytes = Hq * D * 2;
+      if (!pre.allRows) {
+        qP = plan.workspace(`q${Hq}`, [prefillRows, Hq, D], this.dtype);
+        oP = plan.workspace(`o${Hq}`, [prefillRows, Hq, D], this.dtype);
+        const runs = pre.rowRuns;
+        for (let i = 0; i < runs.length; i += 3) {
+          this.device.native.copy(qP.buffer, runs[i + 1]! * rowBytes, q.buffer, runs[i]! * rowBytes, runs[i + 2]! * rowBytes);
+        }
+      }
+      // topK covering every block of every prefill sequence is exactly dense causal attention.
+      const dense = Math.ceil(pre.maxSeqlenK / this.chunkSize) <= this.topK;
+      this.device.native.attention(
+        qP.buffer, k.buffer, v.buffer, oP.buffer, null, pre.cuSeqlensQ, pre.cuSeqlensK, DTYPE_CODE[this.dtype],
+        Hq, this.numKVHeads, D, this.softmaxScale, true, dense ? 0 : this.chunkSize, dense ? 0 : this.topK,
+      );
+      if (!pre.allRows) {
+        const runs = pre.rowRuns;
+        for (let i = 0; i < runs.length; i += 3) {
+          this.device.native.copy(out.buffer, runs[i]! * rowBytes, oP.buffer, runs[i + 1]! * rowBytes, runs[i + 2]! * rowBytes);
+        }
+      }
+    }
+    return out;
+  }
+}

@@ -1,0 +1,138 @@
+// N-API entry points of the paged KV cache ops. lib/kv-cache.ts builds the
+// metadata (segments, page tables) and validates everything first; these
+// re-check that every buffer is large enough for what the op may touch.
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "args.h"
+#include "device_wrap.h"
+#include "errors.h"
+
+namespace moba {
+namespace {
+
+int32_t* metaInts(const Napi::CallbackInfo& info, size_t i, const DeviceCore& c, int64_t offset, int64_t count) {
+  int64_t need = (offset + count) * 4;
+  BufferWrap* b = argBuffer(info, i, "meta", c, static_cast<size_t>(need));
+  return static_cast<int32_t*>(b->data()) + offset;
+}
+
+// Reads (dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim)
+// from position `i` and checks the pool (argument `iPool`) and, when
+// `iSums` >= 0, the key sums against them.
+PagedKV argPaged(const Napi::CallbackInfo& info, size_t i, size_t iPool, int iSums, const DeviceCore& c) {
+  PagedKV kv;
+  DType t = argDType(info, i, "dtype");
+  if (t != DType::BF16 && t != DType::F16) throwInvalid(info.Env(), "Expected bf16 or f16 for dtype");
+  kv.dtype = t;
+  kv.numPages = static_cast<int>(argInt(info, i + 1, "numPages", 1, (int64_t(1) << 31) - 1));
+  kv.numLayers = static_cast<int>(argInt(info, i + 2, "numLayers", 1, 1 << 16));
+  kv.layer = static_cast<int>(argInt(info, i + 3, "layer", 0, kv.numLayers - 1));
+  kv.numKVHeads = static_cast<int>(argInt(info, i + 4, "numKVHeads", 1, 4096));
+  kv.pageSize = static_cast<int>(argInt(info, i + 5, "pageSize", 1, 1 << 20));
+  kv.headDim = static_cast<int>(argInt(info, i + 6, "headDim", 1, 1024));
+  if (kv.headDim % 8 != 0) throwInvalid(info.Env(), "Expected a multiple of 8 for headDim");
+  size_t poolBytes = static_cast<size_t>(kv.numPages) * static_cast<size_t>(kv.pageStride()) * dtypeSize(t);
+  kv.pool = argBuffer(info, iPool, "pool", c, poolBytes)->data();
+  if (iSums >= 0) {
+    size_t sumsBytes = static_cast<size_t>(kv.numPages) * static_cast<size_t>(kv.sumsPageStride()) * 4;
+    kv.keySums = static_cast<float*>(argBuffer(info, static_cast<size_t>(iSums), "keySums", c, sumsBytes)->data());
+  }
+  return kv;
+}
+
+size_t rowBytes(int64_t rows, int heads, int dim, DType t) {
+  return static_cast<size_t>(rows) * heads * dim * dtypeSize(t);
+}
+
+}  // namespace
+
+// kvAppend(pool, keySums, k, v, meta, segOffset, numSegments, numRows,
+//          dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim)
+Napi::Value DeviceWrap::kvAppend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceCore& c = core(info);
+  KVAppendParams p;
+  p.kv = argPaged(info, 8, 0, 1, c);
+  int64_t segOffset = argInt(info, 5, "segOffset", 0, (int64_t(1) << 31) - 1);
+  p.numSegments = static_cast<int>(argInt(info, 6, "numSegments", 0, (int64_t(1) << 29)));
+  p.numRows = static_cast<int>(argInt(info, 7, "numRows", 0, (int64_t(1) << 31) - 1));
+  p.segments = metaInts(info, 4, c, segOffset, int64_t(p.numSegments) * kSegmentInts);
+  p.k = argBuffer(info, 2, "k", c, rowBytes(p.numRows, p.kv.numKVHeads, p.kv.headDim, p.kv.dtype))->data();
+  p.v = argBuffer(info, 3, "v", c, rowBytes(p.numRows, p.kv.numKVHeads, p.kv.headDim, p.kv.dtype))->data();
+  if (p.numSegments == 0) return env.Undefined();
+  Status s = c.backend->kvAppend(p);
+  if (!s.ok()) throwStatus(env, s);
+  return env.Undefined();
+}
+
+// kvGather(pool, k, v, meta, segOffset, numSegments, numRows,
+//          dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim)
+Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceCore& c = core(info);
+  KVGatherParams p;
+  p.kv = argPaged(info, 7, 0, -1, c);
+  int64_t segOffset = argInt(info, 4, "segOffset", 0, (int64_t(1) << 31) - 1);
+  p.numSegments = static_cast<int>(argInt(info, 5, "numSegments", 0, (int64_t(1) << 29)));
+  p.numRows = static_cast<int>(argInt(info, 6, "numRows", 0, (int64_t(1) << 31) - 1));
+  p.segments = metaInts(info, 3, c, segOffset, int64_t(p.numSegments) * kSegmentInts);
+  p.k = argBuffer(info, 1, "k", c, rowBytes(p.numRows, p.kv.numKVHeads, p.kv.headDim, p.kv.dtype))->data();
+  p.v = argBuffer(info, 2, "v", c, rowBytes(p.numRows, p.kv.numKVHeads, p.kv.headDim, p.kv.dtype))->data();
+  if (p.numSegments == 0) return env.Undefined();
+  Status s = c.backend->kvGather(p);
+  if (!s.ok()) throwStatus(env, s);
+  return env.Undefined();
+}
+
+// decodeAttention(q, out, pool, keySums, meta, infoOffset, batch, numPageIndices, counters | null,
+//                 numRows, numQHeads, maxQLen, maxKvLen, sumKvLen, softmaxScale, policy, chunkSize, topK,
+//                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim)
+Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceCore& c = core(info);
+  DecodeParams p;
+  p.kv = argPaged(info, 18, 2, 3, c);
+  int64_t infoOffset = argInt(info, 5, "infoOffset", 0, (int64_t(1) << 31) - 1);
+  p.batch = static_cast<int>(argInt(info, 6, "batch", 0, 1 << 24));
+  p.numPageIndices = static_cast<int>(argInt(info, 7, "numPageIndices", 0, (int64_t(1) << 31) - 1));
+  p.seqInfo = metaInts(info, 4, c, infoOffset, int64_t(4) * p.batch + 1 + p.numPageIndices);
+  p.pageIndices = p.seqInfo + 4 * p.batch + 1;
+  p.numRows = static_cast<int>(argInt(info, 9, "numRows", 0, (int64_t(1) << 31) - 1));
+  p.numQHeads = static_cast<int>(argInt(info, 10, "numQHeads", 1, 4096));
+  if (p.numQHeads % p.kv.numKVHeads != 0) {
+    throwInvalid(env, "Expected numQHeads to be a multiple of numKVHeads but received " + std::to_string(p.numQHeads) +
+                          " and " + std::to_string(p.kv.numKVHeads));
+  }
+  p.maxQLen = static_cast<int>(argInt(info, 11, "maxQLen", 1, kMaxDecodeTokens));
+  p.maxKvLen = static_cast<int>(argInt(info, 12, "maxKvLen", 1, (int64_t(1) << 31) - 1));
+  p.sumKvLen = argInt(info, 13, "sumKvLen", 0, int64_t(1) << 50);
+  double scale = argNumber(info, 14, "softmaxScale");
+  if (!std::isfinite(scale)) throwInvalid(env, "Expected a finite number for softmaxScale");
+  p.softmaxScale = static_cast<float>(scale);
+  p.policy = static_cast<DecodePolicy>(argInt(info, 15, "policy", 0, 1));
+  p.chunkSize = static_cast<int>(argInt(info, 16, "chunkSize", 0, 1 << 30));
+  p.topK = static_cast<int>(argInt(info, 17, "topK", 0, 1 << 20));
+  if (p.policy == DecodePolicy::Moba) {
+    if (p.chunkSize < 1 || p.topK < 1) throwInvalid(env, "Expected chunkSize >= 1 and topK >= 1 for moba decode");
+    if (p.chunkSize % p.kv.pageSize != 0) {
+      throwInvalid(env, "Expected a chunkSize that is a multiple of pageSize (" + std::to_string(p.kv.pageSize) +
+                            ") but received " + std::to_string(p.chunkSize));
+    }
+  }
+  const size_t qBytes = rowBytes(p.numRows, p.numQHeads, p.kv.headDim, p.kv.dtype);
+  p.q = argBuffer(info, 0, "q", c, qBytes)->data();
+  p.out = argBuffer(info, 1, "out", c, qBytes)->data();
+  BufferWrap* counters = argOptionalBuffer(info, 8, "counters", c, 0);
+  if (counters) {
+    p.counters = static_cast<int32_t*>(counters->data());
+    p.numCounters = static_cast<int>(std::min<size_t>(counters->bytes() / 4, (size_t(1) << 31) - 1));
+  }
+  if (p.batch == 0) return env.Undefined();
+  Status s = c.backend->decodeAttention(p);
+  if (!s.ok()) throwStatus(env, s);
+  return env.Undefined();
+}
+
+}  // namespace moba

@@ -1,0 +1,84 @@
+// Paged KV cache writes and reads on the CPU: append copies new rows into
+// their pages and keeps the per-page fp32 key sums; gather copies a
+// sequence's pages back into contiguous rows.
+#include <cstring>
+#include <vector>
+
+#include "../common/dtype.h"
+#include "cpu_kv.h"
+#include "moba_select.h"
+
+namespace moba {
+
+bool readSegment(const int32_t* segments, int index, const PagedKV& kv, int numRows, Segment* out) {
+  const int32_t* s = segments + static_cast<int64_t>(index) * kSegmentInts;
+  Segment g{s[0], s[1], s[2], s[3]};
+  if (g.page < 0 || g.page >= kv.numPages) return false;
+  if (g.count < 0 || g.slot < 0 || g.slot > kv.pageSize - g.count) return false;
+  if (g.row < 0 || g.row > numRows - g.count) return false;
+  *out = g;
+  return true;
+}
+
+namespace {
+
+// Element offset of (page, head, slot) in the pool for the op's layer (K side).
+int64_t slotOffset(const PagedKV& kv, int64_t page, int head, int slot) {
+  return page * kv.pageStride() + kv.layerOffset() +
+         (static_cast<int64_t>(head) * kv.pageSize + slot) * kv.headDim;
+}
+
+}  // namespace
+
+Status cpuKvAppend(const KVAppendParams& p, ThreadPool& pool) {
+  const PagedKV& kv = p.kv;
+  const int H = kv.numKVHeads, D = kv.headDim;
+  const size_t es = dtypeSize(kv.dtype);
+  const size_t rowBytes = static_cast<size_t>(D) * es;
+  pool.parallelFor(static_cast<int64_t>(p.numSegments) * H, [&](int64_t begin, int64_t end) {
+    std::vector<float> key(D);
+    for (int64_t item = begin; item < end; ++item) {
+      Segment g;
+      if (!readSegment(p.segments, static_cast<int>(item / H), kv, p.numRows, &g)) continue;
+      const int h = static_cast<int>(item % H);
+      char* kDst = static_cast<char*>(kv.pool) + slotOffset(kv, g.page, h, g.slot) * es;
+      char* vDst = kDst + kv.vOffset() * es;
+      float* sums = kv.keySums + g.page * kv.sumsPageStride() + kv.sumsLayerOffset() + static_cast<int64_t>(h) * D;
+      // A segment that starts a page owns it from its first token: stale sums go.
+      if (g.slot == 0) std::fill(sums, sums + D, 0.f);
+      for (int i = 0; i < g.count; ++i) {
+        const size_t src = (static_cast<size_t>(g.row + i) * H + h) * D;
+        std::memcpy(kDst + i * rowBytes, static_cast<const char*>(p.k) + src * es, rowBytes);
+        std::memcpy(vDst + i * rowBytes, static_cast<const char*>(p.v) + src * es, rowBytes);
+        // Token by token, in position order: the CUDA kernel sums in the same order.
+        loadRow(p.k, kv.dtype, src, D, key.data());
+        for (int d = 0; d < D; ++d) sums[d] += key[d];
+      }
+    }
+  });
+  return Status::Ok();
+}
+
+Status cpuKvGather(const KVGatherParams& p, ThreadPool& pool) {
+  const PagedKV& kv = p.kv;
+  const int H = kv.numKVHeads, D = kv.headDim;
+  const size_t es = dtypeSize(kv.dtype);
+  const size_t rowBytes = static_cast<size_t>(D) * es;
+  pool.parallelFor(static_cast<int64_t>(p.numSegments) * H, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      Segment g;
+      if (!readSegment(p.segments, static_cast<int>(item / H), kv, p.numRows, &g)) continue;
+      const int h = static_cast<int>(item % H);
+      const char* kSrc = static_cast<const char*>(kv.pool) + slotOffset(kv, g.page, h, g.slot) * es;
+      const char* vSrc = kSrc + kv.vOffset() * es;
+      for (int i = 0; i < g.count; ++i) {
+        const size_t dst = (static_cast<size_t>(g.row + i) * H + h) * D * es;
+        std::memcpy(static_cast<char*>(p.k) + dst, kSrc + i * rowBytes, rowBytes);
+        std::memcpy(static_cast<char*>(p.v) + dst, vSrc + i * rowBytes, rowBytes);
+      }
+    }
+  }, 4);
+  return Status::Ok();
+}
+
+}  // namespace moba

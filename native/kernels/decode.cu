@@ -1,0 +1,916 @@
+// Decode attention over the paged KV cache (DESIGN.md section 1, decode).
+//
+// Bytes decide decode: every step reads the K/V of the whole context. One CTA
+// owns one (sequence, KV head, row tile, slot): the row tile holds all query
+// heads of that KV head for the sequence's 1..8 new tokens (GQA: K/V are read
+// once for the group), so a tile of 64 keys is one pair of 16x16 tensor-core
+// products per warp. K/V tiles stream through shared memory with 16-byte
+// cp.async loads, kStages tiles in flight per CTA and two CTAs per SM.
+// Flash-decoding: when (sequences x KV heads) cannot fill the GPU, the keys
+// are split over `numSlots` CTAs whose normalized partial outputs and
+// log-sum-exps are merged by the last CTA of the group to finish (a counter
+// per group, reset by that CTA), so a step is one launch.
+//
+// 'moba' adds the gate over the cache: scoresKernel turns the page key sums
+// into block centroids and scores every complete block for every query row;
+// each attention CTA then picks every row's top-(k-1) past blocks plus its
+// current block, takes the union over its rows, and reads only those blocks
+// (rows that did not pick a block are masked on it).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ops.h"
+
+namespace moba {
+namespace {
+
+constexpr int kThreads = 128;  // 4 warps; warp w takes keys [16w, 16w+16) of a tile
+constexpr int kTile = 64;      // keys per pipeline stage
+constexpr int kStages = 3;
+constexpr int kCtasPerSm = 2;
+constexpr int kMaxSlots = 64;
+constexpr int kSelectBatch = 8;
+// Shared memory for the moba selection beyond the pipeline, within which two
+// CTAs still fit on an SM (2 x (100 KB + this) + reserve <= 228 KB at d128).
+constexpr size_t kMobaSmemBudget = 12 * 1024;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct DecodeArgs {
+  const uint16_t* q;
+  uint16_t* out;
+  const uint16_t* kv;   // pool + layer offset
+  int64_t pageStride;   // elements between pages
+  int64_t vOffset;      // elements from K to V within a (page, layer)
+  const float* sums;    // keySums + layer offset
+  int64_t sumsPageStride;
+  const int32_t* qStart;
+  const int32_t* qLen;
+  const int32_t* kvLen;
+  const int32_t* pageIndptr;
+  const int32_t* pageIndices;
+  int numPageIndices, numPages, numRows, numQHeads, numKVHeads, group, pageSize, batch;
+  int maxQLen, maxKvLen;
+  int rowTiles;         // row tiles per (sequence, KV head)
+  float scaleLog2;      // softmaxScale * log2(e)
+  int moba, chunkSize, topK, tilesPerBlock;
+  int numSlots;         // CTAs per (sequence, KV head, row tile)
+  int splitTiles;       // full policy: key tiles per slot
+  int maxPast;          // moba: row stride of `scores`
+  int bitmapWords, unionCap;
+  int stageScores;      // moba: the CTA's rows of `scores` are copied to shared memory
+  float* scores;        // moba: [numRows * numQHeads, maxPast]
+  float* partO;         // [items, numSlots, rowTile, headDim]
+  float* partL;         // [items, numSlots, rowTile] log2-sum-exp
+  int32_t* counters;    // [items]
+};
+
+// ---------------------------------------------------------------- helpers --
+
+struct SeqView {
+  int qStart, qLen, kvLen;
+  const int32_t* pages;
+};
+
+// The admission rule shared with the CPU backend: metadata that could reach
+// outside a buffer (or past the host facts the grids were sized from) makes
+// the sequence skipped, consistently in every CTA that reads it.
+__device__ __forceinline__ bool loadSeq(const DecodeArgs& a, int b, SeqView* s) {
+  const int qs = a.qStart[b], ql = a.qLen[b], kl = a.kvLen[b];
+  const int p0 = a.pageIndptr[b], p1 = a.pageIndptr[b + 1];
+  if (ql < 1 || ql > a.maxQLen || qs < 0 || qs > a.numRows - ql) return false;
+  if (kl < ql || kl > a.maxKvLen) return false;
+  if (p0 < 0 || p1 < p0 || p1 > a.numPageIndices) return false;
+  if (static_cast<int64_t>(p1 - p0) * a.pageSize < kl) return false;
+  s->qStart = qs;
+  s->qLen = ql;
+  s->kvLen = kl;
+  s->pages = a.pageIndices + p0;
+  return true;
+}
+
+__device__ __forceinline__ uint32_t smemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; `valid` false zero-fills the destination (no read).
+__device__ __forceinline__ void cpAsync16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smemAddr(p)));
+}
+__device__ __forceinline__ void ldsm4T(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smemAddr(p)));
+}
+
+// c += a * b for one m16n8k16 tile, fp32 accumulate.
+template <bool kBf16>
+__device__ __forceinline__ void mma16816(float* c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <bool kBf16>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (kBf16) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+template <bool kBf16>
+__device__ __forceinline__ float widen(uint16_t bits) {
+  if constexpr (kBf16) return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+  return __half2float(__ushort_as_half(bits));
+}
+
+template <bool kBf16>
+__device__ __forceinline__ uint16_t narrow(float f) {
+  if constexpr (kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+  return __half_as_ushort(__float2half_rn(f));
+}
+
+// Rows of D halves in shared memory, 16-byte chunk c of row r stored at chunk
+// c ^ (r & 7): the 8 rows one ldmatrix reads hit 8 different bank groups.
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+// Programmatic dependent launch (sm_90): the attention kernel may start while
+// scoresKernel runs and waits here before reading the scores.
+__device__ __forceinline__ void waitForPrimaryGrid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allowDependentGrid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// The gate's ranking (DESIGN.md section 1): higher score first, NaN lowest,
+// ties to the lower block index. A strict total order over (score, block).
+__device__ __forceinline__ bool ranksAbove(float si, int i, float sj, int j) {
+  const bool in = isnan(si), jn = isnan(sj);
+  if (in || jn) return (in && jn) ? i < j : jn;
+  return si > sj || (si == sj && i < j);
+}
+
+struct TileInfo {
+  int p0;         // first key position
+  int end;        // keys at positions >= end are masked (block end or kvLen)
+  uint32_t rows;  // bit r: local row r attends to this tile's keys
+};
+
+// ---------------------------------------------------------------- kernels --
+
+// moba: scores[(row * numQHeads + head) * maxPast + j] = q . centroid_j for
+// every complete block j of the sequence; centroid = page sums / chunkSize.
+// One CTA per block: its threads split the block's pages so that all of a
+// block's page sums are in flight at once, then one warp per query row.
+template <int D, bool kBf16>
+__global__ void __launch_bounds__(kThreads) scoresKernel(const DecodeArgs a) {
+  allowDependentGrid();
+  constexpr int kCols = D / 4;                // float4 columns of a page's sums
+  constexpr int kGroups = kThreads / kCols;   // threads per column
+  __shared__ float4 part[kThreads];
+  __shared__ float cent[D];
+  extern __shared__ float qf[];  // [qLen * group, D] fp32
+  SeqView s;
+  if (!loadSeq(a, blockIdx.z, &s)) return;
+  const int h = blockIdx.y;
+  const int j = blockIdx.x;
+  if (j >= min((s.kvLen - 1) / a.chunkSize, a.maxPast)) return;
+  const int tid = threadIdx.x;
+  const int R = s.qLen * a.group;
+  for (int e = tid; e < R * D; e += kThreads) {
+    const int r = e / D, d = e - r * D;
+    const int i = r / a.group, g = r - i * a.group;
+    qf[e] = widen<kBf16>(a.q[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d]);
+  }
+  const int col = tid % kCols, grp = tid / kCols;
+  const int pagesPerBlock = a.chunkSize / a.pageSize;
+  const int32_t* pages = s.pages + static_cast<int64_t>(j) * pagesPerBlock;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+  for (int p = grp; p < pagesPerBlock; p += kGroups) {
+    const int pg = pages[p];
+    if (pg < 0 || pg >= a.numPages) continue;
+    const float4 v =
+        *reinterpret_cast<const float4*>(a.sums + pg * a.sumsPageStride + static_cast<int64_t>(h) * D + col * 4);
+    acc.x += v.x;
+    acc.y += v.y;
+    acc.z += v.z;
+    acc.w += v.w;
+  }
+  part[tid] = acc;
+  __syncthreads();
+  if (tid < kCols) {
+    float4 c = part[tid];
+    for (int g = 1; g < kGroups; ++g) {
+      const float4 o = part[g * kCols + tid];
+      c.x += o.x;
+      c.y += o.y;
+      c.z += o.z;
+      c.w += o.w;
+    }
+    const float inv = 1.f / static_cast<float>(a.chunkSize);
+    cent[tid * 4] = c.x * inv;
+    cent[tid * 4 + 1] = c.y * inv;
+    cent[tid * 4 + 2] = c.z * inv;
+    cent[tid * 4 + 3] = c.w * inv;
+  }
+  __syncthreads();
+  const int lane = tid & 31, warp = tid >> 5;
+  for (int r = warp; r < R; r += kThreads / 32) {
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < D / 32; ++k) dot += qf[r * D + lane + 32 * k] * cent[lane + 32 * k];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    if (lane == 0) {
+      const int i = r / a.group, g = r - i * a.group;
+      a.scores[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * a.maxPast + j] = dot;
+    }
+  }
+}
+
+// One CTA per (slot, KV head x row tile, sequence). M: 16-row MMA tiles per CTA.
+template <int D, int M, bool kBf16>
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const DecodeArgs a) {
+  constexpr int RT = 16 * M;                 // rows per CTA
+  constexpr int CPR = D / 8;                 // 16-byte chunks per row
+  constexpr int KSTEPS = D / 16;             // k-steps of q.k
+  constexpr int NT = D / 8;                  // n-tiles of the output
+  constexpr int CH = kTile * CPR / kThreads; // chunks per thread per K (or V) tile
+  static_assert(CH * kThreads == kTile * CPR, "tile must split evenly over threads");
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* Ks = Qs + RT * D;
+  uint16_t* Vs = Ks + kStages * kTile * D;
+  int32_t* bitmap = reinterpret_cast<int32_t*>(Vs + kStages * kTile * D);
+  int32_t* wordPrefix = bitmap + a.bitmapWords;
+  int32_t* unionList = wordPrefix + a.bitmapWords;
+  uint32_t* unionRows = reinterpret_cast<uint32_t*>(unionList + a.unionCap);
+  int32_t* sel = reinterpret_cast<int32_t*>(unionRows + a.unionCap);  // [RT, topK]
+  int32_t* selCount = sel + RT * a.topK;                               // [RT]
+  float* stage = reinterpret_cast<float*>(selCount + RT);              // [min(RT, rows), maxPast] if staged
+  __shared__ int unionSize;
+  __shared__ int isLast;
+
+  // Before anything else, so that no CTA (even one that exits at once) lets
+  // this grid complete ahead of the scores it depends on.
+  if (a.moba) waitForPrimaryGrid();
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int slot = blockIdx.x;
+  const int h = blockIdx.y / a.rowTiles, rt = blockIdx.y - h * a.rowTiles;
+  const int b = blockIdx.z;
+  SeqView s;
+  if (!loadSeq(a, b, &s)) return;
+  const int R = s.qLen * a.group;
+  const int row0 = rt * RT;
+  if (row0 >= R) return;
+  const int rowsHere = min(RT, R - row0);
+  const int item = (b * a.numKVHeads + h) * a.rowTiles + rt;
+  const uint16_t* kvHead = a.kv + static_cast<int64_t>(h) * a.pageSize * D;
+
+  // Query rows: local row r is (token i, head g) with r + row0 = i * group + g.
+  for (int c = tid; c < RT * CPR; c += kThreads) {
+    const int r = c / CPR, ch = c - r * CPR;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < rowsHere) {
+      const int gr = row0 + r, i = gr / a.group, g = gr - i * a.group;
+      v = *reinterpret_cast<const uint4*>(
+          a.q + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + ch * 8);
+    }
+    *reinterpret_cast<uint4*>(Qs + swz<D>(r, ch)) = v;
+  }
+  // Causal limit of the rows this thread holds in the MMA layout (-1: padding row).
+  int tRow[M][2];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int lr = m * 16 + (lane >> 2) + hh * 8;
+      tRow[m][hh] = lr < rowsHere ? s.kvLen - s.qLen + (row0 + lr) / a.group : -1;
+    }
+  }
+
+  int numTiles, vtBegin;
+  if (a.moba) {
+    for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
+    for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
+    if (a.stageScores) {
+      // This CTA's rows of the scores, one coalesced pass (entries past a
+      // sequence's complete blocks are copied but never read).
+      for (int e = tid; e < rowsHere * a.maxPast; e += kThreads) {
+        const int lr = e / a.maxPast, j = e - lr * a.maxPast;
+        const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
+        stage[e] = __ldcg(a.scores +
+                          (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * a.maxPast + j);
+      }
+    }
+    __syncthreads();
+    // Every row's selection: top-(k-1) complete past blocks by repeated
+    // arg-max below the previous pick, then its current block.
+    for (int lr = warp; lr < rowsHere; lr += kThreads / 32) {
+      const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
+      const int t = s.kvLen - s.qLen + i;
+      const int cur = t / a.chunkSize;
+      const int want = min(a.topK - 1, cur);
+      const float* sc = a.scores + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * a.maxPast;
+      const float* st = stage + lr * a.maxPast;
+      float ps = 0.f;
+      int pj = -1;
+      for (int n = 0; n < want; ++n) {
+        float bs = 0.f;
+        int bj = -1;
+        for (int base = 0; base < cur; base += 32 * kSelectBatch) {
+          // kSelectBatch independent loads in flight before the first compare.
+          float v[kSelectBatch];
+#pragma unroll
+          for (int u = 0; u < kSelectBatch; ++u) {
+            const int j = base + u * 32 + lane;
+            v[u] = j >= cur ? 0.f : a.stageScores ? st[j] : __ldcg(sc + j);  // skip L1: the previous grid wrote it
+          }
+#pragma unroll
+          for (int u = 0; u < kSelectBatch; ++u) {
+            const int j = base + u * 32 + lane;
+            if (j >= cur || (pj >= 0 && !ranksAbove(ps, pj, v[u], j))) continue;
+            if (bj < 0 || ranksAbove(v[u], j, bs, bj)) {
+              bs = v[u];
+              bj = j;
+            }
+          }
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+          const float os = __shfl_xor_sync(0xffffffffu, bs, off);
+          const int oj = __shfl_xor_sync(0xffffffffu, bj, off);
+          if (oj >= 0 && (bj < 0 || ranksAbove(os, oj, bs, bj))) {
+            bs = os;
+            bj = oj;
+          }
+        }
+        if (lane == 0) {
+          sel[lr * a.topK + n] = bj;
+          atomicOr(&bitmap[bj >> 5], 1 << (bj & 31));
+        }
+        ps = bs;
+        pj = bj;
+      }
+      if (lane == 0) {
+        sel[lr * a.topK + want] = cur;
+        atomicOr(&bitmap[cur >> 5], 1 << (cur & 31));
+        selCount[lr] = want + 1;
+      }
+    }
+    __syncthreads();
+    // The union of the rows' blocks, ascending: an exclusive scan of the
+    // bitmap's popcounts, then every set bit written at its rank.
+    if (warp == 0) {
+      int running = 0;
+      for (int base = 0; base < a.bitmapWords; base += 32) {
+        const int w = base + lane;
+        uint32_t word = w < a.bitmapWords ? static_cast<uint32_t>(bitmap[w]) : 0u;
+        const int cnt = __popc(word);
+        int incl = cnt;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1) {
+          const int o = __shfl_up_sync(0xffffffffu, incl, off);
+          if (lane >= off) incl += o;
+        }
+        const int excl = running + incl - cnt;
+        if (w < a.bitmapWords) {
+          wordPrefix[w] = excl;
+          for (int k = excl; word; ++k) {
+            const int bit = __ffs(static_cast<int>(word)) - 1;
+            word &= word - 1;
+            if (k < a.unionCap) unionList[k] = w * 32 + bit;
+          }
+        }
+        running += __shfl_sync(0xffffffffu, incl, 31);
+      }
+      if (lane == 0) unionSize = min(running, a.unionCap);
+    }
+    __syncthreads();
+    for (int e = tid; e < rowsHere * a.topK; e += kThreads) {
+      const int lr = e / a.topK, n = e - lr * a.topK;
+      if (n >= selCount[lr]) continue;
+      const int j = sel[e];
+      const int u = wordPrefix[j >> 5] + __popc(static_cast<uint32_t>(bitmap[j >> 5]) & ((1u << (j & 31)) - 1u));
+      if (u < a.unionCap) atomicOr(&unionRows[u], 1u << lr);
+    }
+    const int nVirtual = unionSize * a.tilesPerBlock;
+    const int split = (nVirtual + a.numSlots - 1) / a.numSlots;
+    vtBegin = slot * split;
+    numTiles = max(0, min(nVirtual, vtBegin + split) - vtBegin);
+  } else {
+    const int nTiles = (s.kvLen + kTile - 1) / kTile;
+    vtBegin = slot * a.splitTiles;
+    numTiles = max(0, min(nTiles, vtBegin + a.splitTiles) - vtBegin);
+  }
+  __syncthreads();  // Q, the union and its row masks are visible to all
+
+  auto tileInfo = [&](int vt) {
+    TileInfo ti;
+    if (a.moba) {
+      const int u = vt / a.tilesPerBlock, w = vt - u * a.tilesPerBlock;
+      const int j = unionList[u];
+      ti.p0 = j * a.chunkSize + w * kTile;
+      ti.end = min(j * a.chunkSize + a.chunkSize, s.kvLen);
+      ti.rows = unionRows[u];
+    } else {
+      ti.p0 = vt * kTile;
+      ti.end = s.kvLen;
+      ti.rows = 0xffffffffu;
+    }
+    return ti;
+  };
+
+  // Thread tid copies chunk (tid % CPR) of tokens tid / CPR + j * (kThreads / CPR).
+  auto loadTile = [&](int vt, int stage) {
+    const TileInfo ti = tileInfo(vt);
+    uint16_t* ks = Ks + stage * kTile * D;
+    uint16_t* vs = Vs + stage * kTile * D;
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+      const int c = tid + j * kThreads;
+      const int tok = c / CPR, ch = c - tok * CPR;
+      const int pos = ti.p0 + tok;
+      bool ok = pos < ti.end;
+      int64_t off = 0;
+      if (ok) {
+        const int pi = pos / a.pageSize;
+        const int pg = s.pages[pi];
+        ok = pg >= 0 && pg < a.numPages;
+        off = pg * a.pageStride + static_cast<int64_t>(pos - pi * a.pageSize) * D + ch * 8;
+      }
+      const uint16_t* src = ok ? kvHead + off : a.kv;
+      cpAsync16(ks + swz<D>(tok, ch), src, ok);
+      cpAsync16(vs + swz<D>(tok, ch), ok ? src + a.vOffset : a.kv, ok);
+    }
+  };
+
+  float acc[M][NT][4];
+  float mRow[M][2], lRow[M][2];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.f;
+    mRow[m][0] = mRow[m][1] = -INFINITY;
+    lRow[m][0] = lRow[m][1] = 0.f;
+  }
+
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < numTiles) loadTile(vtBegin + st, st);
+    cpAsyncCommit();
+  }
+  for (int it = 0; it < numTiles; ++it) {
+    cpAsyncWait<kStages - 2>();
+    __syncthreads();  // tile `it` landed for all; stage (it-1) % kStages is free
+    if (it + kStages - 1 < numTiles) loadTile(vtBegin + it + kStages - 1, (it + kStages - 1) % kStages);
+    cpAsyncCommit();
+
+    const int stage = it % kStages;
+    const uint16_t* ks = Ks + stage * kTile * D;
+    const uint16_t* vs = Vs + stage * kTile * D;
+    const TileInfo ti = tileInfo(vtBegin + it);
+    const int kb = warp * 16;
+
+    float sc[M][2][4];
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int n = 0; n < 2; ++n) sc[m][n][0] = sc[m][n][1] = sc[m][n][2] = sc[m][n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; ++kk) {
+      uint32_t kf[4];
+      {
+        const int key = kb + (lane & 7) + ((lane >> 4) << 3);
+        ldsm4(kf, ks + swz<D>(key, kk * 2 + ((lane >> 3) & 1)));
+      }
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        uint32_t qa[4];
+        const int row = m * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+        ldsm4(qa, Qs + swz<D>(row, kk * 2 + (lane >> 4)));
+        mma16816<kBf16>(sc[m][0], qa, kf[0], kf[1]);
+        mma16816<kBf16>(sc[m][1], qa, kf[2], kf[3]);
+      }
+    }
+
+    // Mask, then the online softmax in log2 units, per row.
+    uint32_t pa[M][4];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int lr = m * 16 + (lane >> 2) + hh * 8;
+        const bool rowOn = (ti.rows >> lr) & 1u;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int pos = ti.p0 + kb + n * 8 + (lane & 3) * 2 + e;
+            const bool ok = rowOn && pos < ti.end && pos <= tRow[m][hh];
+            const float x = ok ? sc[m][n][hh * 2 + e] * a.scaleLog2 : -INFINITY;
+            sc[m][n][hh * 2 + e] = x;
+            mx = fmaxf(mx, x);
+          }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mNew = fmaxf(mRow[m][hh], mx);
+        const float mUse = mNew == -INFINITY ? 0.f : mNew;  // keeps exp2(-inf - -inf) out
+        const float corr = exp2f(mRow[m][hh] - mUse);
+        mRow[m][hh] = mNew;
+        lRow[m][hh] *= corr;
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          acc[m][n][hh * 2] *= corr;
+          acc[m][n][hh * 2 + 1] *= corr;
+        }
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(sc[m][n][hh * 2 + e] - mUse);
+            sc[m][n][hh * 2 + e] = p;
+            lRow[m][hh] += p;
+          }
+        }
+      }
+      // The probabilities as the A operand: the accumulator layout of two
+      // n-tiles is the A layout of one k16 step.
+      pa[m][0] = pack2<kBf16>(sc[m][0][0], sc[m][0][1]);
+      pa[m][1] = pack2<kBf16>(sc[m][0][2], sc[m][0][3]);
+      pa[m][2] = pack2<kBf16>(sc[m][1][0], sc[m][1][1]);
+      pa[m][3] = pack2<kBf16>(sc[m][1][2], sc[m][1][3]);
+    }
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t vf[4];
+      const int key = kb + (lane & 7) + (((lane >> 3) & 1) << 3);
+      ldsm4T(vf, vs + swz<D>(key, dp * 2 + (lane >> 4)));
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        mma16816<kBf16>(acc[m][2 * dp], pa[m], vf[0], vf[1]);
+        mma16816<kBf16>(acc[m][2 * dp + 1], pa[m], vf[2], vf[3]);
+      }
+    }
+  }
+  cpAsyncWait<0>();
+  __syncthreads();  // stages are free: reuse them to merge the 4 warps
+
+  float* accW = reinterpret_cast<float*>(Ks);  // [4][RT][D]
+  float* mW = accW + 4 * RT * D;               // [4][RT]
+  float* lW = mW + 4 * RT;                     // [4][RT]
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float l = lRow[m][hh];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int lr = m * 16 + (lane >> 2) + hh * 8;
+      if ((lane & 3) == 0) {
+        mW[warp * RT + lr] = mRow[m][hh];
+        lW[warp * RT + lr] = l;
+      }
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const int col = n * 8 + (lane & 3) * 2;
+        accW[(warp * RT + lr) * D + col] = acc[m][n][hh * 2];
+        accW[(warp * RT + lr) * D + col + 1] = acc[m][n][hh * 2 + 1];
+      }
+    }
+  }
+  __syncthreads();
+
+  const int nWarps = kThreads / 32;
+  float* partO = a.partO + (static_cast<int64_t>(item) * a.numSlots + slot) * RT * D;
+  float* partL = a.partL + (static_cast<int64_t>(item) * a.numSlots + slot) * RT;
+  for (int e = tid; e < RT * D; e += kThreads) {
+    const int lr = e / D, d = e - lr * D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < nWarps; ++w) mx = fmaxf(mx, mW[w * RT + lr]);
+    float o = 0.f, lse = -INFINITY;
+    if (mx != -INFINITY) {
+      float l = 0.f;
+#pragma unroll
+      for (int w = 0; w < nWarps; ++w) {
+        const float f = exp2f(mW[w * RT + lr] - mx);
+        l += lW[w * RT + lr] * f;
+        o += accW[(w * RT + lr) * D + d] * f;
+      }
+      o /= l;
+      lse = mx + log2f(l);
+    }
+    if (a.numSlots == 1) {
+      if (lr < rowsHere) {
+        const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
+        a.out[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d] = narrow<kBf16>(o);
+      }
+    } else {
+      partO[e] = o;
+      if (d == 0) partL[lr] = lse;
+    }
+  }
+  if (a.numSlots == 1) return;
+
+  // Split-KV: the last CTA of the group to finish merges every slot.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) isLast = atomicAdd(&a.counters[item], 1) == a.numSlots - 1;
+  __syncthreads();
+  if (!isLast) return;
+  __threadfence();
+  const float* groupO = a.partO + static_cast<int64_t>(item) * a.numSlots * RT * D;
+  const float* groupL = a.partL + static_cast<int64_t>(item) * a.numSlots * RT;
+  // Per (row, slot) weights first (one warp per row, slots over lanes), so
+  // that the pass over the partial outputs is independent loads only.
+  float* weight = accW;                   // [rowsHere, numSlots]
+  float* invSum = accW + RT * a.numSlots; // [rowsHere]
+  for (int lr = warp; lr < rowsHere; lr += nWarps) {
+    float mx = -INFINITY;
+    for (int sl = lane; sl < a.numSlots; sl += 32) mx = fmaxf(mx, __ldcg(groupL + sl * RT + lr));
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.f;
+    for (int sl = lane; sl < a.numSlots; sl += 32) {
+      const float w = mx == -INFINITY ? 0.f : exp2f(__ldcg(groupL + sl * RT + lr) - mx);
+      weight[lr * a.numSlots + sl] = w;
+      sum += w;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) invSum[lr] = sum > 0.f ? 1.f / sum : 0.f;
+  }
+  __syncthreads();
+  for (int e = tid; e < rowsHere * (D / 4); e += kThreads) {
+    const int lr = e / (D / 4), d = (e - lr * (D / 4)) * 4;
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    const float* w = weight + lr * a.numSlots;
+#pragma unroll 8
+    for (int sl = 0; sl < a.numSlots; ++sl) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(groupO + (static_cast<int64_t>(sl) * RT + lr) * D + d));
+      o.x += w[sl] * v.x;
+      o.y += w[sl] * v.y;
+      o.z += w[sl] * v.z;
+      o.w += w[sl] * v.w;
+    }
+    const float inv = invSum[lr];
+    const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
+    uint2 packed;
+    packed.x = static_cast<uint32_t>(narrow<kBf16>(o.x * inv)) | (static_cast<uint32_t>(narrow<kBf16>(o.y * inv)) << 16);
+    packed.y = static_cast<uint32_t>(narrow<kBf16>(o.z * inv)) | (static_cast<uint32_t>(narrow<kBf16>(o.w * inv)) << 16);
+    *reinterpret_cast<uint2*>(a.out + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d) =
+        packed;
+  }
+  if (tid == 0) a.counters[item] = 0;
+}
+
+// ------------------------------------------------------------ host launch --
+
+// The kernels of one (head dim, row tiles, dtype) instance.
+struct Kernels {
+  const void* decode;
+  const void* scores;
+};
+
+template <int D, int M, bool kBf16>
+Kernels kernelsOf() {
+  return {reinterpret_cast<const void*>(decodeKernel<D, M, kBf16>), reinterpret_cast<const void*>(scoresKernel<D, kBf16>)};
+}
+
+Kernels kernelsFor(int D, int M, bool bf16) {
+  if (D == 64) {
+    if (bf16) return M == 1 ? kernelsOf<64, 1, true>() : kernelsOf<64, 2, true>();
+    return M == 1 ? kernelsOf<64, 1, false>() : kernelsOf<64, 2, false>();
+  }
+  if (bf16) return M == 1 ? kernelsOf<128, 1, true>() : kernelsOf<128, 2, true>();
+  return M == 1 ? kernelsOf<128, 1, false>() : kernelsOf<128, 2, false>();
+}
+
+// Allows `kernel` `bytes` of dynamic shared memory with the whole carveout
+// given to shared memory (the driver's default carveout can leave room for
+// only one of our 100 KB CTAs per SM), and returns how many of its CTAs fit
+// on one SM. Cached per (kernel, device); JavaScript thread only.
+Status prepareKernel(const void* kernel, size_t bytes, int* perSm) {
+  struct Prepared {
+    const void* kernel;
+    int device;
+    size_t granted;  // largest dynamic shared memory allowed so far
+    size_t bytes;    // size of the last occupancy query
+    int perSm;
+  };
+  static std::vector<Prepared> prepared;
+  int dev = 0;
+  cudaGetDevice(&dev);
+  Prepared* e = nullptr;
+  for (Prepared& x : prepared) {
+    if (x.kernel == kernel && x.device == dev) e = &x;
+  }
+  if (!e) {
+    MOBA_RETURN_IF_ERROR(cudaStatus(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared),
+        "cudaFuncSetAttribute(carveout)"));
+    prepared.push_back({kernel, dev, 48 * 1024, 0, 0});
+    e = &prepared.back();
+  }
+  if (bytes > e->granted) {
+    MOBA_RETURN_IF_ERROR(cudaStatus(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+        "cudaFuncSetAttribute(shared memory)"));
+    e->granted = bytes;
+  }
+  if (e->perSm == 0 || e->bytes != bytes) {
+    int n = 0;
+    MOBA_RETURN_IF_ERROR(cudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, bytes),
+                                    "cudaOccupancyMaxActiveBlocksPerMultiprocessor"));
+    e->perSm = n > 0 ? n : 1;
+    e->bytes = bytes;
+  }
+  *perSm = e->perSm;
+  return Status::Ok();
+}
+
+Status launch(const void* kernel, dim3 grid, size_t smem, DecodeArgs& args, bool dependent, CudaContext& ctx) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = ctx.stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = dependent ? 1 : 0;
+  void* params[] = {&args};
+  return cudaStatus(cudaLaunchKernelExC(&cfg, kernel, params), "decode launch");
+}
+
+int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
+  const PagedKV& kv = p.kv;
+  const int D = kv.headDim;
+  if (D != 64 && D != 128) return Status::Invalid("unsupported head_dim for decode: " + std::to_string(D));
+  if (kv.dtype != DType::BF16 && kv.dtype != DType::F16) {
+    return Status::Invalid(std::string("unsupported dtype for decode: ") + dtypeName(kv.dtype));
+  }
+  if (p.batch == 0) return Status::Ok();
+  if (p.batch > 65535) return Status::Invalid("decode takes at most 65535 sequences per op, received " + std::to_string(p.batch));
+  const bool moba = p.policy == DecodePolicy::Moba;
+  if (moba && (p.chunkSize < 1 || p.topK < 1 || p.chunkSize % kv.pageSize != 0)) {
+    return Status::Invalid("moba decode needs chunkSize >= 1, topK >= 1 and pageSize dividing chunkSize");
+  }
+  const int group = p.numQHeads / kv.numKVHeads;
+  const int R = p.maxQLen * group;
+  const int M = R <= 16 ? 1 : 2;
+  const int RT = 16 * M;
+  const int rowTiles = static_cast<int>(ceilDiv(R, RT));
+  if (static_cast<int64_t>(kv.numKVHeads) * rowTiles > 65535) {
+    return Status::Invalid("decode: too many KV heads x row tiles (" + std::to_string(kv.numKVHeads * rowTiles) + ")");
+  }
+  const int64_t items = static_cast<int64_t>(p.batch) * kv.numKVHeads * rowTiles;
+  const Kernels kernels = kernelsFor(D, M, kv.dtype == DType::BF16);
+
+  DecodeArgs a = {};
+  a.q = static_cast<const uint16_t*>(p.q);
+  a.out = static_cast<uint16_t*>(p.out);
+  a.kv = static_cast<const uint16_t*>(kv.pool) + kv.layerOffset();
+  a.pageStride = kv.pageStride();
+  a.vOffset = kv.vOffset();
+  a.sums = kv.keySums + kv.sumsLayerOffset();
+  a.sumsPageStride = kv.sumsPageStride();
+  a.qStart = p.seqInfo;
+  a.qLen = p.seqInfo + p.batch;
+  a.kvLen = p.seqInfo + 2 * p.batch;
+  a.pageIndptr = p.seqInfo + 3 * p.batch;
+  a.pageIndices = p.pageIndices;
+  a.numPageIndices = p.numPageIndices;
+  a.numPages = kv.numPages;
+  a.numRows = p.numRows;
+  a.numQHeads = p.numQHeads;
+  a.numKVHeads = kv.numKVHeads;
+  a.group = group;
+  a.pageSize = kv.pageSize;
+  a.batch = p.batch;
+  a.maxQLen = p.maxQLen;
+  a.maxKvLen = p.maxKvLen;
+  a.rowTiles = rowTiles;
+  a.scaleLog2 = p.softmaxScale * kLog2e;
+  a.moba = moba ? 1 : 0;
+
+  size_t extraSmem = 0;
+  int maxPast = 0;
+  int scoresSmem = 0;
+  const int64_t maxTiles = ceilDiv(p.maxKvLen, kTile);
+  if (moba) {
+    a.chunkSize = p.chunkSize;
+    a.topK = p.topK;
+    a.tilesPerBlock = static_cast<int>(ceilDiv(p.chunkSize, kTile));
+    const int64_t numBlocks = ceilDiv(p.maxKvLen, p.chunkSize);
+    maxPast = static_cast<int>((p.maxKvLen - 1) / p.chunkSize);
+    a.maxPast = maxPast;
+    a.bitmapWords = static_cast<int>(ceilDiv(numBlocks, 32));
+    a.unionCap = static_cast<int>(std::min<int64_t>(numBlocks, static_cast<int64_t>(RT) * p.topK));
+    extraSmem = (static_cast<size_t>(a.bitmapWords) * 2 + static_cast<size_t>(a.unionCap) * 2 +
+                 static_cast<size_t>(RT) * p.topK + RT) * 4;
+    const size_t stageBytes = static_cast<size_t>(std::min(RT, R)) * maxPast * 4;
+    a.stageScores = extraSmem + stageBytes <= kMobaSmemBudget ? 1 : 0;
+    if (a.stageScores) extraSmem += stageBytes;
+    scoresSmem = R * D * 4;
+  }
+  const size_t pipeSmem = (static_cast<size_t>(RT) * D + 2 * static_cast<size_t>(kStages) * kTile * D) * 2;
+  const size_t smemBytes = pipeSmem + extraSmem;
+  if (smemBytes > ctx.maxSharedPerBlockOptin || static_cast<size_t>(scoresSmem) > ctx.maxSharedPerBlockOptin) {
+    return Status::Invalid("decode: the batch needs " + std::to_string(std::max<size_t>(smemBytes, scoresSmem)) +
+                           " bytes of shared memory per CTA (too many blocks or query rows)");
+  }
+  // Slots per item: enough CTAs for one full wave (every SM holding as many
+  // as fit), so that batch 1 at long context still keeps every SM streaming.
+  int perSm = 1;
+  MOBA_RETURN_IF_ERROR(prepareKernel(kernels.decode, smemBytes, &perSm));
+  const int64_t target = static_cast<int64_t>(ctx.smCount > 0 ? ctx.smCount : 132) * perSm;
+  const int slotsWanted = static_cast<int>(std::min<int64_t>(kMaxSlots, std::max<int64_t>(1, target / items)));
+  if (moba) {
+    const int64_t maxVirtual = static_cast<int64_t>(a.unionCap) * a.tilesPerBlock;
+    a.numSlots = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(slotsWanted, maxVirtual)));
+  } else {
+    a.splitTiles = static_cast<int>(ceilDiv(maxTiles, slotsWanted));
+    a.numSlots = static_cast<int>(ceilDiv(maxTiles, a.splitTiles));
+  }
+  if (a.numSlots > 1 && (p.counters == nullptr || p.numCounters < items)) {
+    return Status::Invalid("decode: split-KV needs a counters buffer of " + std::to_string(items) + " ints");
+  }
+  a.counters = p.counters;
+
+  // Workspace: the gate's scores, then the partial outputs and their lse.
+  const size_t scoreFloats = moba ? static_cast<size_t>(p.numRows) * p.numQHeads * maxPast : 0;
+  const size_t partials = a.numSlots > 1 ? static_cast<size_t>(items) * a.numSlots * RT : 0;
+  const size_t scoreBytes = CudaContext::alignUp(scoreFloats * 4);
+  const size_t partOBytes = CudaContext::alignUp(partials * D * 4);
+  const size_t bytes = scoreBytes + partOBytes + partials * 4;
+  if (bytes > 0) {
+    void* ws = nullptr;
+    MOBA_RETURN_IF_ERROR(ctx.scratch(bytes, &ws));
+    char* base = static_cast<char*>(ws);
+    a.scores = reinterpret_cast<float*>(base);
+    a.partO = reinterpret_cast<float*>(base + scoreBytes);
+    a.partL = reinterpret_cast<float*>(base + scoreBytes + partOBytes);
+  }
+  const bool gate = moba && maxPast > 0;
+  if (gate) {
+    int unused = 0;
+    MOBA_RETURN_IF_ERROR(prepareKernel(kernels.scores, scoresSmem, &unused));
+    MOBA_RETURN_IF_ERROR(launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), scoresSmem, a, false, ctx));
+  }
+  // With the gate, the attention grid may start while the scores finish (it
+  // waits for them first): programmatic dependent launch, sm_90 and later.
+  return launch(kernels.decode, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), smemBytes, a,
+                gate && ctx.ccMajor >= 9, ctx);
+}
+
+}  // namespace moba

@@ -1,0 +1,104 @@
+// Dense flash attention on CUDA (host side): query tiles, one metadata
+// upload, and the choice between the wgmma (Hopper) and mma.sync kernels.
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "attn_launch.h"
+
+#ifndef MOBA_CUDA_ARCHS
+#define MOBA_CUDA_ARCHS ""
+#endif
+
+namespace moba {
+
+void buildQueryTiles(const Varlen& v, std::vector<int2>& tiles) {
+  tiles.clear();
+  std::vector<int> order(v.batch);
+  std::vector<int> count(v.batch);
+  for (int b = 0; b < v.batch; ++b) {
+    const int lq = v.cuSeqlensQ[b + 1] - v.cuSeqlensQ[b];
+    count[b] = (lq + kAttnTileRows - 1) / kAttnTileRows;
+  }
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return count[x] > count[y]; });
+  const int maxTiles = v.batch > 0 ? count[order[0]] : 0;
+  // Tile m of every sequence that has one, from the last m down: a causal
+  // tile's work grows with m, so the heavy CTAs start first.
+  for (int m = maxTiles - 1; m >= 0; --m) {
+    for (int i = 0; i < v.batch && count[order[i]] > m; ++i) tiles.push_back(make_int2(order[i], m));
+  }
+}
+
+FwdArgs baseArgs(const AttentionParams& p, const int32_t* cuQ, const int32_t* cuK, const int2* tiles, int numTiles) {
+  FwdArgs a;
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  a.out = p.out;
+  a.lse = p.lse;
+  a.cuSeqlensQ = cuQ;
+  a.cuSeqlensK = cuK;
+  a.tiles = tiles;
+  a.numTiles = numTiles;
+  a.batch = p.varlen.batch;
+  a.totalQ = p.varlen.totalQ;
+  a.numQHeads = p.heads.numQHeads;
+  a.numKVHeads = p.heads.numKVHeads;
+  a.group = p.heads.numQHeads / p.heads.numKVHeads;
+  a.scaleLog2 = p.softmaxScale * 1.4426950408889634f;
+  a.causal = p.causal ? 1 : 0;
+  a.chunkSize = p.chunkSize;
+  a.topK = p.topK;
+  return a;
+}
+
+namespace {
+
+bool forceSm80() {
+  static const bool force = [] {
+    const char* e = std::getenv("MOBA_ATTN_KERNEL");
+    return e != nullptr && std::strcmp(e, "sm80") == 0;
+  }();
+  return force;
+}
+
+// The wgmma kernels exist as machine code only in sm_90a builds, and only a
+// compute capability 9.0 device runs sm_90a code.
+bool useSm90(const CudaContext& ctx) {
+  static const bool built = std::strstr(MOBA_CUDA_ARCHS, "90a") != nullptr;
+  return built && ctx.ccMajor == 9 && ctx.ccMinor == 0 && !forceSm80();
+}
+
+}  // namespace
+
+Status launchAttn(const FwdArgs& a, FwdMode mode, DType dtype, int headDim, int grid, const CudaContext& ctx) {
+  // The wgmma kernels are persistent: one CTA per SM walks the work items.
+  if (useSm90(ctx)) return launchAttnSm90(a, mode, dtype, headDim, std::min(grid, std::max(1, ctx.smCount)), ctx.stream);
+  return launchAttnSm80(a, mode, dtype, headDim, grid, ctx.stream);
+}
+
+Status flashAttentionLaunch(const AttentionParams& p, CudaContext& ctx) {
+  const Varlen& v = p.varlen;
+  thread_local std::vector<int2> tiles;
+  buildQueryTiles(v, tiles);
+  MetaPack pack;
+  const size_t offQ = pack.add(v.cuSeqlensQ, v.batch + 1);
+  const size_t offK = pack.add(v.cuSeqlensK, v.batch + 1);
+  const size_t offT = pack.add(tiles.data(), tiles.size());
+  const uint8_t* meta = nullptr;
+  MOBA_RETURN_IF_ERROR(pack.upload(ctx, &meta));
+  const int numTiles = static_cast<int>(tiles.size());
+  FwdArgs a = baseArgs(p, reinterpret_cast<const int32_t*>(meta + offQ), reinterpret_cast<const int32_t*>(meta + offK),
+                       reinterpret_cast<const int2*>(meta + offT), numTiles);
+  a.chunkSize = 0;
+  a.topK = 0;
+  const int64_t grid = static_cast<int64_t>(numTiles) * p.heads.numQHeads;
+  if (grid > INT_MAX) return Status::Invalid("flashAttention: problem too large for one launch");
+  return launchAttn(a, FwdMode::Dense, p.dtype, p.heads.headDim, static_cast<int>(grid), ctx);
+}
+
+}  // namespace moba

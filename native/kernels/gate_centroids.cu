@@ -1,0 +1,131 @@
+// Block centroids for the gate: one streaming pass over K. Each thread owns
+// eight dims of one (block, KV head) and sums the block's keys in key order
+// in fp32, then multiplies by the rounded reciprocal of the count: the same
+// operations in the same order as the CPU backend, so centroids match it
+// bit for bit. Alongside: the centroid rounded to the input dtype (the
+// tensor cores' operand) and, per (sequence, KV head), a bound on how far a
+// tensor-core score can stray from the exact one (see gate_topk.cu).
+#include "gate_device.cuh"
+#include "gate_internal.h"
+#include "common/cuda_context.h"
+
+namespace moba {
+namespace {
+
+using namespace gate;
+
+constexpr int kThreads = 128;
+// Relative error allowed for the tensor cores' fp32 accumulation of 16-bit
+// products (and the exact score's own rounding), per unit of ||q||*||c||.
+// Truncating accumulation over eight k16 steps stays below 2^-16; 2^-14
+// leaves a margin.
+constexpr double kAccumulationBound = 1.0 / 16384.0;
+
+__device__ __forceinline__ uint32_t boundBits(double x) {
+  float f = __double2float_ru(x);
+  if (!(f <= 3.0e38f)) f = __int_as_float(0x7f800000);  // NaN and overflow become +Inf
+  return __float_as_uint(f);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per head row
+  const int chunk = blockIdx.y * kThreads + threadIdx.x;
+  // Whole groups of kChunks lanes leave together (kThreads is a multiple of kChunks).
+  if (chunk >= a.nkvh * kChunks) return;
+  const int gb = blockIdx.x;
+  const int b = sequenceOf(a.cuBlocks, a.batch, gb);
+  const int j = gb - a.cuBlocks[b];
+  const int lk = a.cuK[b + 1] - a.cuK[b];
+  const int first = j * a.chunkSize;
+  const int n = min(lk - first, a.chunkSize);
+  const int kvh = chunk / kChunks;
+  const int c8 = chunk % kChunks;
+  const size_t rowStride = static_cast<size_t>(a.nkvh) * D;
+  const uint16_t* src = static_cast<const uint16_t*>(a.k) + static_cast<size_t>(a.cuK[b] + first) * rowStride +
+                        static_cast<size_t>(kvh) * D + c8 * 8;
+
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  auto add = [&](const uint4& v) {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(&v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[e] = __fadd_rn(acc[e], T::toFloat(h[e]));
+  };
+  int s = 0;
+  // Eight loads in flight before the (ordered) adds.
+  for (; s + 8 <= n; s += 8) {
+    uint4 v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) v[u] = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(s + u) * rowStride));
+#pragma unroll
+    for (int u = 0; u < 8; ++u) add(v[u]);
+  }
+  for (; s < n; ++s) add(__ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(s) * rowStride)));
+
+  const float inv = __fdiv_rn(1.f, static_cast<float>(n));
+  float c[8];
+  uint16_t h[8];
+  double r2 = 0, c2 = 0, h2 = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    c[e] = __fmul_rn(acc[e], inv);
+    // Subnormal operands are never handed to the tensor cores (they might
+    // flush them); the dropped value lands in the residual, so in the bound.
+    float keepNormal = fabsf(c[e]) < T::kMinNormal ? 0.f : c[e];
+    h[e] = T::fromFloat(keepNormal);
+    double hf = T::toFloat(h[e]);
+    double r = static_cast<double>(c[e]) - hf;
+    r2 += r * r;
+    c2 += static_cast<double>(c[e]) * c[e];
+    h2 += hf * hf;
+  }
+  const size_t out = (static_cast<size_t>(gb) * a.nkvh + kvh) * D + c8 * 8;
+  float4* cOut = reinterpret_cast<float4*>(a.cent + out);
+  cOut[0] = make_float4(c[0], c[1], c[2], c[3]);
+  cOut[1] = make_float4(c[4], c[5], c[6], c[7]);
+  uint4 packed;
+  packed.x = h[0] | (static_cast<uint32_t>(h[1]) << 16);
+  packed.y = h[2] | (static_cast<uint32_t>(h[3]) << 16);
+  packed.z = h[4] | (static_cast<uint32_t>(h[5]) << 16);
+  packed.w = h[6] | (static_cast<uint32_t>(h[7]) << 16);
+  *reinterpret_cast<uint4*>(static_cast<uint16_t*>(a.hi) + out) = packed;
+
+  // Norms over the head's D dims: the kChunks lanes of this (block, head).
+  const int lane = threadIdx.x & 31;
+  const unsigned groupMask = (kChunks == 32 ? 0xffffffffu : ((1u << kChunks) - 1u)) << (lane & ~(kChunks - 1));
+#pragma unroll
+  for (int off = kChunks / 2; off > 0; off >>= 1) {
+    r2 += __shfl_xor_sync(groupMask, r2, off);
+    c2 += __shfl_xor_sync(groupMask, c2, off);
+    h2 += __shfl_xor_sync(groupMask, h2, off);
+  }
+  if (c8 == 0) {
+    double norm = sqrt(fmax(c2, h2));
+    uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * 2;
+    atomicMax(st, boundBits(sqrt(r2) + kAccumulationBound * norm));
+    atomicMax(st + 1, boundBits(norm));
+  }
+}
+
+template <typename T>
+Status launchTyped(const GateArgs& a, cudaStream_t stream) {
+  const int chunks = a.nkvh * (a.headDim / 8);
+  dim3 grid(static_cast<unsigned>(a.totalBlocks), static_cast<unsigned>((chunks + kThreads - 1) / kThreads));
+  switch (a.headDim) {
+    case 64: centroidKernel<T, 64><<<grid, kThreads, 0, stream>>>(a); break;
+    case 128: centroidKernel<T, 128><<<grid, kThreads, 0, stream>>>(a); break;
+    default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
+  }
+  return checkLaunch("gate centroids");
+}
+
+}  // namespace
+
+Status launchGateCentroids(const GateArgs& a, DType dtype, cudaStream_t stream) {
+  if (a.totalBlocks == 0) return Status::Ok();
+  if (dtype == DType::BF16) return launchTyped<Bf16>(a, stream);
+  if (dtype == DType::F16) return launchTyped<F16>(a, stream);
+  return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
+}
+
+}  // namespace moba

@@ -1,0 +1,129 @@
+// Device helpers of the gate kernels: 16-bit element access, the exact fp32
+// score in the CPU backend's summation order, the ranking rule, and the
+// PTX wrappers (cp.async, ldmatrix, mma.sync) the tensor-core scorer uses.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moba {
+namespace gate {
+
+struct Bf16 {
+  static __device__ __forceinline__ float toFloat(uint16_t u) { return __uint_as_float(static_cast<uint32_t>(u) << 16); }
+  static __device__ __forceinline__ uint16_t fromFloat(float f) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+  }
+  // Smallest normal magnitude: tensor cores may flush smaller inputs, so the
+  // gate never feeds them subnormal centroids and bounds subnormal queries.
+  static constexpr float kMinNormal = 1.17549435e-38f;
+  static constexpr bool kIsBf16 = true;
+};
+
+struct F16 {
+  static __device__ __forceinline__ float toFloat(uint16_t u) { return __half2float(__ushort_as_half(u)); }
+  static __device__ __forceinline__ uint16_t fromFloat(float f) { return __half_as_ushort(__float2half_rn(f)); }
+  static constexpr float kMinNormal = 6.10351562e-05f;
+  static constexpr bool kIsBf16 = false;
+};
+
+// Score of one query row against one centroid, exactly as the CPU backend's
+// dotF32: eight interleaved partial sums, separate multiply and add (no FMA
+// contraction), then a fixed pairwise combination. `q` and `c` hold D floats.
+template <int D>
+__device__ __forceinline__ float exactDot(const float* q, const float* __restrict__ c) {
+  static_assert(D % 8 == 0, "head dim must be a multiple of 8");
+  float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+  for (int i = 0; i < D; i += 8) {
+    float4 c0 = *reinterpret_cast<const float4*>(c + i);
+    float4 c1 = *reinterpret_cast<const float4*>(c + i + 4);
+    s[0] = __fadd_rn(s[0], __fmul_rn(q[i + 0], c0.x));
+    s[1] = __fadd_rn(s[1], __fmul_rn(q[i + 1], c0.y));
+    s[2] = __fadd_rn(s[2], __fmul_rn(q[i + 2], c0.z));
+    s[3] = __fadd_rn(s[3], __fmul_rn(q[i + 3], c0.w));
+    s[4] = __fadd_rn(s[4], __fmul_rn(q[i + 4], c1.x));
+    s[5] = __fadd_rn(s[5], __fmul_rn(q[i + 5], c1.y));
+    s[6] = __fadd_rn(s[6], __fmul_rn(q[i + 6], c1.z));
+    s[7] = __fadd_rn(s[7], __fmul_rn(q[i + 7], c1.w));
+  }
+  return __fadd_rn(__fadd_rn(__fadd_rn(s[0], s[1]), __fadd_rn(s[2], s[3])),
+                   __fadd_rn(__fadd_rn(s[4], s[5]), __fadd_rn(s[6], s[7])));
+}
+
+// DESIGN.md ranking: higher score first, NaN below everything, ties (and
+// NaN against NaN) to the lower block index.
+__device__ __forceinline__ bool ranksAbove(float sa, int ia, float sb, int ib) {
+  bool an = isnan(sa), bn = isnan(sb);
+  if (an != bn) return bn;
+  if (!an && sa != sb) return sa > sb;
+  return ia < ib;
+}
+
+// Sequence b with cu[b] <= x < cu[b+1] among batch sequences (skips empty ones).
+__device__ __forceinline__ int sequenceOf(const int32_t* cu, int batch, int x) {
+  int lo = 0, hi = batch - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) >> 1;
+    if (__ldg(cu + mid) <= x) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+// ---- PTX wrappers ----------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global->shared copy; zero-fills when !valid (src is not read then).
+__device__ __forceinline__ void cpAsync16(uint32_t dst, const void* src, bool valid) {
+  int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrixX4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// D = A * B + D, m16n8k16, fp32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma16816<Bf16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma16816<F16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Shared-memory tiles of 16-bit rows of D elements, 16-byte chunks XOR-swizzled
+// by the row so that ldmatrix's eight rows hit eight different bank groups.
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * (D / 8) + (chunk ^ (row & 7));
+}
+
+}  // namespace gate
+}  // namespace moba

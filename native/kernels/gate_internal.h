@@ -1,0 +1,98 @@
+// Shared between the gate's files (gating.cu, gate_centroids.cu,
+// gate_topk.cu, gate_lists.cu): the kernels' argument block, the host plan
+// (metadata and workspace layout) and the launchers. Not part of any API.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "../common/params.h"
+#include "../common/status.h"
+
+namespace moba {
+
+// Everything the gate kernels read and write, passed by value.
+struct GateArgs {
+  const void* q = nullptr;           // [totalQ, nqh, headDim] bf16/f16
+  const void* k = nullptr;           // [totalK, nkvh, headDim]
+  int32_t* indices = nullptr;        // [nqh, totalQ, topK] output
+  const int32_t* cuQ = nullptr;      // device [batch+1]
+  const int32_t* cuK = nullptr;      // device [batch+1]
+  const int32_t* cuBlocks = nullptr; // device [batch+1] prefix sums of ceil(Lk / chunkSize)
+  const int32_t* tiles = nullptr;    // device [numTiles][2]: (sequence, first row within it)
+  float* cent = nullptr;             // [totalBlocks, nkvh, headDim] fp32 centroids
+  void* hi = nullptr;                // [totalBlocks, nkvh, headDim] centroids rounded to the input dtype
+  // [batch, nkvh, 2] as float bits (atomicMax on non-negative floats):
+  // [0] max over blocks of the bound on |tensor-core score - exact score| per
+  //     unit of ||q||, [1] max over blocks of the centroid's L2 norm.
+  uint32_t* stats = nullptr;
+  int32_t* fallbackCount = nullptr;  // [1] rows the fast kernel hands to the exact kernel
+  int32_t* fallback = nullptr;       // [nqh * totalQ] items h * totalQ + row
+  int batch = 0, totalQ = 0, totalK = 0, totalBlocks = 0;
+  int nqh = 0, nkvh = 0, group = 1, headDim = 0, chunkSize = 0, topK = 0;
+};
+
+// Fast-path variants by the number of past blocks kept per query (topK - 1):
+// per-thread list capacity and 16-row MMA tiles per warp.
+inline int gateListCap(int topK) {
+  int keep = topK - 1;
+  if (keep == 0) return 0;  // nothing to score: the exact kernel writes the current block
+  if (keep <= 3) return 4;
+  if (keep <= 7) return 8;
+  if (keep <= 15) return 16;
+  return 0;  // exact kernel for every row
+}
+inline int gateTileRows(int listCap) { return listCap == 16 ? 64 : 128; }
+
+struct GatePlan {
+  int totalBlocks = 0;
+  int listCap = 0;   // 0: no fast path
+  int tileRows = 0;
+  int numTiles = 0;
+  // Metadata uploaded once: cuQ, cuK, cuBlocks, tiles (int32, offsets in elements).
+  std::vector<int32_t> meta;
+  size_t metaQ = 0, metaK = 0, metaBlocks = 0, metaTiles = 0;
+  // Gate workspace (bytes from the workspace base).
+  size_t offCent = 0, offHi = 0, offStats = 0, offFbCount = 0, offFb = 0, gateBytes = 0;
+  // Lists workspace (bytes from the workspace base, after the gate's part).
+  int64_t listItems = 0;  // nqh * totalQ * (topK - 1)
+  int64_t numSegments = 0;
+  int endBit = 0;
+  size_t offIndices = 0, offKeys0 = 0, offKeys1 = 0, offVals0 = 0, offVals1 = 0, offEntryOf = 0;
+  size_t offOffsets = 0, offCuBlocks = 0, offTemp = 0, tempBytes = 0, totalBytes = 0;
+};
+
+// Validates p for CUDA and fills the plan; `withMeta` builds the metadata
+// (tile list) too, `withLists` lays out the lists' part of the workspace.
+Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan* plan);
+
+Status launchGateCentroids(const GateArgs& a, DType dtype, cudaStream_t stream);
+Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, cudaStream_t stream);
+// allRows: every (head, row) item; else the items of a.fallback (count on the device).
+Status launchGateExact(const GateArgs& a, DType dtype, bool allRows, int smCount, cudaStream_t stream);
+
+// Lists (gate_lists.cu).
+size_t listsSortTempBytes(int64_t items, int endBit);
+struct ListsArgs {
+  const int32_t* indices = nullptr;  // [nqh, totalQ, topK]
+  const int32_t* cuQ = nullptr;      // device [batch+1]
+  const int32_t* cuBlocksMeta = nullptr;  // device [batch+1] (metadata copy)
+  int32_t* cuBlocks = nullptr;       // workspace copy the lists point at
+  int32_t* keys0 = nullptr;
+  int32_t* keys1 = nullptr;
+  int32_t* vals0 = nullptr;
+  int32_t* vals1 = nullptr;
+  int32_t* entryOf = nullptr;        // [nqh * totalQ * (topK-1)]
+  int32_t* offsets = nullptr;        // [numSegments + 1]
+  void* temp = nullptr;
+  size_t tempBytes = 0;
+  int batch = 0, totalQ = 0, nqh = 0, topK = 0, totalBlocks = 0;
+  int64_t items = 0, numSegments = 0;
+  int endBit = 0;
+};
+// Builds the lists; *entries receives the buffer holding the sorted entries.
+Status launchListsBuild(const ListsArgs& a, int32_t** entries, cudaStream_t stream);
+
+}  // namespace moba

@@ -1,0 +1,471 @@
+/**
+ * The MoBA gate (mobaGate), written once and run on every backend: indices
+ * against the float64 reference on fresh random inputs over the grid of
+ * batch sizes, lengths, chunk sizes, topK, GQA ratios, head dims, dtypes and
+ * chunked queries; NaN/Inf inputs; argument errors. On CUDA also: identical
+ * indices to the CPU backend, and the CSR lists the sparse attention uses.
+ *
+ * Near-ties: the device computes fp32 scores, the reference float64 ones, so
+ * a device choice may differ from the reference only where the float64 scores
+ * of the blocks involved are closer than the fp32 error bound (scoreTol).
+ */
+import { expect, it } from 'vitest';
+
+import { mobaGate, MobaError, openDevice, reference, type Device, type Tensor } from '../../lib/index.js';
+import { lengthsOf, randn, randomSeqlens, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, type Rng } from './random.js';
+
+type Dtype = 'bf16' | 'f16';
+
+export interface GateCase {
+  dtype: Dtype;
+  cuQ: Int32Array;
+  cuK: Int32Array;
+  numQHeads: number;
+  numKVHeads: number;
+  headDim: number;
+  chunkSize: number;
+  topK: number;
+  q: Float32Array;
+  k: Float32Array;
+}
+
+function roundTo(x: Float32Array, dtype: Dtype): Float32Array {
+  return dtype === 'bf16' ? roundToBf16(x) : roundToF16(x);
+}
+
+/** Random lengths; chunked: each sequence's queries are its last Lq <= Lk positions. */
+function makeCase(
+  rng: Rng,
+  o: { dtype: Dtype; batch: number; maxLen: number; group: number; numKVHeads: number; headDim: number; chunkSize: number; topK: number; chunked: boolean },
+): GateCase {
+  const cuK = randomSeqlens(o.batch, o.maxLen, rng);
+  const lk = lengthsOf(cuK);
+  const cuQ = new Int32Array(o.batch + 1);
+  for (let b = 0; b < o.batch; b++) {
+    const lq = o.chunked ? (rng.next() < 0.25 ? 1 : rng.int(1, lk[b]!)) : lk[b]!;
+    cuQ[b + 1] = cuQ[b]! + lq;
+  }
+  const numQHeads = o.numKVHeads * o.group;
+  const q = roundTo(randn(cuQ[o.batch]! * numQHeads * o.headDim, rng), o.dtype);
+  const k = roundTo(randn(cuK[o.batch]! * o.numKVHeads * o.headDim, rng), o.dtype);
+  return { dtype: o.dtype, cuQ, cuK, numQHeads, numKVHeads: o.numKVHeads, headDim: o.headDim, chunkSize: o.chunkSize, topK: o.topK, q, k };
+}
+
+function describeCase(c: GateCase): string {
+  return `${c.dtype} lq=[${lengthsOf(c.cuQ).join(',')}] lk=[${lengthsOf(c.cuK).join(',')}] heads=${c.numQHeads}/${c.numKVHeads} ` +
+    `D=${c.headDim} B=${c.chunkSize} topK=${c.topK}`;
+}
+
+function upload(device: Device, c: GateCase): { q: Tensor; k: Tensor } {
+  return {
+    q: device.tensor(c.q, { dtype: c.dtype, shape: [c.cuQ[c.cuQ.length - 1]!, c.numQHeads, c.headDim] }),
+    k: device.tensor(c.k, { dtype: c.dtype, shape: [c.cuK[c.cuK.length - 1]!, c.numKVHeads, c.headDim] }),
+  };
+}
+
+async function runGate(device: Device, c: GateCase): Promise<Int32Array> {
+  const { q, k } = upload(device, c);
+  using qq = q;
+  using kk = k;
+  using out = mobaGate(qq, kk, { cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, chunkSize: c.chunkSize, topK: c.topK });
+  expect(out.shape).toEqual([c.numQHeads, c.cuQ[c.cuQ.length - 1]!, c.topK]);
+  expect(out.dtype).toBe('i32');
+  return (await out.toArray()) as Int32Array;
+}
+
+function sequenceOf(cu: Int32Array, row: number): number {
+  let b = 0;
+  while (cu[b + 1]! <= row) b++;
+  return b;
+}
+
+/** Query position t and current block of a global row. */
+function positionOf(c: GateCase, row: number): { b: number; t: number; cur: number } {
+  const b = sequenceOf(c.cuQ, row);
+  const lq = c.cuQ[b + 1]! - c.cuQ[b]!;
+  const lk = c.cuK[b + 1]! - c.cuK[b]!;
+  const t = lk - lq + row - c.cuQ[b]!;
+  return { b, t, cur: Math.floor(t / c.chunkSize) };
+}
+
+/** Every row: ascending past blocks < current, then the current block, then -1s. */
+function checkWellFormed(c: GateCase, got: Int32Array): void {
+  const totalQ = c.cuQ[c.cuQ.length - 1]!;
+  for (let h = 0; h < c.numQHeads; h++) {
+    for (let row = 0; row < totalQ; row++) {
+      const { cur } = positionOf(c, row);
+      const sel = Array.from(got.subarray((h * totalQ + row) * c.topK, (h * totalQ + row + 1) * c.topK));
+      const keep = Math.min(c.topK - 1, cur);
+      const where = `(head ${h}, row ${row}) of ${describeCase(c)}: ${sel.join(' ')}`;
+      for (let i = 0; i < keep; i++) {
+        if (!(sel[i]! >= 0 && sel[i]! < cur && (i === 0 || sel[i]! > sel[i - 1]!))) throw new Error(`malformed ${where}`);
+      }
+      if (sel[keep] !== cur) throw new Error(`current block missing ${where}`);
+      for (let i = keep + 1; i < c.topK; i++) if (sel[i] !== -1) throw new Error(`padding ${where}`);
+    }
+  }
+}
+
+function maxAbs(x: ArrayLike<number>, from: number, to: number): number {
+  let m = 0;
+  for (let i = from; i < to; i++) {
+    const a = Math.abs(x[i]!);
+    if (a > m && Number.isFinite(a)) m = a;
+  }
+  return m;
+}
+
+/**
+ * How far an fp32 score can be from the float64 one: centroid sums of up to
+ * chunkSize keys and a headDim-term dot product, each term rounded at most
+ * (chunkSize + headDim + 8) times by 2^-24, on values bounded by
+ * ||q||_1 * max|k|. Doubled for margin.
+ */
+function scoreTol(c: GateCase, h: number, row: number, b: number): number {
+  const D = c.headDim;
+  const qOff = (row * c.numQHeads + h) * D;
+  let q1 = 0;
+  for (let d = 0; d < D; d++) q1 += Math.abs(c.q[qOff + d]!);
+  const kvh = Math.floor(h / (c.numQHeads / c.numKVHeads));
+  let kMax = 0;
+  for (let s = c.cuK[b]!; s < c.cuK[b + 1]!; s++) {
+    const off = (s * c.numKVHeads + kvh) * D;
+    kMax = Math.max(kMax, maxAbs(c.k, off, off + D));
+  }
+  return 2 * (c.chunkSize + D + 8) * 2 ** -24 * q1 * kMax;
+}
+
+/** NaN ranks lowest: compare as -Infinity (ties then go to the lower index, as on the device). */
+const rankValue = (s: number): number => (Number.isNaN(s) ? -Infinity : s);
+
+/**
+ * Device indices against the reference: equal, or different only among
+ * blocks whose float64 scores are within scoreTol of the selection boundary.
+ * Returns the number of rows that differed (within tolerance).
+ */
+function compareWithReference(c: GateCase, got: Int32Array, want: Int32Array): number {
+  const totalQ = c.cuQ[c.cuQ.length - 1]!;
+  const cen = reference.blockCentroids(c.k, { cuSeqlensK: c.cuK, numKVHeads: c.numKVHeads, headDim: c.headDim, chunkSize: c.chunkSize });
+  const opts = { cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads, headDim: c.headDim, chunkSize: c.chunkSize, centroids: cen };
+  let differing = 0;
+  for (let h = 0; h < c.numQHeads; h++) {
+    for (let row = 0; row < totalQ; row++) {
+      const base = (h * totalQ + row) * c.topK;
+      let same = true;
+      for (let i = 0; i < c.topK; i++) if (got[base + i] !== want[base + i]) same = false;
+      if (same) continue;
+      differing++;
+      const { b, cur } = positionOf(c, row);
+      const keep = Math.min(c.topK - 1, cur);
+      const scores = reference.gateScores(c.q, c.k, opts, h, row);
+      const gotSet = Array.from(got.subarray(base, base + keep));
+      const wantSet = Array.from(want.subarray(base, base + keep));
+      const boundary = Math.min(...wantSet.map((j) => rankValue(scores[j]!)));
+      const tol = scoreTol(c, h, row, b);
+      for (const j of gotSet) {
+        if (wantSet.includes(j)) continue;
+        const s = rankValue(scores[j]!);
+        if (!(s >= boundary - tol)) {
+          throw new Error(
+            `(head ${h}, row ${row}) of ${describeCase(c)}: got [${gotSet}] want [${wantSet}]; ` +
+              `block ${j} scores ${scores[j]} vs boundary ${boundary} (tolerance ${tol.toExponential(2)})`,
+          );
+        }
+      }
+    }
+  }
+  return differing;
+}
+
+const CHUNKS = [16, 48, 64, 100, 128, 512];
+const TOPKS = [1, 2, 3, 8, 12, 16, 40];
+const GROUPS = [1, 2, 4, 8];
+
+/** The sweep: every (chunkSize, topK) pair, the other dimensions drawn so that each value recurs. */
+function sweep(rng: Rng, headDims: readonly number[]): GateCase[] {
+  const cases: GateCase[] = [];
+  let n = 0;
+  for (const chunkSize of CHUNKS) {
+    for (const topK of TOPKS) {
+      const dtype: Dtype = n % 2 === 0 ? 'bf16' : 'f16';
+      const batch = [1, 3, 7][n % 3]!;
+      const group = GROUPS[(n >> 1) % 4]!;
+      const headDim = headDims[(n >> 2) % headDims.length]!;
+      const numKVHeads = group >= 4 ? 1 : rng.int(1, 2);
+      // Enough blocks for the selection to matter, within a reference budget.
+      const maxLen = Math.min(chunkSize * (topK + 3) + rng.int(0, chunkSize), Math.floor(2500 / Math.sqrt(batch)));
+      cases.push(makeCase(rng, { dtype, batch, maxLen, group, numKVHeads, headDim, chunkSize, topK, chunked: n % 4 >= 2 }));
+      n++;
+    }
+  }
+  return cases;
+}
+
+export interface GateTestOptions {
+  /** Head dims the backend runs (CUDA: 64 and 128). */
+  headDims: readonly number[];
+  /** CUDA only: compare with the CPU backend and check the CSR lists. */
+  cuda?: boolean;
+}
+
+export function defineGateTests(open: () => Device, opts: GateTestOptions): void {
+  reportSeedOnFailure();
+
+  it('matches the float64 reference over the grid (batch, lengths, chunk sizes, topK, GQA, head dims, dtypes, chunked queries)', async () => {
+    using device = open();
+    using cpu = opts.cuda ? openDevice({ backend: 'cpu', poisonOutputs: true }) : undefined;
+    const rng = rngFor('gate sweep');
+    let rows = 0;
+    let nearTies = 0;
+    for (const c of sweep(rng, opts.headDims)) {
+      const got = await runGate(device, c);
+      checkWellFormed(c, got);
+      const want = reference.mobaGate(c.q, c.k, {
+        cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
+        headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
+      });
+      nearTies += compareWithReference(c, got, want);
+      rows += got.length / c.topK;
+      if (cpu) {
+        // Both backends compute the same fp32 scores where the order depends on them.
+        const onCpu = await runGate(cpu, c);
+        let first = -1;
+        for (let i = 0; i < got.length && first < 0; i++) if (got[i] !== onCpu[i]) first = i;
+        expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(c)}`).toBe(-1);
+      }
+    }
+    // Near-ties at fp32 resolution are rare on random data.
+    expect(nearTies).toBeLessThan(Math.max(5, rows / 200));
+  });
+
+  it('selects exactly the reference blocks when score gaps are far above fp32 rounding', async () => {
+    using device = open();
+    const rng = rngFor('gate separated');
+    for (const dtype of ['bf16', 'f16'] as const) {
+      for (const headDim of opts.headDims) {
+        // Keys of block j all equal j-dependent values along one direction: the
+        // scores of a query are well apart, so any fp32 computation must agree.
+        const c = makeCase(rng, { dtype, batch: 3, maxLen: 700, group: 2, numKVHeads: 2, headDim, chunkSize: 48, topK: 5, chunked: true });
+        for (let b = 0; b < 3; b++) {
+          for (let s = c.cuK[b]!; s < c.cuK[b + 1]!; s++) {
+            const j = Math.floor((s - c.cuK[b]!) / c.chunkSize);
+            const level = ((j * 37) % 23) / 4; // distinct multiples of 1/4 per block
+            for (let kvh = 0; kvh < c.numKVHeads; kvh++) {
+              const off = (s * c.numKVHeads + kvh) * headDim;
+              for (let d = 0; d < headDim; d++) c.k[off + d] = d === 0 ? level : 0;
+            }
+          }
+        }
+        for (let i = 0; i < c.q.length; i += headDim) c.q[i] = 1 + (i % 3); // positive first component
+        const got = await runGate(device, c);
+        const want = reference.mobaGate(c.q, c.k, {
+          cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
+          headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
+        });
+        expect(Array.from(got)).toEqual(Array.from(want));
+      }
+    }
+  });
+
+  it('returns well-formed indices for NaN and Inf inputs (NaN scores rank lowest)', async () => {
+    using device = open();
+    const rng = rngFor('gate nan inf');
+    for (const dtype of ['bf16', 'f16'] as const) {
+      const c = makeCase(rng, { dtype, batch: 3, maxLen: 600, group: 2, numKVHeads: 1, headDim: opts.headDims[0]!, chunkSize: 32, topK: 4, chunked: false });
+      const D = c.headDim;
+      const totalQ = c.cuQ[3]!;
+      const nanRows = new Set<number>();
+      for (let i = 0; i < 6; i++) {
+        const r = rng.int(0, totalQ * c.numQHeads - 1);
+        c.q[r * D + rng.int(0, D - 1)] = NaN;
+        nanRows.add(r);
+      }
+      for (let i = 0; i < 6; i++) c.k[rng.int(0, c.k.length - 1)] = rng.next() < 0.5 ? Infinity : -Infinity;
+      const got = await runGate(device, c);
+      checkWellFormed(c, got);
+      // A query holding a NaN scores NaN everywhere: ties to the lowest blocks.
+      for (const r of nanRows) {
+        const row = Math.floor(r / c.numQHeads);
+        const h = r % c.numQHeads;
+        const { cur } = positionOf(c, row);
+        const keep = Math.min(c.topK - 1, cur);
+        const sel = Array.from(got.subarray((h * totalQ + row) * c.topK, (h * totalQ + row + 1) * c.topK));
+        expect(sel.slice(0, keep + 1)).toEqual([...Array.from({ length: keep }, (_, i) => i), cur]);
+      }
+      const want = reference.mobaGate(c.q, c.k, {
+        cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
+        headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
+      });
+      compareWithReference(c, got, want);
+    }
+  });
+
+  it('handles ties (identical keys) with the lower block index', async () => {
+    using device = open();
+    const rng = rngFor('gate ties');
+    for (const topK of [3, 8, 20]) {
+      const c = makeCase(rng, { dtype: 'bf16', batch: 2, maxLen: 900, group: 1, numKVHeads: 2, headDim: opts.headDims[0]!, chunkSize: 16, topK, chunked: false });
+      const row0 = c.k.slice(0, c.numKVHeads * c.headDim);
+      for (let s = 0; s < c.cuK[2]!; s++) c.k.set(row0, s * row0.length);
+      const got = await runGate(device, c);
+      checkWellFormed(c, got);
+      const totalQ = c.cuQ[2]!;
+      for (let h = 0; h < c.numQHeads; h++) {
+        for (let row = 0; row < totalQ; row++) {
+          const { cur } = positionOf(c, row);
+          const keep = Math.min(topK - 1, cur);
+          const base = (h * totalQ + row) * topK;
+          for (let i = 0; i < keep; i++) if (got[base + i] !== i) throw new Error(`tie not broken low at (${h}, ${row})`);
+        }
+      }
+    }
+  });
+
+  it('gives EINVAL naming the argument for bad arguments', () => {
+    using device = open();
+    const D = opts.headDims[0]!;
+    using q = device.tensor(new Float32Array(4 * 2 * D), { dtype: 'bf16', shape: [4, 2, D] });
+    using k = device.tensor(new Float32Array(4 * 1 * D), { dtype: 'bf16', shape: [4, 1, D] });
+    using k3 = device.tensor(new Float32Array(4 * 3 * D), { dtype: 'bf16', shape: [4, 3, D] });
+    using kf = device.tensor(new Float32Array(4 * 1 * D), { dtype: 'f16', shape: [4, 1, D] });
+    const cu = new Int32Array([0, 4]);
+    const expectInval = (fn: () => unknown, arg: string): void => {
+      let err: unknown;
+      try {
+        fn();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(MobaError);
+      expect((err as MobaError).code).toBe('EINVAL');
+      expect((err as MobaError).message).toContain(arg);
+    };
+    expectInval(() => mobaGate(q, k, { cuSeqlensQ: cu, chunkSize: 0, topK: 2 }), 'chunkSize');
+    expectInval(() => mobaGate(q, k, { cuSeqlensQ: cu, chunkSize: 2.5, topK: 2 }), 'chunkSize');
+    expectInval(() => mobaGate(q, k, { cuSeqlensQ: cu, chunkSize: 4, topK: 0 }), 'topK');
+    expectInval(() => mobaGate(q, k, { cuSeqlensQ: cu, chunkSize: 4, topK: 257 }), 'topK');
+    expectInval(() => mobaGate(q, k, { cuSeqlensQ: [0, 4] as unknown as Int32Array, chunkSize: 4, topK: 2 }), 'cuSeqlensQ');
+    expectInval(() => mobaGate(q, k, { cuSeqlensQ: new Int32Array([0, 3]), chunkSize: 4, topK: 2 }), 'cuSeqlensQ');
+    expectInval(
+      () => mobaGate(q, k, { cuSeqlensQ: new Int32Array([0, 2, 4]), cuSeqlensK: new Int32Array([0, 1, 4]), chunkSize: 4, topK: 2 }),
+      'key length of sequence 0',
+    );
+    expectInval(() => mobaGate(q, k3, { cuSeqlensQ: cu, chunkSize: 4, topK: 2 }), 'k.shape[1]');
+    expectInval(() => mobaGate(q, kf, { cuSeqlensQ: cu, chunkSize: 4, topK: 2 }), 'k.dtype');
+    expectInval(() => mobaGate(q, k, null as unknown as { cuSeqlensQ: Int32Array; chunkSize: number; topK: number }), 'options');
+    expectInval(() => mobaGate(q, 'k' as unknown as Tensor, { cuSeqlensQ: cu, chunkSize: 4, topK: 2 }), 'k');
+    if (opts.cuda) {
+      using q96 = device.tensor(new Float32Array(4 * 96), { dtype: 'bf16', shape: [4, 1, 96] });
+      using k96 = device.tensor(new Float32Array(4 * 96), { dtype: 'bf16', shape: [4, 1, 96] });
+      expectInval(() => mobaGate(q96, k96, { cuSeqlensQ: cu, chunkSize: 4, topK: 2 }), 'q.shape[2]');
+    }
+  });
+
+  if (opts.cuda) defineListTests(open);
+}
+
+/**
+ * The CSR lists (native/kernels/common/moba_lists.h) through the internal
+ * native method: built from scratch on host from the indices and compared.
+ */
+function defineListTests(open: () => Device): void {
+  it('builds CSR lists consistent with the indices (segments, sorted entries, entryOf)', async () => {
+    using device = open();
+    const rng = rngFor('gate lists');
+    const configs = [
+      { chunkSize: 16, topK: 8, group: 2, batch: 3, chunked: true },
+      { chunkSize: 100, topK: 3, group: 1, batch: 7, chunked: false },
+      { chunkSize: 48, topK: 40, group: 4, batch: 1, chunked: true },
+      { chunkSize: 64, topK: 12, group: 8, batch: 3, chunked: false },
+      { chunkSize: 128, topK: 1, group: 1, batch: 3, chunked: true },
+      { chunkSize: 32, topK: 2, group: 2, batch: 7, chunked: true },
+    ];
+    for (const [n, cfg] of configs.entries()) {
+      const dtype: Dtype = n % 2 ? 'f16' : 'bf16';
+      const c = makeCase(rng, { dtype, batch: cfg.batch, maxLen: 1500, group: cfg.group, numKVHeads: cfg.group === 8 ? 1 : 2, headDim: [64, 128][n % 2]!, chunkSize: cfg.chunkSize, topK: cfg.topK, chunked: cfg.chunked });
+      const batch = c.cuQ.length - 1;
+      const totalQ = c.cuQ[batch]!;
+      const K = c.topK;
+      const kp = K - 1;
+      const cuBlocks = new Int32Array(batch + 1);
+      for (let b = 0; b < batch; b++) cuBlocks[b + 1] = cuBlocks[b]! + Math.ceil((c.cuK[b + 1]! - c.cuK[b]!) / c.chunkSize);
+      const numSegments = cuBlocks[batch]! * c.numQHeads;
+      const { q, k } = upload(device, c);
+      using qq = q;
+      using kk = k;
+      using out = device.empty([c.numQHeads, totalQ, K], 'i32');
+      using cbOut = device.empty([batch + 1], 'i32');
+      using offOut = device.empty([numSegments + 1], 'i32');
+      using entOut = device.empty([Math.max(1, totalQ * c.numQHeads * kp)], 'i32');
+      using eofOut = device.empty([Math.max(1, totalQ * c.numQHeads * kp)], 'i32');
+      device.native.mobaGateLists(
+        qq.buffer, kk.buffer, out.buffer, c.cuQ, c.cuK, c.dtype === 'bf16' ? 0 : 1,
+        c.numQHeads, c.numKVHeads, c.headDim, c.chunkSize, K,
+        cbOut.buffer, offOut.buffer, entOut.buffer, eofOut.buffer,
+      );
+      const idx = (await out.toArray()) as Int32Array;
+      using plain = await (async () => {
+        const { q: q2, k: k2 } = upload(device, c);
+        const t = mobaGate(q2, k2, { cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, chunkSize: c.chunkSize, topK: K });
+        q2.dispose();
+        k2.dispose();
+        return t;
+      })();
+      expect(Array.from(idx)).toEqual(Array.from((await plain.toArray()) as Int32Array));
+      expect(Array.from((await cbOut.toArray()) as Int32Array)).toEqual(Array.from(cuBlocks));
+      const offsets = (await offOut.toArray()) as Int32Array;
+      const entries = (await entOut.toArray()) as Int32Array;
+      const entryOf = (await eofOut.toArray()) as Int32Array;
+      // Expected lists from the indices, entries ascending by construction.
+      const want: number[][] = Array.from({ length: numSegments }, () => []);
+      let total = 0;
+      for (let row = 0; row < totalQ; row++) {
+        const b = sequenceOf(c.cuQ, row);
+        for (let h = 0; h < c.numQHeads; h++) {
+          const base = (h * totalQ + row) * K;
+          for (let slot = 0; slot < kp; slot++) {
+            if (idx[base + slot]! >= 0 && idx[base + slot + 1]! >= 0) {
+              want[(cuBlocks[b]! + idx[base + slot]!) * c.numQHeads + h]!.push(row * c.numQHeads + h);
+              total++;
+            }
+          }
+        }
+      }
+      const where = describeCase(c);
+      expect(offsets[0], where).toBe(0);
+      expect(offsets[numSegments], where).toBe(total);
+      for (let s = 0; s < numSegments; s++) {
+        const got = Array.from(entries.subarray(offsets[s]!, offsets[s + 1]!));
+        if (got.length !== want[s]!.length || got.some((e, i) => e !== want[s]![i])) {
+          throw new Error(`segment ${s} of ${where}: got [${got.slice(0, 16)}] want [${want[s]!.slice(0, 16)}]`);
+        }
+      }
+      for (let row = 0; row < totalQ; row++) {
+        const b = sequenceOf(c.cuQ, row);
+        for (let h = 0; h < c.numQHeads; h++) {
+          const base = (h * totalQ + row) * K;
+          for (let slot = 0; slot < kp; slot++) {
+            const e = entryOf[(h * totalQ + row) * kp + slot]!;
+            if (idx[base + slot]! >= 0 && idx[base + slot + 1]! >= 0) {
+              const seg = (cuBlocks[b]! + idx[base + slot]!) * c.numQHeads + h;
+              if (!(e >= offsets[seg]! && e < offsets[seg + 1]! && entries[e] === row * c.numQHeads + h)) {
+                throw new Error(`entryOf (${h}, ${row}, ${slot}) = ${e} of ${where}`);
+              }
+            } else if (e !== -1) {
+              throw new Error(`entryOf (${h}, ${row}, ${slot}) = ${e}, want -1, of ${where}`);
+            }
+          }
+        }
+      }
+    }
+  });
+
+  it('rejects the lists op on the CPU backend', () => {
+    using cpu = openDevice({ backend: 'cpu' });
+    using q = cpu.tensor(new Float32Array(64), { dtype: 'bf16', shape: [1, 1, 64] });
+    using o = cpu.empty([1, 1, 2], 'i32');
+    expect(() =>
+      cpu.native.mobaGateLists(q.buffer, q.buffer, o.buffer, new Int32Array([0, 1]), new Int32Array([0, 1]), 0, 1, 1, 64, 4, 2, o.buffer, o.buffer, o.buffer, o.buffer),
+    ).toThrow(/CUDA backend/);
+  });
+}
