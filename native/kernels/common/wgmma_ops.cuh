@@ -1,7 +1,8 @@
 // wgmma (sm_90a) wrappers: m64nNk16 with fp32 accumulators in the m16n8
 // fragment layout (d[i][0..3] = 8-column chunk i), A from shared memory
 // (descriptor) or from registers, B from shared memory. Generated operand
-// lists; only compiled for sm_90a (callers guard with __CUDA_ARCH_FEAT_SM90_ALL).
+// lists (scripts/gen-wgmma-ops.py writes this file); only compiled for sm_90a
+// (callers guard with __CUDA_ARCH_FEAT_SM90_ALL).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
