@@ -52,13 +52,13 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
     for (int e = 0; e < 8; ++e) acc[e] = __fadd_rn(acc[e], T::toFloat(h[e]));
   };
   int s = 0;
-  // Eight loads in flight before the (ordered) adds.
-  for (; s + 8 <= n; s += 8) {
-    uint4 v[8];
+  // Sixteen loads in flight before the (ordered) adds: long blocks are latency-bound.
+  for (; s + 16 <= n; s += 16) {
+    uint4 v[16];
 #pragma unroll
-    for (int u = 0; u < 8; ++u) v[u] = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(s + u) * rowStride));
+    for (int u = 0; u < 16; ++u) v[u] = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(s + u) * rowStride));
 #pragma unroll
-    for (int u = 0; u < 8; ++u) add(v[u]);
+    for (int u = 0; u < 16; ++u) add(v[u]);
   }
   for (; s < n; ++s) add(__ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(s) * rowStride)));
 

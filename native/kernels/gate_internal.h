@@ -35,16 +35,17 @@ struct GateArgs {
 };
 
 // Fast-path variants by the number of past blocks kept per query (topK - 1):
-// per-thread list capacity and 16-row MMA tiles per warp.
+// the per-row list holds them plus room for near-ties (the band), at least
+// eight more, so that a row rarely needs the exact kernel.
 inline int gateListCap(int topK) {
   int keep = topK - 1;
   if (keep == 0) return 0;  // nothing to score: the exact kernel writes the current block
-  if (keep <= 3) return 4;
-  if (keep <= 7) return 8;
-  if (keep <= 15) return 16;
+  if (keep <= 3) return 8;
+  if (keep <= 7) return 16;
+  if (keep <= 15) return 24;
   return 0;  // exact kernel for every row
 }
-inline int gateTileRows(int listCap) { return listCap == 16 ? 64 : 128; }
+inline int gateTileRows(int listCap) { return listCap > 0 ? 128 : 0; }
 
 struct GatePlan {
   int totalBlocks = 0;

@@ -1,24 +1,28 @@
 // Gate scores and top-(k-1) selection, fused: the [tokens x blocks] score
 // matrix never reaches global memory.
 //
-// Fast kernel (topK <= 16). A CTA owns up to 128 (64) consecutive query rows
-// of one sequence and one query head. The rows' q tile stays in registers as
-// MMA A fragments; centroid tiles (64 blocks, rounded to the input dtype)
-// stream through shared memory (cp.async, three stages), and mma.sync gives
-// fp32 scores. Each thread sees every fourth pair of blocks of its rows and
-// keeps, per row, a list of its best KL scores in registers (insertion only
-// when a score beats the list's minimum).
+// Fast kernel (topK <= 16). A CTA owns 128 consecutive query rows of one
+// sequence and one query head. The rows' q tile stays in registers as MMA A
+// fragments; centroid tiles (64 blocks, rounded to the input dtype) stream
+// through shared memory (cp.async, three stages), and mma.sync gives fp32
+// scores, 32 blocks at a time per warp. Each warp passes those 32 x 32
+// scores through a small shared-memory tile so that every thread owns one
+// row: it keeps that row's best KL blocks in registers, sorted, and inserts
+// only scores above its threshold (see below), one candidate per loop trip
+// for all 32 rows at once. Selection thus costs a few instructions per score
+// plus an insertion per new record, instead of one code path per score.
 //
 // Exactness. The tensor-core score a_j differs from the exact fp32 score s_j
 // (CPU summation order) by at most eps = ||q|| * E + ||q_subnormal|| * C
 // (E, C from gate_centroids.cu: rounding of the centroid to 16 bits plus
 // accumulation error; subnormal q values may be flushed by the tensor cores).
 // With T the (k-1)-th best a and L = T - 2 eps, every block of the exact
-// top-(k-1) has a >= L. The quad's lists are merged into the band of blocks
-// with a >= L; if it holds exactly k-1 blocks the choice is certain. Else the
-// blocks that can still change places are re-scored exactly and ranked by the
-// exact scores. A row goes to the exact kernel when its band may hold blocks
-// no list kept, when it has more than KL + 4 band blocks, or when its q or
+// top-(k-1) has a >= L ("the band"). Scores below the running (k-1)-th best
+// minus 2 eps can never reach the band, so they are dropped at once; the
+// row's list holds the band. If the band holds exactly k-1 blocks the choice
+// is certain. Else the blocks that can still change places are re-scored
+// exactly and ranked by the exact scores. A row goes to the exact kernel
+// when its band may not fit the list (KL entries) or when its q or
 // centroids are non-finite or huge.
 //
 // Exact kernel. One warp per (head, row): exact fp32 scores of all past
@@ -39,41 +43,47 @@ using namespace gate;
 
 constexpr unsigned kFull = 0xffffffffu;
 
-template <int D, int KL, int MT>
+template <int D, int KL>
 struct FastCfg {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kRows = kWarps * MT * 16;
-  static constexpr int kBN = 64;  // centroids per shared-memory tile
+  static constexpr int kRows = kWarps * 32;  // one row per thread
+  static constexpr int kBN = 64;             // centroids per shared-memory tile
   static constexpr int kStages = 3;
-  static constexpr int kMcap = KL + 4;  // band entries a row may keep
+  static constexpr int kPitch = 40;          // floats per row of a warp's score tile (float2 stores hit distinct banks)
   static constexpr int kQBytes = kRows * D * 2;
   static constexpr int kStageBytes = kBN * D * 2;
-  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes;
-  static_assert(kRows * kMcap * 8 <= kStages * kStageBytes, "band buffers overlay the centroid stages");
+  static constexpr int kScoreBytes = kWarps * 32 * kPitch * 4;
+  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + kScoreBytes;
+  static_assert(kRows * KL * 8 <= kStages * kStageBytes, "band buffers overlay the centroid stages");
 };
 
-// Higher score first, ties to the lower index; used where scores are finite
-// or -inf (the fast kernel's certified rows).
-__device__ __forceinline__ bool better(float sa, int ia, float sb, int ib) {
-  return sa > sb || (sa == sb && ia < ib);
-}
-
 // Inserts (s, j) into a list sorted best first, dropping the last entry.
-// Every index is a compile-time constant (a select chain rather than a
-// computed slot), so the lists stay in registers.
+// Within one row blocks arrive in ascending order, so an equal score ranks
+// below the entries already there: a strict > keeps the tie rule. Each slot's
+// new value depends only on the old list (no carried chain), and every index
+// is a compile-time constant, so the list stays in registers.
 template <int KL>
 __device__ __forceinline__ void insertSorted(float (&ls)[KL], int (&li)[KL], float s, int j) {
+  bool above[KL];
 #pragma unroll
-  for (int k = 0; k < KL; ++k) {
-    const bool above = better(s, j, ls[k], li[k]);
-    const float ts = above ? ls[k] : s;
-    const int ti = above ? li[k] : j;
-    ls[k] = above ? s : ls[k];
-    li[k] = above ? j : li[k];
-    s = ts;
-    j = ti;
+  for (int k = 0; k < KL; ++k) above[k] = s > ls[k];
+#pragma unroll
+  for (int k = KL - 1; k > 0; --k) {
+    ls[k] = above[k] ? (above[k - 1] ? ls[k - 1] : s) : ls[k];
+    li[k] = above[k] ? (above[k - 1] ? li[k - 1] : j) : li[k];
   }
+  ls[0] = above[0] ? s : ls[0];
+  li[0] = above[0] ? j : li[0];
+}
+
+// ls[i] for a run-time i < KL, by selects (no local memory).
+template <int KL>
+__device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
+  float v = ls[0];
+#pragma unroll
+  for (int k = 1; k < KL; ++k) v = i == k ? ls[k] : v;
+  return v;
 }
 
 template <typename T, int D>
@@ -98,21 +108,27 @@ __device__ __forceinline__ void writeAllPast(int32_t* out, int c, int topK, int 
   for (int m = from; m < topK; m += step) out[m] = m <= c ? m : -1;
 }
 
-template <typename T, int D, int KL, int MT>
-__global__ void __launch_bounds__(FastCfg<D, KL, MT>::kThreads, 2) fastKernel(GateArgs a) {
-  using C = FastCfg<D, KL, MT>;
-  constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, kMcap = C::kMcap;
+template <typename T, int D, int KL>
+__global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateArgs a) {
+  using C = FastCfg<D, KL>;
+  constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, kPitch = C::kPitch;
   extern __shared__ __align__(128) uint8_t smem[];
   uint16_t* qs = reinterpret_cast<uint16_t*>(smem);
   uint16_t* cs = reinterpret_cast<uint16_t*>(smem + C::kQBytes);
-  // After the main loop the stages hold the merged bands.
+  float* scoreTile = reinterpret_cast<float*>(smem + C::kQBytes + kStages * C::kStageBytes);
+  // After the main loop the stages hold each row's band.
   float* bandS = reinterpret_cast<float*>(smem + C::kQBytes);
-  int* bandI = reinterpret_cast<int*>(smem + C::kQBytes + kRows * kMcap * 4);
+  int* bandI = reinterpret_cast<int*>(smem + C::kQBytes + kRows * KL * 4);
   __shared__ int rowState[kRows];  // band size, or -1: hand to the exact kernel
   __shared__ float rowEps[kRows];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, tq = lane & 3;
+  // The row this thread owns for selection: quad member tq takes the quad's
+  // (m16 tile, half) number tq.
+  const int ownMt = tq >> 1, ownHf = tq & 1;
+  const int ownWarpRow = ownMt * 16 + g + 8 * ownHf;  // row within the warp's 32
+  const int ownRow = warp * 32 + ownWarpRow;          // row within the CTA
   const int b = a.tiles[2 * blockIdx.x];
   const int local0 = a.tiles[2 * blockIdx.x + 1];
   const int h = blockIdx.y;
@@ -127,6 +143,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL, MT>::kThreads, 2) fastKernel(Ga
   const int kvh = h / a.group;
   const int pLast = (pos0 + nRows - 1) / B;
   const int numCTiles = pLast > keepMax ? (pLast + kBN - 1) / kBN : 0;
+  const int pOwn = ownRow < nRows ? (pos0 + ownRow) / B : 0;
 
   if (numCTiles > 0) {
     const size_t qRowStride = static_cast<size_t>(a.nqh) * D;
@@ -158,82 +175,89 @@ __global__ void __launch_bounds__(FastCfg<D, KL, MT>::kThreads, 2) fastKernel(Ga
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) loadTile(s);
 
-    // Per-thread rows: (mt, hf) -> local row warp*MT*16 + mt*16 + g + 8*hf.
-    int P[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        int lr = warp * MT * 16 + mt * 16 + g + 8 * hf;
-        P[mt][hf] = lr < nRows ? (pos0 + lr) / B : 0;
-      }
     int warpPmax = 0;
     {
-      int lastRow = min(warp * MT * 16 + MT * 16, nRows) - 1;
-      if (lastRow >= warp * MT * 16) warpPmax = (pos0 + lastRow) / B;
+      int lastRow = min(warp * 32 + 32, nRows) - 1;
+      if (lastRow >= warp * 32) warpPmax = (pos0 + lastRow) / B;
       if (warpPmax <= keepMax) warpPmax = 0;  // every row of this warp keeps all its past blocks
     }
 
     cpAsyncWait<kStages - 1>();  // the q tile
     __syncthreads();
-    uint32_t qa[MT][D / 16][4];
+    uint32_t qa[2][D / 16][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
-        int r = warp * MT * 16 + mt * 16 + (lane & 15);
+        int r = warp * 32 + mt * 16 + (lane & 15);
         int ch = ks * 2 + (lane >> 4);
         ldmatrixX4(smemAddr(qs + swz<D>(r, ch) * 8), qa[mt][ks][0], qa[mt][ks][1], qa[mt][ks][2], qa[mt][ks][3]);
       }
 
-    // Error bound of each row's tensor-core scores (see the file comment).
-    float eps[MT][2];
-    bool bad[MT][2];
+    // Error bound of the owned row's tensor-core scores (see the file comment),
+    // from the fragments: each quad holds four rows, its threads a quarter of
+    // each. Squares are summed in fp32 (relative error below 2^-17 here);
+    // rows whose squares could underflow or overflow go to the exact kernel.
+    float eps = 0.f;
+    bool bad = true;
     {
       const float E = __uint_as_float(a.stats[(static_cast<size_t>(b) * a.nkvh + kvh) * 2]);
       const float Cn = __uint_as_float(a.stats[(static_cast<size_t>(b) * a.nkvh + kvh) * 2 + 1]);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-          double q2 = 0, sub2 = 0;
+          float q2 = 0.f, sub2 = 0.f;
+          uint32_t nonzero = 0, tiny = 0;
 #pragma unroll
           for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
             for (int part = 0; part < 2; ++part) {
               uint32_t u = qa[mt][ks][hf + 2 * part];
+              nonzero |= u & 0x7fff7fffu;
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
-                double v = T::toFloat(static_cast<uint16_t>(u >> (16 * e)));
-                q2 += v * v;
-                if (v != 0 && fabs(v) < T::kMinNormal) sub2 += v * v;
+                float v = T::toFloat(static_cast<uint16_t>(u >> (16 * e)));
+                q2 = fmaf(v, v, q2);
+                bool sub = v != 0.f && fabsf(v) < T::kMinNormal;
+                sub2 = sub ? fmaf(v, v, sub2) : sub2;
+                tiny |= T::kIsBf16 && sub ? 1u : 0u;
               }
             }
-          q2 += __shfl_xor_sync(kFull, q2, 1);
-          q2 += __shfl_xor_sync(kFull, q2, 2);
-          sub2 += __shfl_xor_sync(kFull, sub2, 1);
-          sub2 += __shfl_xor_sync(kFull, sub2, 2);
-          double qn = sqrt(q2);
-          bool ok = qn <= 1e30 && E <= 3e38f && Cn <= 3e38f && qn * Cn < 1e36;
-          double bound = (qn * E + sqrt(sub2) * Cn) * (1.0 + 1.0 / 256) + 7.888609052210118e-31;  // + 2^-100
-          eps[mt][hf] = ok ? __double2float_ru(bound) : 0.f;
-          bad[mt][hf] = !ok;
+#pragma unroll
+          for (int off = 1; off <= 2; off <<= 1) {
+            q2 += __shfl_xor_sync(kFull, q2, off);
+            sub2 += __shfl_xor_sync(kFull, sub2, off);
+            nonzero |= __shfl_xor_sync(kFull, nonzero, off);
+            tiny |= __shfl_xor_sync(kFull, tiny, off);
+          }
+          if (mt == ownMt && hf == ownHf) {
+            const float qn = sqrtf(q2 * (1.f + 1.f / 4096));
+            const float qsub = sqrtf(sub2 * (1.f + 1.f / 4096));
+            // bf16 subnormal squares underflow: such rows (never seen in
+            // practice) take the exact path, as do rows with huge products.
+            const bool ok = !tiny && !(nonzero != 0 && q2 < 1e-30f) && qn <= 1e18f && E <= 1e18f && Cn <= 1e18f &&
+                            qn * Cn < 1e36f;
+            eps = ok ? __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(qsub, Cn)), 1.f + 1.f / 256),
+                                 7.888609052210118e-31f)  // + 2^-100
+                     : 0.f;
+            bad = !ok;
+          }
         }
     }
+    const float twoEps = 2.f * eps;
 
-    // Per row: this thread's best KL blocks so far, sorted best first;
-    // (-inf, INT_MAX) marks an empty slot.
-    float ls[MT][2][KL];
-    int li[MT][2][KL];
+    // The owned row's best blocks so far, best first; (-inf, INT_MAX) marks an empty slot.
+    float ls[KL];
+    int li[KL];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf)
-#pragma unroll
-        for (int k = 0; k < KL; ++k) {
-          ls[mt][hf][k] = -INFINITY;
-          li[mt][hf][k] = INT_MAX;
-        }
+    for (int k = 0; k < KL; ++k) {
+      ls[k] = -INFINITY;
+      li[k] = INT_MAX;
+    }
+    const int keepOwn = min(keepMax, pOwn);
+    float thr = -INFINITY;  // scores at or below it cannot enter the band
+    float* myTile = scoreTile + warp * 32 * kPitch;
 
     for (int t = 0; t < numCTiles; ++t) {
       cpAsyncWait<kStages - 2>();
@@ -245,9 +269,9 @@ __global__ void __launch_bounds__(FastCfg<D, KL, MT>::kThreads, 2) fastKernel(Ga
       for (int nh = 0; nh < 2; ++nh) {
         const int jh = j0 + nh * 32;
         if (jh >= warpPmax) break;  // warp-uniform
-        float acc[MT][4][4];
+        float acc[2][4][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
           for (int n8 = 0; n8 < 4; ++n8)
 #pragma unroll
@@ -263,99 +287,100 @@ __global__ void __launch_bounds__(FastCfg<D, KL, MT>::kThreads, 2) fastKernel(Ga
                        bf[2 * p + 1][1]);
           }
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
+          for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
             for (int n8 = 0; n8 < 4; ++n8) mma16816<T>(acc[mt][n8], qa[mt][ks], bf[n8][0], bf[n8][1]);
         }
-        // Blocks are visited in ascending order per thread, so a later block
-        // with an equal score ranks lower: strict > keeps the tie rule.
+        // Re-deal the 32 x 32 scores so that each thread holds its own row.
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-          for (int hf = 0; hf < 2; ++hf)
+          for (int n8 = 0; n8 < 4; ++n8) {
+            const int col = n8 * 8 + 2 * tq;
+            *reinterpret_cast<float2*>(myTile + (mt * 16 + g) * kPitch + col) = make_float2(acc[mt][n8][0], acc[mt][n8][1]);
+            *reinterpret_cast<float2*>(myTile + (mt * 16 + g + 8) * kPitch + col) =
+                make_float2(acc[mt][n8][2], acc[mt][n8][3]);
+          }
+        __syncwarp();
+        const float* myRow = myTile + ownWarpRow * kPitch;
+        float v[32];
 #pragma unroll
-            for (int n8 = 0; n8 < 4; ++n8)
+        for (int c4 = 0; c4 < 8; ++c4) {
+          float4 x = *reinterpret_cast<const float4*>(myRow + 4 * c4);
+          v[4 * c4] = x.x;
+          v[4 * c4 + 1] = x.y;
+          v[4 * c4 + 2] = x.z;
+          v[4 * c4 + 3] = x.w;
+        }
+        const int lim = min(max(pOwn - jh, 0), 32);  // valid columns: blocks below the current one
+        const uint32_t validMask = lim == 32 ? kFull : ((1u << lim) - 1u);
+        if (t == 0 && nh == 0 && keepOwn > 0 && keepOwn <= 8) {
+          // First look at the row: the keep-th best of eight group maxima is a
+          // lower bound of its keep-th best score, a cheap first threshold.
+          float gm[8];
 #pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int j = jh + n8 * 8 + 2 * tq + e;
-                const float s = acc[mt][n8][2 * hf + e];
-                if (j < P[mt][hf] && s > ls[mt][hf][KL - 1]) insertSorted<KL>(ls[mt][hf], li[mt][hf], s, j);
-              }
+          for (int q4 = 0; q4 < 8; ++q4) {
+            float m = -INFINITY;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) m = (validMask >> (4 * q4 + e)) & 1u ? fmaxf(m, v[4 * q4 + e]) : m;
+            gm[q4] = m;
+          }
+#pragma unroll
+          for (int pass = 0; pass < 8; ++pass)
+#pragma unroll
+            for (int k = pass & 1; k + 1 < 8; k += 2) {
+              float hi = fmaxf(gm[k], gm[k + 1]), lo = fminf(gm[k], gm[k + 1]);
+              gm[k] = hi;
+              gm[k + 1] = lo;
+            }
+          thr = __fsub_rd(pick<8>(gm, keepOwn - 1), twoEps);
+        }
+        uint32_t mask = 0;
+#pragma unroll
+        for (int c = 0; c < 32; ++c) mask |= (v[c] >= thr ? 1u : 0u) << c;
+        mask &= validMask;
+        while (__any_sync(kFull, mask != 0)) {
+          if (mask != 0) {
+            const int c = __ffs(mask) - 1;
+            mask &= mask - 1;
+            const float s = myRow[c];
+            if (s > ls[KL - 1]) insertSorted<KL>(ls, li, s, jh + c);
+          }
+        }
+        // The running keep-th best only grows: scores below it minus 2 eps
+        // can never reach the final band.
+        if (keepOwn > 0) thr = fmaxf(thr, __fsub_rd(pick<KL>(ls, keepOwn - 1), twoEps));
+        __syncwarp();  // the tile is rewritten by the next half
       }
     }
     cpAsyncWait<0>();
     __syncthreads();  // the stages become band buffers
 
-    // Merge the quad's four lists of each row into its band.
+    if (ownRow < nRows && pOwn > keepMax) {
+      const int keep = keepMax;
+      const float L = __fsub_rd(pick<KL>(ls, keep - 1), twoEps);
+      int nb = 0;
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int lr = warp * MT * 16 + mt * 16 + g + 8 * hf;
-        const int p = P[mt][hf];
-        const int keep = min(keepMax, p);
-        // Blocks this thread saw (j < p with j % 8 in {2tq, 2tq+1}); if more
-        // than KL, blocks it dropped score at most its list's minimum.
-        const int seen = (p >> 3) * 2 + min(max((p & 7) - 2 * tq, 0), 2);
-        float wm = seen > KL ? ls[mt][hf][KL - 1] : -INFINITY;
-        wm = fmaxf(wm, __shfl_xor_sync(kFull, wm, 1));
-        wm = fmaxf(wm, __shfl_xor_sync(kFull, wm, 2));
-        bool active = lr < nRows && p > keepMax && !bad[mt][hf];
-        bool overflow = false;
-        int n = 0;
-        float L = -INFINITY;
-        while (__any_sync(kFull, active)) {
-          float s = ls[mt][hf][0];
-          int i = li[mt][hf][0];
-#pragma unroll
-          for (int off = 1; off <= 2; off <<= 1) {
-            float s2 = __shfl_xor_sync(kFull, s, off);
-            int i2 = __shfl_xor_sync(kFull, i, off);
-            if (better(s2, i2, s, i)) {
-              s = s2;
-              i = i2;
-            }
-          }
-          if (active) {
-            bool take = n < keep || s >= L;
-            if (take && n == kMcap) {
-              overflow = true;
-              active = false;
-            } else if (take) {
-              if (tq == 0) {
-                bandS[lr * kMcap + n] = s;
-                bandI[lr * kMcap + n] = i;
-              }
-              ++n;
-              if (n == keep) L = __fsub_rd(s, 2.f * eps[mt][hf]);
-              if (li[mt][hf][0] == i) {  // this thread's list supplied the block
-#pragma unroll
-                for (int k = 0; k + 1 < KL; ++k) {
-                  ls[mt][hf][k] = ls[mt][hf][k + 1];
-                  li[mt][hf][k] = li[mt][hf][k + 1];
-                }
-                ls[mt][hf][KL - 1] = -INFINITY;
-                li[mt][hf][KL - 1] = INT_MAX;
-              }
-            } else {
-              active = false;
-            }
-          }
-        }
-        if (tq == 0 && lr < nRows && p > keepMax) {
-          bool handOff = bad[mt][hf] || overflow || wm >= L;
-          rowState[lr] = handOff ? -1 : n;
-          rowEps[lr] = eps[mt][hf];
+      for (int k = 0; k < KL; ++k) {
+        if (ls[k] >= L) {
+          bandS[ownRow * KL + k] = ls[k];
+          bandI[ownRow * KL + k] = li[k];
+          ++nb;
         }
       }
+      // A full list may have dropped band blocks (they score at most its last entry).
+      const bool overflow = ls[KL - 1] >= L;
+      rowState[ownRow] = bad || overflow ? -1 : nb;
+      rowEps[ownRow] = eps;
+    }
     __syncthreads();
   }
 
-  // One thread per row: certify, re-score what is contested, write.
-  if (tid < nRows) {
-    const int lr = tid;
+  // Each thread finishes its own row: certify, re-score what is contested, write.
+  if (ownRow < nRows) {
+    const int lr = ownRow;
     const int row = row0 + lr;
-    const int c = (pos0 + lr) / B;
+    const int c = pOwn;
     int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row) * a.topK;
     if (c <= keepMax) {
       writeAllPast(out, c, a.topK, 0, 1);
@@ -365,16 +390,16 @@ __global__ void __launch_bounds__(FastCfg<D, KL, MT>::kThreads, 2) fastKernel(Ga
     } else {
       const int keep = keepMax;
       const int nb = rowState[lr];
-      float* bs = bandS + lr * kMcap;
-      int* bi = bandI + lr * kMcap;
+      float* bs = bandS + lr * KL;
+      int* bi = bandI + lr * KL;
       if (nb > keep) {
         const float twoEps = 2.f * rowEps[lr];
         // Entries that at most keep-1 others could outrank are certain.
         int nc = 0;
         for (; nc < keep; ++nc) {
-          const float thr = __fsub_rd(bs[nc], twoEps);
+          const float thrC = __fsub_rd(bs[nc], twoEps);
           int rivals = 0;
-          for (int m = 0; m < nb; ++m) rivals += bs[m] >= thr;
+          for (int m = 0; m < nb; ++m) rivals += bs[m] >= thrC;
           if (rivals > keep) break;
         }
         const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
@@ -490,10 +515,10 @@ __global__ void __launch_bounds__(128) exactKernel(GateArgs a, int allRows, int 
   }
 }
 
-template <typename T, int D, int KL, int MT>
+template <typename T, int D, int KL>
 Status launchFastTyped(const GateArgs& a, int numTiles, cudaStream_t stream) {
-  using C = FastCfg<D, KL, MT>;
-  auto kernel = fastKernel<T, D, KL, MT>;
+  using C = FastCfg<D, KL>;
+  auto kernel = fastKernel<T, D, KL>;
   MOBA_RETURN_IF_ERROR(cudaStatus(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes), "gate smem limit"));
   dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(a.nqh));
@@ -504,9 +529,9 @@ Status launchFastTyped(const GateArgs& a, int numTiles, cudaStream_t stream) {
 template <typename T, int D>
 Status launchFastDim(const GateArgs& a, int listCap, int numTiles, cudaStream_t stream) {
   switch (listCap) {
-    case 4: return launchFastTyped<T, D, 4, 2>(a, numTiles, stream);
-    case 8: return launchFastTyped<T, D, 8, 2>(a, numTiles, stream);
-    case 16: return launchFastTyped<T, D, 16, 1>(a, numTiles, stream);
+    case 8: return launchFastTyped<T, D, 8>(a, numTiles, stream);
+    case 16: return launchFastTyped<T, D, 16>(a, numTiles, stream);
+    case 24: return launchFastTyped<T, D, 24>(a, numTiles, stream);
     default: return Status::Invalid("unsupported gate list size: " + std::to_string(listCap));
   }
 }
