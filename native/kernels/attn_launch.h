@@ -5,7 +5,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "../common/dtype.h"
@@ -31,44 +30,30 @@ Status launchAttnSm90(const FwdArgs& a, FwdMode mode, DType dtype, int headDim, 
 // MOBA_ATTN_KERNEL=sm80 forces the mma.sync path (for testing it on Hopper).
 Status launchAttn(const FwdArgs& a, FwdMode mode, DType dtype, int headDim, int grid, const CudaContext& ctx);
 
-// Query tiles of kAttnTileRows rows per sequence as (sequence, tile) pairs,
-// longest sequences' last tiles first (they carry the most causal work).
-void buildQueryTiles(const Varlen& v, std::vector<int2>& tiles);
-
-// Packs host metadata arrays into one block for a single ctx.uploadMeta().
-class MetaPack {
- public:
-  template <typename T>
-  size_t add(const T* data, size_t count) {
-    size_t off = CudaContext::alignUp(bytes_.size(), 16);
-    bytes_.resize(off + count * sizeof(T));
-    if (count) std::memcpy(bytes_.data() + off, data, count * sizeof(T));
-    return off;
-  }
-  Status upload(CudaContext& ctx, const uint8_t** base) {
-    void* p = nullptr;
-    MOBA_RETURN_IF_ERROR(ctx.uploadMeta(bytes_.data(), bytes_.size(), &p));
-    *base = static_cast<const uint8_t*>(p);
-    return Status::Ok();
-  }
-
- private:
-  std::vector<uint8_t> bytes_;
+// Device copies of cuSeqlensQ/K and of the query tiles: kAttnTileRows rows
+// per sequence as (sequence, tile) pairs, longest sequences' last tiles first
+// (they carry the most causal work).
+struct QueryTiles {
+  const int32_t* cuQ = nullptr;
+  const int32_t* cuK = nullptr;
+  const int2* tiles = nullptr;
+  int numTiles = 0;
 };
+// Builds the tiles and ships all three arrays in one ctx.uploadMeta(), so
+// call it after any other upload of the same op (the gate's, see gate.h).
+Status uploadQueryTiles(const Varlen& v, CudaContext& ctx, QueryTiles* out);
 
-// Fills the fields every mode shares from the op's params; device pointers
-// to cuSeqlens and tiles come from the op's metadata upload.
-FwdArgs baseArgs(const AttentionParams& p, const int32_t* cuQ, const int32_t* cuK, const int2* tiles, int numTiles);
+// Fills the fields every mode shares from the op's params and its tiles.
+FwdArgs baseArgs(const AttentionParams& p, const QueryTiles& qt);
 
 // Dense flash attention (flash_fwd.cc).
 Status flashAttentionLaunch(const AttentionParams& p, CudaContext& ctx);
 
 // MoBA attention given the gate's lists (moba_fwd.cu): past-block partials,
 // then the causal current block merged with them. `workspace` holds
-// mobaAttendWorkspaceBytes(p, lists.maxEntries, numPairs) bytes; cuQ, cuK,
-// tiles are device metadata as for the dense path.
+// mobaAttendWorkspaceBytes(p, lists.maxEntries, numPairs) bytes.
 size_t mobaAttendWorkspaceBytes(const AttentionParams& p, int64_t maxEntries, int numPairs);
-Status mobaAttendLaunch(const AttentionParams& p, const MobaLists& lists, const int32_t* cuQ, const int32_t* cuK,
-                        const int2* tiles, int numTiles, void* workspace, CudaContext& ctx);
+Status mobaAttendLaunch(const AttentionParams& p, const MobaLists& lists, const QueryTiles& qt, void* workspace,
+                        CudaContext& ctx);
 
 }  // namespace moba

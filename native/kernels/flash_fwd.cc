@@ -15,6 +15,8 @@
 
 namespace moba {
 
+namespace {
+
 void buildQueryTiles(const Varlen& v, std::vector<int2>& tiles) {
   tiles.clear();
   std::vector<int> order(v.batch);
@@ -33,17 +35,56 @@ void buildQueryTiles(const Varlen& v, std::vector<int2>& tiles) {
   }
 }
 
-FwdArgs baseArgs(const AttentionParams& p, const int32_t* cuQ, const int32_t* cuK, const int2* tiles, int numTiles) {
+// Packs host arrays into one block for a single ctx.uploadMeta().
+class MetaPack {
+ public:
+  template <typename T>
+  size_t add(const T* data, size_t count) {
+    size_t off = CudaContext::alignUp(bytes_.size(), 16);
+    bytes_.resize(off + count * sizeof(T));
+    if (count) std::memcpy(bytes_.data() + off, data, count * sizeof(T));
+    return off;
+  }
+  Status upload(CudaContext& ctx, const uint8_t** base) {
+    void* p = nullptr;
+    MOBA_RETURN_IF_ERROR(ctx.uploadMeta(bytes_.data(), bytes_.size(), &p));
+    *base = static_cast<const uint8_t*>(p);
+    return Status::Ok();
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+}  // namespace
+
+Status uploadQueryTiles(const Varlen& v, CudaContext& ctx, QueryTiles* out) {
+  thread_local std::vector<int2> tiles;
+  buildQueryTiles(v, tiles);
+  MetaPack pack;
+  const size_t offQ = pack.add(v.cuSeqlensQ, v.batch + 1);
+  const size_t offK = pack.add(v.cuSeqlensK, v.batch + 1);
+  const size_t offT = pack.add(tiles.data(), tiles.size());
+  const uint8_t* meta = nullptr;
+  MOBA_RETURN_IF_ERROR(pack.upload(ctx, &meta));
+  out->cuQ = reinterpret_cast<const int32_t*>(meta + offQ);
+  out->cuK = reinterpret_cast<const int32_t*>(meta + offK);
+  out->tiles = reinterpret_cast<const int2*>(meta + offT);
+  out->numTiles = static_cast<int>(tiles.size());
+  return Status::Ok();
+}
+
+FwdArgs baseArgs(const AttentionParams& p, const QueryTiles& qt) {
   FwdArgs a;
   a.q = p.q;
   a.k = p.k;
   a.v = p.v;
   a.out = p.out;
   a.lse = p.lse;
-  a.cuSeqlensQ = cuQ;
-  a.cuSeqlensK = cuK;
-  a.tiles = tiles;
-  a.numTiles = numTiles;
+  a.cuSeqlensQ = qt.cuQ;
+  a.cuSeqlensK = qt.cuK;
+  a.tiles = qt.tiles;
+  a.numTiles = qt.numTiles;
   a.batch = p.varlen.batch;
   a.totalQ = p.varlen.totalQ;
   a.numQHeads = p.heads.numQHeads;
@@ -82,21 +123,12 @@ Status launchAttn(const FwdArgs& a, FwdMode mode, DType dtype, int headDim, int 
 }
 
 Status flashAttentionLaunch(const AttentionParams& p, CudaContext& ctx) {
-  const Varlen& v = p.varlen;
-  thread_local std::vector<int2> tiles;
-  buildQueryTiles(v, tiles);
-  MetaPack pack;
-  const size_t offQ = pack.add(v.cuSeqlensQ, v.batch + 1);
-  const size_t offK = pack.add(v.cuSeqlensK, v.batch + 1);
-  const size_t offT = pack.add(tiles.data(), tiles.size());
-  const uint8_t* meta = nullptr;
-  MOBA_RETURN_IF_ERROR(pack.upload(ctx, &meta));
-  const int numTiles = static_cast<int>(tiles.size());
-  FwdArgs a = baseArgs(p, reinterpret_cast<const int32_t*>(meta + offQ), reinterpret_cast<const int32_t*>(meta + offK),
-                       reinterpret_cast<const int2*>(meta + offT), numTiles);
+  QueryTiles qt;
+  MOBA_RETURN_IF_ERROR(uploadQueryTiles(p.varlen, ctx, &qt));
+  FwdArgs a = baseArgs(p, qt);
   a.chunkSize = 0;
   a.topK = 0;
-  const int64_t grid = static_cast<int64_t>(numTiles) * p.heads.numQHeads;
+  const int64_t grid = static_cast<int64_t>(qt.numTiles) * p.heads.numQHeads;
   if (grid > INT_MAX) return Status::Invalid("flashAttention: problem too large for one launch");
   return launchAttn(a, FwdMode::Dense, p.dtype, p.heads.headDim, static_cast<int>(grid), ctx);
 }

@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
       for (int ks = 0; ks < D / 16; ++ks) {
         int r = warp * 32 + mt * 16 + (lane & 15);
         int ch = ks * 2 + (lane >> 4);
-        ldmatrixX4(smemAddr(qs + swz<D>(r, ch) * 8), qa[mt][ks][0], qa[mt][ks][1], qa[mt][ks][2], qa[mt][ks][3]);
+        ldsm4(qa[mt][ks], smemAddr(qs + swz<D>(r, ch) * 8));
       }
 
     // Error bound of the owned row's tensor-core scores (see the file comment),
@@ -283,8 +283,12 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
           for (int p = 0; p < 2; ++p) {
             int n = nh * 32 + p * 16 + (lane >> 4) * 8 + (lane & 7);
             int ch = ks * 2 + ((lane >> 3) & 1);
-            ldmatrixX4(smemAddr(st + swz<D>(n, ch) * 8), bf[2 * p][0], bf[2 * p][1], bf[2 * p + 1][0],
-                       bf[2 * p + 1][1]);
+            uint32_t r[4];
+            ldsm4(r, smemAddr(st + swz<D>(n, ch) * 8));
+            bf[2 * p][0] = r[0];
+            bf[2 * p][1] = r[1];
+            bf[2 * p + 1][0] = r[2];
+            bf[2 * p + 1][1] = r[3];
           }
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt)

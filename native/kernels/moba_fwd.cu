@@ -157,17 +157,9 @@ Status mobaAttentionLaunch(const AttentionParams& p, CudaContext& ctx) {
   if (hasPast) MOBA_RETURN_IF_ERROR(mobaListsLaunch(gp, ctx, ws, &lists));
 
   // After the gate's own metadata upload (gate.h).
-  thread_local std::vector<int2> tiles;
-  buildQueryTiles(v, tiles);
-  MetaPack pack;
-  const size_t offQ = pack.add(v.cuSeqlensQ, v.batch + 1);
-  const size_t offK = pack.add(v.cuSeqlensK, v.batch + 1);
-  const size_t offT = pack.add(tiles.data(), tiles.size());
-  const uint8_t* meta = nullptr;
-  MOBA_RETURN_IF_ERROR(pack.upload(ctx, &meta));
-  return mobaAttendLaunch(p, lists, reinterpret_cast<const int32_t*>(meta + offQ),
-                          reinterpret_cast<const int32_t*>(meta + offK), reinterpret_cast<const int2*>(meta + offT),
-                          static_cast<int>(tiles.size()), static_cast<uint8_t*>(ws) + listRegion, ctx);
+  QueryTiles qt;
+  MOBA_RETURN_IF_ERROR(uploadQueryTiles(v, ctx, &qt));
+  return mobaAttendLaunch(p, lists, qt, static_cast<uint8_t*>(ws) + listRegion, ctx);
 }
 
 }  // namespace
@@ -176,8 +168,8 @@ size_t mobaAttendWorkspaceBytes(const AttentionParams& p, int64_t maxEntries, in
   return attendLayout(p, maxEntries, numPairs).total;
 }
 
-Status mobaAttendLaunch(const AttentionParams& p, const MobaLists& lists, const int32_t* cuQ, const int32_t* cuK,
-                        const int2* tiles, int numTiles, void* workspace, CudaContext& ctx) {
+Status mobaAttendLaunch(const AttentionParams& p, const MobaLists& lists, const QueryTiles& qt, void* workspace,
+                        CudaContext& ctx) {
   const int D = p.heads.headDim;
   const int group = p.heads.numQHeads / p.heads.numKVHeads;
   const int numPairs = lists.totalBlocks * p.heads.numKVHeads;
@@ -194,11 +186,11 @@ Status mobaAttendLaunch(const AttentionParams& p, const MobaLists& lists, const 
     MOBA_RETURN_IF_ERROR(checkLaunch("moba work scan"));
     if (numPairs > 0) {
       pastJobsKernel<<<(numPairs + 255) / 256, 256, 0, ctx.stream>>>(
-          lists.segmentOffsets, workOffsets, lists.cuBlocks, cuK, numPairs, group, p.heads.numKVHeads,
+          lists.segmentOffsets, workOffsets, lists.cuBlocks, qt.cuK, numPairs, group, p.heads.numKVHeads,
           p.varlen.batch, p.chunkSize, D, pastJobs);
       MOBA_RETURN_IF_ERROR(checkLaunch("moba past jobs"));
     }
-    FwdArgs a = baseArgs(p, cuQ, cuK, tiles, numTiles);
+    FwdArgs a = baseArgs(p, qt);
     a.out = partial;
     a.lse = partialLse;
     a.segmentOffsets = lists.segmentOffsets;
@@ -212,7 +204,7 @@ Status mobaAttendLaunch(const AttentionParams& p, const MobaLists& lists, const 
     MOBA_RETURN_IF_ERROR(checkGrid(grid, "mobaAttention"));
     MOBA_RETURN_IF_ERROR(launchAttn(a, FwdMode::MobaPast, p.dtype, D, static_cast<int>(grid), ctx));
   }
-  FwdArgs a = baseArgs(p, cuQ, cuK, tiles, numTiles);
+  FwdArgs a = baseArgs(p, qt);
   if (hasPast) {
     a.entryOf = lists.entryOf;
     a.partial = partial;
@@ -220,7 +212,7 @@ Status mobaAttendLaunch(const AttentionParams& p, const MobaLists& lists, const 
   } else {
     a.topK = 1;
   }
-  const int64_t grid = static_cast<int64_t>(numTiles) * p.heads.numQHeads;
+  const int64_t grid = static_cast<int64_t>(qt.numTiles) * p.heads.numQHeads;
   MOBA_RETURN_IF_ERROR(checkGrid(grid, "mobaAttention"));
   return launchAttn(a, FwdMode::MobaCurrent, p.dtype, D, static_cast<int>(grid), ctx);
 }
