@@ -23,13 +23,18 @@ const copyTo = option('--copy-to');
 const config = args.includes('--debug') ? 'Debug' : 'Release';
 
 const cmakeJs = join(dirname(require.resolve('cmake-js/package.json')), 'bin', 'cmake-js');
-const cmakeArgs = [
-  cmakeJs, 'build', '--out', out, '--config', config,
-  `--CDMOBA_CUDA=${process.env.MOBA_CUDA ?? 'AUTO'}`,
-  `--CDMOBA_CUDA_ARCHS=${process.env.MOBA_CUDA_ARCHS ?? ''}`,
+// Both settings are passed on every build (cmake-js drops empty values, hence
+// "default"), and the build directory is configured again each time, so a
+// changed MOBA_CUDA_ARCHS takes effect in an existing build/.
+const common = [
+  '--out', out, '--config', config,
+  `--CDMOBA_CUDA=${process.env.MOBA_CUDA || 'AUTO'}`,
+  `--CDMOBA_CUDA_ARCHS=${process.env.MOBA_CUDA_ARCHS || 'default'}`,
 ];
-if (process.env.MOBA_BUILD_JOBS) cmakeArgs.push('--parallel', process.env.MOBA_BUILD_JOBS);
-const result = spawnSync(process.execPath, cmakeArgs, { cwd: root, stdio: 'inherit' });
+const build = ['build', ...common];
+if (process.env.MOBA_BUILD_JOBS) build.push('--parallel', process.env.MOBA_BUILD_JOBS);
+let result = spawnSync(process.execPath, [cmakeJs, 'configure', ...common], { cwd: root, stdio: 'inherit' });
+if (result.status === 0) result = spawnSync(process.execPath, [cmakeJs, ...build], { cwd: root, stdio: 'inherit' });
 if (result.status !== 0) {
   console.error('moba-cuda: native build failed. It needs cmake (>= 3.18) and a C++17 compiler; ' +
     'CUDA kernels also need nvcc (set MOBA_CUDA=OFF for a CPU-only build).');
