@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "common/moba_rank.cuh"
 #include "common/ptx.cuh"
 #include "ops.h"
 
@@ -150,13 +151,6 @@ __device__ __forceinline__ void allowDependentGrid() {
 #endif
 }
 
-// The gate's ranking (DESIGN.md section 1): higher score first, NaN lowest,
-// ties to the lower block index. A strict total order over (score, block).
-__device__ __forceinline__ bool ranksAbove(float si, int i, float sj, int j) {
-  const bool in = isnan(si), jn = isnan(sj);
-  if (in || jn) return (in && jn) ? i < j : jn;
-  return si > sj || (si == sj && i < j);
-}
 
 struct TileInfo {
   int p0;         // first key position

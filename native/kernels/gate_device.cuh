@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "common/moba_rank.cuh"
 #include "common/ptx.cuh"
 
 namespace moba {
@@ -53,15 +54,6 @@ __device__ __forceinline__ float exactDot(const float* q, const float* __restric
   }
   return __fadd_rn(__fadd_rn(__fadd_rn(s[0], s[1]), __fadd_rn(s[2], s[3])),
                    __fadd_rn(__fadd_rn(s[4], s[5]), __fadd_rn(s[6], s[7])));
-}
-
-// DESIGN.md ranking: higher score first, NaN below everything, ties (and
-// NaN against NaN) to the lower block index.
-__device__ __forceinline__ bool ranksAbove(float sa, int ia, float sb, int ib) {
-  bool an = isnan(sa), bn = isnan(sb);
-  if (an != bn) return bn;
-  if (!an && sa != sb) return sa > sb;
-  return ia < ib;
 }
 
 // Sequence b with cu[b] <= x < cu[b+1] among batch sequences (skips empty ones).
