@@ -6,11 +6,8 @@
 //
 // Shape: 32 query heads, 8 KV heads, head dim 128, bf16; one new token per
 // sequence, so each step reads the whole cached K and V once.
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
 import { KVCache, MobaAttention, openDevice } from '../dist/index.js';
+import { randomBf16, writeResults } from './_common.js';
 
 const args = process.argv.slice(2);
 const opt = (name, fallback) => {
@@ -27,26 +24,6 @@ const FILL_ROWS = 8192;
 
 const device = openDevice({ backend: quick ? 'auto' : 'cuda' });
 console.log(`device: ${device.name}${device.computeCapability ? ` (sm ${device.computeCapability})` : ''}`);
-
-/** Standard normal samples (Box-Muller), a fixed seed: the bench needs non-zero data, not fresh data. */
-function randn(n, seed) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const x = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(1 - next()));
-    const w = 2 * Math.PI * next();
-    x[i] = r * Math.cos(w);
-    if (i + 1 < n) x[i + 1] = r * Math.sin(w);
-  }
-  return x;
-}
 
 /** Median of `reps` timings, each the mean over `iters` back-to-back runs (GPU time when the host keeps ahead). */
 async function timeOp(fn, { iters, reps = 5, warmup = 3 }) {
@@ -86,8 +63,8 @@ async function buildCache(batch, context, pageSizeHere, extraTokens = 0) {
   const cache = new KVCache(device, {
     numLayers: 1, numPages: batch * pagesPerSeq + 8, pageSize: pageSizeHere, numKVHeads: HKV, headDim: D, dtype: 'bf16',
   });
-  const k = device.tensor(randn(FILL_ROWS * HKV * D, 1), { dtype: 'bf16', shape: [FILL_ROWS, HKV, D] });
-  const v = device.tensor(randn(FILL_ROWS * HKV * D, 2), { dtype: 'bf16', shape: [FILL_ROWS, HKV, D] });
+  const k = device.tensor(randomBf16(FILL_ROWS * HKV * D, 1), { dtype: 'bf16', shape: [FILL_ROWS, HKV, D] });
+  const v = device.tensor(randomBf16(FILL_ROWS * HKV * D, 2), { dtype: 'bf16', shape: [FILL_ROWS, HKV, D] });
   const seqs = Array.from({ length: batch }, () => cache.addSequence());
   // Fill in plans of FILL_ROWS rows: whole sequences or FILL_ROWS-token pieces of one.
   const queue = seqs.map((seq) => ({ seq, left: context }));
@@ -106,7 +83,7 @@ async function buildCache(batch, context, pageSizeHere, extraTokens = 0) {
     if (rows === FILL_ROWS) {
       cache.append(0, plan, k, v);
     } else {
-      const kk = device.tensor(randn(rows * HKV * D, 3), { dtype: 'bf16', shape: [rows, HKV, D] });
+      const kk = device.tensor(randomBf16(rows * HKV * D, 3), { dtype: 'bf16', shape: [rows, HKV, D] });
       cache.append(0, plan, kk, kk);
       kk.dispose();
     }
@@ -114,10 +91,10 @@ async function buildCache(batch, context, pageSizeHere, extraTokens = 0) {
   k.dispose();
   v.dispose();
   const plan = cache.plan(seqs.map((seq) => ({ seq, newTokens: 1 })));
-  const k1 = device.tensor(randn(batch * HKV * D, 4), { dtype: 'bf16', shape: [batch, HKV, D] });
+  const k1 = device.tensor(randomBf16(batch * HKV * D, 4), { dtype: 'bf16', shape: [batch, HKV, D] });
   cache.append(0, plan, k1, k1);
   k1.dispose();
-  const q = device.tensor(randn(batch * HQ * D, 5), { dtype: 'bf16', shape: [batch, HQ, D] });
+  const q = device.tensor(randomBf16(batch * HQ * D, 5), { dtype: 'bf16', shape: [batch, HQ, D] });
   await device.synchronize();
   return { cache, plan, q, kvBytes: batch * (context + 1) * HKV * D * 2 * 2 };
 }
@@ -176,7 +153,7 @@ for (const ps of mobaPageSizes) {
   const n = quick ? 50 : 400;
   const env = await buildCache(batch, 1024, pageSize, n);
   const q = env.q;
-  const kv = device.tensor(randn(batch * HKV * D, 6), { dtype: 'bf16', shape: [batch, HKV, D] });
+  const kv = device.tensor(randomBf16(batch * HKV * D, 6), { dtype: 'bf16', shape: [batch, HKV, D] });
   const seqs = env.plan.sequences.map((s) => s.seq);
   const entries = seqs.map((seq) => ({ seq, newTokens: 1 }));
   env.plan.dispose();
@@ -202,8 +179,5 @@ const line = (r) => r.map((c, i) => String(c).padEnd(widths[i])).join(' | ');
 console.log(`\n${line(header)}\n${widths.map((w) => '-'.repeat(w)).join('-|-')}`);
 for (const r of rows) console.log(line(r));
 
-const here = dirname(fileURLToPath(import.meta.url));
-const outDir = process.env.OUT ?? join(here, 'results');
-mkdirSync(outDir, { recursive: true });
-writeFileSync(join(outDir, 'decode.json'), JSON.stringify(results, null, 1));
+writeResults('decode', results);
 device.dispose();

@@ -1,13 +1,10 @@
 // mobaGate speed: batch 2, 16 heads, head dim 128, bf16, random q and k,
 // N = 8K/32K/128K tokens per sequence, configs (chunkSize, topK) = (128, 8)
-// and (512, 3). Prints a table and writes bench/results/gate.json.
+// and (512, 3). Prints a table and writes bench/results/gate-<time>.json.
 //
 //   npm run bench -- gate [--n 8192,32768] [--configs 128:8,512:3] [--reps 20] [--backend cuda]
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
 import { mobaGate, openDevice } from '../dist/index.js';
+import { randomBf16, writeResults } from './_common.js';
 
 const args = process.argv.slice(2);
 const opt = (name, fallback) => {
@@ -22,30 +19,13 @@ const batch = 2;
 const heads = 16;
 const headDim = 128;
 
-// Fast approximately normal values (sum of four uniforms, xorshift32): the
-// gate only needs data without structure; 1e9 exact normals in JS take long.
-function randomNormalish(n, seed) {
-  const x = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  const next = () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 4294967296;
-  };
-  for (let i = 0; i < n; i++) x[i] = (next() + next() + next() + next() - 2) * 1.7320508;
-  return x;
-}
-
 const device = openDevice({ backend });
 console.log(`mobaGate on ${device.name} (${device.backend}), batch ${batch}, ${heads} heads, head dim ${headDim}, bf16, ${reps} reps`);
 const rows = [];
 for (const N of Ns) {
   const total = batch * N;
-  const q = device.tensor(randomNormalish(total * heads * headDim, 0x9e3779b9 ^ N), { dtype: 'bf16', shape: [total, heads, headDim] });
-  const k = device.tensor(randomNormalish(total * heads * headDim, 0x85ebca6b ^ N), { dtype: 'bf16', shape: [total, heads, headDim] });
+  const q = device.tensor(randomBf16(total * heads * headDim, 0x9e3779b9 ^ N), { dtype: 'bf16', shape: [total, heads, headDim] });
+  const k = device.tensor(randomBf16(total * heads * headDim, 0x85ebca6b ^ N), { dtype: 'bf16', shape: [total, heads, headDim] });
   const cu = new Int32Array([0, N, 2 * N]);
   for (const [chunkSize, topK] of configs) {
     const run = () => mobaGate(q, k, { cuSeqlensQ: cu, chunkSize, topK });
@@ -79,6 +59,4 @@ console.log(`${pad('N', 7)} ${pad('(B, K)', 10)} ${pad('median ms', 10)} ${pad('
 for (const r of rows) {
   console.log(`${pad(r.N, 7)} ${pad(`(${r.chunkSize}, ${r.topK})`, 10)} ${pad(r.medianMs.toFixed(3), 10)} ${pad(r.pipelinedMs.toFixed(3), 12)} ${pad(r.qkTBps.toFixed(2), 9)}`);
 }
-const outDir = join(dirname(fileURLToPath(import.meta.url)), 'results');
-mkdirSync(outDir, { recursive: true });
-writeFileSync(join(outDir, 'gate.json'), JSON.stringify({ date: new Date().toISOString(), device: device.name, batch, heads, headDim, rows }, null, 2));
+writeResults('gate', { date: new Date().toISOString(), device: device.name, batch, heads, headDim, rows });
