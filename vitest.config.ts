@@ -3,7 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     pool: 'forks',
-    // Lets the FinalizationRegistry backstop be tested with global.gc().
+    // Lets the freeing of dropped tensors be tested with global.gc().
     execArgv: ['--expose-gc'],
     include: ['test/**/*.test.ts'],
     testTimeout: 120_000,

@@ -15,6 +15,7 @@
 #include "../common/backend.h"
 #include "common/cuda_context.h"
 #include "gate.h"
+#include "small_buffer_cache.h"
 #include "ops.h"
 
 #ifndef MOBA_CUDA_ARCHS
@@ -180,6 +181,7 @@ class CudaBackend final : public Backend, public CudaContext {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream);
     waiter_.reset();  // runs the remaining callbacks
+    smallBlocks_.drain([](void* p) { cudaFree(p); });
     if (scratch_) cudaFree(scratch_);
     if (meta_) cudaFree(meta_);
     if (metaPinned_) cudaFreeHost(metaPinned_);
@@ -204,14 +206,28 @@ class CudaBackend final : public Backend, public CudaContext {
       cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &inUse);
     }
     info.total = totalB;
-    info.free = freeB + (reserved > inUse ? reserved - inUse : 0);
+    info.free = freeB + (reserved > inUse ? reserved - inUse : 0) + smallBlocks_.cachedBytes();
     info.used = used_.load() + scratchBytes_ + metaBytes_;
     return info;
   }
 
   Status allocate(size_t bytes, void** ptr) override {
     cudaSetDevice(device_);
-    cudaError_t err = cudaMallocAsync(ptr, bytes ? bytes : 1, stream);
+    const size_t block = SmallBufferCache::blockSize(bytes);
+    if (block > 0) {
+      if (void* p = smallBlocks_.take(block)) {
+        *ptr = p;
+        used_ += bytes;
+        return Status::Ok();
+      }
+    }
+    const size_t request = block > 0 ? block : (bytes ? bytes : 1);
+    cudaError_t err = cudaMallocAsync(ptr, request, stream);
+    if (err == cudaErrorMemoryAllocation && smallBlocks_.cachedBytes() > 0) {
+      cudaGetLastError();
+      smallBlocks_.drain([this](void* p) { cudaFreeAsync(p, stream); });
+      err = cudaMallocAsync(ptr, request, stream);
+    }
     if (err != cudaSuccess) {
       cudaGetLastError();  // allocation failures are not sticky; clear them
       if (err == cudaErrorMemoryAllocation) {
@@ -227,8 +243,10 @@ class CudaBackend final : public Backend, public CudaContext {
 
   void release(void* ptr, size_t bytes) override {
     cudaSetDevice(device_);
-    if (cudaFreeAsync(ptr, stream) != cudaSuccess) cudaGetLastError();
     used_ -= bytes;
+    const size_t block = SmallBufferCache::blockSize(bytes);
+    if (block > 0 && smallBlocks_.give(ptr, block)) return;
+    if (cudaFreeAsync(ptr, stream) != cudaSuccess) cudaGetLastError();
   }
 
   std::unique_ptr<Staging> stage(size_t bytes) override {
@@ -362,6 +380,7 @@ class CudaBackend final : public Backend, public CudaContext {
   int device_;
   cudaDeviceProp prop_{};
   std::atomic<uint64_t> used_{0};
+  SmallBufferCache smallBlocks_;
   PinnedPool pinned_;
   std::unique_ptr<Waiter> waiter_;
   void* scratch_ = nullptr;

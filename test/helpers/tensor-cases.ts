@@ -165,7 +165,7 @@ export function defineTensorTests(open: () => Device): void {
     expect(escaped.disposed).toBe(true);
   });
 
-  it('the FinalizationRegistry backstop frees tensors that were never disposed', async () => {
+  it('garbage collection frees tensors that were never disposed', async () => {
     const gc = (globalThis as { gc?: () => void }).gc;
     expect(gc, 'tests run with --expose-gc').toBeTypeOf('function');
     using device = open();
