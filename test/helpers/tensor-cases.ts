@@ -154,6 +154,28 @@ export function defineTensorTests(open: () => Device): void {
     expect(Array.from(await pending)).toEqual(Array.from(x));
   });
 
+  it('memory freed while queued work still reads it is reused only after that work', async () => {
+    using device = open();
+    const n = device.backend === 'cuda' ? 2 ** 28 : 2 ** 22;
+    using slow = device.empty([n], 'f32');
+    const rng = rngFor('reuse after free');
+    const cases = [1, 100, 1000, 65536, 300000].map((size) => {
+      // Slow work first, so that the read below is still queued when its memory is handed out again.
+      device.native.fill(slow.buffer, n, 4, size);
+      const x = randn(size, rng);
+      const t = device.tensor(x, { dtype: 'f32' });
+      const pending = t.toArray();
+      t.dispose();
+      const y = randn(size, rng);
+      return { x, pending, y, u: device.tensor(y, { dtype: 'f32' }) };
+    });
+    for (const { x, pending, y, u } of cases) {
+      expect(Array.from(await pending)).toEqual(Array.from(x));
+      expect(Array.from(await u.toArray())).toEqual(Array.from(y));
+      u.dispose();
+    }
+  });
+
   it('`using` disposes at the end of the scope', async () => {
     using device = open();
     let escaped: { disposed: boolean } | undefined;
