@@ -3,9 +3,11 @@
 // Bytes decide decode: every step reads the K/V of the whole context. One CTA
 // owns one (sequence, KV head, row tile, slot): the row tile holds all query
 // heads of that KV head for the sequence's 1..8 new tokens (GQA: K/V are read
-// once for the group), so a tile of 64 keys is one pair of 16x16 tensor-core
-// products per warp. K/V tiles stream through shared memory with 16-byte
-// cp.async loads, kStages tiles in flight per CTA and two CTAs per SM.
+// once for the group). Each of its 4 warps streams its own 16-key tiles
+// through its own ring of shared-memory stages (decode_stream.cuh: one bulk
+// copy per K or V row on sm_90, cp.async elsewhere) and keeps its own online
+// softmax, so no CTA-wide barrier sits in the loop; the warps are merged once
+// at the end. Two CTAs per SM, each warp with two tiles in flight.
 // Flash-decoding: when (sequences x KV heads) cannot fill the GPU, the keys
 // are split over `numSlots` CTAs whose normalized partial outputs and
 // log-sum-exps are merged by the last CTA of the group to finish (a counter
@@ -27,20 +29,30 @@
 
 #include "common/moba_rank.cuh"
 #include "common/ptx.cuh"
+#include "decode_stream.cuh"
 #include "ops.h"
 
 namespace moba {
 namespace {
 
-constexpr int kThreads = 128;  // 4 warps; warp w takes keys [16w, 16w+16) of a tile
-constexpr int kTile = 64;      // keys per pipeline stage
-constexpr int kStages = 3;
+constexpr int kThreads = 128;  // 4 warps; warp w takes keys [16w, 16w+16) of every virtual tile
+constexpr int kTile = 64;      // keys per virtual tile (the unit of the split and of moba blocks)
+constexpr int kStages = 3;     // per warp: two 16-key tiles in flight while one is used
 constexpr int kCtasPerSm = 2;
+// scoresKernel: as many CTAs of 128 threads as an SM has threads for, so that
+// on the H200 a grid of up to 132 * 16 blocks (128K tokens, 8 KV heads,
+// chunks of 512) runs in one wave; unbounded, 38 registers allowed only 12
+// per SM and the grid took two.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870 || __CUDA_ARCH__ == 890)
+constexpr int kScoresCtasPerSm = 12;  // 1536 threads per SM
+#else
+constexpr int kScoresCtasPerSm = 16;  // 2048 threads per SM
+#endif
 constexpr int kMaxSlots = 64;
 constexpr int kSelectBatch = 8;
-// Shared memory for the moba selection beyond the pipeline, within which two
-// CTAs still fit on an SM (2 x (100 KB + this) + reserve <= 228 KB at d128).
-constexpr size_t kMobaSmemBudget = 12 * 1024;
+// The mbarriers of the warps' rings, ahead of the query rows.
+constexpr int kBarBytes = 128;
+static_assert(kBarBytes >= (kThreads / 32) * kStages * 8, "one mbarrier per (warp, stage)");
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeArgs {
@@ -62,10 +74,10 @@ struct DecodeArgs {
   float scaleLog2;      // softmaxScale * log2(e)
   int moba, chunkSize, topK, tilesPerBlock;
   int numSlots;         // CTAs per (sequence, KV head, row tile)
-  int splitTiles;       // full policy: key tiles per slot
   int maxPast;          // moba: row stride of `scores`
   int bitmapWords, unionCap;
   int stageScores;      // moba: the CTA's rows of `scores` are copied to shared memory
+  int regionBytes;      // shared bytes of the warps' rings (also the selection and merge scratch)
   float* scores;        // moba: [numRows * numQHeads, maxPast]
   float* partO;         // [items, numSlots, rowTile, headDim]
   float* partL;         // [items, numSlots, rowTile] log2-sum-exp
@@ -96,15 +108,10 @@ __device__ __forceinline__ bool loadSeq(const DecodeArgs& a, int b, SeqView* s) 
   return true;
 }
 
-using ptx::cpAsyncCommit;
-using ptx::cpAsyncWait;
 using ptx::mma16816;
 using ptx::smemAddr;
 
 // The decode tiles address shared memory through generic pointers.
-__device__ __forceinline__ void cpAsync16(void* dst, const void* src, bool valid) {
-  ptx::cpAsync16(smemAddr(dst), src, valid);
-}
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const void* p) { ptx::ldsm4(r, smemAddr(p)); }
 __device__ __forceinline__ void ldsm4T(uint32_t (&r)[4], const void* p) { ptx::ldsm4t(r, smemAddr(p)); }
 
@@ -131,13 +138,6 @@ __device__ __forceinline__ uint16_t narrow(float f) {
   return __half_as_ushort(__float2half_rn(f));
 }
 
-// Rows of D halves in shared memory, 16-byte chunk c of row r stored at chunk
-// c ^ (r & 7): the 8 rows one ldmatrix reads hit 8 different bank groups.
-template <int D>
-__device__ __forceinline__ int swz(int row, int chunk) {
-  return row * D + ((chunk ^ (row & 7)) << 3);
-}
-
 // Programmatic dependent launch (sm_90): the attention kernel may start while
 // scoresKernel runs and waits here before reading the scores.
 __device__ __forceinline__ void waitForPrimaryGrid() {
@@ -151,13 +151,6 @@ __device__ __forceinline__ void allowDependentGrid() {
 #endif
 }
 
-
-struct TileInfo {
-  int p0;         // first key position
-  int end;        // keys at positions >= end are masked (block end or kvLen)
-  uint32_t rows;  // bit r: local row r attends to this tile's keys
-};
-
 // ---------------------------------------------------------------- kernels --
 
 // moba: scores[(row * numQHeads + head) * maxPast + j] = q . centroid_j for
@@ -165,7 +158,7 @@ struct TileInfo {
 // One CTA per block: its threads split the block's pages so that all of a
 // block's page sums are in flight at once, then one warp per query row.
 template <int D, bool kBf16>
-__global__ void __launch_bounds__(kThreads) scoresKernel(const DecodeArgs a) {
+__global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const DecodeArgs a) {
   allowDependentGrid();
   constexpr int kCols = D / 4;                // float4 columns of a page's sums
   constexpr int kGroups = kThreads / kCols;   // threads per column
@@ -232,46 +225,56 @@ __global__ void __launch_bounds__(kThreads) scoresKernel(const DecodeArgs a) {
 }
 
 // One CTA per (slot, KV head x row tile, sequence). M: 16-row MMA tiles per CTA.
+// The CTA's keys come in virtual tiles of kTile keys; warp w owns keys
+// [16w, 16w + 16) of every one of them and streams them through its own ring
+// (decode_stream.cuh) with its own online softmax; the warps meet only at the
+// start (query rows, moba selection) and once at the end (the merge).
 template <int D, int M, bool kBf16>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const DecodeArgs a) {
   constexpr int RT = 16 * M;                 // rows per CTA
   constexpr int CPR = D / 8;                 // 16-byte chunks per row
   constexpr int KSTEPS = D / 16;             // k-steps of q.k
   constexpr int NT = D / 8;                  // n-tiles of the output
-  constexpr int CH = kTile * CPR / kThreads; // chunks per thread per K (or V) tile
-  static_assert(CH * kThreads == kTile * CPR, "tile must split evenly over threads");
+  constexpr int kWarps = kThreads / 32;
+  using L = decode::RowLayout<D>;
+  constexpr int RH = L::kRowHalves;
+  using Ring = decode::WarpRing<D, kStages>;
 
   extern __shared__ __align__(16) unsigned char smem[];
-  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* Ks = Qs + RT * D;
-  uint16_t* Vs = Ks + kStages * kTile * D;
-  int32_t* bitmap = reinterpret_cast<int32_t*>(Vs + kStages * kTile * D);
-  int32_t* wordPrefix = bitmap + a.bitmapWords;
-  int32_t* unionList = wordPrefix + a.bitmapWords;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem);                       // [kWarps][kStages]
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem + kBarBytes);             // [RT][RH]
+  uint16_t* rings = Qs + RT * RH;                                           // [kWarps][kStages][stage]
+  unsigned char* region = reinterpret_cast<unsigned char*>(rings);          // rings, or scratch before/after them
+  int32_t* unionList = reinterpret_cast<int32_t*>(region + a.regionBytes);  // [unionCap]
   uint32_t* unionRows = reinterpret_cast<uint32_t*>(unionList + a.unionCap);
-  int32_t* sel = reinterpret_cast<int32_t*>(unionRows + a.unionCap);  // [RT, topK]
-  int32_t* selCount = sel + RT * a.topK;                               // [RT]
-  float* stage = reinterpret_cast<float*>(selCount + RT);              // [min(RT, rows), maxPast] if staged
+  // moba selection scratch, in the rings' bytes (no copy is in flight yet).
+  int32_t* bitmap = reinterpret_cast<int32_t*>(region);
+  int32_t* wordPrefix = bitmap + a.bitmapWords;
+  int32_t* sel = wordPrefix + a.bitmapWords;                   // [RT, topK]
+  int32_t* selCount = sel + RT * a.topK;                       // [RT]
+  float* stage = reinterpret_cast<float*>(selCount + RT);      // [min(RT, rows), maxPast] if staged
   __shared__ int unionSize;
   __shared__ int isLast;
 
-  // Before anything else, so that no CTA (even one that exits at once) lets
-  // this grid complete ahead of the scores it depends on.
-  if (a.moba) waitForPrimaryGrid();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int slot = blockIdx.x;
   const int h = blockIdx.y / a.rowTiles, rt = blockIdx.y - h * a.rowTiles;
   const int b = blockIdx.z;
   SeqView s;
-  if (!loadSeq(a, b, &s)) return;
+  const bool live = loadSeq(a, b, &s) && rt * RT < s.qLen * a.group;
+  if (!live) {
+    // No CTA may let this grid complete ahead of the scores it depends on.
+    if (a.moba) waitForPrimaryGrid();
+    return;
+  }
   const int R = s.qLen * a.group;
   const int row0 = rt * RT;
-  if (row0 >= R) return;
   const int rowsHere = min(RT, R - row0);
   const int item = (b * a.numKVHeads + h) * a.rowTiles + rt;
   const uint16_t* kvHead = a.kv + static_cast<int64_t>(h) * a.pageSize * D;
 
-  // Query rows: local row r is (token i, head g) with r + row0 = i * group + g.
+  // Query rows (inputs of the op, not of the scores grid: read before waiting
+  // for it): local row r is (token i, head g) with r + row0 = i * group + g.
   for (int c = tid; c < RT * CPR; c += kThreads) {
     const int r = c / CPR, ch = c - r * CPR;
     uint4 v = make_uint4(0, 0, 0, 0);
@@ -280,8 +283,10 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
       v = *reinterpret_cast<const uint4*>(
           a.q + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + ch * 8);
     }
-    *reinterpret_cast<uint4*>(Qs + swz<D>(r, ch)) = v;
+    *reinterpret_cast<uint4*>(Qs + r * RH + ch * 8) = v;
   }
+  Ring ring{rings + warp * kStages * L::kStageHalves, bars + warp * kStages, a.kv};
+  if (lane == 0) ring.init();
   // Causal limit of the rows this thread holds in the MMA layout (-1: padding row).
   int tRow[M][2];
 #pragma unroll
@@ -295,22 +300,35 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 
   int numTiles, vtBegin;
   if (a.moba) {
+    waitForPrimaryGrid();
     for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
     for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
     if (a.stageScores) {
-      // This CTA's rows of the scores, one coalesced pass (entries past a
-      // sequence's complete blocks are copied but never read).
-      for (int e = tid; e < rowsHere * a.maxPast; e += kThreads) {
-        const int lr = e / a.maxPast, j = e - lr * a.maxPast;
-        const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
-        stage[e] = __ldcg(a.scores +
-                          (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * a.maxPast + j);
+      // This CTA's rows of the scores, one coalesced pass with kSelectBatch
+      // loads in flight per thread (entries past a sequence's complete blocks
+      // are copied but never read).
+      const int n = rowsHere * a.maxPast;
+      for (int e0 = tid; e0 < n; e0 += kThreads * kSelectBatch) {
+        float v[kSelectBatch];
+#pragma unroll
+        for (int u = 0; u < kSelectBatch; ++u) {
+          const int e = e0 + u * kThreads;
+          const int lr = e / a.maxPast, j = e - lr * a.maxPast;
+          const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
+          v[u] = e < n ? __ldcg(a.scores + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) *
+                                               a.maxPast + j)
+                       : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < kSelectBatch; ++u) {
+          if (e0 + u * kThreads < n) stage[e0 + u * kThreads] = v[u];
+        }
       }
     }
     __syncthreads();
     // Every row's selection: top-(k-1) complete past blocks by repeated
     // arg-max below the previous pick, then its current block.
-    for (int lr = warp; lr < rowsHere; lr += kThreads / 32) {
+    for (int lr = warp; lr < rowsHere; lr += kWarps) {
       const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
       const int t = s.kvLen - s.qLen + i;
       const int cur = t / a.chunkSize;
@@ -398,55 +416,91 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
       const int u = wordPrefix[j >> 5] + __popc(static_cast<uint32_t>(bitmap[j >> 5]) & ((1u << (j & 31)) - 1u));
       if (u < a.unionCap) atomicOr(&unionRows[u], 1u << lr);
     }
+#if MOBA_DECODE_BULK
+    attn::fenceProxyAsync();  // the scratch's generic stores come before the copies into the same bytes
+#endif
     const int nVirtual = unionSize * a.tilesPerBlock;
     const int split = (nVirtual + a.numSlots - 1) / a.numSlots;
     vtBegin = slot * split;
     numTiles = max(0, min(nVirtual, vtBegin + split) - vtBegin);
   } else {
-    const int nTiles = (s.kvLen + kTile - 1) / kTile;
-    vtBegin = slot * a.splitTiles;
-    numTiles = max(0, min(nTiles, vtBegin + a.splitTiles) - vtBegin);
+    vtBegin = numTiles = 0;  // full policy: the warps' feed below decides
   }
-  __syncthreads();  // Q, the union and its row masks are visible to all
+  // Q, the union and its row masks and the barriers are visible to all; the
+  // selection scratch is dead from here on (the rings take its bytes).
+  __syncthreads();
 
-  auto tileInfo = [&](int vt) {
-    TileInfo ti;
+  // The warp's keys come as warp tiles of 16: full policy, tile t holds keys
+  // [16t, 16t + 16); moba, tile vt * kWarps + w is warp w's quarter of
+  // virtual tile vt of the union.
+  struct KeyRange {
+    int p0, end;    // first key; keys at positions >= end are masked
+    uint32_t rows;  // bit r: local row r attends to these keys
+  };
+  auto rangeOf = [&](int t) {
+    KeyRange r;
     if (a.moba) {
+      const int vt = t / kWarps, quarter = t - vt * kWarps;
       const int u = vt / a.tilesPerBlock, w = vt - u * a.tilesPerBlock;
       const int j = unionList[u];
-      ti.p0 = j * a.chunkSize + w * kTile;
-      ti.end = min(j * a.chunkSize + a.chunkSize, s.kvLen);
-      ti.rows = unionRows[u];
+      r.p0 = j * a.chunkSize + w * kTile + quarter * decode::kWarpKeys;
+      r.end = min(j * a.chunkSize + a.chunkSize, s.kvLen);
+      r.rows = unionRows[u];
     } else {
-      ti.p0 = vt * kTile;
-      ti.end = s.kvLen;
-      ti.rows = 0xffffffffu;
+      r.p0 = t * decode::kWarpKeys;
+      r.end = s.kvLen;
+      r.rows = 0xffffffffu;
     }
-    return ti;
+    return r;
   };
-
-  // Thread tid copies chunk (tid % CPR) of tokens tid / CPR + j * (kThreads / CPR).
-  auto loadTile = [&](int vt, int stage) {
-    const TileInfo ti = tileInfo(vt);
-    uint16_t* ks = Ks + stage * kTile * D;
-    uint16_t* vs = Vs + stage * kTile * D;
-#pragma unroll
-    for (int j = 0; j < CH; ++j) {
-      const int c = tid + j * kThreads;
-      const int tok = c / CPR, ch = c - tok * CPR;
-      const int pos = ti.p0 + tok;
-      bool ok = pos < ti.end;
-      int64_t off = 0;
-      if (ok) {
+  // Which tiles this warp takes: every kWarps-th tile of the CTA's range, so
+  // the 4 warps stream neighbouring keys. Full decode splits each sequence's
+  // tiles into numSlots contiguous shares. The split is static on purpose:
+  // which CTA sums which keys must not depend on timing, or the result would
+  // change in the last bit from run to run (tests require the same bits for
+  // any page placement); a run-time hand-out of the last 15% of the tiles
+  // gained 0-2% at batch 1 and broke that.
+  int feedNext, feedEnd;
+  if (a.moba) {
+    feedNext = vtBegin * kWarps + warp;
+    feedEnd = (vtBegin + numTiles) * kWarps;
+  } else {
+    const int nWarpTiles = (s.kvLen + decode::kWarpKeys - 1) / decode::kWarpKeys;
+    const int share = (nWarpTiles + a.numSlots - 1) / a.numSlots;
+    feedNext = slot * share + warp;
+    feedEnd = min(nWarpTiles, (slot + 1) * share);
+  }
+  auto take = [&]() -> int {  // the warp's next tile, -1 when none is left
+    if (feedNext >= feedEnd) return -1;
+    const int t = feedNext;
+    feedNext += kWarps;
+    return t;
+  };
+  // Where this lane's row of tile t lives: its page (-1: no row to fetch) and
+  // the row's element offset inside the page. The page index is a dependent
+  // global load, so it is asked for one tile ahead of its use.
+  const int myKey = lane & (decode::kWarpKeys - 1);
+  struct RowRef {
+    int page;
+    int inPage;
+  };
+  auto lookup = [&](int t) {
+    RowRef r{-1, 0};
+    if (t >= 0) {
+      const KeyRange kr = rangeOf(t);
+      const int pos = kr.p0 + myKey;
+      if (pos < kr.end) {
         const int pi = pos / a.pageSize;
-        const int pg = s.pages[pi];
-        ok = pg >= 0 && pg < a.numPages;
-        off = pg * a.pageStride + static_cast<int64_t>(pos - pi * a.pageSize) * D + ch * 8;
+        r.page = s.pages[pi];
+        r.inPage = pos - pi * a.pageSize;
       }
-      const uint16_t* src = ok ? kvHead + off : a.kv;
-      cpAsync16(ks + swz<D>(tok, ch), src, ok);
-      cpAsync16(vs + swz<D>(tok, ch), ok ? src + a.vOffset : a.kv, ok);
     }
+    return r;
+  };
+  auto source = [&](RowRef r) -> const uint16_t* {
+    // A page index outside the pool (corrupt metadata) reads nothing: zeros.
+    if (r.page < 0 || r.page >= a.numPages) return nullptr;
+    return kvHead + r.page * a.pageStride + static_cast<int64_t>(r.inPage) * D + (lane >= 16 ? a.vOffset : 0);
   };
 
   float acc[M][NT][4];
@@ -459,22 +513,36 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     lRow[m][0] = lRow[m][1] = 0.f;
   }
 
+  // win[i]: the tile of iteration it + i (-1: none); tiles are issued in the
+  // order they are taken, so the ring's stage of a tile is its ordinal % kStages.
+  int win[kStages];
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < numTiles) loadTile(vtBegin + st, st);
-    cpAsyncCommit();
+  for (int i = 0; i < kStages - 1; ++i) {
+    win[i] = take();
+    if (win[i] >= 0) {
+      ring.issue(i, source(lookup(win[i])), lane);
+    } else {
+      ring.skip();
+    }
   }
-  for (int it = 0; it < numTiles; ++it) {
-    cpAsyncWait<kStages - 2>();
-    __syncthreads();  // tile `it` landed for all; stage (it-1) % kStages is free
-    if (it + kStages - 1 < numTiles) loadTile(vtBegin + it + kStages - 1, (it + kStages - 1) % kStages);
-    cpAsyncCommit();
+  win[kStages - 1] = take();
+  RowRef ahead = lookup(win[kStages - 1]);
+  for (int it = 0; win[0] >= 0; ++it) {
+    ring.wait(it);  // tile `it` landed; stage (it - 1) % kStages was consumed by this warp
+    if (win[kStages - 1] >= 0) {
+      ring.issue((it + kStages - 1) % kStages, source(ahead), lane);
+    } else {
+      ring.skip();
+    }
+    const KeyRange ti = rangeOf(win[0]);
+#pragma unroll
+    for (int i = 0; i + 1 < kStages; ++i) win[i] = win[i + 1];
+    win[kStages - 1] = take();
+    ahead = lookup(win[kStages - 1]);
 
-    const int stage = it % kStages;
-    const uint16_t* ks = Ks + stage * kTile * D;
-    const uint16_t* vs = Vs + stage * kTile * D;
-    const TileInfo ti = tileInfo(vtBegin + it);
-    const int kb = warp * 16;
+    const int stg = it % kStages;
+    const uint16_t* ks = ring.k(stg);
+    const uint16_t* vs = ring.v(stg);
 
     float sc[M][2][4];
 #pragma unroll
@@ -485,14 +553,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     for (int kk = 0; kk < KSTEPS; ++kk) {
       uint32_t kf[4];
       {
-        const int key = kb + (lane & 7) + ((lane >> 4) << 3);
-        ldsm4(kf, ks + swz<D>(key, kk * 2 + ((lane >> 3) & 1)));
+        const int key = (lane & 7) + ((lane >> 4) << 3);
+        ldsm4(kf, ks + key * RH + (kk * 2 + ((lane >> 3) & 1)) * 8);
       }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         uint32_t qa[4];
         const int row = m * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-        ldsm4(qa, Qs + swz<D>(row, kk * 2 + (lane >> 4)));
+        ldsm4(qa, Qs + row * RH + (kk * 2 + (lane >> 4)) * 8);
         mma16816<kBf16>(sc[m][0], qa, kf[0], kf[1]);
         mma16816<kBf16>(sc[m][1], qa, kf[2], kf[3]);
       }
@@ -511,7 +579,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
         for (int n = 0; n < 2; ++n) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int pos = ti.p0 + kb + n * 8 + (lane & 3) * 2 + e;
+            const int pos = ti.p0 + n * 8 + (lane & 3) * 2 + e;
             const bool ok = rowOn && pos < ti.end && pos <= tRow[m][hh];
             const float x = ok ? sc[m][n][hh * 2 + e] * a.scaleLog2 : -INFINITY;
             sc[m][n][hh * 2 + e] = x;
@@ -550,8 +618,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 #pragma unroll
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t vf[4];
-      const int key = kb + (lane & 7) + (((lane >> 3) & 1) << 3);
-      ldsm4T(vf, vs + swz<D>(key, dp * 2 + (lane >> 4)));
+      const int key = (lane & 7) + (((lane >> 3) & 1) << 3);
+      ldsm4T(vf, vs + key * RH + (dp * 2 + (lane >> 4)) * 8);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         mma16816<kBf16>(acc[m][2 * dp], pa[m], vf[0], vf[1]);
@@ -559,12 +627,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
       }
     }
   }
-  cpAsyncWait<0>();
-  __syncthreads();  // stages are free: reuse them to merge the 4 warps
+  ring.drain();
+  __syncthreads();  // every warp is done with its ring: reuse the bytes to merge the warps
 
-  float* accW = reinterpret_cast<float*>(Ks);  // [4][RT][D]
-  float* mW = accW + 4 * RT * D;               // [4][RT]
-  float* lW = mW + 4 * RT;                     // [4][RT]
+  float* accW = reinterpret_cast<float*>(region);  // [kWarps][RT][D]
+  float* mW = accW + kWarps * RT * D;              // [kWarps][RT]
+  float* lW = mW + kWarps * RT;                    // [kWarps][RT]
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
@@ -580,26 +648,24 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
         const int col = n * 8 + (lane & 3) * 2;
-        accW[(warp * RT + lr) * D + col] = acc[m][n][hh * 2];
-        accW[(warp * RT + lr) * D + col + 1] = acc[m][n][hh * 2 + 1];
+        *reinterpret_cast<float2*>(accW + (warp * RT + lr) * D + col) = make_float2(acc[m][n][hh * 2], acc[m][n][hh * 2 + 1]);
       }
     }
   }
   __syncthreads();
 
-  const int nWarps = kThreads / 32;
   float* partO = a.partO + (static_cast<int64_t>(item) * a.numSlots + slot) * RT * D;
   float* partL = a.partL + (static_cast<int64_t>(item) * a.numSlots + slot) * RT;
-  for (int e = tid; e < RT * D; e += kThreads) {
+  for (int e = tid; e < rowsHere * D; e += kThreads) {
     const int lr = e / D, d = e - lr * D;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < nWarps; ++w) mx = fmaxf(mx, mW[w * RT + lr]);
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, mW[w * RT + lr]);
     float o = 0.f, lse = -INFINITY;
     if (mx != -INFINITY) {
       float l = 0.f;
 #pragma unroll
-      for (int w = 0; w < nWarps; ++w) {
+      for (int w = 0; w < kWarps; ++w) {
         const float f = exp2f(mW[w * RT + lr] - mx);
         l += lW[w * RT + lr] * f;
         o += accW[(w * RT + lr) * D + d] * f;
@@ -608,10 +674,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
       lse = mx + log2f(l);
     }
     if (a.numSlots == 1) {
-      if (lr < rowsHere) {
-        const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
-        a.out[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d] = narrow<kBf16>(o);
-      }
+      const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
+      a.out[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d] = narrow<kBf16>(o);
     } else {
       partO[e] = o;
       if (d == 0) partL[lr] = lse;
@@ -632,7 +696,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   // that the pass over the partial outputs is independent loads only.
   float* weight = accW;                   // [rowsHere, numSlots]
   float* invSum = accW + RT * a.numSlots; // [rowsHere]
-  for (int lr = warp; lr < rowsHere; lr += nWarps) {
+  for (int lr = warp; lr < rowsHere; lr += kWarps) {
     float mx = -INFINITY;
     for (int sl = lane; sl < a.numSlots; sl += 32) mx = fmaxf(mx, __ldcg(groupL + sl * RT + lr));
 #pragma unroll
@@ -652,7 +716,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     const int lr = e / (D / 4), d = (e - lr * (D / 4)) * 4;
     float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
     const float* w = weight + lr * a.numSlots;
-#pragma unroll 8
+#pragma unroll 16
     for (int sl = 0; sl < a.numSlots; ++sl) {
       const float4 v = __ldcg(reinterpret_cast<const float4*>(groupO + (static_cast<int64_t>(sl) * RT + lr) * D + d));
       o.x += w[sl] * v.x;
@@ -753,6 +817,7 @@ Status launch(const void* kernel, dim3 grid, size_t smem, DecodeArgs& args, bool
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+
 }  // namespace
 
 Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
@@ -806,7 +871,14 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   a.scaleLog2 = p.softmaxScale * kLog2e;
   a.moba = moba ? 1 : 0;
 
-  size_t extraSmem = 0;
+  // Shared memory: the rings' mbarriers, the query rows, then one region that
+  // holds in turn the moba selection scratch, the warps' rings and the merge
+  // of the warps, then (moba) the union of the selected blocks.
+  const size_t rowBytes = static_cast<size_t>(D + 8) * 2;
+  const size_t ringBytes = static_cast<size_t>(kThreads / 32) * kStages * 2 * decode::kWarpKeys * rowBytes;
+  const size_t warpMergeBytes = (static_cast<size_t>(kThreads / 32) * RT * D + 2 * (kThreads / 32) * RT) * 4;
+  size_t regionBytes = std::max(ringBytes, warpMergeBytes);
+  size_t unionBytes = 0;
   int maxPast = 0;
   int scoresSmem = 0;
   const int64_t maxTiles = ceilDiv(p.maxKvLen, kTile);
@@ -819,15 +891,17 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     a.maxPast = maxPast;
     a.bitmapWords = static_cast<int>(ceilDiv(numBlocks, 32));
     a.unionCap = static_cast<int>(std::min<int64_t>(numBlocks, static_cast<int64_t>(RT) * p.topK));
-    extraSmem = (static_cast<size_t>(a.bitmapWords) * 2 + static_cast<size_t>(a.unionCap) * 2 +
-                 static_cast<size_t>(RT) * p.topK + RT) * 4;
+    unionBytes = static_cast<size_t>(a.unionCap) * 2 * 4;
+    const size_t selectBytes = (static_cast<size_t>(a.bitmapWords) * 2 + static_cast<size_t>(RT) * p.topK + RT) * 4;
     const size_t stageBytes = static_cast<size_t>(std::min(RT, R)) * maxPast * 4;
-    a.stageScores = extraSmem + stageBytes <= kMobaSmemBudget ? 1 : 0;
-    if (a.stageScores) extraSmem += stageBytes;
+    // The CTA's rows of the scores are staged when they fit in the region.
+    a.stageScores = selectBytes + stageBytes <= regionBytes ? 1 : 0;
+    regionBytes = std::max(regionBytes, selectBytes + (a.stageScores ? stageBytes : 0));
     scoresSmem = R * D * 4;
   }
-  const size_t pipeSmem = (static_cast<size_t>(RT) * D + 2 * static_cast<size_t>(kStages) * kTile * D) * 2;
-  const size_t smemBytes = pipeSmem + extraSmem;
+  regionBytes = CudaContext::alignUp(regionBytes, 16);
+  a.regionBytes = static_cast<int>(regionBytes);
+  const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + regionBytes + unionBytes;
   if (smemBytes > ctx.maxSharedPerBlockOptin || static_cast<size_t>(scoresSmem) > ctx.maxSharedPerBlockOptin) {
     return Status::Invalid("decode: the batch needs " + std::to_string(std::max<size_t>(smemBytes, scoresSmem)) +
                            " bytes of shared memory per CTA (too many blocks or query rows)");
@@ -842,8 +916,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     const int64_t maxVirtual = static_cast<int64_t>(a.unionCap) * a.tilesPerBlock;
     a.numSlots = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(slotsWanted, maxVirtual)));
   } else {
-    a.splitTiles = static_cast<int>(ceilDiv(maxTiles, slotsWanted));
-    a.numSlots = static_cast<int>(ceilDiv(maxTiles, a.splitTiles));
+    a.numSlots = static_cast<int>(ceilDiv(maxTiles, ceilDiv(maxTiles, slotsWanted)));
   }
   if (a.numSlots > 1 && (p.counters == nullptr || p.numCounters < items)) {
     return Status::Invalid("decode: split-KV needs a counters buffer of " + std::to_string(items) + " ints");

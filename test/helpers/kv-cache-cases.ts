@@ -308,6 +308,20 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     checkStep(env, moba, await step(env, moba, [{ seq: a, newTokens: 2 }, { seq: b, newTokens: 4 }]), 'long moba decode');
   });
 
+  it('long contexts of mixed length in f16, head dim 64, 8 query heads per KV head (split over many CTAs, 32-row tiles)', async () => {
+    using device = open();
+    const rng = rngFor('long decode f16');
+    const shape = { numQHeads: 8, numKVHeads: 1, headDim: 64 };
+    const lengths = [Math.min(opts.long, 12000), 5000, 33];
+    const env = makeEnv(device, rng, shape, 'f16', { numPages: Math.ceil(lengths.reduce((x, y) => x + y + 32, 0) / 16) + 8, pageSize: 16 });
+    using cache = env.cache;
+    const seqs = lengths.map(() => cache.addSequence());
+    fillInterleaved(env, new Map(seqs.map((s, i) => [s, lengths[i]!])), 3000);
+    using full = layerFor(device, env, { chunkSize: 128, topK: 3 });
+    checkStep(env, full, await step(env, full, seqs.map((seq, i) => ({ seq, newTokens: [1, 3, 4][i]! }))), 'long f16 full decode');
+    checkStep(env, full, await step(env, full, [{ seq: seqs[0]!, newTokens: 1 }]), 'long f16 full decode, batch 1');
+  });
+
   it('page placement does not change the result: in-order, shuffled and interleaved page tables agree', async () => {
     using device = open();
     const shape = { numQHeads: 8, numKVHeads: 2, headDim: 64 };

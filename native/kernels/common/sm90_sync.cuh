@@ -1,6 +1,7 @@
-// Hopper synchronization helpers: shared-memory mbarriers (with cp.async
-// arrivals), named barriers between warpgroups, register reallocation and the
-// generic-to-async proxy fence that wgmma's shared-memory reads need.
+// Hopper synchronization helpers: shared-memory mbarriers (with cp.async and
+// bulk-copy arrivals), named barriers between warpgroups, register
+// reallocation and the generic-to-async proxy fence that wgmma's and the copy
+// engine's shared-memory accesses need.
 #pragma once
 #include <cstdint>
 
@@ -17,6 +18,19 @@ __device__ __forceinline__ void mbarArrive(uint32_t bar) {
 // barrier's count includes this arrival: .noinc).
 __device__ __forceinline__ void mbarArriveCpAsync(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Makes mbarrier initialization visible to the copy engine (bulk copies).
+__device__ __forceinline__ void mbarInitFence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// Posts `bytes` of expected bulk-copy traffic with this thread's arrival.
+__device__ __forceinline__ void mbarArriveExpectTx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// A bulk copy of `bytes` (a multiple of 16) from global to shared memory that
+// completes its bytes on `bar`.
+__device__ __forceinline__ void bulkCopyToShared(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
 }
 __device__ __forceinline__ void mbarWait(uint32_t bar, uint32_t parity) {
   uint32_t done;

@@ -1,0 +1,110 @@
+// The K/V stream of one decode warp: a private ring of kStages shared-memory
+// stages, each holding the K and V rows of 16 consecutive keys.
+//
+// Every warp of a decode CTA streams its own keys through its own ring, so
+// no CTA-wide barrier sits between a tile landing and its use: a warp waits
+// only for its own copies. Lane l fetches one row: K of key l (l < 16) or V
+// of key l - 16; one key's row is headDim contiguous elements of a page
+// (pages are "HND"), whatever the page size.
+//   sm_90: one bulk copy (cp.async.bulk) per row, completing on the stage's
+//          mbarrier: one instruction per lane per tile, no register staging.
+//   older: the row as 16-byte cp.async copies, one commit group per stage.
+// Rows are padded by 16 bytes so that the 8 rows one ldmatrix phase reads
+// fall in 8 different bank groups (bulk copies cannot swizzle).
+#pragma once
+#include <cstdint>
+
+#include "common/ptx.cuh"
+#include "common/sm90_sync.cuh"
+
+namespace moba {
+namespace decode {
+
+constexpr int kWarpKeys = 16;  // keys per warp tile (one m16n8k16 k-step of P.V)
+
+template <int D>
+struct RowLayout {
+  static constexpr int kRowHalves = D + 8;                         // padded row
+  static constexpr int kStageHalves = 2 * kWarpKeys * kRowHalves;  // K rows, then V rows
+  static constexpr int kRowBytes = D * 2;
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MOBA_DECODE_BULK 1
+#else
+#define MOBA_DECODE_BULK 0
+#endif
+
+// One warp's ring. `stages` points at kStages * kStageHalves halves; `bars` at
+// kStages mbarriers (used on sm_90 only).
+template <int D, int kStages>
+struct WarpRing {
+  using L = RowLayout<D>;
+  uint16_t* stages;
+  uint64_t* bars;
+  const uint16_t* anyValid;  // a readable global address for zero-size cp.async (older archs)
+
+  __device__ __forceinline__ const uint16_t* k(int stage) const { return stages + stage * L::kStageHalves; }
+  __device__ __forceinline__ const uint16_t* v(int stage) const {
+    return stages + stage * L::kStageHalves + kWarpKeys * L::kRowHalves;
+  }
+
+  // Lane 0 of the warp, once, before the CTA barrier that precedes any use.
+  __device__ __forceinline__ void init() {
+#if MOBA_DECODE_BULK
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) attn::mbarInit(ptx::smemAddr(bars + s), 1);
+    attn::mbarInitFence();
+#endif
+  }
+
+  // Every lane of the warp: fetch this lane's row (src, or zeros when src is
+  // null: keys past the end never bring in NaN/Inf that a 0 weight would keep).
+  __device__ __forceinline__ void issue(int stage, const uint16_t* src, int lane) {
+    uint16_t* dst = stages + stage * L::kStageHalves + lane * L::kRowHalves;  // lane 16 starts the V rows
+#if MOBA_DECODE_BULK
+    const uint32_t bar = ptx::smemAddr(bars + stage);
+    const uint32_t copying = __ballot_sync(0xffffffffu, src != nullptr);
+    if (lane == 0) attn::mbarArriveExpectTx(bar, __popc(copying) * L::kRowBytes);
+    __syncwarp();  // the expected bytes are posted before any copy can complete
+    if (src != nullptr) {
+      attn::bulkCopyToShared(ptx::smemAddr(dst), src, L::kRowBytes, bar);
+    } else {
+#pragma unroll
+      for (int c = 0; c < D / 8; ++c) reinterpret_cast<uint4*>(dst)[c] = make_uint4(0, 0, 0, 0);
+      attn::fenceProxyAsync();
+    }
+#else
+#pragma unroll
+    for (int c = 0; c < D / 8; ++c) ptx::cpAsync16(ptx::smemAddr(dst + c * 8), src != nullptr ? src + c * 8 : anyValid, src != nullptr);
+    ptx::cpAsyncCommit();
+#endif
+  }
+
+  // Older archs: every iteration commits one group, issued or not, so that
+  // "all but the newest kStages - 2 groups" is always the tile being waited for.
+  __device__ __forceinline__ void skip() {
+#if !MOBA_DECODE_BULK
+    ptx::cpAsyncCommit();
+#endif
+  }
+
+  // Tile number `it` of this warp (in stage it % kStages) has landed for every lane.
+  __device__ __forceinline__ void wait(int it) {
+#if MOBA_DECODE_BULK
+    attn::mbarWait(ptx::smemAddr(bars + it % kStages), (it / kStages) & 1);
+#else
+    ptx::cpAsyncWait<kStages - 2>();
+#endif
+    __syncwarp();
+  }
+
+  __device__ __forceinline__ void drain() {
+#if !MOBA_DECODE_BULK
+    ptx::cpAsyncWait<0>();
+#endif
+  }
+};
+
+}  // namespace decode
+}  // namespace moba
