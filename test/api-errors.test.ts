@@ -236,4 +236,16 @@ describe('native surface re-checks', () => {
     );
     expectError(() => native.read(small.buffer, 2, 100), 'EINVAL', /^Expected at least 400 bytes for buffer/);
   });
+
+  it('accepts only buffers the addon made as buffer arguments', () => {
+    using device = openDevice({ backend: 'cpu' });
+    const native = device.native;
+    using t = device.empty([16], 'f32');
+    const NativeBuffer = Object.getPrototypeOf(t.buffer).constructor as new () => typeof t.buffer;
+    const fakes: unknown[] = [{}, { bytes: 64 }, Object.create(Object.getPrototypeOf(t.buffer)), new NativeBuffer(), native, 7, null];
+    for (const fake of fakes) {
+      expectError(() => native.fill(fake as typeof t.buffer, 4, 4, 0), 'EINVAL', 'Expected a native buffer for buffer');
+    }
+    native.fill(t.buffer, 16, 4, 0x3f800000);
+  });
 });
