@@ -46,6 +46,21 @@ size_t rowBytes(int64_t rows, int heads, int dim, DType t) {
   return static_cast<size_t>(rows) * heads * dim * dtypeSize(t);
 }
 
+// The contiguous side of an append or a gather (KVAppendParams,
+// KVGatherParams): k, v, meta, segOffset, numSegments, numRows from position
+// `i`. k and v must hold numRows rows of the cache's geometry (p->kv, read
+// first); the segments map those rows onto pages.
+template <typename Params>
+void argSegmentedRows(const Napi::CallbackInfo& info, size_t i, const DeviceCore& c, Params* p) {
+  int64_t segOffset = argInt(info, i + 3, "segOffset", 0, (int64_t(1) << 31) - 1);
+  p->numSegments = static_cast<int>(argInt(info, i + 4, "numSegments", 0, (int64_t(1) << 29)));
+  p->numRows = static_cast<int>(argInt(info, i + 5, "numRows", 0, (int64_t(1) << 31) - 1));
+  p->segments = metaInts(info, i + 2, c, segOffset, int64_t(p->numSegments) * kSegmentInts);
+  const size_t bytes = rowBytes(p->numRows, p->kv.numKVHeads, p->kv.headDim, p->kv.dtype);
+  p->k = argBuffer(info, i, "k", c, bytes)->data();
+  p->v = argBuffer(info, i + 1, "v", c, bytes)->data();
+}
+
 }  // namespace
 
 // kvAppend(pool, keySums, k, v, meta, segOffset, numSegments, numRows,
@@ -55,12 +70,7 @@ Napi::Value DeviceWrap::kvAppend(const Napi::CallbackInfo& info) {
   DeviceCore& c = core(info);
   KVAppendParams p;
   p.kv = argPaged(info, 8, 0, 1, c);
-  int64_t segOffset = argInt(info, 5, "segOffset", 0, (int64_t(1) << 31) - 1);
-  p.numSegments = static_cast<int>(argInt(info, 6, "numSegments", 0, (int64_t(1) << 29)));
-  p.numRows = static_cast<int>(argInt(info, 7, "numRows", 0, (int64_t(1) << 31) - 1));
-  p.segments = metaInts(info, 4, c, segOffset, int64_t(p.numSegments) * kSegmentInts);
-  p.k = argBuffer(info, 2, "k", c, rowBytes(p.numRows, p.kv.numKVHeads, p.kv.headDim, p.kv.dtype))->data();
-  p.v = argBuffer(info, 3, "v", c, rowBytes(p.numRows, p.kv.numKVHeads, p.kv.headDim, p.kv.dtype))->data();
+  argSegmentedRows(info, 2, c, &p);
   if (p.numSegments == 0) return env.Undefined();
   Status s = c.backend->kvAppend(p);
   if (!s.ok()) throwStatus(env, s);
@@ -74,12 +84,7 @@ Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
   DeviceCore& c = core(info);
   KVGatherParams p;
   p.kv = argPaged(info, 7, 0, -1, c);
-  int64_t segOffset = argInt(info, 4, "segOffset", 0, (int64_t(1) << 31) - 1);
-  p.numSegments = static_cast<int>(argInt(info, 5, "numSegments", 0, (int64_t(1) << 29)));
-  p.numRows = static_cast<int>(argInt(info, 6, "numRows", 0, (int64_t(1) << 31) - 1));
-  p.segments = metaInts(info, 3, c, segOffset, int64_t(p.numSegments) * kSegmentInts);
-  p.k = argBuffer(info, 1, "k", c, rowBytes(p.numRows, p.kv.numKVHeads, p.kv.headDim, p.kv.dtype))->data();
-  p.v = argBuffer(info, 2, "v", c, rowBytes(p.numRows, p.kv.numKVHeads, p.kv.headDim, p.kv.dtype))->data();
+  argSegmentedRows(info, 1, c, &p);
   if (p.numSegments == 0) return env.Undefined();
   Status s = c.backend->kvGather(p);
   if (!s.ok()) throwStatus(env, s);
