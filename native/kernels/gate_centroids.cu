@@ -1,10 +1,17 @@
-// Block centroids for the gate: one streaming pass over K. Each thread owns
-// eight dims of one (block, KV head) and sums the block's keys in key order
-// in fp32, then multiplies by the rounded reciprocal of the count: the same
-// operations in the same order as the CPU backend, so centroids match it
-// bit for bit. Alongside: the centroid rounded to the input dtype (the
-// tensor cores' operand) and, per (sequence, KV head), a bound on how far a
-// tensor-core score can stray from the exact one (see gate_topk.cu).
+// Block centroids for the gate, in two passes.
+//  1. centroidKernel streams K once. Each thread owns eight dims of one
+//     (block, KV head) and sums the block's keys in key order in fp32, then
+//     multiplies by the rounded reciprocal of the count: the same operations
+//     in the same order as the CPU backend, so centroids match it bit for
+//     bit. It also records, per (sequence, KV head), the largest centroid
+//     magnitude.
+//  2. operandKernel turns the fp32 centroids into the tensor cores' operand:
+//     fp16 scaled by a power of two so that the largest magnitude of the
+//     (sequence, KV head) lands in [2^14, 2^15). Whatever the input dtype,
+//     fp16 keeps 11 significant bits (bf16 keeps 8), so a score strays 8x
+//     less from the exact one and fewer blocks need exact re-scoring; the
+//     scale keeps tiny and huge keys inside fp16's range. It records the
+//     bound on how far a tensor-core score can stray (see gate_topk.cu).
 #include "gate_device.cuh"
 #include "gate_internal.h"
 #include "common/cuda_context.h"
@@ -51,44 +58,92 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[e] = __fadd_rn(acc[e], T::toFloat(h[e]));
   };
+  auto load = [&](int row) { return __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(row) * rowStride)); };
+  // Long blocks are latency-bound: batches of eight keys, the next batch's
+  // loads issued before the current batch's (ordered) adds.
+  constexpr int kBatch = 8;
   int s = 0;
-  // Sixteen loads in flight before the (ordered) adds: long blocks are latency-bound.
-  for (; s + 16 <= n; s += 16) {
-    uint4 v[16];
+  if (n >= kBatch) {
+    uint4 cur[kBatch];
 #pragma unroll
-    for (int u = 0; u < 16; ++u) v[u] = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(s + u) * rowStride));
+    for (int u = 0; u < kBatch; ++u) cur[u] = load(u);
+    for (; s + 2 * kBatch <= n; s += kBatch) {
+      uint4 next[kBatch];
 #pragma unroll
-    for (int u = 0; u < 16; ++u) add(v[u]);
+      for (int u = 0; u < kBatch; ++u) next[u] = load(s + kBatch + u);
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) add(cur[u]);
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) cur[u] = next[u];
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) add(cur[u]);
+    s += kBatch;
   }
-  for (; s < n; ++s) add(__ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(s) * rowStride)));
+  for (; s < n; ++s) add(load(s));
 
   const float inv = __fdiv_rn(1.f, static_cast<float>(n));
   float c[8];
-  uint16_t h[8];
-  double r2 = 0, c2 = 0, h2 = 0;
+  float amax = 0.f;
+  bool finite = true;
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     c[e] = __fmul_rn(acc[e], inv);
-    // Subnormal operands are never handed to the tensor cores (they might
-    // flush them); the dropped value lands in the residual, so in the bound.
-    float keepNormal = fabsf(c[e]) < T::kMinNormal ? 0.f : c[e];
-    h[e] = T::fromFloat(keepNormal);
-    double hf = T::toFloat(h[e]);
-    double r = static_cast<double>(c[e]) - hf;
-    r2 += r * r;
-    c2 += static_cast<double>(c[e]) * c[e];
-    h2 += hf * hf;
+    finite = finite && isfinite(c[e]);
+    amax = fmaxf(amax, fabsf(c[e]));
   }
   const size_t out = (static_cast<size_t>(gb) * a.nkvh + kvh) * D + c8 * 8;
   float4* cOut = reinterpret_cast<float4*>(a.cent + out);
   cOut[0] = make_float4(c[0], c[1], c[2], c[3]);
   cOut[1] = make_float4(c[4], c[5], c[6], c[7]);
+  // A non-finite centroid makes the maximum +Inf: the whole (sequence, KV
+  // head) then has no usable bound and its rows take the exact kernel.
+  if (!finite) amax = __int_as_float(0x7f800000);
+  const int lane = threadIdx.x & 31;
+  const unsigned groupMask = (kChunks == 32 ? 0xffffffffu : ((1u << kChunks) - 1u)) << (lane & ~(kChunks - 1));
+#pragma unroll
+  for (int off = kChunks / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(groupMask, amax, off));
+  if (c8 == 0) atomicMax(a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats + kStatMaxAbs, __float_as_uint(amax));
+}
+
+// Scaled fp16 operand and error bound; one thread per 8 dims of a (block, KV head).
+template <int D>
+__global__ void __launch_bounds__(kThreads) operandKernel(GateArgs a) {
+  constexpr int kChunks = D / 8;
+  const int chunk = blockIdx.y * kThreads + threadIdx.x;
+  if (chunk >= a.nkvh * kChunks) return;
+  const int gb = blockIdx.x;
+  const int b = sequenceOf(a.cuBlocks, a.batch, gb);
+  const int kvh = chunk / kChunks;
+  const int c8 = chunk % kChunks;
+  uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
+  const int scaleExp = operandScaleExp(__uint_as_float(st[kStatMaxAbs]));
+  const double scale = ldexp(1.0, scaleExp);
+  const size_t at = (static_cast<size_t>(gb) * a.nkvh + kvh) * D + c8 * 8;
+  const float4 c0 = *reinterpret_cast<const float4*>(a.cent + at);
+  const float4 c1 = *reinterpret_cast<const float4*>(a.cent + at + 4);
+  const float c[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+  uint16_t h[8];
+  double r2 = 0, c2 = 0, h2 = 0;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const double cs = static_cast<double>(c[e]) * scale;  // exact
+    // Subnormal operands are never handed to the tensor cores (they might
+    // flush them); the dropped value lands in the residual, so in the bound.
+    const float keepNormal = fabs(cs) < F16::kMinNormal ? 0.f : static_cast<float>(cs);
+    h[e] = F16::fromFloat(keepNormal);
+    const double hf = F16::toFloat(h[e]);
+    const double r = cs - hf;
+    r2 += r * r;
+    c2 += cs * cs;
+    h2 += hf * hf;
+  }
   uint4 packed;
   packed.x = h[0] | (static_cast<uint32_t>(h[1]) << 16);
   packed.y = h[2] | (static_cast<uint32_t>(h[3]) << 16);
   packed.z = h[4] | (static_cast<uint32_t>(h[5]) << 16);
   packed.w = h[6] | (static_cast<uint32_t>(h[7]) << 16);
-  *reinterpret_cast<uint4*>(static_cast<uint16_t*>(a.hi) + out) = packed;
+  *reinterpret_cast<uint4*>(static_cast<uint16_t*>(a.hi) + at) = packed;
 
   // Norms over the head's D dims: the kChunks lanes of this (block, head).
   const int lane = threadIdx.x & 31;
@@ -100,10 +155,9 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
     h2 += __shfl_xor_sync(groupMask, h2, off);
   }
   if (c8 == 0) {
-    double norm = sqrt(fmax(c2, h2));
-    uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * 2;
-    atomicMax(st, boundBits(sqrt(r2) + kAccumulationBound * norm));
-    atomicMax(st + 1, boundBits(norm));
+    const double norm = sqrt(fmax(c2, h2));
+    atomicMax(st + kStatBound, boundBits(sqrt(r2) + kAccumulationBound * norm));
+    atomicMax(st + kStatNorm, boundBits(norm));
   }
 }
 
@@ -112,8 +166,14 @@ Status launchTyped(const GateArgs& a, cudaStream_t stream) {
   const int chunks = a.nkvh * (a.headDim / 8);
   dim3 grid(static_cast<unsigned>(a.totalBlocks), static_cast<unsigned>((chunks + kThreads - 1) / kThreads));
   switch (a.headDim) {
-    case 64: centroidKernel<T, 64><<<grid, kThreads, 0, stream>>>(a); break;
-    case 128: centroidKernel<T, 128><<<grid, kThreads, 0, stream>>>(a); break;
+    case 64:
+      centroidKernel<T, 64><<<grid, kThreads, 0, stream>>>(a);
+      operandKernel<64><<<grid, kThreads, 0, stream>>>(a);
+      break;
+    case 128:
+      centroidKernel<T, 128><<<grid, kThreads, 0, stream>>>(a);
+      operandKernel<128><<<grid, kThreads, 0, stream>>>(a);
+      break;
     default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
   }
   return checkLaunch("gate centroids");

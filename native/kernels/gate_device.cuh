@@ -32,6 +32,15 @@ struct F16 {
   static constexpr bool kIsBf16 = false;
 };
 
+// The exponent of the power of two that brings a largest magnitude m into
+// [2^14, 2^15): fp16's top binades, below its 65504 limit. 0 when m is 0 or
+// not finite (such data gets no usable bound anyway).
+__device__ __forceinline__ int operandScaleExp(float m) {
+  if (!(m > 0.f) || !(m <= 3.4028235e38f)) return 0;
+  const int e = ilogbf(m);
+  return min(max(14 - e, -126), 126);
+}
+
 // Score of one query row against one centroid, exactly as the CPU backend's
 // dotF32: eight interleaved partial sums, separate multiply and add (no FMA
 // contraction), then a fixed pairwise combination. `q` and `c` hold D floats.

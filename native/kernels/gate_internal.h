@@ -23,16 +23,21 @@ struct GateArgs {
   const int32_t* cuBlocks = nullptr; // device [batch+1] prefix sums of ceil(Lk / chunkSize)
   const int32_t* tiles = nullptr;    // device [numTiles][2]: (sequence, first row within it)
   float* cent = nullptr;             // [totalBlocks, nkvh, headDim] fp32 centroids
-  void* hi = nullptr;                // [totalBlocks, nkvh, headDim] centroids rounded to the input dtype
-  // [batch, nkvh, 2] as float bits (atomicMax on non-negative floats):
-  // [0] max over blocks of the bound on |tensor-core score - exact score| per
-  //     unit of ||q||, [1] max over blocks of the centroid's L2 norm.
+  void* hi = nullptr;                // [totalBlocks, nkvh, headDim] fp16 centroids, scaled (tensor-core operand)
+  // [batch, nkvh, kGateStats] as float bits (atomicMax on non-negative
+  // floats), in the scaled units of the fp16 operand (gate_centroids.cu):
+  // [kStatBound] max over blocks of the bound on |tensor-core score - exact
+  // score| per unit of ||q||, [kStatNorm] max over blocks of the centroid's
+  // L2 norm, [kStatMaxAbs] the largest centroid magnitude (unscaled).
   uint32_t* stats = nullptr;
   int32_t* fallbackCount = nullptr;  // [1] rows the fast kernel hands to the exact kernel
   int32_t* fallback = nullptr;       // [nqh * totalQ] items h * totalQ + row
   int batch = 0, totalQ = 0, totalK = 0, totalBlocks = 0;
   int nqh = 0, nkvh = 0, group = 1, headDim = 0, chunkSize = 0, topK = 0;
 };
+
+constexpr int kGateStats = 4;
+constexpr int kStatBound = 0, kStatNorm = 1, kStatMaxAbs = 2;
 
 // Fast-path variants by the number of past blocks kept per query (topK - 1):
 // the per-row list holds them plus room for near-ties (the band), at least

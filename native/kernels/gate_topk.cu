@@ -3,8 +3,9 @@
 //
 // Fast kernel (topK <= 16). A CTA owns 128 consecutive query rows of one
 // sequence and one query head. The rows' q tile stays in registers as MMA A
-// fragments; centroid tiles (64 blocks, rounded to the input dtype) stream
-// through shared memory (cp.async, three stages), and mma.sync gives fp32
+// fragments, converted to scaled fp16 whatever the input dtype; centroid
+// tiles (64 blocks, scaled fp16 from gate_centroids.cu) stream through
+// shared memory (cp.async, three stages), and mma.sync gives fp32
 // scores, 32 blocks at a time per warp. Each warp passes those 32 x 32
 // scores through a small shared-memory tile so that every thread owns one
 // row: it keeps that row's best KL blocks in registers, sorted, and inserts
@@ -13,9 +14,10 @@
 // plus an insertion per new record, instead of one code path per score.
 //
 // Exactness. The tensor-core score a_j differs from the exact fp32 score s_j
-// (CPU summation order) by at most eps = ||q|| * E + ||q_subnormal|| * C
-// (E, C from gate_centroids.cu: rounding of the centroid to 16 bits plus
-// accumulation error; subnormal q values may be flushed by the tensor cores).
+// (CPU summation order) by at most eps = (||q|| + qsub) * E + qsub * C, all
+// in the scaled units of the operands (E, C from gate_centroids.cu: rounding
+// of the centroid to fp16 plus accumulation error; qsub bounds the q elements
+// too small for fp16, which the tensor cores may flush).
 // With T the (k-1)-th best a and L = T - 2 eps, every block of the exact
 // top-(k-1) has a >= L ("the band"). Scores below the running (k-1)-th best
 // minus 2 eps can never reach the band, so they are dropped at once; the
@@ -59,8 +61,9 @@ struct FastCfg {
 };
 
 // Inserts (s, j) into a list sorted best first, dropping the last entry.
-// Within one row blocks arrive in ascending order, so an equal score ranks
-// below the entries already there: a strict > keeps the tie rule. Each slot's
+// Among equal scores the earlier arrival stays first; the order of equal
+// tensor-core scores never decides the result, because certification counts
+// them as rivals and exact re-scoring ranks them by (score, index). Each slot's
 // new value depends only on the old list (no carried chain), and every index
 // is a compile-time constant, so the list stays in registers.
 template <int KL>
@@ -160,10 +163,14 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
                 valid);
     }
     cpAsyncCommit();
+    // Tiles are visited newest, oldest, second newest, second oldest, ...:
+    // when scores trend with the block index (either way), the first two
+    // tiles already hold a row's best blocks and later ones rarely insert.
+    auto tileAt = [&](int t) { return (t & 1) ? (t >> 1) : numCTiles - 1 - (t >> 1); };
     auto loadTile = [&](int t) {
       if (t < numCTiles) {
         uint16_t* st = cs + (t % kStages) * kBN * D;
-        const int j0 = t * kBN;
+        const int j0 = tileAt(t) * kBN;
         for (int i = tid; i < kBN * (D / 8); i += C::kThreads) {
           int r = i / (D / 8), ch = i % (D / 8);
           bool valid = j0 + r < pLast;
@@ -194,51 +201,66 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
         ldsm4(qa[mt][ks], smemAddr(qs + swz<D>(r, ch) * 8));
       }
 
-    // Error bound of the owned row's tensor-core scores (see the file comment),
-    // from the fragments: each quad holds four rows, its threads a quarter of
-    // each. Squares are summed in fp32 (relative error below 2^-17 here);
-    // rows whose squares could underflow or overflow go to the exact kernel.
+    // The q fragments become the fp16 operand, each row scaled by a power of
+    // two 2^a that brings its L2 norm into [2^14, 2^15): every element is
+    // then below 2^15, and elements of at least 2^-14 convert exactly (bf16
+    // and fp16 inputs have at most 11 significant bits). Smaller ones may be
+    // rounded or flushed by the tensor cores, an error below 2^-14 each, so
+    // at most qsub = sqrt(D) 2^-14 in L2 norm. Scores come out scaled by
+    // 2^a times the centroids' power of two: positive factors that do not
+    // change a row's order, so the band logic below runs in these units.
+    // Error bound of the owned row's scores (see the file comment):
+    //   eps = (||q'|| + qsub) E + qsub Cn,
+    // E and Cn from gate_centroids.cu in the same units. Each quad holds four
+    // rows, its threads a quarter of each; squares are summed in fp32
+    // (relative error below 2^-17 here). Rows whose norm is not finite, or
+    // underflows, or whose products could overflow take the exact kernel.
     float eps = 0.f;
     bool bad = true;
     {
-      const float E = __uint_as_float(a.stats[(static_cast<size_t>(b) * a.nkvh + kvh) * 2]);
-      const float Cn = __uint_as_float(a.stats[(static_cast<size_t>(b) * a.nkvh + kvh) * 2 + 1]);
+      const uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
+      const float E = __uint_as_float(st[kStatBound]);
+      const float Cn = __uint_as_float(st[kStatNorm]);
+      constexpr float kQsub = 1.220703125e-4f * (D == 128 ? 11.3137085f : 8.f) * (1.f + 1.f / 1024);  // sqrt(D) 2^-14, rounded up
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-          float q2 = 0.f, sub2 = 0.f;
-          uint32_t nonzero = 0, tiny = 0;
+          float q2 = 0.f;
+          uint32_t nonzero = 0;
 #pragma unroll
           for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
             for (int part = 0; part < 2; ++part) {
-              uint32_t u = qa[mt][ks][hf + 2 * part];
+              const uint32_t u = qa[mt][ks][hf + 2 * part];
               nonzero |= u & 0x7fff7fffu;
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                float v = T::toFloat(static_cast<uint16_t>(u >> (16 * e)));
-                q2 = fmaf(v, v, q2);
-                bool sub = v != 0.f && fabsf(v) < T::kMinNormal;
-                sub2 = sub ? fmaf(v, v, sub2) : sub2;
-                tiny |= T::kIsBf16 && sub ? 1u : 0u;
-              }
+              const float x0 = T::toFloat(static_cast<uint16_t>(u)), x1 = T::toFloat(static_cast<uint16_t>(u >> 16));
+              q2 = fmaf(x0, x0, q2);
+              q2 = fmaf(x1, x1, q2);
             }
 #pragma unroll
           for (int off = 1; off <= 2; off <<= 1) {
             q2 += __shfl_xor_sync(kFull, q2, off);
-            sub2 += __shfl_xor_sync(kFull, sub2, off);
             nonzero |= __shfl_xor_sync(kFull, nonzero, off);
-            tiny |= __shfl_xor_sync(kFull, tiny, off);
           }
+          // floor(log2 ||q||) from the exponent of ||q||^2.
+          const bool normal = q2 >= 1e-30f && q2 <= 1e30f;
+          const int aExp = normal ? min(max(14 - (ilogbf(q2) >> 1), -126), 126) : 0;
+          const float scale = __int_as_float((aExp + 127) << 23);
+#pragma unroll
+          for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+            for (int part = 0; part < 2; ++part) {
+              uint32_t& u = qa[mt][ks][hf + 2 * part];
+              const float y0 = T::toFloat(static_cast<uint16_t>(u)) * scale;
+              const float y1 = T::toFloat(static_cast<uint16_t>(u >> 16)) * scale;
+              const __half2 hv = __floats2half2_rn(y0, y1);
+              u = *reinterpret_cast<const uint32_t*>(&hv);
+            }
           if (mt == ownMt && hf == ownHf) {
-            const float qn = sqrtf(q2 * (1.f + 1.f / 4096));
-            const float qsub = sqrtf(sub2 * (1.f + 1.f / 4096));
-            // bf16 subnormal squares underflow: such rows (never seen in
-            // practice) take the exact path, as do rows with huge products.
-            const bool ok = !tiny && !(nonzero != 0 && q2 < 1e-30f) && qn <= 1e18f && E <= 1e18f && Cn <= 1e18f &&
-                            qn * Cn < 1e36f;
-            eps = ok ? __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(qsub, Cn)), 1.f + 1.f / 256),
+            const float qn = sqrtf(q2 * (1.f + 1.f / 4096)) * scale + kQsub;
+            const bool ok = (normal || nonzero == 0) && E <= 1e18f && Cn <= 1e18f;
+            eps = ok ? __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(kQsub, Cn)), 1.f + 1.f / 256),
                                  7.888609052210118e-31f)  // + 2^-100
                      : 0.f;
             bad = !ok;
@@ -264,7 +286,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
       __syncthreads();
       loadTile(t + kStages - 1);
       const uint16_t* st = cs + (t % kStages) * kBN * D;
-      const int j0 = t * kBN;
+      const int j0 = tileAt(t) * kBN;
 #pragma unroll
       for (int nh = 0; nh < 2; ++nh) {
         const int jh = j0 + nh * 32;
@@ -293,7 +315,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-            for (int n8 = 0; n8 < 4; ++n8) mma16816<T>(acc[mt][n8], qa[mt][ks], bf[n8][0], bf[n8][1]);
+            for (int n8 = 0; n8 < 4; ++n8) mma16816<F16>(acc[mt][n8], qa[mt][ks], bf[n8][0], bf[n8][1]);
         }
         // Re-deal the 32 x 32 scores so that each thread holds its own row.
 #pragma unroll
@@ -318,9 +340,10 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
         }
         const int lim = min(max(pOwn - jh, 0), 32);  // valid columns: blocks below the current one
         const uint32_t validMask = lim == 32 ? kFull : ((1u << lim) - 1u);
-        if (t == 0 && nh == 0 && keepOwn > 0 && keepOwn <= 8) {
-          // First look at the row: the keep-th best of eight group maxima is a
-          // lower bound of its keep-th best score, a cheap first threshold.
+        if ((t == 0 || j0 == 0) && nh == 0 && keepOwn > 0 && keepOwn <= 8) {
+          // First looks at the row (the first half-tile visited, and blocks
+          // 0-31): the keep-th best of eight group maxima is a lower bound of
+          // its keep-th best score, a cheap threshold.
           float gm[8];
 #pragma unroll
           for (int q4 = 0; q4 < 8; ++q4) {
@@ -337,7 +360,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
               gm[k] = hi;
               gm[k + 1] = lo;
             }
-          thr = __fsub_rd(pick<8>(gm, keepOwn - 1), twoEps);
+          thr = fmaxf(thr, __fsub_rd(pick<8>(gm, keepOwn - 1), twoEps));
         }
         uint32_t mask = 0;
 #pragma unroll

@@ -144,7 +144,7 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
   plan->offCent = 0;
   plan->offHi = align256(plan->offCent + centElems * 4);
   plan->offStats = align256(plan->offHi + centElems * 2);
-  plan->offFbCount = align256(plan->offStats + static_cast<size_t>(v.batch) * hs.numKVHeads * 2 * 4);
+  plan->offFbCount = align256(plan->offStats + static_cast<size_t>(v.batch) * hs.numKVHeads * kGateStats * 4);
   plan->offFb = align256(plan->offFbCount + 4);
   plan->gateBytes = align256(plan->offFb + (plan->listCap > 0 ? static_cast<size_t>(v.totalQ) * hs.numQHeads * 4 : 0));
   plan->totalBytes = plan->gateBytes;

@@ -361,7 +361,58 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     }
   });
 
-  if (opts.cuda) defineListTests(open);
+  if (opts.cuda) {
+    defineLongRowTests(open);
+    defineListTests(open);
+  }
+}
+
+/**
+ * Rows with hundreds of past blocks (several centroid tiles on the device),
+ * scores that trend with the block index either way, and keys far from unit
+ * scale: the device must pick exactly what the CPU backend picks.
+ */
+function defineLongRowTests(open: () => Device): void {
+  it('agrees with the CPU backend on long rows, trending scores and tiny or huge keys', async () => {
+    using device = open();
+    using cpu = openDevice({ backend: 'cpu' });
+    const rng = rngFor('gate long rows');
+    const variants = [
+      { dtype: 'bf16', headDim: 128, topK: 8, trend: 0.02, scale: 1 },
+      { dtype: 'f16', headDim: 64, topK: 3, trend: -0.02, scale: 1 },
+      { dtype: 'bf16', headDim: 64, topK: 5, trend: 0, scale: 1e-6 },
+      { dtype: 'f16', headDim: 128, topK: 8, trend: 0, scale: 2e-3 },
+      { dtype: 'bf16', headDim: 128, topK: 3, trend: 0.01, scale: 3e5 },
+      { dtype: 'f16', headDim: 64, topK: 16, trend: 0, scale: 300 },
+    ] as const;
+    for (const v of variants) {
+      const chunkSize = 16;
+      const c = makeCase(rng, { dtype: v.dtype, batch: 2, maxLen: 4200, group: 2, numKVHeads: 1, headDim: v.headDim, chunkSize, topK: v.topK, chunked: true });
+      // Force long rows: every sequence at least 3000 keys, queries its last 200 or fewer.
+      const D = v.headDim;
+      const lk = [rng.int(3000, 4200), rng.int(3000, 4200)];
+      const lq = [rng.int(1, 200), rng.int(1, 200)];
+      const cuK = new Int32Array([0, lk[0]!, lk[0]! + lk[1]!]);
+      const cuQ = new Int32Array([0, lq[0]!, lq[0]! + lq[1]!]);
+      const k = randn(cuK[2]! * D, rng, v.scale);
+      const q = randn(cuQ[2]! * 2 * D, rng);
+      // A shared direction: q leans on it, keys move along it block by block.
+      for (let i = 0; i < q.length; i += D) q[i] = q[i]! + 4;
+      for (let b = 0; b < 2; b++) {
+        for (let s = 0; s < lk[b]!; s++) {
+          const at = (cuK[b]! + s) * D;
+          k[at] = k[at]! + v.scale * (0.5 + v.trend * Math.floor(s / chunkSize));
+        }
+      }
+      const cc: GateCase = { ...c, cuQ, cuK, numQHeads: 2, numKVHeads: 1, q: roundTo(q, v.dtype), k: roundTo(k, v.dtype) };
+      const got = await runGate(device, cc);
+      checkWellFormed(cc, got);
+      const onCpu = await runGate(cpu, cc);
+      let first = -1;
+      for (let i = 0; i < got.length && first < 0; i++) if (got[i] !== onCpu[i]) first = i;
+      expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)} (scale ${v.scale}, trend ${v.trend})`).toBe(-1);
+    }
+  });
 }
 
 /**
