@@ -41,13 +41,14 @@ constexpr int kStatBound = 0, kStatNorm = 1, kStatMaxAbs = 2;
 
 // Fast-path variants by the number of past blocks kept per query (topK - 1):
 // the per-row list holds them plus room for near-ties (the band), at least
-// eight more, so that a row rarely needs the exact kernel.
+// four more: with fp16 operands the band rarely holds more than one extra
+// block, and a row whose band overflows takes the exact kernel.
 inline int gateListCap(int topK) {
   int keep = topK - 1;
   if (keep == 0) return 0;  // nothing to score: the exact kernel writes the current block
   if (keep <= 3) return 8;
-  if (keep <= 7) return 16;
-  if (keep <= 15) return 24;
+  if (keep <= 7) return 12;
+  if (keep <= 15) return 20;
   return 0;  // exact kernel for every row
 }
 inline int gateTileRows(int listCap) { return listCap > 0 ? 128 : 0; }

@@ -52,7 +52,7 @@ struct FastCfg {
   static constexpr int kRows = kWarps * 32;  // one row per thread
   static constexpr int kBN = 64;             // centroids per shared-memory tile
   static constexpr int kStages = 3;
-  static constexpr int kPitch = 40;          // floats per row of a warp's score tile (float2 stores hit distinct banks)
+  static constexpr int kPitch = 32;          // floats per row of a warp's score tile (see scoreAt)
   static constexpr int kQBytes = kRows * D * 2;
   static constexpr int kStageBytes = kBN * D * 2;
   static constexpr int kScoreBytes = kWarps * 32 * kPitch * 4;
@@ -79,6 +79,12 @@ __device__ __forceinline__ void insertSorted(float (&ls)[KL], int (&li)[KL], flo
   ls[0] = above[0] ? s : ls[0];
   li[0] = above[0] ? j : li[0];
 }
+
+// Where column c of row r sits in a warp's 32 x 32 score tile: 4-float
+// chunks XOR-swizzled by the row so that both the fragment-order float2
+// stores and each thread's float4 reads of its own row are conflict-free.
+__device__ __forceinline__ int scoreSwz(int r) { return ((r >> 3) & 3) ^ ((r & 1) << 2) ^ (r & 2); }
+__device__ __forceinline__ int scoreAt(int r, int c) { return r * 32 + 4 * ((c >> 2) ^ scoreSwz(r)) + (c & 3); }
 
 // ls[i] for a run-time i < KL, by selects (no local memory).
 template <int KL>
@@ -323,16 +329,17 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
 #pragma unroll
           for (int n8 = 0; n8 < 4; ++n8) {
             const int col = n8 * 8 + 2 * tq;
-            *reinterpret_cast<float2*>(myTile + (mt * 16 + g) * kPitch + col) = make_float2(acc[mt][n8][0], acc[mt][n8][1]);
-            *reinterpret_cast<float2*>(myTile + (mt * 16 + g + 8) * kPitch + col) =
+            *reinterpret_cast<float2*>(myTile + scoreAt(mt * 16 + g, col)) = make_float2(acc[mt][n8][0], acc[mt][n8][1]);
+            *reinterpret_cast<float2*>(myTile + scoreAt(mt * 16 + g + 8, col)) =
                 make_float2(acc[mt][n8][2], acc[mt][n8][3]);
           }
         __syncwarp();
         const float* myRow = myTile + ownWarpRow * kPitch;
+        const int mySwz = scoreSwz(ownWarpRow);
         float v[32];
 #pragma unroll
         for (int c4 = 0; c4 < 8; ++c4) {
-          float4 x = *reinterpret_cast<const float4*>(myRow + 4 * c4);
+          float4 x = *reinterpret_cast<const float4*>(myRow + 4 * (c4 ^ mySwz));
           v[4 * c4] = x.x;
           v[4 * c4 + 1] = x.y;
           v[4 * c4 + 2] = x.z;
@@ -370,7 +377,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
           if (mask != 0) {
             const int c = __ffs(mask) - 1;
             mask &= mask - 1;
-            const float s = myRow[c];
+            const float s = myRow[4 * ((c >> 2) ^ mySwz) + (c & 3)];
             if (s > ls[KL - 1]) insertSorted<KL>(ls, li, s, jh + c);
           }
         }
@@ -557,8 +564,8 @@ template <typename T, int D>
 Status launchFastDim(const GateArgs& a, int listCap, int numTiles, cudaStream_t stream) {
   switch (listCap) {
     case 8: return launchFastTyped<T, D, 8>(a, numTiles, stream);
-    case 16: return launchFastTyped<T, D, 16>(a, numTiles, stream);
-    case 24: return launchFastTyped<T, D, 24>(a, numTiles, stream);
+    case 12: return launchFastTyped<T, D, 12>(a, numTiles, stream);
+    case 20: return launchFastTyped<T, D, 20>(a, numTiles, stream);
     default: return Status::Invalid("unsupported gate list size: " + std::to_string(listCap));
   }
 }
