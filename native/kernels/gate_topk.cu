@@ -95,23 +95,6 @@ __device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
   return v;
 }
 
-template <typename T, int D>
-__device__ __forceinline__ float exactDotSmemQ(const uint16_t* qs, int row, const float* __restrict__ c) {
-  float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll 4
-  for (int ch = 0; ch < D / 8; ++ch) {
-    uint4 v = *reinterpret_cast<const uint4*>(qs + swz<D>(row, ch) * 8);
-    const uint16_t* q = reinterpret_cast<const uint16_t*>(&v);
-    float4 c0 = *reinterpret_cast<const float4*>(c + ch * 8);
-    float4 c1 = *reinterpret_cast<const float4*>(c + ch * 8 + 4);
-    const float cv[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-#pragma unroll
-    for (int e = 0; e < 8; ++e) s[e] = __fadd_rn(s[e], __fmul_rn(T::toFloat(q[e]), cv[e]));
-  }
-  return __fadd_rn(__fadd_rn(__fadd_rn(s[0], s[1]), __fadd_rn(s[2], s[3])),
-                   __fadd_rn(__fadd_rn(s[4], s[5]), __fadd_rn(s[6], s[7])));
-}
-
 // Writes the trivial selection of a query with c <= topK-1 past blocks: all of them.
 __device__ __forceinline__ void writeAllPast(int32_t* out, int c, int topK, int from, int step) {
   for (int m = from; m < topK; m += step) out[m] = m <= c ? m : -1;
@@ -162,25 +145,41 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
     const size_t hiStride = static_cast<size_t>(a.nkvh) * D;
     const uint16_t* hiBase = static_cast<const uint16_t*>(a.hi) + (static_cast<size_t>(blockBase) * a.nkvh + kvh) * D;
 
-    for (int i = tid; i < kRows * (D / 8); i += C::kThreads) {
-      int r = i / (D / 8), ch = i % (D / 8);
-      bool valid = r < nRows;
-      cpAsync16(smemAddr(qs + swz<D>(r, ch) * 8), qBase + (valid ? static_cast<size_t>(r) * qRowStride + ch * 8 : 0),
-                valid);
+    // Each thread copies the same 16-byte chunk of every kLoadStep-th row of
+    // the q tile and of each centroid tile: its shared-memory offsets and its
+    // source pointers advance by constants (kLoadStep is a multiple of 8, so
+    // the swizzle is fixed).
+    constexpr int kLoadStep = C::kThreads / (D / 8);
+    static_assert(kLoadStep % 8 == 0 && kBN % kLoadStep == 0 && kRows % kLoadStep == 0, "tile rows per copy step");
+    const int ldRow = tid / (D / 8), ldCh = tid % (D / 8);
+    {
+      const uint32_t dst = smemAddr(qs + swz<D>(ldRow, ldCh) * 8);
+      const uint16_t* src = qBase + static_cast<size_t>(ldRow) * qRowStride + ldCh * 8;
+      const size_t step = kLoadStep * qRowStride;
+#pragma unroll
+      for (int it = 0; it < kRows / kLoadStep; ++it, src += step) {
+        const bool valid = ldRow + it * kLoadStep < nRows;
+        cpAsync16(dst + it * kLoadStep * D * 2, valid ? src : qBase, valid);
+      }
     }
     cpAsyncCommit();
     // Tiles are visited newest, oldest, second newest, second oldest, ...:
     // when scores trend with the block index (either way), the first two
     // tiles already hold a row's best blocks and later ones rarely insert.
     auto tileAt = [&](int t) { return (t & 1) ? (t >> 1) : numCTiles - 1 - (t >> 1); };
+    const uint32_t ldDst = smemAddr(cs + swz<D>(ldRow, ldCh) * 8);
+    const uint16_t* ldSrc = hiBase + static_cast<size_t>(ldRow) * hiStride + ldCh * 8;
+    const size_t hiStep = kLoadStep * hiStride;
     auto loadTile = [&](int t) {
       if (t < numCTiles) {
-        uint16_t* st = cs + (t % kStages) * kBN * D;
+        const uint32_t dst = ldDst + (t % kStages) * C::kStageBytes;
         const int j0 = tileAt(t) * kBN;
-        for (int i = tid; i < kBN * (D / 8); i += C::kThreads) {
-          int r = i / (D / 8), ch = i % (D / 8);
-          bool valid = j0 + r < pLast;
-          cpAsync16(smemAddr(st + swz<D>(r, ch) * 8), hiBase + (valid ? (j0 + r) * hiStride + ch * 8 : 0), valid);
+        const uint16_t* src = ldSrc + static_cast<size_t>(j0) * hiStride;
+        const int rowsLeft = pLast - j0 - ldRow;
+#pragma unroll
+        for (int it = 0; it < kBN / kLoadStep; ++it, src += hiStep) {
+          const bool valid = it * kLoadStep < rowsLeft;
+          cpAsync16(dst + it * kLoadStep * D * 2, valid ? src : hiBase, valid);
         }
       }
       cpAsyncCommit();
@@ -287,11 +286,15 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
     float thr = -INFINITY;  // scores at or below it cannot enter the band
     float* myTile = scoreTile + warp * 32 * kPitch;
 
+    // ldmatrix of centroid fragments: this lane's row within a 16-row group and
+    // its swizzled chunk offset (bytes), fixed for the whole loop.
+    const int bRowOff = ((lane >> 4) * 8 + (lane & 7)) * D * 2;
+    const uint32_t bSwz16 = ((((lane >> 3) & 1) ^ (lane & 7)) * 16);
     for (int t = 0; t < numCTiles; ++t) {
       cpAsyncWait<kStages - 2>();
       __syncthreads();
       loadTile(t + kStages - 1);
-      const uint16_t* st = cs + (t % kStages) * kBN * D;
+      const uint32_t stAddr = smemAddr(cs) + (t % kStages) * C::kStageBytes;
       const int j0 = tileAt(t) * kBN;
 #pragma unroll
       for (int nh = 0; nh < 2; ++nh) {
@@ -309,10 +312,9 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
           uint32_t bf[4][2];
 #pragma unroll
           for (int p = 0; p < 2; ++p) {
-            int n = nh * 32 + p * 16 + (lane >> 4) * 8 + (lane & 7);
-            int ch = ks * 2 + ((lane >> 3) & 1);
+            // Row nh*32 + p*16 + bRow; chunk (2 ks + bHalf) ^ (row & 7) = 2 ks ^ bSwz.
             uint32_t r[4];
-            ldsm4(r, smemAddr(st + swz<D>(n, ch) * 8));
+            ldsm4(r, stAddr + ((nh * 32 + p * 16) * D * 2 + bRowOff + ((32 * ks) ^ bSwz16)));
             bf[2 * p][0] = r[0];
             bf[2 * p][1] = r[1];
             bf[2 * p + 1][0] = r[2];
@@ -410,46 +412,85 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
     __syncthreads();
   }
 
-  // Each thread finishes its own row: certify, re-score what is contested, write.
+  // Finish each row: its owner certifies the band; the blocks still
+  // contested are re-scored exactly a warp at a time (8 lanes per score, see
+  // below); then the owner ranks them and writes the row.
+  const int c = pOwn;
+  const bool live = ownRow < nRows && c > keepMax && rowState[ownRow] >= 0;
+  int nb = 0, nc = 0;
+  if (live) {
+    nb = rowState[ownRow];
+    nc = keepMax;
+    if (nb > keepMax) {
+      const float* bs = bandS + ownRow * KL;
+      const float twoEps = 2.f * rowEps[ownRow];
+      // Entries that at most keep-1 others could outrank are certain.
+      for (nc = 0; nc < keepMax; ++nc) {
+        const float thrC = __fsub_rd(bs[nc], twoEps);
+        int rivals = 0;
+        for (int m = 0; m < nb; ++m) rivals += bs[m] >= thrC;
+        if (rivals > keepMax) break;
+      }
+    }
+  }
+  const int need = max(nb - nc, 0);  // entries [nc, nb) of the row get exact scores
+  int upTo = need;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int x = __shfl_up_sync(kFull, upTo, off);
+    if (lane >= off) upTo += x;
+  }
+  const int total = __shfl_sync(kFull, upTo, 31);
+  if (total > 0) {  // warp-uniform
+    int* queue = reinterpret_cast<int*>(scoreTile + warp * 32 * kPitch);  // free after the main loop
+    for (int i = 0; i < need; ++i) queue[upTo - need + i] = (ownRow << 8) | (nc + i);
+    __syncwarp();
+    // The CPU backend's order (exactDot): partial sum e collects dims
+    // e, e+8, e+16, ... in turn, then ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)).
+    // Lane e of a group of 8 runs partial sum e; the xor shuffles add the
+    // same pairs (fp32 addition is commutative).
+    const int e = lane & 7;
+    const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D + e;
+    const size_t cStride = static_cast<size_t>(a.nkvh) * D;
+    for (int first = 0; first < total; first += 4) {
+      const int item = first + (lane >> 3);
+      const int code = queue[item < total ? item : 0];
+      const int r = code >> 8, m = code & 255;
+      const float* cp = cent + static_cast<size_t>(bandI[r * KL + m]) * cStride;
+      float sum = 0.f;
+#pragma unroll 8
+      for (int ch = 0; ch < D / 8; ++ch) sum = __fadd_rn(sum, __fmul_rn(T::toFloat(qs[swz<D>(r, ch) * 8 + e]), cp[ch * 8]));
+      sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 1));
+      sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 2));
+      sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 4));
+      if (item < total && e == 0) bandS[r * KL + m] = sum;
+    }
+    __syncwarp();
+  }
+
   if (ownRow < nRows) {
     const int lr = ownRow;
     const int row = row0 + lr;
-    const int c = pOwn;
     int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row) * a.topK;
     if (c <= keepMax) {
       writeAllPast(out, c, a.topK, 0, 1);
-    } else if (rowState[lr] < 0) {
+    } else if (!live) {
       int slot = atomicAdd(a.fallbackCount, 1);
       a.fallback[slot] = h * a.totalQ + row;
     } else {
       const int keep = keepMax;
-      const int nb = rowState[lr];
       float* bs = bandS + lr * KL;
       int* bi = bandI + lr * KL;
-      if (nb > keep) {
-        const float twoEps = 2.f * rowEps[lr];
-        // Entries that at most keep-1 others could outrank are certain.
-        int nc = 0;
-        for (; nc < keep; ++nc) {
-          const float thrC = __fsub_rd(bs[nc], twoEps);
-          int rivals = 0;
-          for (int m = 0; m < nb; ++m) rivals += bs[m] >= thrC;
-          if (rivals > keep) break;
-        }
-        const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
-        const size_t cStride = static_cast<size_t>(a.nkvh) * D;
-        for (int m = nc; m < nb; ++m) bs[m] = exactDotSmemQ<T, D>(qs, lr, cent + bi[m] * cStride);
-        for (int r = nc; r < keep; ++r) {
-          int best = r;
-          for (int m = r + 1; m < nb; ++m)
-            if (ranksAbove(bs[m], bi[m], bs[best], bi[best])) best = m;
-          float ts = bs[r];
-          int ti = bi[r];
-          bs[r] = bs[best];
-          bi[r] = bi[best];
-          bs[best] = ts;
-          bi[best] = ti;
-        }
+      for (int r = nc; r < keep; ++r) {  // rank the re-scored entries exactly
+        int best = r;
+        for (int m = r + 1; m < nb; ++m)
+          if (ranksAbove(bs[m], bi[m], bs[best], bi[best])) best = m;
+        float ts = bs[r];
+        int ti = bi[r];
+        bs[r] = bs[best];
+        bi[r] = bi[best];
+        bs[best] = ts;
+        bi[best] = ti;
       }
       for (int x = 1; x < keep; ++x) {  // ascending block order
         int v = bi[x], y = x - 1;
