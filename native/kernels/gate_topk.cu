@@ -53,10 +53,12 @@ struct FastCfg {
   static constexpr int kBN = 64;             // centroids per shared-memory tile
   static constexpr int kStages = 3;
   static constexpr int kPitch = 32;          // floats per row of a warp's score tile (see scoreAt)
-  static constexpr int kQBytes = kRows * D * 2;
   static constexpr int kStageBytes = kBN * D * 2;
   static constexpr int kScoreBytes = kWarps * 32 * kPitch * 4;
-  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + kScoreBytes;
+  // q goes from global memory straight into registers (no q tile), so three
+  // CTAs fit per SM.
+  static constexpr int kSmemBytes = kStages * kStageBytes + kScoreBytes;
+  static constexpr int kCtasPerSm = 3;
   static_assert(kRows * KL * 8 <= kStages * kStageBytes, "band buffers overlay the centroid stages");
 };
 
@@ -101,16 +103,15 @@ __device__ __forceinline__ void writeAllPast(int32_t* out, int c, int topK, int 
 }
 
 template <typename T, int D, int KL>
-__global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateArgs a) {
+__global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCtasPerSm) fastKernel(GateArgs a) {
   using C = FastCfg<D, KL>;
   constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, kPitch = C::kPitch;
   extern __shared__ __align__(128) uint8_t smem[];
-  uint16_t* qs = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* cs = reinterpret_cast<uint16_t*>(smem + C::kQBytes);
-  float* scoreTile = reinterpret_cast<float*>(smem + C::kQBytes + kStages * C::kStageBytes);
+  uint16_t* cs = reinterpret_cast<uint16_t*>(smem);
+  float* scoreTile = reinterpret_cast<float*>(smem + kStages * C::kStageBytes);
   // After the main loop the stages hold each row's band.
-  float* bandS = reinterpret_cast<float*>(smem + C::kQBytes);
-  int* bandI = reinterpret_cast<int*>(smem + C::kQBytes + kRows * KL * 4);
+  float* bandS = reinterpret_cast<float*>(smem);
+  int* bandI = reinterpret_cast<int*>(smem + kRows * KL * 4);
   __shared__ int rowState[kRows];  // band size, or -1: hand to the exact kernel
   __shared__ float rowEps[kRows];
 
@@ -137,10 +138,10 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
   const int numCTiles = pLast > keepMax ? (pLast + kBN - 1) / kBN : 0;
   const int pOwn = ownRow < nRows ? (pos0 + ownRow) / B : 0;
 
-  if (numCTiles > 0) {
-    const size_t qRowStride = static_cast<size_t>(a.nqh) * D;
-    const uint16_t* qBase = static_cast<const uint16_t*>(a.q) + static_cast<size_t>(row0) * qRowStride +
+  const size_t qRowStride = static_cast<size_t>(a.nqh) * D;
+  const uint16_t* qBase = static_cast<const uint16_t*>(a.q) + static_cast<size_t>(row0) * qRowStride +
                             static_cast<size_t>(h) * D;
+  if (numCTiles > 0) {
     const int blockBase = a.cuBlocks[b];
     const size_t hiStride = static_cast<size_t>(a.nkvh) * D;
     const uint16_t* hiBase = static_cast<const uint16_t*>(a.hi) + (static_cast<size_t>(blockBase) * a.nkvh + kvh) * D;
@@ -152,17 +153,6 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
     constexpr int kLoadStep = C::kThreads / (D / 8);
     static_assert(kLoadStep % 8 == 0 && kBN % kLoadStep == 0 && kRows % kLoadStep == 0, "tile rows per copy step");
     const int ldRow = tid / (D / 8), ldCh = tid % (D / 8);
-    {
-      const uint32_t dst = smemAddr(qs + swz<D>(ldRow, ldCh) * 8);
-      const uint16_t* src = qBase + static_cast<size_t>(ldRow) * qRowStride + ldCh * 8;
-      const size_t step = kLoadStep * qRowStride;
-#pragma unroll
-      for (int it = 0; it < kRows / kLoadStep; ++it, src += step) {
-        const bool valid = ldRow + it * kLoadStep < nRows;
-        cpAsync16(dst + it * kLoadStep * D * 2, valid ? src : qBase, valid);
-      }
-    }
-    cpAsyncCommit();
     // Tiles are visited newest, oldest, second newest, second oldest, ...:
     // when scores trend with the block index (either way), the first two
     // tiles already hold a row's best blocks and later ones rarely insert.
@@ -194,16 +184,18 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
       if (warpPmax <= keepMax) warpPmax = 0;  // every row of this warp keeps all its past blocks
     }
 
-    cpAsyncWait<kStages - 1>();  // the q tile
-    __syncthreads();
+    // The warp's q rows as mma.sync A fragments, straight from global memory:
+    // register [mt][ks][i] holds dims 16 ks + 2 tq + 8 (i >> 1) (and the next
+    // one) of row mt * 16 + g + 8 (i & 1); rows past the tile are zero.
     uint32_t qa[2][D / 16][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        int r = warp * 32 + mt * 16 + (lane & 15);
-        int ch = ks * 2 + (lane >> 4);
-        ldsm4(qa[mt][ks], smemAddr(qs + swz<D>(r, ch) * 8));
+      for (int i = 0; i < 4; ++i) {
+        const int r = warp * 32 + mt * 16 + g + 8 * (i & 1);
+        const uint32_t* src = reinterpret_cast<const uint32_t*>(qBase + static_cast<size_t>(r) * qRowStride + 2 * tq + 8 * (i >> 1));
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) qa[mt][ks][i] = r < nRows ? __ldg(src + 8 * ks) : 0u;
       }
 
     // The q fragments become the fp16 operand, each row scaled by a power of
@@ -457,9 +449,10 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, 2) fastKernel(GateAr
       const int code = queue[item < total ? item : 0];
       const int r = code >> 8, m = code & 255;
       const float* cp = cent + static_cast<size_t>(bandI[r * KL + m]) * cStride;
+      const uint16_t* qRe = qBase + static_cast<size_t>(r) * qRowStride + e;
       float sum = 0.f;
 #pragma unroll 8
-      for (int ch = 0; ch < D / 8; ++ch) sum = __fadd_rn(sum, __fmul_rn(T::toFloat(qs[swz<D>(r, ch) * 8 + e]), cp[ch * 8]));
+      for (int ch = 0; ch < D / 8; ++ch) sum = __fadd_rn(sum, __fmul_rn(T::toFloat(__ldg(qRe + ch * 8)), cp[ch * 8]));
       sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 1));
       sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 2));
       sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 4));
