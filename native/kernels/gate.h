@@ -7,11 +7,11 @@
 //
 // How the selection is computed (gate_*.cu):
 //  1. gate_centroids.cu: one pass over K; fp32 centroids summed in key order
-//     (bit-identical to the CPU backend), plus a 16-bit copy for the tensor
-//     cores and, per (sequence, KV head), a bound on what that rounding can
-//     change in a score.
+//     (bit-identical to the CPU backend), then a copy for the tensor cores
+//     (fp16 scaled by a power of two per (sequence, KV head), whatever the
+//     input dtype) and a bound on what that rounding can change in a score.
 //  2. gate_topk.cu, fast path (topK <= 16): tiles of query rows against tiles
-//     of centroids on tensor cores (mma.sync, bf16/f16 in, fp32 out); each
+//     of centroids on tensor cores (mma.sync, scaled fp16 in, fp32 out); each
 //     thread keeps a running top list per row in registers, so scores never
 //     leave the chip. The final choice is certified with the error bound:
 //     where two blocks are too close to order from the tensor-core scores,
