@@ -2,16 +2,17 @@
 // matrix never reaches global memory.
 //
 // Fast kernel (topK <= 16). A CTA owns 128 consecutive query rows of one
-// sequence and one query head. The rows' q tile stays in registers as MMA A
-// fragments, converted to scaled fp16 whatever the input dtype; centroid
-// tiles (64 blocks, scaled fp16 from gate_centroids.cu) stream through
-// shared memory (cp.async, three stages), and mma.sync gives fp32
-// scores, 32 blocks at a time per warp. Each warp passes those 32 x 32
-// scores through a small shared-memory tile so that every thread owns one
-// row: it keeps that row's best KL blocks in registers, sorted, and inserts
-// only scores above its threshold (see below), one candidate per loop trip
-// for all 32 rows at once. Selection thus costs a few instructions per score
-// plus an insertion per new record, instead of one code path per score.
+// sequence and one query head. The rows' q is loaded from global memory
+// straight into MMA A fragments and converted to scaled fp16 whatever the
+// input dtype; centroid tiles (64 blocks, scaled fp16 from
+// gate_centroids.cu) stream through shared memory (cp.async, three stages),
+// and mma.sync gives fp32 scores, 32 blocks at a time per warp. Each warp
+// passes those 32 x 32 scores through a small shared-memory tile so that
+// every thread owns one row: it keeps that row's best KL blocks in
+// registers, sorted, and inserts only scores above its threshold (see
+// below), one candidate per loop trip for all 32 rows at once. Selection
+// thus costs a few instructions per score plus an insertion per new record,
+// instead of one code path per score.
 //
 // Exactness. The tensor-core score a_j differs from the exact fp32 score s_j
 // (CPU summation order) by at most eps = (||q|| + qsub) * E + qsub * C, all
@@ -147,11 +148,11 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     const uint16_t* hiBase = static_cast<const uint16_t*>(a.hi) + (static_cast<size_t>(blockBase) * a.nkvh + kvh) * D;
 
     // Each thread copies the same 16-byte chunk of every kLoadStep-th row of
-    // the q tile and of each centroid tile: its shared-memory offsets and its
-    // source pointers advance by constants (kLoadStep is a multiple of 8, so
-    // the swizzle is fixed).
+    // each centroid tile: its shared-memory offsets and its source pointer
+    // advance by constants (kLoadStep is a multiple of 8, so the swizzle is
+    // fixed).
     constexpr int kLoadStep = C::kThreads / (D / 8);
-    static_assert(kLoadStep % 8 == 0 && kBN % kLoadStep == 0 && kRows % kLoadStep == 0, "tile rows per copy step");
+    static_assert(kLoadStep % 8 == 0 && kBN % kLoadStep == 0, "tile rows per copy step");
     const int ldRow = tid / (D / 8), ldCh = tid % (D / 8);
     // Tiles are visited newest, oldest, second newest, second oldest, ...:
     // when scores trend with the block index (either way), the first two
