@@ -34,6 +34,13 @@ __device__ __forceinline__ uint32_t boundBits(double x) {
   return __float_as_uint(f);
 }
 
+// The lanes that hold one (block, KV head): kChunks consecutive lanes.
+template <int kChunks>
+__device__ __forceinline__ unsigned headLanes() {
+  const int lane = threadIdx.x & 31;
+  return (kChunks == 32 ? 0xffffffffu : ((1u << kChunks) - 1u)) << (lane & ~(kChunks - 1));
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per head row
@@ -99,8 +106,7 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
   // A non-finite centroid makes the maximum +Inf: the whole (sequence, KV
   // head) then has no usable bound and its rows take the exact kernel.
   if (!finite) amax = __int_as_float(0x7f800000);
-  const int lane = threadIdx.x & 31;
-  const unsigned groupMask = (kChunks == 32 ? 0xffffffffu : ((1u << kChunks) - 1u)) << (lane & ~(kChunks - 1));
+  const unsigned groupMask = headLanes<kChunks>();
 #pragma unroll
   for (int off = kChunks / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(groupMask, amax, off));
   if (c8 == 0) atomicMax(a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats + kStatMaxAbs, __float_as_uint(amax));
@@ -146,8 +152,7 @@ __global__ void __launch_bounds__(kThreads) operandKernel(GateArgs a) {
   *reinterpret_cast<uint4*>(static_cast<uint16_t*>(a.hi) + at) = packed;
 
   // Norms over the head's D dims: the kChunks lanes of this (block, head).
-  const int lane = threadIdx.x & 31;
-  const unsigned groupMask = (kChunks == 32 ? 0xffffffffu : ((1u << kChunks) - 1u)) << (lane & ~(kChunks - 1));
+  const unsigned groupMask = headLanes<kChunks>();
 #pragma unroll
   for (int off = kChunks / 2; off > 0; off >>= 1) {
     r2 += __shfl_xor_sync(groupMask, r2, off);

@@ -16,29 +16,27 @@ namespace gate {
 
 struct Bf16 {
   static __device__ __forceinline__ float toFloat(uint16_t u) { return __uint_as_float(static_cast<uint32_t>(u) << 16); }
-  static __device__ __forceinline__ uint16_t fromFloat(float f) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
-  }
-  // Smallest normal magnitude: tensor cores may flush smaller inputs, so the
-  // gate never feeds them subnormal centroids and bounds subnormal queries.
-  static constexpr float kMinNormal = 1.17549435e-38f;
-  static constexpr bool kIsBf16 = true;
 };
 
+// Also the tensor cores' operand type, whatever the input dtype.
 struct F16 {
   static __device__ __forceinline__ float toFloat(uint16_t u) { return __half2float(__ushort_as_half(u)); }
   static __device__ __forceinline__ uint16_t fromFloat(float f) { return __half_as_ushort(__float2half_rn(f)); }
+  // Smallest normal magnitude: tensor cores may flush smaller inputs, so the
+  // gate never feeds them subnormal centroids and bounds small q elements.
   static constexpr float kMinNormal = 6.10351562e-05f;
-  static constexpr bool kIsBf16 = false;
 };
 
-// The exponent of the power of two that brings a largest magnitude m into
-// [2^14, 2^15): fp16's top binades, below its 65504 limit. 0 when m is 0 or
-// not finite (such data gets no usable bound anyway).
+// The exponent of the power of two that brings a magnitude in [2^e, 2^(e+1))
+// into [2^14, 2^15): fp16's top binades, below its 65504 limit; kept within
+// fp32's normal exponents so that 2^result is a normal float.
+__device__ __forceinline__ int operandScaleExpForLog2(int e) { return min(max(14 - e, -126), 126); }
+
+// The same for a largest magnitude m; 0 when m is 0 or not finite (such data
+// gets no usable bound anyway).
 __device__ __forceinline__ int operandScaleExp(float m) {
   if (!(m > 0.f) || !(m <= 3.4028235e38f)) return 0;
-  const int e = ilogbf(m);
-  return min(max(14 - e, -126), 126);
+  return operandScaleExpForLog2(ilogbf(m));
 }
 
 // Score of one query row against one centroid, exactly as the CPU backend's
@@ -82,13 +80,8 @@ using ptx::cpAsync16;
 using ptx::cpAsyncCommit;
 using ptx::cpAsyncWait;
 using ptx::ldsm4;
+using ptx::mma16816;
 using ptx::smemAddr;
-
-// D = A * B + D, m16n8k16, fp32 accumulators; T is Bf16 or F16.
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  ptx::mma16816<T::kIsBf16>(d, a, b0, b1);
-}
 
 // Shared-memory tiles of 16-bit rows of D elements, 16-byte chunks XOR-swizzled
 // by the row so that ldmatrix's eight rows hit eight different bank groups.

@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
           }
           // floor(log2 ||q||) from the exponent of ||q||^2.
           const bool normal = q2 >= 1e-30f && q2 <= 1e30f;
-          const int aExp = normal ? min(max(14 - (ilogbf(q2) >> 1), -126), 126) : 0;
+          const int aExp = normal ? operandScaleExpForLog2(ilogbf(q2) >> 1) : 0;
           const float scale = __int_as_float((aExp + 127) << 23);
 #pragma unroll
           for (int ks = 0; ks < D / 16; ++ks)
@@ -316,7 +316,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-            for (int n8 = 0; n8 < 4; ++n8) mma16816<F16>(acc[mt][n8], qa[mt][ks], bf[n8][0], bf[n8][1]);
+            for (int n8 = 0; n8 < 4; ++n8) mma16816<false>(acc[mt][n8], qa[mt][ks], bf[n8][0], bf[n8][1]);  // fp16
         }
         // Re-deal the 32 x 32 scores so that each thread holds its own row.
 #pragma unroll
@@ -329,12 +329,10 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
                 make_float2(acc[mt][n8][2], acc[mt][n8][3]);
           }
         __syncwarp();
-        const float* myRow = myTile + ownWarpRow * kPitch;
-        const int mySwz = scoreSwz(ownWarpRow);
         float v[32];
 #pragma unroll
         for (int c4 = 0; c4 < 8; ++c4) {
-          float4 x = *reinterpret_cast<const float4*>(myRow + 4 * (c4 ^ mySwz));
+          float4 x = *reinterpret_cast<const float4*>(myTile + scoreAt(ownWarpRow, 4 * c4));
           v[4 * c4] = x.x;
           v[4 * c4 + 1] = x.y;
           v[4 * c4 + 2] = x.z;
@@ -372,7 +370,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
           if (mask != 0) {
             const int c = __ffs(mask) - 1;
             mask &= mask - 1;
-            const float s = myRow[4 * ((c >> 2) ^ mySwz) + (c & 3)];
+            const float s = myTile[scoreAt(ownWarpRow, c)];
             if (s > ls[KL - 1]) insertSorted<KL>(ls, li, s, jh + c);
           }
         }
