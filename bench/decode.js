@@ -2,7 +2,12 @@
 // the device copy bandwidth measured in the same run, 'moba' decode against
 // 'full' at long context, and the host cost of one decode step.
 //
-//   npm run bench -- decode [--page-size 16] [--moba-page-sizes 16,64] [--quick]
+//   npm run bench -- decode [--page-size 16] [--moba-page-sizes 16,64] [--moba-sum-blocks page,512]
+//                           [--cases full,moba,host] [--quick]
+//
+// --moba-sum-blocks: the caches' key-sum blocks (KVCacheOptions.chunkSize) for
+// the moba rows: 'page' (the default cache, one sum per page) and/or a token
+// count (512: one sum per MoBA block).
 //
 // Shape: 32 query heads, 8 KV heads, head dim 128, bf16; one new token per
 // sequence, so each step reads the whole cached K and V once.
@@ -15,8 +20,10 @@ const opt = (name, fallback) => {
   return i >= 0 ? args[i + 1] : fallback;
 };
 const quick = args.includes('--quick');
+const cases = new Set(opt('--cases', 'full,moba,host').split(','));
 const pageSize = Number(opt('--page-size', '16'));
 const mobaPageSizes = opt('--moba-page-sizes', '16,64').split(',').map(Number);
+const mobaSumBlocks = opt('--moba-sum-blocks', 'page,512').split(',').map((x) => (x === 'page' ? undefined : Number(x)));
 const HQ = 32;
 const HKV = 8;
 const D = 128;
@@ -58,10 +65,11 @@ function copyBandwidth() {
 }
 
 /** A cache holding `batch` sequences of `context` tokens (random K/V), the decode plan of one more token each. */
-async function buildCache(batch, context, pageSizeHere, extraTokens = 0) {
+async function buildCache(batch, context, pageSizeHere, extraTokens = 0, sumBlock = undefined) {
   const pagesPerSeq = Math.ceil((context + 1 + extraTokens) / pageSizeHere);
   const cache = new KVCache(device, {
-    numLayers: 1, numPages: batch * pagesPerSeq + 8, pageSize: pageSizeHere, numKVHeads: HKV, headDim: D, dtype: 'bf16',
+    numLayers: 1, numPages: batch * pagesPerSeq + 8, pageSize: pageSizeHere, chunkSize: sumBlock,
+    numKVHeads: HKV, headDim: D, dtype: 'bf16',
   });
   const k = device.tensor(randomBf16(FILL_ROWS * HKV * D, 1), { dtype: 'bf16', shape: [FILL_ROWS, HKV, D] });
   const v = device.tensor(randomBf16(FILL_ROWS * HKV * D, 2), { dtype: 'bf16', shape: [FILL_ROWS, HKV, D] });
@@ -114,7 +122,7 @@ const results = { device: device.name, copy: null, full: [], moba: [], host: nul
 results.copy = await copyBandwidth();
 console.log(`device copy: ${results.copy.tbps.toFixed(2)} TB/s (read + write)`);
 
-const shapes = quick ? [[1, 4096], [4, 1024]] : [[1, 131072], [64, 4096], [16, 32768]];
+const shapes = !cases.has('full') ? [] : quick ? [[1, 4096], [4, 1024]] : [[1, 131072], [64, 4096], [16, 32768]];
 const full = layer('full');
 const rows = [];
 for (const [batch, context] of shapes) {
@@ -130,25 +138,29 @@ for (const [batch, context] of shapes) {
 }
 
 const mobaShape = quick ? [1, 8192] : [1, 131072];
-for (const ps of mobaPageSizes) {
-  const env = await buildCache(mobaShape[0], mobaShape[1], ps);
-  const f = await timeDecode(env, full);
-  const moba = layer('moba');
-  const m = await timeDecode(env, moba);
-  const r = { batch: mobaShape[0], context: mobaShape[1], pageSize: ps, chunkSize: 512, topK: 3, fullUs: f.us, mobaUs: m.us,
-    mobaHostUs: m.hostUs, speedup: f.us / m.us };
-  results.moba.push(r);
-  rows.push([`full ${mobaShape[0]} x ${mobaShape[1]}`, ps, f.us.toFixed(1), (env.kvBytes / f.us / 1e6).toFixed(2),
-    `${((100 * env.kvBytes) / f.us / 1e6 / results.copy.tbps).toFixed(1)}%`, f.hostUs.toFixed(1)]);
-  rows.push([`moba (512, 3) ${mobaShape[0]} x ${mobaShape[1]}`, ps, m.us.toFixed(1), `${r.speedup.toFixed(1)}x faster`, '', m.hostUs.toFixed(1)]);
-  moba.dispose();
-  env.plan.dispose();
-  env.q.dispose();
-  env.cache.dispose();
+for (const ps of cases.has('moba') ? mobaPageSizes : []) {
+  for (const sumBlock of mobaSumBlocks) {
+    const env = await buildCache(mobaShape[0], mobaShape[1], ps, 0, sumBlock);
+    const f = await timeDecode(env, full);
+    const moba = layer('moba');
+    const m = await timeDecode(env, moba);
+    const sums = sumBlock ? `sums per ${sumBlock}` : 'sums per page';
+    const r = { batch: mobaShape[0], context: mobaShape[1], pageSize: ps, sumBlock: sumBlock ?? ps, chunkSize: 512, topK: 3,
+      fullUs: f.us, mobaUs: m.us, mobaHostUs: m.hostUs, speedup: f.us / m.us };
+    results.moba.push(r);
+    rows.push([`full ${mobaShape[0]} x ${mobaShape[1]}`, ps, f.us.toFixed(1), (env.kvBytes / f.us / 1e6).toFixed(2),
+      `${((100 * env.kvBytes) / f.us / 1e6 / results.copy.tbps).toFixed(1)}%`, f.hostUs.toFixed(1)]);
+    rows.push([`moba (512, 3) ${mobaShape[0]} x ${mobaShape[1]}, ${sums}`, ps, m.us.toFixed(1), `${r.speedup.toFixed(1)}x faster`, '',
+      m.hostUs.toFixed(1)]);
+    moba.dispose();
+    env.plan.dispose();
+    env.q.dispose();
+    env.cache.dispose();
+  }
 }
 
 // Host cost of a small decode step: plan(), then forward() (append + attention) and attend() alone.
-{
+if (cases.has('host')) {
   const batch = 4;
   const n = quick ? 50 : 400;
   const env = await buildCache(batch, 1024, pageSize, n);

@@ -5,8 +5,11 @@
  *
  * A page holds `pageSize` consecutive tokens of one sequence, for all layers:
  * K and V (`[numLayers, 2, numKVHeads, pageSize, headDim]` per page, in the
- * cache dtype) and an fp32 sum of the page's keys per (layer, KV head), from
- * which MoBA decode builds block centroids without re-reading keys.
+ * cache dtype) and an fp32 key sum per (layer, KV head), from which MoBA
+ * decode builds block centroids without re-reading keys. The sums run over
+ * aligned blocks of `chunkSize` tokens: a page's sum covers every key of its
+ * block from the block's first token to the page's last, so the sum of a
+ * complete block is one read (its last page) whatever the page size.
  *
  * Plan/run, as FlashInfer: `plan(batch)` reserves pages for the new tokens of
  * a step (all or nothing), builds every page table and index array once and
@@ -28,6 +31,13 @@ export interface KVCacheOptions {
   numPages: number;
   /** Tokens per page. MoBA layers need it to divide their chunkSize. */
   pageSize: number;
+  /**
+   * Tokens per key-sum block: the chunkSize of the layers that decode with
+   * `decode: 'moba'` (theirs must be a multiple of it). A multiple of
+   * pageSize; default pageSize (one sum per page). Matching the layers' chunkSize
+   * lets the moba decode gate read one sum per block instead of one per page.
+   */
+  chunkSize?: number;
   numKVHeads: number;
   /** 64 or 128 on CUDA; any positive multiple of 8 on the CPU. */
   headDim: number;
@@ -108,7 +118,8 @@ export interface PrefillPart {
   allRows: boolean;
 }
 
-const SEGMENT_INTS = 4;
+// [page, slot, row, count, pieceSegments, carryPage] per segment (native/common/params.h).
+const SEGMENT_INTS = 6;
 
 /**
  * A step's batch over a KVCache. Valid until the cache's next plan(),
@@ -199,6 +210,8 @@ export class KVCache {
   readonly numLayers: number;
   readonly numPages: number;
   readonly pageSize: number;
+  /** Tokens per key-sum block (KVCacheOptions.chunkSize). */
+  readonly chunkSize: number;
   readonly numKVHeads: number;
   readonly headDim: number;
   readonly dtype: 'bf16' | 'f16';
@@ -206,8 +219,10 @@ export class KVCache {
   readonly dtypeCode: number;
   /** @internal [numPages, numLayers, 2, numKVHeads, pageSize, headDim] */
   readonly pool: Tensor;
-  /** @internal [numPages, numLayers, numKVHeads, headDim] fp32 */
+  /** @internal [numPages, numLayers, numKVHeads, headDim] fp32, cumulative within each key-sum block */
   readonly keySums: Tensor;
+  /** @internal Pages per key-sum block. */
+  readonly sumPages: number;
   #refs: Int32Array;
   #free: number[] = [];
   #seqs = new Map<number, Sequence>();
@@ -226,6 +241,10 @@ export class KVCache {
     this.numLayers = checkPositiveInt(o.numLayers, 'numLayers', 65536);
     this.numPages = checkPositiveInt(o.numPages, 'numPages');
     this.pageSize = checkPositiveInt(o.pageSize, 'pageSize', 1 << 20);
+    this.chunkSize = o.chunkSize === undefined ? this.pageSize : checkPositiveInt(o.chunkSize, 'chunkSize', 1 << 30);
+    if (this.chunkSize % this.pageSize !== 0) {
+      throw invalidArgument('chunkSize', `a multiple of pageSize (${this.pageSize})`, this.chunkSize);
+    }
     this.numKVHeads = checkPositiveInt(o.numKVHeads, 'numKVHeads', 4096);
     this.headDim = checkPositiveInt(o.headDim, 'headDim', 1024);
     this.dtype = checkDtype16(o.dtype, 'dtype');
@@ -238,6 +257,7 @@ export class KVCache {
     if (tokensPerLayer > 2 ** 31 - 1) {
       throw invalidArgument('numPages * pageSize', 'fewer than 2^31 tokens', tokensPerLayer);
     }
+    this.sumPages = this.chunkSize / this.pageSize;
     this.#refs = new Int32Array(this.numPages);
     for (let p = this.numPages - 1; p >= 0; p--) this.#free.push(p);
     this.pool = device.output(
@@ -421,13 +441,27 @@ export class KVCache {
         this.#refs[p] = 1;
         s.pages.push(p);
       }
+      // A piece: the new tokens of one key-sum block; its first segment
+      // carries how many segments it spans and the page its sum continues.
+      let pieceAt = -1;
       for (let pos = start; pos < start + n;) {
         const slot = pos % S;
         const count = Math.min(S - slot, start + n - pos);
-        meta[at++] = s.pages[Math.floor(pos / S)]!;
-        meta[at++] = slot;
-        meta[at++] = row + pos - start;
-        meta[at++] = count;
+        const pi = Math.floor(pos / S);
+        if (pieceAt < 0 || pi % this.sumPages === 0) {
+          pieceAt = at;
+          meta[at + 4] = 0;
+          meta[at + 5] = slot === 0 && pi % this.sumPages !== 0 ? s.pages[pi - 1]! : -1;
+        } else {
+          meta[at + 4] = 0;
+          meta[at + 5] = -1;
+        }
+        meta[pieceAt + 4]!++;
+        meta[at] = s.pages[pi]!;
+        meta[at + 1] = slot;
+        meta[at + 2] = row + pos - start;
+        meta[at + 3] = count;
+        at += SEGMENT_INTS;
         pos += count;
       }
       s.length = start + n;
@@ -470,7 +504,7 @@ export class KVCache {
     this.device.native.kvAppend(
       this.pool.buffer, this.keySums.buffer, k.buffer, v.buffer,
       plan.meta.buffer, plan.appendOffset, plan.numAppendSegments, plan.numRows,
-      this.dtypeCode, this.numPages, this.numLayers, layer, this.numKVHeads, this.pageSize, this.headDim,
+      this.dtypeCode, this.numPages, this.numLayers, layer, this.numKVHeads, this.pageSize, this.headDim, this.sumPages,
     );
   }
 
@@ -480,7 +514,7 @@ export class KVCache {
     this.device.native.kvGather(
       this.pool.buffer, k.buffer, v.buffer, plan.meta.buffer, pre.gatherOffset, pre.numGatherSegments,
       pre.cuSeqlensK[pre.batch]!,
-      this.dtypeCode, this.numPages, this.numLayers, layer, this.numKVHeads, this.pageSize, this.headDim,
+      this.dtypeCode, this.numPages, this.numLayers, layer, this.numKVHeads, this.pageSize, this.headDim, this.sumPages,
     );
   }
 
@@ -615,6 +649,8 @@ export class KVCache {
           meta[at++] = 0;
           meta[at++] = cuSeqlensK[b]! + j * S;
           meta[at++] = Math.min(S, s.length - j * S);
+          meta[at++] = 0;
+          meta[at++] = -1;
         }
         const last = rowRuns.length - 3;
         if (last >= 0 && rowRuns[last]! + rowRuns[last + 2]! === p.row) {

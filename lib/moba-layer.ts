@@ -5,8 +5,8 @@
  *  - decode rows (sequences with at most plan's maxDecodeTokens new tokens)
  *    to the paged decode kernels, with the layer's decode policy: 'full'
  *    causal attention over the whole cache (default, the MoBA paper's
- *    choice) or 'moba' (the gate over the cache from page key sums, reading
- *    only the selected blocks);
+ *    choice) or 'moba' (the gate over the cache from its block key sums,
+ *    reading only the selected blocks);
  *  - prefill rows to MoBA over the whole sequence (dense when every prefill
  *    sequence has at most topK blocks, which is the same result): the cached
  *    K/V are gathered through the page table and attended like a one-shot
@@ -27,7 +27,10 @@ export interface MobaAttentionLayerOptions {
   numQHeads: number;
   numKVHeads: number;
   headDim: number;
-  /** MoBA block size in tokens; the cache's pageSize must divide it. */
+  /**
+   * MoBA block size in tokens; the cache's pageSize must divide it, and with
+   * `decode: 'moba'` also the cache's chunkSize (best: equal to it).
+   */
   chunkSize: number;
   /** Blocks per query, its own block included. */
   topK: number;
@@ -124,6 +127,10 @@ export class MobaAttention {
     if (this.chunkSize % cache.pageSize !== 0) {
       throw invalidArgument('cache.pageSize', `a divisor of the layer's chunkSize (${this.chunkSize})`, cache.pageSize);
     }
+    if (this.decode === 'moba' && this.chunkSize % cache.chunkSize !== 0) {
+      throw invalidArgument('cache.chunkSize', `a divisor of the moba-decode layer's chunkSize (${this.chunkSize})`,
+        cache.chunkSize);
+    }
     const q = checkTensor(qv, 'q');
     if (q.device !== this.device) throw invalidArgument('q.device', `the layer's device (${this.device})`, q.device.toString());
     if (q.dtype !== this.dtype) throw invalidArgument('q.dtype', `the layer's dtype ("${this.dtype}")`, q.dtype);
@@ -153,6 +160,7 @@ export class MobaAttention {
         plan.numRows, Hq, dec.maxQLen, dec.maxKvLen, dec.sumKvLen,
         this.softmaxScale, moba ? 1 : 0, moba ? this.chunkSize : 0, moba ? this.topK : 0,
         cache.dtypeCode, cache.numPages, cache.numLayers, layer, cache.numKVHeads, cache.pageSize, cache.headDim,
+        cache.sumPages,
       );
     }
     const pre = plan.prefill;

@@ -69,13 +69,13 @@ export interface NativeDevice {
     pool: NativeBuffer, keySums: NativeBuffer, k: NativeBuffer, v: NativeBuffer,
     meta: NativeBuffer, segOffset: number, numSegments: number, numRows: number,
     dtypeCode: number, numPages: number, numLayers: number, layer: number,
-    numKVHeads: number, pageSize: number, headDim: number,
+    numKVHeads: number, pageSize: number, headDim: number, sumPages: number,
   ): void;
   kvGather(
     pool: NativeBuffer, k: NativeBuffer, v: NativeBuffer,
     meta: NativeBuffer, segOffset: number, numSegments: number, numRows: number,
     dtypeCode: number, numPages: number, numLayers: number, layer: number,
-    numKVHeads: number, pageSize: number, headDim: number,
+    numKVHeads: number, pageSize: number, headDim: number, sumPages: number,
   ): void;
   /**
    * Decode over the cache; meta at infoOffset holds qStart[batch], qLen[batch],
@@ -88,7 +88,7 @@ export interface NativeDevice {
     numRows: number, numQHeads: number, maxQLen: number, maxKvLen: number, sumKvLen: number,
     softmaxScale: number, policy: number, chunkSize: number, topK: number,
     dtypeCode: number, numPages: number, numLayers: number, layer: number,
-    numKVHeads: number, pageSize: number, headDim: number,
+    numKVHeads: number, pageSize: number, headDim: number, sumPages: number,
   ): void;
 }
 

@@ -18,7 +18,7 @@ int32_t* metaInts(const Napi::CallbackInfo& info, size_t i, const DeviceCore& c,
   return static_cast<int32_t*>(b->data()) + offset;
 }
 
-// Reads (dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim)
+// Reads (dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages)
 // from position `i` and checks the pool (argument `iPool`) and, when
 // `iSums` >= 0, the key sums against them.
 PagedKV argPaged(const Napi::CallbackInfo& info, size_t i, size_t iPool, int iSums, const DeviceCore& c) {
@@ -33,6 +33,7 @@ PagedKV argPaged(const Napi::CallbackInfo& info, size_t i, size_t iPool, int iSu
   kv.pageSize = static_cast<int>(argInt(info, i + 5, "pageSize", 1, 1 << 20));
   kv.headDim = static_cast<int>(argInt(info, i + 6, "headDim", 1, 1024));
   if (kv.headDim % 8 != 0) throwInvalid(info.Env(), "Expected a multiple of 8 for headDim");
+  kv.sumPages = static_cast<int>(argInt(info, i + 7, "sumPages", 1, kv.numPages));
   size_t poolBytes = static_cast<size_t>(kv.numPages) * static_cast<size_t>(kv.pageStride()) * dtypeSize(t);
   kv.pool = argBuffer(info, iPool, "pool", c, poolBytes)->data();
   if (iSums >= 0) {
@@ -64,7 +65,7 @@ void argSegmentedRows(const Napi::CallbackInfo& info, size_t i, const DeviceCore
 }  // namespace
 
 // kvAppend(pool, keySums, k, v, meta, segOffset, numSegments, numRows,
-//          dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim)
+//          dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages)
 Napi::Value DeviceWrap::kvAppend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
@@ -78,7 +79,7 @@ Napi::Value DeviceWrap::kvAppend(const Napi::CallbackInfo& info) {
 }
 
 // kvGather(pool, k, v, meta, segOffset, numSegments, numRows,
-//          dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim)
+//          dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages)
 Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
@@ -93,7 +94,7 @@ Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
 
 // decodeAttention(q, out, pool, keySums, meta, infoOffset, batch, numPageIndices, counters | null,
 //                 numRows, numQHeads, maxQLen, maxKvLen, sumKvLen, softmaxScale, policy, chunkSize, topK,
-//                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim)
+//                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages)
 Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
@@ -121,9 +122,10 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   p.topK = static_cast<int>(argInt(info, 17, "topK", 0, 1 << 20));
   if (p.policy == DecodePolicy::Moba) {
     if (p.chunkSize < 1 || p.topK < 1) throwInvalid(env, "Expected chunkSize >= 1 and topK >= 1 for moba decode");
-    if (p.chunkSize % p.kv.pageSize != 0) {
-      throwInvalid(env, "Expected a chunkSize that is a multiple of pageSize (" + std::to_string(p.kv.pageSize) +
-                            ") but received " + std::to_string(p.chunkSize));
+    const int64_t sumBlock = static_cast<int64_t>(p.kv.pageSize) * p.kv.sumPages;
+    if (p.chunkSize % sumBlock != 0) {
+      throwInvalid(env, "Expected a chunkSize that is a multiple of the cache's key-sum block (" +
+                            std::to_string(sumBlock) + ") but received " + std::to_string(p.chunkSize));
     }
   }
   const size_t qBytes = rowBytes(p.numRows, p.numQHeads, p.kv.headDim, p.kv.dtype);

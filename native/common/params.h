@@ -63,7 +63,11 @@ struct AttentionParams {
 struct PagedKV {
   DType dtype = DType::BF16;
   void* pool = nullptr;      // [numPages, numLayers, 2 (K, V), numKVHeads, pageSize, headDim]
-  float* keySums = nullptr;  // [numPages, numLayers, numKVHeads, headDim] fp32 sum of the page's keys
+  // [numPages, numLayers, numKVHeads, headDim] fp32 key sums, cumulative within
+  // aligned runs of sumPages pages of a sequence (a key-sum block): a page's sum
+  // covers its run's keys from the run's first token through the page's last.
+  float* keySums = nullptr;
+  int sumPages = 1;
   int numPages = 0;
   int numLayers = 0;
   int layer = 0;             // the layer this op reads or writes
@@ -81,21 +85,27 @@ struct PagedKV {
 };
 
 // A run of consecutive tokens of one sequence that lies in one page: the unit
-// of work of kvAppend and kvGather. Stored as 4 int32 in device metadata.
+// of work of kvAppend and kvGather. Stored as 6 int32 in device metadata.
 //   page:  the page index in the pool
 //   slot:  first slot in the page (0 <= slot, slot + count <= pageSize)
 //   row:   first row of the contiguous [rows, numKVHeads, headDim] side
 //   count: number of tokens
-constexpr int kSegmentInts = 4;
+// kvAppend only: the segments of one sequence that fall in one key-sum run
+// form a piece, whose key sums one worker adds in position order.
+//   pieceSegments: on a piece's first segment, its number of segments; else 0
+//   carryPage:     on a piece's first segment when it starts a page that is
+//                  not its run's first: the run's previous page, whose sum the
+//                  new page continues; else -1 (a fresh run starts from zero,
+//                  a partly filled page from its own sum)
+constexpr int kSegmentInts = 6;
 
-// kvAppend: copies new K/V rows into their pages and updates the page key
-// sums (a segment starting at slot 0 resets its page's sums first).
+// kvAppend: copies new K/V rows into their pages and updates the key sums.
 struct KVAppendParams {
   PagedKV kv;
   const void* k = nullptr;           // [numRows, numKVHeads, headDim]
   const void* v = nullptr;           // [numRows, numKVHeads, headDim]
   int numRows = 0;
-  const int32_t* segments = nullptr; // [numSegments, 4] device metadata
+  const int32_t* segments = nullptr; // [numSegments, kSegmentInts] device metadata
   int numSegments = 0;
 };
 

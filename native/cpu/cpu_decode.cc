@@ -1,7 +1,7 @@
 // Decode attention over the paged KV cache on the CPU: one (sequence, query
 // head) per work item; its K/V rows are widened to fp32 once through the
 // page table and reused by the sequence's 1..8 query tokens. 'moba' gates
-// over the cache with block centroids built from the page key sums.
+// over the cache with block centroids built from the cache's key sums.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -95,14 +95,17 @@ Status cpuDecodeAttention(const DecodeParams& p, ThreadPool& pool) {
         loadRow(kv.pool, kv.dtype, static_cast<size_t>(off + kv.vOffset()), D, v.data() + static_cast<size_t>(pos) * D);
       }
       if (moba) {
-        // Centroid of a complete block: the sum of its pages' key sums / chunkSize.
+        // Centroid of a complete block: the sum of its key-sum runs (each
+        // read at the run's last page) / chunkSize.
         const int complete = s.kvLen / B;
-        const int pagesPerBlock = B / S;
+        const int runPages = kv.sumPages;
+        const int runsPerBlock = B / (S * runPages);
         cent.assign(static_cast<size_t>(complete) * D, 0.f);
         for (int j = 0; j < complete; ++j) {
           float* c = cent.data() + static_cast<size_t>(j) * D;
-          for (int pg = 0; pg < pagesPerBlock; ++pg) {
-            const float* sums = kv.keySums + s.pages[j * pagesPerBlock + pg] * kv.sumsPageStride() +
+          for (int r = 0; r < runsPerBlock; ++r) {
+            const int last = (j * runsPerBlock + r + 1) * runPages - 1;
+            const float* sums = kv.keySums + s.pages[last] * kv.sumsPageStride() +
                                 kv.sumsLayerOffset() + static_cast<int64_t>(kvh) * D;
             for (int d = 0; d < D; ++d) c[d] += sums[d];
           }

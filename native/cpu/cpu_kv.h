@@ -16,6 +16,7 @@ Status cpuDecodeAttention(const DecodeParams& p, ThreadPool& pool);
 // of touching memory it does not describe).
 struct Segment {
   int32_t page, slot, row, count;
+  int32_t pieceSegments, carryPage;  // kvAppend's key-sum pieces (params.h)
 };
 bool readSegment(const int32_t* segments, int index, const PagedKV& kv, int numRows, Segment* out);
 

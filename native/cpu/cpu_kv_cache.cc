@@ -1,6 +1,7 @@
 // Paged KV cache writes and reads on the CPU: append copies new rows into
-// their pages and keeps the per-page fp32 key sums; gather copies a
-// sequence's pages back into contiguous rows.
+// their pages and keeps the fp32 key sums of each key-sum block; gather
+// copies a sequence's pages back into contiguous rows.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -12,7 +13,7 @@ namespace moba {
 
 bool readSegment(const int32_t* segments, int index, const PagedKV& kv, int numRows, Segment* out) {
   const int32_t* s = segments + static_cast<int64_t>(index) * kSegmentInts;
-  Segment g{s[0], s[1], s[2], s[3]};
+  Segment g{s[0], s[1], s[2], s[3], s[4], s[5]};
   if (g.page < 0 || g.page >= kv.numPages) return false;
   if (g.count < 0 || g.slot < 0 || g.slot > kv.pageSize - g.count) return false;
   if (g.row < 0 || g.row > numRows - g.count) return false;
@@ -28,6 +29,36 @@ int64_t slotOffset(const PagedKV& kv, int64_t page, int head, int slot) {
          (static_cast<int64_t>(head) * kv.pageSize + slot) * kv.headDim;
 }
 
+// The key sums of one piece (params.h) for KV head h: one worker adds its
+// tokens in position order, from the value the piece continues, and stores
+// the running sum into each of its pages; the CUDA kernel does the same.
+void sumPiece(const KVAppendParams& p, int first, int h, float* run) {
+  const PagedKV& kv = p.kv;
+  const int H = kv.numKVHeads, D = kv.headDim;
+  Segment g;
+  if (!readSegment(p.segments, first, kv, p.numRows, &g)) return;
+  auto sumsOf = [&](int64_t page) {
+    return kv.keySums + page * kv.sumsPageStride() + kv.sumsLayerOffset() + static_cast<int64_t>(h) * D;
+  };
+  if (g.slot > 0) {
+    std::copy(sumsOf(g.page), sumsOf(g.page) + D, run);
+  } else if (g.carryPage >= 0 && g.carryPage < kv.numPages) {
+    std::copy(sumsOf(g.carryPage), sumsOf(g.carryPage) + D, run);
+  } else {
+    std::fill(run, run + D, 0.f);
+  }
+  const int n = std::min(g.pieceSegments, p.numSegments - first);
+  std::vector<float> key(D);
+  for (int e = 0; e < n; ++e) {
+    if (e > 0 && (!readSegment(p.segments, first + e, kv, p.numRows, &g) || g.slot != 0)) return;
+    for (int i = 0; i < g.count; ++i) {
+      loadRow(p.k, kv.dtype, (static_cast<size_t>(g.row + i) * H + h) * D, D, key.data());
+      for (int d = 0; d < D; ++d) run[d] += key[d];
+    }
+    std::copy(run, run + D, sumsOf(g.page));
+  }
+}
+
 }  // namespace
 
 Status cpuKvAppend(const KVAppendParams& p, ThreadPool& pool) {
@@ -36,24 +67,21 @@ Status cpuKvAppend(const KVAppendParams& p, ThreadPool& pool) {
   const size_t es = dtypeSize(kv.dtype);
   const size_t rowBytes = static_cast<size_t>(D) * es;
   pool.parallelFor(static_cast<int64_t>(p.numSegments) * H, [&](int64_t begin, int64_t end) {
-    std::vector<float> key(D);
+    std::vector<float> run(D);
     for (int64_t item = begin; item < end; ++item) {
       Segment g;
-      if (!readSegment(p.segments, static_cast<int>(item / H), kv, p.numRows, &g)) continue;
+      const int index = static_cast<int>(item / H);
+      if (!readSegment(p.segments, index, kv, p.numRows, &g)) continue;
       const int h = static_cast<int>(item % H);
       char* kDst = static_cast<char*>(kv.pool) + slotOffset(kv, g.page, h, g.slot) * es;
       char* vDst = kDst + kv.vOffset() * es;
-      float* sums = kv.keySums + g.page * kv.sumsPageStride() + kv.sumsLayerOffset() + static_cast<int64_t>(h) * D;
-      // A segment that starts a page owns it from its first token: stale sums go.
-      if (g.slot == 0) std::fill(sums, sums + D, 0.f);
       for (int i = 0; i < g.count; ++i) {
         const size_t src = (static_cast<size_t>(g.row + i) * H + h) * D;
         std::memcpy(kDst + i * rowBytes, static_cast<const char*>(p.k) + src * es, rowBytes);
         std::memcpy(vDst + i * rowBytes, static_cast<const char*>(p.v) + src * es, rowBytes);
-        // Token by token, in position order: the CUDA kernel sums in the same order.
-        loadRow(p.k, kv.dtype, src, D, key.data());
-        for (int d = 0; d < D; ++d) sums[d] += key[d];
       }
+      // Sums come from the rows, not the pages: no order against the copies.
+      if (g.pieceSegments > 0) sumPiece(p, index, h, run.data());
     }
   });
   return Status::Ok();

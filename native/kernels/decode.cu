@@ -13,11 +13,13 @@
 // log-sum-exps are merged by the last CTA of the group to finish (a counter
 // per group, reset by that CTA), so a step is one launch.
 //
-// 'moba' adds the gate over the cache: scoresKernel turns the page key sums
-// into block centroids and scores every complete block for every query row;
-// each attention CTA then picks every row's top-(k-1) past blocks plus its
-// current block, takes the union over its rows, and reads only those blocks
-// (rows that did not pick a block are masked on it).
+// 'moba' adds the gate over the cache: gateKernel scores every complete block
+// for every query row of a (sequence, KV head, row tile) from the cache's
+// block key sums, picks every row's top-(k-1) past blocks plus its current
+// block and writes the union over its rows with a row mask per block; the
+// attention CTAs read only those blocks (rows that did not pick a block are
+// masked on it). When a block spans several key-sum runs, scoresKernel first
+// adds them up and scores the blocks, one CTA per block.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -49,6 +51,11 @@ constexpr int kScoresCtasPerSm = 12;  // 1536 threads per SM
 constexpr int kScoresCtasPerSm = 16;  // 2048 threads per SM
 #endif
 constexpr int kMaxSlots = 64;
+// gateKernel: 8 warps per item (1024 threads measured no faster: its phases
+// are latency chains); the key sums of up to kGateChunk blocks are copied in
+// at once.
+constexpr int kGateThreads = 256;
+constexpr int kGateChunk = 256;  // blocks whose key sums are in flight at once
 constexpr int kSelectBatch = 8;
 // The mbarriers of the warps' rings, ahead of the query rows.
 constexpr int kBarBytes = 128;
@@ -63,6 +70,7 @@ struct DecodeArgs {
   int64_t vOffset;      // elements from K to V within a (page, layer)
   const float* sums;    // keySums + layer offset
   int64_t sumsPageStride;
+  int sumPages;         // pages per key-sum run (a run's sum is read at its last page)
   const int32_t* qStart;
   const int32_t* qLen;
   const int32_t* kvLen;
@@ -71,14 +79,18 @@ struct DecodeArgs {
   int numPageIndices, numPages, numRows, numQHeads, numKVHeads, group, pageSize, batch;
   int maxQLen, maxKvLen;
   int rowTiles;         // row tiles per (sequence, KV head)
+  int rowTileRows;      // query rows per row tile (16 * M)
+  int bf16;             // the cache dtype is bf16 (else f16): gateKernel reads q itself
   float scaleLog2;      // softmaxScale * log2(e)
   int moba, chunkSize, topK, tilesPerBlock;
   int numSlots;         // CTAs per (sequence, KV head, row tile)
   int maxPast;          // moba: row stride of `scores`
   int bitmapWords, unionCap;
-  int stageScores;      // moba: the CTA's rows of `scores` are copied to shared memory
-  int regionBytes;      // shared bytes of the warps' rings (also the selection and merge scratch)
+  int scoresReady;      // moba: scoresKernel filled `scores` (a block spans several key-sum runs)
+  int stageScores;      // moba: gateKernel keeps its rows' scores in shared memory, not in `scores`
+  int regionBytes;      // shared bytes of the warps' rings (also the merge scratch)
   float* scores;        // moba: [numRows * numQHeads, maxPast]
+  int32_t* selection;   // moba: per item [unionSize, unionList[unionCap], unionRows[unionCap]]
   float* partO;         // [items, numSlots, rowTile, headDim]
   float* partL;         // [items, numSlots, rowTile] log2-sum-exp
   int32_t* counters;    // [items]
@@ -138,8 +150,19 @@ __device__ __forceinline__ uint16_t narrow(float f) {
   return __half_as_ushort(__float2half_rn(f));
 }
 
+// Four packed bf16 or f16 values (run-time dtype) as floats.
+__device__ __forceinline__ float4 widen4(uint2 raw, bool bf16) {
+  if (bf16) {
+    return make_float4(__uint_as_float(raw.x << 16), __uint_as_float(raw.x & 0xffff0000u), __uint_as_float(raw.y << 16),
+                       __uint_as_float(raw.y & 0xffff0000u));
+  }
+  const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+  const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // Programmatic dependent launch (sm_90): the attention kernel may start while
-// scoresKernel runs and waits here before reading the scores.
+// the moba gate runs and waits here before reading its selection.
 __device__ __forceinline__ void waitForPrimaryGrid() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -178,12 +201,13 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
     qf[e] = widen<kBf16>(a.q[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d]);
   }
   const int col = tid % kCols, grp = tid / kCols;
-  const int pagesPerBlock = a.chunkSize / a.pageSize;
-  const int32_t* pages = s.pages + static_cast<int64_t>(j) * pagesPerBlock;
+  // The block's key-sum runs, each read at its last page.
+  const int runsPerBlock = a.chunkSize / (a.pageSize * a.sumPages);
+  const int32_t* pages = s.pages + static_cast<int64_t>(j) * runsPerBlock * a.sumPages + a.sumPages - 1;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 8
-  for (int p = grp; p < pagesPerBlock; p += kGroups) {
-    const int pg = pages[p];
+  for (int p = grp; p < runsPerBlock; p += kGroups) {
+    const int pg = pages[p * a.sumPages];
     if (pg < 0 || pg >= a.numPages) continue;
     const float4 v =
         *reinterpret_cast<const float4*>(a.sums + pg * a.sumsPageStride + static_cast<int64_t>(h) * D + col * 4);
@@ -224,6 +248,237 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
   }
 }
 
+// Where the selection of an item lives in the workspace.
+__device__ __forceinline__ int32_t* selectionOf(const DecodeArgs& a, int64_t item) {
+  return a.selection + item * (1 + 2 * static_cast<int64_t>(a.unionCap));
+}
+
+// moba: the gate of one (KV head x row tile, sequence) item. Scores come from
+// scoresKernel (`scoresReady`) or are computed here from one key sum per block
+// (the cache's key-sum block is the layer's block): four lanes per block, each
+// with a quarter of the dimensions in registers, and every row of the tile
+// dotted against them. Then every row's top-(k-1) by repeated arg-max below
+// the previous pick, its current block, and the union with its row masks.
+template <int D>
+__global__ void __launch_bounds__(kGateThreads) gateKernel(const DecodeArgs a) {
+  allowDependentGrid();
+  constexpr int kLanes = 4;             // lanes per block
+  constexpr int kVec = D / kLanes / 4;  // float4 per lane
+  constexpr int kWarps = kGateThreads / 32;
+  constexpr int kSumRow = D + 16;       // floats per block in the sum tile
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int RT = a.rowTileRows;
+  const int h = blockIdx.x / a.rowTiles, rt = blockIdx.x - h * a.rowTiles;
+  const int b = blockIdx.y;
+  SeqView s;
+  if (!loadSeq(a, b, &s) || rt * RT >= s.qLen * a.group) return;
+  const int row0 = rt * RT;
+  const int rowsHere = min(RT, s.qLen * a.group - row0);
+  const int64_t item = (static_cast<int64_t>(b) * a.numKVHeads + h) * a.rowTiles + rt;
+
+  float* qf = reinterpret_cast<float*>(smem);              // [RT][D]
+  float* sumTile = qf + RT * D;                            // [kGateChunk][kSumRow] unless scoresReady
+  float* stage = sumTile + (a.scoresReady ? 0 : kGateChunk * kSumRow);  // [RT][maxPast] when staged
+  int32_t* bitmap = reinterpret_cast<int32_t*>(stage + (a.stageScores ? RT * a.maxPast : 0));
+  int32_t* wordPrefix = bitmap + a.bitmapWords;
+  int32_t* sel = wordPrefix + a.bitmapWords;               // [RT, topK]
+  int32_t* selCount = sel + RT * a.topK;                   // [RT]
+  int32_t* unionList = selCount + RT;                      // [unionCap]
+  uint32_t* unionRows = reinterpret_cast<uint32_t*>(unionList + a.unionCap);
+  __shared__ int unionSize;
+  __shared__ int sumPage[kGateChunk];  // page holding each block's key sum (-1: none)
+
+  auto globalRow = [&](int lr) {
+    const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
+    return (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g);
+  };
+  // Scores of local row lr: staged here, or in the workspace (L2: written by
+  // this CTA or by scoresKernel, never through this SM's L1 for the latter).
+  auto scoreAt = [&](int lr, int j) {
+    return a.stageScores ? stage[lr * a.maxPast + j] : __ldcg(a.scores + globalRow(lr) * a.maxPast + j);
+  };
+  for (int i = tid; i < a.bitmapWords; i += kGateThreads) bitmap[i] = 0;
+  for (int i = tid; i < a.unionCap; i += kGateThreads) unionRows[i] = 0u;
+  const int maxCur = (s.kvLen - 1) / a.chunkSize;  // complete blocks the last row may pick from
+
+  if (!a.scoresReady && maxCur > 0) {
+    // Every block sum of a chunk is copied in before any is used (their
+    // latency is the cost): one page-index load, then 16-byte cp.async.
+    const float inv = 1.f / static_cast<float>(a.chunkSize);
+    const float* sumsHead = a.sums + static_cast<int64_t>(h) * D;
+    for (int c0 = 0; c0 < maxCur; c0 += kGateChunk) {
+      // The page of each block's key sum, all loads in flight together (a
+      // cp.async between two of them would order them one after another).
+      for (int i = tid; i < kGateChunk; i += kGateThreads) {
+        const int j = c0 + i;
+        const int pg = j < maxCur ? s.pages[static_cast<int64_t>(j + 1) * a.sumPages - 1] : -1;
+        sumPage[i] = pg >= 0 && pg < a.numPages ? pg : -1;
+      }
+      __syncthreads();
+      for (int e = tid; e < kGateChunk * (D / 4); e += kGateThreads) {
+        const int blk = e / (D / 4), col = e - blk * (D / 4);
+        const int pg = sumPage[blk];
+        const bool ok = pg >= 0;
+        ptx::cpAsync16(smemAddr(sumTile + blk * kSumRow + col * 4),
+                       sumsHead + static_cast<int64_t>(ok ? pg : 0) * a.sumsPageStride + col * 4, ok);
+      }
+      ptx::cpAsyncCommit();
+      if (c0 == 0) {
+        // The query rows, widened to fp32, while the first sums are in flight.
+        for (int e = tid; e < rowsHere * (D / 4); e += kGateThreads) {
+          const int lr = e / (D / 4), c = e - lr * (D / 4);
+          reinterpret_cast<float4*>(qf)[e] = widen4(*reinterpret_cast<const uint2*>(a.q + globalRow(lr) * D + c * 4), a.bf16);
+        }
+      }
+      ptx::cpAsyncWait<0>();
+      __syncthreads();
+      // Four lanes per block; lane `quarter` takes dims [16u + 4 quarter, +4):
+      // with rows padded by 16 floats a quarter-warp's reads hit 32 banks.
+      const int quarter = tid % kLanes;
+      for (int blk = tid / kLanes; blk < kGateChunk; blk += kGateThreads / kLanes) {
+        const int j = c0 + blk;
+        float4 cent[kVec];
+#pragma unroll
+        for (int u = 0; u < kVec; ++u) {
+          const float4 v = *reinterpret_cast<const float4*>(sumTile + blk * kSumRow + u * 16 + quarter * 4);
+          cent[u] = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+        }
+        for (int r0 = 0; r0 < rowsHere; r0 += 4) {
+          float dot[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            if (r0 + r >= rowsHere) break;
+            const float* qr = qf + (r0 + r) * D + quarter * 4;
+#pragma unroll
+            for (int u = 0; u < kVec; ++u) {
+              const float4 qv = *reinterpret_cast<const float4*>(qr + u * 16);
+              dot[r] = fmaf(qv.x, cent[u].x, dot[r]);
+              dot[r] = fmaf(qv.y, cent[u].y, dot[r]);
+              dot[r] = fmaf(qv.z, cent[u].z, dot[r]);
+              dot[r] = fmaf(qv.w, cent[u].w, dot[r]);
+            }
+          }
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], 1);
+            dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], 2);
+          }
+          if (j < maxCur) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const int lr = r0 + r;
+              if (lr >= rowsHere || r != quarter) continue;
+              if (a.stageScores) {
+                stage[lr * a.maxPast + j] = dot[r];
+              } else {
+                a.scores[globalRow(lr) * a.maxPast + j] = dot[r];
+              }
+            }
+          }
+        }
+      }
+      __syncthreads();  // the tile is free for the next chunk
+    }
+  }
+  __syncthreads();
+
+  for (int lr = warp; lr < rowsHere; lr += kWarps) {
+    const int gr = row0 + lr, i = gr / a.group;
+    const int t = s.kvLen - s.qLen + i;
+    const int cur = t / a.chunkSize;
+    const int want = min(a.topK - 1, cur);
+    float ps = 0.f;
+    int pj = -1;
+    for (int n = 0; n < want; ++n) {
+      float bs = 0.f;
+      int bj = -1;
+      for (int base = 0; base < cur; base += 32 * kSelectBatch) {
+        // kSelectBatch independent loads in flight before the first compare.
+        float v[kSelectBatch];
+#pragma unroll
+        for (int u = 0; u < kSelectBatch; ++u) {
+          const int j = base + u * 32 + lane;
+          v[u] = j < cur ? scoreAt(lr, j) : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < kSelectBatch; ++u) {
+          const int j = base + u * 32 + lane;
+          if (j >= cur || (pj >= 0 && !ranksAbove(ps, pj, v[u], j))) continue;
+          if (bj < 0 || ranksAbove(v[u], j, bs, bj)) {
+            bs = v[u];
+            bj = j;
+          }
+        }
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        const float os = __shfl_xor_sync(0xffffffffu, bs, off);
+        const int oj = __shfl_xor_sync(0xffffffffu, bj, off);
+        if (oj >= 0 && (bj < 0 || ranksAbove(os, oj, bs, bj))) {
+          bs = os;
+          bj = oj;
+        }
+      }
+      if (lane == 0) {
+        sel[lr * a.topK + n] = bj;
+        atomicOr(&bitmap[bj >> 5], 1 << (bj & 31));
+      }
+      ps = bs;
+      pj = bj;
+    }
+    if (lane == 0) {
+      sel[lr * a.topK + want] = cur;
+      atomicOr(&bitmap[cur >> 5], 1 << (cur & 31));
+      selCount[lr] = want + 1;
+    }
+  }
+  __syncthreads();
+  // The union of the rows' blocks, ascending: an exclusive scan of the
+  // bitmap's popcounts, then every set bit written at its rank.
+  if (warp == 0) {
+    int running = 0;
+    for (int base = 0; base < a.bitmapWords; base += 32) {
+      const int w = base + lane;
+      uint32_t word = w < a.bitmapWords ? static_cast<uint32_t>(bitmap[w]) : 0u;
+      const int cnt = __popc(word);
+      int incl = cnt;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int o = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += o;
+      }
+      const int excl = running + incl - cnt;
+      if (w < a.bitmapWords) {
+        wordPrefix[w] = excl;
+        for (int k = excl; word; ++k) {
+          const int bit = __ffs(static_cast<int>(word)) - 1;
+          word &= word - 1;
+          if (k < a.unionCap) unionList[k] = w * 32 + bit;
+        }
+      }
+      running += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) unionSize = min(running, a.unionCap);
+  }
+  __syncthreads();
+  for (int e = tid; e < rowsHere * a.topK; e += kGateThreads) {
+    const int lr = e / a.topK, n = e - lr * a.topK;
+    if (n >= selCount[lr]) continue;
+    const int j = sel[e];
+    const int u = wordPrefix[j >> 5] + __popc(static_cast<uint32_t>(bitmap[j >> 5]) & ((1u << (j & 31)) - 1u));
+    if (u < a.unionCap) atomicOr(&unionRows[u], 1u << lr);
+  }
+  __syncthreads();
+  int32_t* out = selectionOf(a, item);
+  const int n = unionSize;
+  if (tid == 0) out[0] = n;
+  for (int u = tid; u < n; u += kGateThreads) {
+    out[1 + u] = unionList[u];
+    out[1 + a.unionCap + u] = static_cast<int32_t>(unionRows[u]);
+  }
+}
+
 // One CTA per (slot, KV head x row tile, sequence). M: 16-row MMA tiles per CTA.
 // The CTA's keys come in virtual tiles of kTile keys; warp w owns keys
 // [16w, 16w + 16) of every one of them and streams them through its own ring
@@ -244,15 +499,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem);                       // [kWarps][kStages]
   uint16_t* Qs = reinterpret_cast<uint16_t*>(smem + kBarBytes);             // [RT][RH]
   uint16_t* rings = Qs + RT * RH;                                           // [kWarps][kStages][stage]
-  unsigned char* region = reinterpret_cast<unsigned char*>(rings);          // rings, or scratch before/after them
+  unsigned char* region = reinterpret_cast<unsigned char*>(rings);          // rings, then the warps' merge
   int32_t* unionList = reinterpret_cast<int32_t*>(region + a.regionBytes);  // [unionCap]
   uint32_t* unionRows = reinterpret_cast<uint32_t*>(unionList + a.unionCap);
-  // moba selection scratch, in the rings' bytes (no copy is in flight yet).
-  int32_t* bitmap = reinterpret_cast<int32_t*>(region);
-  int32_t* wordPrefix = bitmap + a.bitmapWords;
-  int32_t* sel = wordPrefix + a.bitmapWords;                   // [RT, topK]
-  int32_t* selCount = sel + RT * a.topK;                       // [RT]
-  float* stage = reinterpret_cast<float*>(selCount + RT);      // [min(RT, rows), maxPast] if staged
   __shared__ int unionSize;
   __shared__ int isLast;
 
@@ -300,125 +549,17 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 
   int numTiles, vtBegin;
   if (a.moba) {
+    // The item's selection, written by gateKernel.
     waitForPrimaryGrid();
-    for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
-    for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
-    if (a.stageScores) {
-      // This CTA's rows of the scores, one coalesced pass with kSelectBatch
-      // loads in flight per thread (entries past a sequence's complete blocks
-      // are copied but never read).
-      const int n = rowsHere * a.maxPast;
-      for (int e0 = tid; e0 < n; e0 += kThreads * kSelectBatch) {
-        float v[kSelectBatch];
-#pragma unroll
-        for (int u = 0; u < kSelectBatch; ++u) {
-          const int e = e0 + u * kThreads;
-          const int lr = e / a.maxPast, j = e - lr * a.maxPast;
-          const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
-          v[u] = e < n ? __ldcg(a.scores + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) *
-                                               a.maxPast + j)
-                       : 0.f;
-        }
-#pragma unroll
-        for (int u = 0; u < kSelectBatch; ++u) {
-          if (e0 + u * kThreads < n) stage[e0 + u * kThreads] = v[u];
-        }
-      }
+    // Size, blocks and row masks in one round trip: entries past the size
+    // are read too (never used) rather than waiting for the size first.
+    const int32_t* selected = selectionOf(a, item);
+    if (tid == 0) unionSize = min(max(__ldcg(selected), 0), a.unionCap);
+    for (int u = tid; u < a.unionCap; u += kThreads) {
+      unionList[u] = __ldcg(selected + 1 + u);
+      unionRows[u] = static_cast<uint32_t>(__ldcg(selected + 1 + a.unionCap + u));
     }
     __syncthreads();
-    // Every row's selection: top-(k-1) complete past blocks by repeated
-    // arg-max below the previous pick, then its current block.
-    for (int lr = warp; lr < rowsHere; lr += kWarps) {
-      const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
-      const int t = s.kvLen - s.qLen + i;
-      const int cur = t / a.chunkSize;
-      const int want = min(a.topK - 1, cur);
-      const float* sc = a.scores + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * a.maxPast;
-      const float* st = stage + lr * a.maxPast;
-      float ps = 0.f;
-      int pj = -1;
-      for (int n = 0; n < want; ++n) {
-        float bs = 0.f;
-        int bj = -1;
-        for (int base = 0; base < cur; base += 32 * kSelectBatch) {
-          // kSelectBatch independent loads in flight before the first compare.
-          float v[kSelectBatch];
-#pragma unroll
-          for (int u = 0; u < kSelectBatch; ++u) {
-            const int j = base + u * 32 + lane;
-            v[u] = j >= cur ? 0.f : a.stageScores ? st[j] : __ldcg(sc + j);  // skip L1: the previous grid wrote it
-          }
-#pragma unroll
-          for (int u = 0; u < kSelectBatch; ++u) {
-            const int j = base + u * 32 + lane;
-            if (j >= cur || (pj >= 0 && !ranksAbove(ps, pj, v[u], j))) continue;
-            if (bj < 0 || ranksAbove(v[u], j, bs, bj)) {
-              bs = v[u];
-              bj = j;
-            }
-          }
-        }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-          const float os = __shfl_xor_sync(0xffffffffu, bs, off);
-          const int oj = __shfl_xor_sync(0xffffffffu, bj, off);
-          if (oj >= 0 && (bj < 0 || ranksAbove(os, oj, bs, bj))) {
-            bs = os;
-            bj = oj;
-          }
-        }
-        if (lane == 0) {
-          sel[lr * a.topK + n] = bj;
-          atomicOr(&bitmap[bj >> 5], 1 << (bj & 31));
-        }
-        ps = bs;
-        pj = bj;
-      }
-      if (lane == 0) {
-        sel[lr * a.topK + want] = cur;
-        atomicOr(&bitmap[cur >> 5], 1 << (cur & 31));
-        selCount[lr] = want + 1;
-      }
-    }
-    __syncthreads();
-    // The union of the rows' blocks, ascending: an exclusive scan of the
-    // bitmap's popcounts, then every set bit written at its rank.
-    if (warp == 0) {
-      int running = 0;
-      for (int base = 0; base < a.bitmapWords; base += 32) {
-        const int w = base + lane;
-        uint32_t word = w < a.bitmapWords ? static_cast<uint32_t>(bitmap[w]) : 0u;
-        const int cnt = __popc(word);
-        int incl = cnt;
-#pragma unroll
-        for (int off = 1; off < 32; off <<= 1) {
-          const int o = __shfl_up_sync(0xffffffffu, incl, off);
-          if (lane >= off) incl += o;
-        }
-        const int excl = running + incl - cnt;
-        if (w < a.bitmapWords) {
-          wordPrefix[w] = excl;
-          for (int k = excl; word; ++k) {
-            const int bit = __ffs(static_cast<int>(word)) - 1;
-            word &= word - 1;
-            if (k < a.unionCap) unionList[k] = w * 32 + bit;
-          }
-        }
-        running += __shfl_sync(0xffffffffu, incl, 31);
-      }
-      if (lane == 0) unionSize = min(running, a.unionCap);
-    }
-    __syncthreads();
-    for (int e = tid; e < rowsHere * a.topK; e += kThreads) {
-      const int lr = e / a.topK, n = e - lr * a.topK;
-      if (n >= selCount[lr]) continue;
-      const int j = sel[e];
-      const int u = wordPrefix[j >> 5] + __popc(static_cast<uint32_t>(bitmap[j >> 5]) & ((1u << (j & 31)) - 1u));
-      if (u < a.unionCap) atomicOr(&unionRows[u], 1u << lr);
-    }
-#if MOBA_DECODE_BULK
-    attn::fenceProxyAsync();  // the scratch's generic stores come before the copies into the same bytes
-#endif
     const int nVirtual = unionSize * a.tilesPerBlock;
     const int split = (nVirtual + a.numSlots - 1) / a.numSlots;
     vtBegin = slot * split;
@@ -426,8 +567,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   } else {
     vtBegin = numTiles = 0;  // full policy: the warps' feed below decides
   }
-  // Q, the union and its row masks and the barriers are visible to all; the
-  // selection scratch is dead from here on (the rings take its bytes).
+  // Q, the union and its row masks and the barriers are visible to all.
   __syncthreads();
 
   // The warp's keys come as warp tiles of 16: full policy, tile t holds keys
@@ -515,18 +655,24 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 
   // win[i]: the tile of iteration it + i (-1: none); tiles are issued in the
   // order they are taken, so the ring's stage of a tile is its ordinal % kStages.
+  // The first tiles' page lookups go out together, before any copy (a copy
+  // between two lookups would order them one after another).
   int win[kStages];
+  RowRef first[kStages];
+#pragma unroll
+  for (int i = 0; i < kStages; ++i) {
+    win[i] = take();
+    first[i] = lookup(win[i]);
+  }
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
-    win[i] = take();
     if (win[i] >= 0) {
-      ring.issue(i, source(lookup(win[i])), lane);
+      ring.issue(i, source(first[i]), lane);
     } else {
       ring.skip();
     }
   }
-  win[kStages - 1] = take();
-  RowRef ahead = lookup(win[kStages - 1]);
+  RowRef ahead = first[kStages - 1];
   for (int it = 0; win[0] >= 0; ++it) {
     ring.wait(it);  // tile `it` landed; stage (it - 1) % kStages was consumed by this warp
     if (win[kStages - 1] >= 0) {
@@ -741,11 +887,13 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 struct Kernels {
   const void* decode;
   const void* scores;
+  const void* gate;
 };
 
 template <int D, int M, bool kBf16>
 Kernels kernelsOf() {
-  return {reinterpret_cast<const void*>(decodeKernel<D, M, kBf16>), reinterpret_cast<const void*>(scoresKernel<D, kBf16>)};
+  return {reinterpret_cast<const void*>(decodeKernel<D, M, kBf16>), reinterpret_cast<const void*>(scoresKernel<D, kBf16>),
+          reinterpret_cast<const void*>(gateKernel<D>)};
 }
 
 Kernels kernelsFor(int D, int M, bool bf16) {
@@ -761,7 +909,7 @@ Kernels kernelsFor(int D, int M, bool bf16) {
 // given to shared memory (the driver's default carveout can leave room for
 // only one of our 100 KB CTAs per SM), and returns how many of its CTAs fit
 // on one SM. Cached per (kernel, device); JavaScript thread only.
-Status prepareKernel(const void* kernel, size_t bytes, int* perSm) {
+Status prepareKernel(const void* kernel, size_t bytes, int threads, int* perSm) {
   struct Prepared {
     const void* kernel;
     int device;
@@ -791,7 +939,7 @@ Status prepareKernel(const void* kernel, size_t bytes, int* perSm) {
   }
   if (e->perSm == 0 || e->bytes != bytes) {
     int n = 0;
-    MOBA_RETURN_IF_ERROR(cudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, bytes),
+    MOBA_RETURN_IF_ERROR(cudaStatus(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, bytes),
                                     "cudaOccupancyMaxActiveBlocksPerMultiprocessor"));
     e->perSm = n > 0 ? n : 1;
     e->bytes = bytes;
@@ -800,10 +948,10 @@ Status prepareKernel(const void* kernel, size_t bytes, int* perSm) {
   return Status::Ok();
 }
 
-Status launch(const void* kernel, dim3 grid, size_t smem, DecodeArgs& args, bool dependent, CudaContext& ctx) {
+Status launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArgs& args, bool dependent, CudaContext& ctx) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
+  cfg.blockDim = dim3(threads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = ctx.stream;
   cudaLaunchAttribute attr[1];
@@ -852,6 +1000,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   a.vOffset = kv.vOffset();
   a.sums = kv.keySums + kv.sumsLayerOffset();
   a.sumsPageStride = kv.sumsPageStride();
+  a.sumPages = kv.sumPages;
   a.qStart = p.seqInfo;
   a.qLen = p.seqInfo + p.batch;
   a.kvLen = p.seqInfo + 2 * p.batch;
@@ -872,15 +1021,15 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   a.moba = moba ? 1 : 0;
 
   // Shared memory: the rings' mbarriers, the query rows, then one region that
-  // holds in turn the moba selection scratch, the warps' rings and the merge
-  // of the warps, then (moba) the union of the selected blocks.
+  // holds in turn the warps' rings and the merge of the warps, then (moba)
+  // the union of the selected blocks.
   const size_t rowBytes = static_cast<size_t>(D + 8) * 2;
   const size_t ringBytes = static_cast<size_t>(kThreads / 32) * kStages * 2 * decode::kWarpKeys * rowBytes;
   const size_t warpMergeBytes = (static_cast<size_t>(kThreads / 32) * RT * D + 2 * (kThreads / 32) * RT) * 4;
-  size_t regionBytes = std::max(ringBytes, warpMergeBytes);
+  const size_t regionBytes = CudaContext::alignUp(std::max(ringBytes, warpMergeBytes), 16);
   size_t unionBytes = 0;
   int maxPast = 0;
-  int scoresSmem = 0;
+  size_t scoresSmem = 0, gateSmem = 0;
   const int64_t maxTiles = ceilDiv(p.maxKvLen, kTile);
   if (moba) {
     a.chunkSize = p.chunkSize;
@@ -892,24 +1041,31 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     a.bitmapWords = static_cast<int>(ceilDiv(numBlocks, 32));
     a.unionCap = static_cast<int>(std::min<int64_t>(numBlocks, static_cast<int64_t>(RT) * p.topK));
     unionBytes = static_cast<size_t>(a.unionCap) * 2 * 4;
+    // One key-sum read per block: the gate scores the blocks itself.
+    // Otherwise scoresKernel adds a block's runs first, one CTA per block.
+    a.scoresReady = p.chunkSize / (kv.pageSize * kv.sumPages) > 1 ? 1 : 0;
+    const size_t stageBytes = static_cast<size_t>(RT) * maxPast * 4;
     const size_t selectBytes = (static_cast<size_t>(a.bitmapWords) * 2 + static_cast<size_t>(RT) * p.topK + RT) * 4;
-    const size_t stageBytes = static_cast<size_t>(std::min(RT, R)) * maxPast * 4;
-    // The CTA's rows of the scores are staged when they fit in the region.
-    a.stageScores = selectBytes + stageBytes <= regionBytes ? 1 : 0;
-    regionBytes = std::max(regionBytes, selectBytes + (a.stageScores ? stageBytes : 0));
-    scoresSmem = R * D * 4;
+    gateSmem = (static_cast<size_t>(RT) * D + (a.scoresReady ? 0 : static_cast<size_t>(kGateChunk) * (D + 16))) * 4 +
+               selectBytes + unionBytes;
+    // The rows' scores stay in shared memory when they fit, else in the workspace.
+    a.stageScores = !a.scoresReady && gateSmem + stageBytes <= ctx.maxSharedPerBlockOptin ? 1 : 0;
+    if (a.stageScores) gateSmem += stageBytes;
+    if (a.scoresReady) scoresSmem = static_cast<size_t>(R) * D * 4;
   }
-  regionBytes = CudaContext::alignUp(regionBytes, 16);
+  a.rowTileRows = RT;
+  a.bf16 = kv.dtype == DType::BF16 ? 1 : 0;
   a.regionBytes = static_cast<int>(regionBytes);
   const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + regionBytes + unionBytes;
-  if (smemBytes > ctx.maxSharedPerBlockOptin || static_cast<size_t>(scoresSmem) > ctx.maxSharedPerBlockOptin) {
-    return Status::Invalid("decode: the batch needs " + std::to_string(std::max<size_t>(smemBytes, scoresSmem)) +
+  const size_t worst = std::max({smemBytes, scoresSmem, gateSmem});
+  if (worst > ctx.maxSharedPerBlockOptin) {
+    return Status::Invalid("decode: the batch needs " + std::to_string(worst) +
                            " bytes of shared memory per CTA (too many blocks or query rows)");
   }
   // Slots per item: enough CTAs for one full wave (every SM holding as many
   // as fit), so that batch 1 at long context still keeps every SM streaming.
   int perSm = 1;
-  MOBA_RETURN_IF_ERROR(prepareKernel(kernels.decode, smemBytes, &perSm));
+  MOBA_RETURN_IF_ERROR(prepareKernel(kernels.decode, smemBytes, kThreads, &perSm));
   const int64_t target = static_cast<int64_t>(ctx.smCount > 0 ? ctx.smCount : 132) * perSm;
   const int slotsWanted = static_cast<int>(std::min<int64_t>(kMaxSlots, std::max<int64_t>(1, target / items)));
   if (moba) {
@@ -923,30 +1079,41 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   }
   a.counters = p.counters;
 
-  // Workspace: the gate's scores, then the partial outputs and their lse.
-  const size_t scoreFloats = moba ? static_cast<size_t>(p.numRows) * p.numQHeads * maxPast : 0;
+  // Workspace: the gate's scores and selections, then the partial outputs and their lse.
+  const bool globalScores = moba && !a.stageScores;
+  const size_t scoreFloats = globalScores ? static_cast<size_t>(p.numRows) * p.numQHeads * maxPast : 0;
+  const size_t selectionInts = moba ? static_cast<size_t>(items) * (1 + 2 * static_cast<size_t>(a.unionCap)) : 0;
   const size_t partials = a.numSlots > 1 ? static_cast<size_t>(items) * a.numSlots * RT : 0;
   const size_t scoreBytes = CudaContext::alignUp(scoreFloats * 4);
+  const size_t selectionBytes = CudaContext::alignUp(selectionInts * 4);
   const size_t partOBytes = CudaContext::alignUp(partials * D * 4);
-  const size_t bytes = scoreBytes + partOBytes + partials * 4;
+  const size_t bytes = scoreBytes + selectionBytes + partOBytes + partials * 4;
   if (bytes > 0) {
     void* ws = nullptr;
     MOBA_RETURN_IF_ERROR(ctx.scratch(bytes, &ws));
     char* base = static_cast<char*>(ws);
     a.scores = reinterpret_cast<float*>(base);
-    a.partO = reinterpret_cast<float*>(base + scoreBytes);
-    a.partL = reinterpret_cast<float*>(base + scoreBytes + partOBytes);
+    a.selection = reinterpret_cast<int32_t*>(base + scoreBytes);
+    a.partO = reinterpret_cast<float*>(base + scoreBytes + selectionBytes);
+    a.partL = reinterpret_cast<float*>(base + scoreBytes + selectionBytes + partOBytes);
   }
-  const bool gate = moba && maxPast > 0;
-  if (gate) {
+  if (moba) {
     int unused = 0;
-    MOBA_RETURN_IF_ERROR(prepareKernel(kernels.scores, scoresSmem, &unused));
-    MOBA_RETURN_IF_ERROR(launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), scoresSmem, a, false, ctx));
+    if (a.scoresReady && maxPast > 0) {
+      MOBA_RETURN_IF_ERROR(prepareKernel(kernels.scores, scoresSmem, kThreads, &unused));
+      MOBA_RETURN_IF_ERROR(
+          launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), kThreads, scoresSmem, a, false, ctx));
+    }
+    // The gate reads key sums this step's append may have completed: plain
+    // stream order behind it (a programmatic launch measured no faster).
+    MOBA_RETURN_IF_ERROR(prepareKernel(kernels.gate, gateSmem, kGateThreads, &unused));
+    MOBA_RETURN_IF_ERROR(
+        launch(kernels.gate, dim3(kv.numKVHeads * rowTiles, p.batch), kGateThreads, gateSmem, a, false, ctx));
   }
-  // With the gate, the attention grid may start while the scores finish (it
-  // waits for them first): programmatic dependent launch, sm_90 and later.
-  return launch(kernels.decode, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), smemBytes, a,
-                gate && ctx.ccMajor >= 9, ctx);
+  // With the gate, the attention grid may start while the gate finishes (it
+  // waits for the selection first): programmatic dependent launch, sm_90 and later.
+  return launch(kernels.decode, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a,
+                moba && ctx.ccMajor >= 9, ctx);
 }
 
 }  // namespace moba

@@ -1,8 +1,9 @@
 // Paged KV cache writes and reads on the GPU. Append copies the new K/V rows
-// of a whole batch into their pages in one launch and keeps the per-page fp32
-// key sums (MoBA decode's block centroids); gather copies pages back into
-// contiguous rows for chunked prefill. One CTA per (segment, KV head): a
-// segment is a run of tokens of one sequence inside one page (params.h).
+// of a whole batch into their pages in one launch and keeps the fp32 key sums
+// of each key-sum block (MoBA decode's block centroids); gather copies pages
+// back into contiguous rows for chunked prefill. One CTA per (segment, KV
+// head): a segment is a run of tokens of one sequence inside one page
+// (params.h); the CTA of a piece's first segment also adds the piece's sums.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -18,6 +19,7 @@ constexpr int kThreads = 128;
 
 struct Segment {
   int page, slot, row, count;
+  int pieceSegments, carryPage;
 };
 
 // False for a segment that would reach outside the pool or the rows: the
@@ -29,6 +31,8 @@ __device__ __forceinline__ bool loadSegment(const int32_t* segments, int index, 
   g->slot = s[1];
   g->row = s[2];
   g->count = s[3];
+  g->pieceSegments = s[4];
+  g->carryPage = s[5];
   return g->page >= 0 && g->page < numPages && g->count >= 0 && g->slot >= 0 && g->slot <= pageSize - g->count &&
          g->row >= 0 && g->row <= numRows - g->count;
 }
@@ -44,10 +48,11 @@ struct KvArgs {
   uint16_t* rowsV;
   int numRows;
   const int32_t* segments;
+  int numSegments;
   bool bf16;
 };
 
-KvArgs kvArgs(const PagedKV& kv, const void* k, const void* v, int numRows, const int32_t* segments) {
+KvArgs kvArgs(const PagedKV& kv, const void* k, const void* v, int numRows, const int32_t* segments, int numSegments) {
   KvArgs a;
   a.kv = static_cast<uint16_t*>(kv.pool) + kv.layerOffset();
   a.pageStride = kv.pageStride();
@@ -62,6 +67,7 @@ KvArgs kvArgs(const PagedKV& kv, const void* k, const void* v, int numRows, cons
   a.rowsV = static_cast<uint16_t*>(const_cast<void*>(v));
   a.numRows = numRows;
   a.segments = segments;
+  a.numSegments = numSegments;
   a.bf16 = kv.dtype == DType::BF16;
   return a;
 }
@@ -98,14 +104,28 @@ __global__ void __launch_bounds__(kThreads) copySegmentsKernel(const KvArgs a) {
       *rv = *pv;
     }
   }
-  if (!kToPages) return;
-  // Key sums: one thread per dimension adds the segment's tokens in position
-  // order (as the CPU backend does), starting from zero on a fresh page.
-  float* sums = a.sums + g.page * a.sumsPageStride + static_cast<int64_t>(h) * D;
+  if (!kToPages || g.pieceSegments <= 0) return;
+  // The piece's key sums: one thread per dimension adds its tokens in
+  // position order (as the CPU backend does) from the value the piece
+  // continues, storing the running sum into each of its pages. They come
+  // from the rows, so no order against the copies is needed.
+  auto sumsOf = [&](int page) { return a.sums + page * a.sumsPageStride + static_cast<int64_t>(h) * D; };
+  const int n = min(g.pieceSegments, a.numSegments - static_cast<int>(blockIdx.x));
   for (int d = threadIdx.x; d < D; d += kThreads) {
-    float s = g.slot == 0 ? 0.f : sums[d];
-    for (int i = 0; i < g.count; ++i) s += widen(rowK[i * rowStride + d], a.bf16);
-    sums[d] = s;
+    Segment e = g;
+    float s = 0.f;
+    if (g.slot > 0) {
+      s = sumsOf(g.page)[d];
+    } else if (g.carryPage >= 0 && g.carryPage < a.numPages) {
+      s = sumsOf(g.carryPage)[d];
+    }
+    for (int i = 0; i < n; ++i) {
+      if (i > 0 && (!loadSegment(a.segments, blockIdx.x + i, a.numPages, a.pageSize, a.numRows, &e) || e.slot != 0)) break;
+      const uint16_t* key = a.rowsK + static_cast<int64_t>(e.row) * rowStride + static_cast<int64_t>(h) * D + d;
+#pragma unroll 8
+      for (int t = 0; t < e.count; ++t) s += widen(key[t * rowStride], a.bf16);
+      sumsOf(e.page)[d] = s;
+    }
   }
 }
 
@@ -125,11 +145,11 @@ Status launchCopy(const KvArgs& a, int numSegments, bool toPages, cudaStream_t s
 }  // namespace
 
 Status kvAppendLaunch(const KVAppendParams& p, CudaContext& ctx) {
-  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments), p.numSegments, true, ctx.stream);
+  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments, p.numSegments), p.numSegments, true, ctx.stream);
 }
 
 Status kvGatherLaunch(const KVGatherParams& p, CudaContext& ctx) {
-  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments), p.numSegments, false, ctx.stream);
+  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments, p.numSegments), p.numSegments, false, ctx.stream);
 }
 
 }  // namespace moba

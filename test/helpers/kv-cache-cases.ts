@@ -80,11 +80,13 @@ interface Env {
 }
 
 function makeEnv(
-  device: Device, rng: Rng, shape: Shape, dtype: Dtype, o: { numLayers?: number; numPages: number; pageSize: number },
+  device: Device, rng: Rng, shape: Shape, dtype: Dtype,
+  o: { numLayers?: number; numPages: number; pageSize: number; chunkSize?: number },
 ): Env {
   const numLayers = o.numLayers ?? 1;
   const cache = new KVCache(device, {
-    numLayers, numPages: o.numPages, pageSize: o.pageSize, numKVHeads: shape.numKVHeads, headDim: shape.headDim, dtype,
+    numLayers, numPages: o.numPages, pageSize: o.pageSize, chunkSize: o.chunkSize,
+    numKVHeads: shape.numKVHeads, headDim: shape.headDim, dtype,
   });
   return { device, cache, truth: new Truth(numLayers), shape, dtype, rng };
 }
@@ -267,15 +269,22 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     });
   }
 
-  it('moba decode equals the reference (gate over the cache from page key sums)', async () => {
+  // sumBlock: the cache's key-sum block (KVCacheOptions.chunkSize): one page
+  // (the default), the layer's block (one sum read per block), or in between.
+  it('moba decode equals the reference (gate over the cache from its key sums)', async () => {
     using device = open();
-    for (const [shape, dtype, pageSize, chunkSize, topK] of [
-      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 16, 64, 3],
-      [{ numQHeads: 4, numKVHeads: 1, headDim: 64 }, 'f16', 8, 24, 2],
-      [{ numQHeads: 8, numKVHeads: 8, headDim: 64 }, 'bf16', 4, 16, 4],
+    for (const [shape, dtype, pageSize, chunkSize, topK, sumBlock] of [
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 16, 64, 3, undefined],
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 16, 64, 3, 64],
+      [{ numQHeads: 4, numKVHeads: 1, headDim: 64 }, 'f16', 8, 24, 2, undefined],
+      [{ numQHeads: 4, numKVHeads: 1, headDim: 64 }, 'f16', 8, 24, 2, 24],
+      [{ numQHeads: 8, numKVHeads: 8, headDim: 64 }, 'bf16', 4, 16, 4, undefined],
+      [{ numQHeads: 8, numKVHeads: 8, headDim: 64 }, 'bf16', 4, 16, 4, 8],
+      [{ numQHeads: 4, numKVHeads: 2, headDim: 128 }, 'f16', 2, 6, 40, 6],
     ] as const) {
-      const rng = rngFor(`moba decode ${chunkSize} ${topK}`);
-      const env = makeEnv(device, rng, shape, dtype, { numLayers: 1, numPages: 4096, pageSize });
+      const name = `(${chunkSize}, ${topK}), page ${pageSize}, key sums per ${sumBlock ?? pageSize}`;
+      const rng = rngFor(`moba decode ${name}`);
+      const env = makeEnv(device, rng, shape, dtype, { numLayers: 1, numPages: 4096, pageSize, chunkSize: sumBlock });
       using cache = env.cache;
       const lengths = new Map<number, number>();
       for (const n of [0, 5, chunkSize - 1, chunkSize * 3, rng.int(4 * chunkSize, 12 * chunkSize), 14 * chunkSize + 3]) {
@@ -286,8 +295,24 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       // 8 new tokens after chunkSize*3 - 5... cross a block boundary within one step.
       const entries = [...lengths.keys()].map((seq) => ({ seq, newTokens: rng.int(1, 8) }));
       entries[3]!.newTokens = 8;
-      checkStep(env, layer, await step(env, layer, entries), `moba decode (${chunkSize}, ${topK})`);
-      checkStep(env, layer, await step(env, layer, entries), `moba decode (${chunkSize}, ${topK}), step 2`);
+      checkStep(env, layer, await step(env, layer, entries), `moba decode ${name}`);
+      checkStep(env, layer, await step(env, layer, entries), `moba decode ${name}, step 2`);
+    }
+  });
+
+  it('moba decode with many blocks and many query rows per KV head (more scores than a CTA stages)', async () => {
+    using device = open();
+    const shape = { numQHeads: 8, numKVHeads: 1, headDim: 64 };
+    for (const sumBlock of [16, 4]) {
+      const rng = rngFor(`moba decode many blocks ${sumBlock}`);
+      const env = makeEnv(device, rng, shape, 'bf16', { numPages: 3000, pageSize: 4, chunkSize: sumBlock });
+      using cache = env.cache;
+      const a = cache.addSequence();
+      const b = cache.addSequence();
+      fillInterleaved(env, new Map([[a, 6999], [b, 1500]]), 2500);
+      using layer = layerFor(device, env, { chunkSize: 16, topK: 5, decode: 'moba' });
+      checkStep(env, layer, await step(env, layer, [{ seq: a, newTokens: 8 }, { seq: b, newTokens: 5 }]),
+        `moba decode, 437 blocks, 64 rows, key sums per ${sumBlock}`);
     }
   });
 
@@ -295,7 +320,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     using device = open();
     const rng = rngFor('long decode');
     const shape = { numQHeads: 8, numKVHeads: 2, headDim: 128 };
-    const env = makeEnv(device, rng, shape, 'bf16', { numPages: Math.ceil((opts.long * 2 + 4096) / 64), pageSize: 64 });
+    const env = makeEnv(device, rng, shape, 'bf16', { numPages: Math.ceil((opts.long * 2 + 4096) / 64), pageSize: 64, chunkSize: 128 });
     using cache = env.cache;
     const a = cache.addSequence();
     const b = cache.addSequence();
@@ -306,6 +331,11 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     checkStep(env, full, await step(env, full, [{ seq: a, newTokens: 3 }, { seq: b, newTokens: 1 }]), 'long full decode, batch 2');
     using moba = layerFor(device, env, { chunkSize: 256, topK: 3, decode: 'moba' });
     checkStep(env, moba, await step(env, moba, [{ seq: a, newTokens: 2 }, { seq: b, newTokens: 4 }]), 'long moba decode');
+    // The layer's block equals the cache's key-sum block: one sum read per block.
+    using moba128 = layerFor(device, env, { chunkSize: 128, topK: 4, decode: 'moba' });
+    checkStep(env, moba128, await step(env, moba128, [{ seq: a, newTokens: 1 }]), 'long moba decode, batch 1, block 128');
+    checkStep(env, moba128, await step(env, moba128, [{ seq: b, newTokens: 3 }, { seq: a, newTokens: 1 }]),
+      'long moba decode, batch 2, block 128');
   });
 
   it('long contexts of mixed length in f16, head dim 64, 8 query heads per KV head (split over many CTAs, 32-row tiles)', async () => {
@@ -484,6 +514,32 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     checkStep(env, full, await step(env, full, [{ seq: c, newTokens: 4 }, { seq: b, newTokens: 2 }], [0, 1]), 'forks, full');
   });
 
+  it('forks inside a key-sum block keep their own sums (pages of 4, sums per 16 tokens)', async () => {
+    using device = open();
+    const rng = rngFor('fork key-sum runs');
+    const shape = { numQHeads: 4, numKVHeads: 2, headDim: 64 };
+    const env = makeEnv(device, rng, shape, 'f16', { numLayers: 2, numPages: 256, pageSize: 4, chunkSize: 16 });
+    using cache = env.cache;
+    const a = cache.addSequence();
+    fill(env, [{ seq: a, newTokens: 70 }]);
+    // a ends mid-page and mid-block: the fork's first write copies that page with its running sum.
+    const b = cache.fork(a);
+    env.truth.fork(a, b);
+    using layer = layerFor(device, env, { chunkSize: 16, topK: 3, decode: 'moba' });
+    using wide = layerFor(device, env, { chunkSize: 32, topK: 2, decode: 'moba' });
+    checkStep(env, layer, await step(env, layer, [{ seq: a, newTokens: 7 }, { seq: b, newTokens: 2 }], [0, 1]), 'runs: forks, step 1');
+    // Prefill chunks that start mid-page and cross several blocks, then decode over them.
+    fill(env, [{ seq: b, newTokens: 45 }, { seq: a, newTokens: 9 }]);
+    checkStep(env, wide, await step(env, wide, [{ seq: b, newTokens: 8 }, { seq: a, newTokens: 1 }], [1, 0]), 'runs: forks, step 2');
+    cache.free(a);
+    const c = cache.fork(b);
+    env.truth.fork(b, c);
+    for (let i = 0; i < 6; i++) {
+      checkStep(env, layer, await step(env, layer, [{ seq: c, newTokens: rng.int(1, 8) }, { seq: b, newTokens: rng.int(1, 8) }]),
+        `runs: forks, decode step ${i}`);
+    }
+  });
+
   it('a full pool gives ECAPACITY and changes nothing; freed pages are reused', async () => {
     using device = open();
     const rng = rngFor('capacity');
@@ -578,6 +634,19 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       /Expected "full" or "moba" for decode but received "sparse"/);
     using odd = new MobaAttention(device, { numQHeads: 2, numKVHeads: 1, headDim: 64, chunkSize: 6, topK: 2, dtype: 'bf16' });
     einval(() => odd.forward(cache, 0, p1, q, k, k), /Expected a divisor of the layer's chunkSize \(6\) for cache\.pageSize but received 4/);
+    einval(() => new KVCache(device, { numLayers: 1, numPages: 8, pageSize: 4, chunkSize: 6, numKVHeads: 1, headDim: 64, dtype: 'bf16' }),
+      /Expected a multiple of pageSize \(4\) for chunkSize but received 6/);
+    einval(() => new KVCache(device, { numLayers: 1, numPages: 8, pageSize: 4, chunkSize: 0, numKVHeads: 1, headDim: 64, dtype: 'bf16' }),
+      /Expected a positive integer .*for chunkSize but received 0/);
+    {
+      using wide = new KVCache(device, { numLayers: 1, numPages: 8, pageSize: 4, chunkSize: 16, numKVHeads: 1, headDim: 64, dtype: 'bf16' });
+      const p = wide.plan([{ seq: wide.addSequence(), newTokens: 2 }]);
+      using mobaLayer = new MobaAttention(device, { numQHeads: 2, numKVHeads: 1, headDim: 64, chunkSize: 8, topK: 2, dtype: 'bf16', decode: 'moba' });
+      einval(() => mobaLayer.forward(wide, 0, p, q, k, k),
+        /Expected a divisor of the moba-decode layer's chunkSize \(8\) for cache\.chunkSize but received 16/);
+      // Full decode does not read the key sums: any cache chunkSize goes.
+      layer.forward(wide, 0, p, q, k, k).dispose();
+    }
     // A new plan makes the old one stale; so do fork() and free().
     const p2 = cache.plan([{ seq: s, newTokens: 2 }]);
     einval(() => layer.forward(cache, 0, p1, q, k, k), /stale/);
