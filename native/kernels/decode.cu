@@ -56,6 +56,7 @@ constexpr int kMaxSlots = 64;
 // at once.
 constexpr int kGateThreads = 256;
 constexpr int kGateChunk = 256;  // blocks whose key sums are in flight at once
+constexpr size_t kGateStaticBytes = kGateChunk * 4 + 64;  // its static shared memory (sumPage, unionSize)
 constexpr int kSelectBatch = 8;
 // The mbarriers of the warps' rings, ahead of the query rows.
 constexpr int kBarBytes = 128;
@@ -255,14 +256,13 @@ __device__ __forceinline__ int32_t* selectionOf(const DecodeArgs& a, int64_t ite
 
 // moba: the gate of one (KV head x row tile, sequence) item. Scores come from
 // scoresKernel (`scoresReady`) or are computed here from one key sum per block
-// (the cache's key-sum block is the layer's block): four lanes per block, each
-// with a quarter of the dimensions in registers, and every row of the tile
-// dotted against them. Then every row's top-(k-1) by repeated arg-max below
+// (the cache's key-sum block is the layer's block): eight lanes per block,
+// each with an eighth of the dimensions, dotted against the tile's rows. Then every row's top-(k-1) by repeated arg-max below
 // the previous pick, its current block, and the union with its row masks.
 template <int D>
-__global__ void __launch_bounds__(kGateThreads) gateKernel(const DecodeArgs a) {
+__global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a) {
   allowDependentGrid();
-  constexpr int kLanes = 4;             // lanes per block
+  constexpr int kLanes = 8;             // lanes per block
   constexpr int kVec = D / kLanes / 4;  // float4 per lane
   constexpr int kWarps = kGateThreads / 32;
   constexpr int kSumRow = D + 16;       // floats per block in the sum tile
@@ -333,47 +333,48 @@ __global__ void __launch_bounds__(kGateThreads) gateKernel(const DecodeArgs a) {
       }
       ptx::cpAsyncWait<0>();
       __syncthreads();
-      // Four lanes per block; lane `quarter` takes dims [16u + 4 quarter, +4):
-      // with rows padded by 16 floats a quarter-warp's reads hit 32 banks.
-      const int quarter = tid % kLanes;
-      for (int blk = tid / kLanes; blk < kGateChunk; blk += kGateThreads / kLanes) {
-        const int j = c0 + blk;
-        float4 cent[kVec];
+      // Eight lanes per block; lane `part` takes dims [32u + 4 part, +4) of
+      // the block (a quarter-warp reads one row: 32 banks) and keeps the
+      // same dims of four query rows in registers for all its blocks, so a
+      // block costs 4 shared loads, not 4 per row.
+      const int part = tid % kLanes;
+      for (int r0 = 0; r0 < rowsHere; r0 += 4) {
+        float4 qv[4][kVec];
 #pragma unroll
-        for (int u = 0; u < kVec; ++u) {
-          const float4 v = *reinterpret_cast<const float4*>(sumTile + blk * kSumRow + u * 16 + quarter * 4);
-          cent[u] = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+        for (int r = 0; r < 4; ++r) {
+#pragma unroll
+          for (int u = 0; u < kVec; ++u) {
+            qv[r][u] = r0 + r < rowsHere ? *reinterpret_cast<const float4*>(qf + (r0 + r) * D + u * 32 + part * 4)
+                                         : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
         }
-        for (int r0 = 0; r0 < rowsHere; r0 += 4) {
+        for (int blk = tid / kLanes; blk < kGateChunk; blk += kGateThreads / kLanes) {
+          const int j = c0 + blk;
           float dot[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            if (r0 + r >= rowsHere) break;
-            const float* qr = qf + (r0 + r) * D + quarter * 4;
+          for (int u = 0; u < kVec; ++u) {
+            const float4 v = *reinterpret_cast<const float4*>(sumTile + blk * kSumRow + u * 32 + part * 4);
+            const float4 c = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
 #pragma unroll
-            for (int u = 0; u < kVec; ++u) {
-              const float4 qv = *reinterpret_cast<const float4*>(qr + u * 16);
-              dot[r] = fmaf(qv.x, cent[u].x, dot[r]);
-              dot[r] = fmaf(qv.y, cent[u].y, dot[r]);
-              dot[r] = fmaf(qv.z, cent[u].z, dot[r]);
-              dot[r] = fmaf(qv.w, cent[u].w, dot[r]);
+            for (int r = 0; r < 4; ++r) {
+              dot[r] = fmaf(qv[r][u].x, c.x, dot[r]);
+              dot[r] = fmaf(qv[r][u].y, c.y, dot[r]);
+              dot[r] = fmaf(qv[r][u].z, c.z, dot[r]);
+              dot[r] = fmaf(qv[r][u].w, c.w, dot[r]);
             }
           }
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
-            dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], 1);
-            dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], 2);
-          }
-          if (j < maxCur) {
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-              const int lr = r0 + r;
-              if (lr >= rowsHere || r != quarter) continue;
-              if (a.stageScores) {
-                stage[lr * a.maxPast + j] = dot[r];
-              } else {
-                a.scores[globalRow(lr) * a.maxPast + j] = dot[r];
-              }
+            for (int off = 1; off < kLanes; off <<= 1) dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], off);
+          }
+          if (j < maxCur && part < 4 && r0 + part < rowsHere) {
+            const int lr = r0 + part;
+            const float d = part == 0 ? dot[0] : part == 1 ? dot[1] : part == 2 ? dot[2] : dot[3];
+            if (a.stageScores) {
+              stage[lr * a.maxPast + j] = d;
+            } else {
+              a.scores[globalRow(lr) * a.maxPast + j] = d;
             }
           }
         }
@@ -1049,7 +1050,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     gateSmem = (static_cast<size_t>(RT) * D + (a.scoresReady ? 0 : static_cast<size_t>(kGateChunk) * (D + 16))) * 4 +
                selectBytes + unionBytes;
     // The rows' scores stay in shared memory when they fit, else in the workspace.
-    a.stageScores = !a.scoresReady && gateSmem + stageBytes <= ctx.maxSharedPerBlockOptin ? 1 : 0;
+    a.stageScores = !a.scoresReady && gateSmem + kGateStaticBytes + stageBytes <= ctx.maxSharedPerBlockOptin ? 1 : 0;
     if (a.stageScores) gateSmem += stageBytes;
     if (a.scoresReady) scoresSmem = static_cast<size_t>(R) * D * 4;
   }
@@ -1057,7 +1058,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   a.bf16 = kv.dtype == DType::BF16 ? 1 : 0;
   a.regionBytes = static_cast<int>(regionBytes);
   const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + regionBytes + unionBytes;
-  const size_t worst = std::max({smemBytes, scoresSmem, gateSmem});
+  const size_t worst = std::max({smemBytes, scoresSmem, gateSmem + (moba ? kGateStaticBytes : 0)});
   if (worst > ctx.maxSharedPerBlockOptin) {
     return Status::Invalid("decode: the batch needs " + std::to_string(worst) +
                            " bytes of shared memory per CTA (too many blocks or query rows)");

@@ -300,19 +300,22 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
-  it('moba decode with many blocks and many query rows per KV head (more scores than a CTA stages)', async () => {
+  it('moba decode with many blocks and many query rows per KV head (scores staged, or in the workspace)', async () => {
     using device = open();
     const shape = { numQHeads: 8, numKVHeads: 1, headDim: 64 };
-    for (const sumBlock of [16, 4]) {
-      const rng = rngFor(`moba decode many blocks ${sumBlock}`);
-      const env = makeEnv(device, rng, shape, 'bf16', { numPages: 3000, pageSize: 4, chunkSize: sumBlock });
+    // 64 query rows (two row tiles of 32) over 437 blocks of 16 (scores staged in shared memory,
+    // two chunks of key sums) or 1750 blocks of 4 (too many scores to stage: the workspace).
+    for (const [pageSize, chunkSize, sumBlock] of [[4, 16, 16], [4, 16, 4], [4, 4, 4], [2, 4, 2]] as const) {
+      const name = `blocks of ${chunkSize}, pages of ${pageSize}, key sums per ${sumBlock}`;
+      const rng = rngFor(`moba decode many blocks ${name}`);
+      const env = makeEnv(device, rng, shape, 'bf16', { numPages: 9000 / pageSize, pageSize, chunkSize: sumBlock });
       using cache = env.cache;
       const a = cache.addSequence();
       const b = cache.addSequence();
       fillInterleaved(env, new Map([[a, 6999], [b, 1500]]), 2500);
-      using layer = layerFor(device, env, { chunkSize: 16, topK: 5, decode: 'moba' });
+      using layer = layerFor(device, env, { chunkSize, topK: 5, decode: 'moba' });
       checkStep(env, layer, await step(env, layer, [{ seq: a, newTokens: 8 }, { seq: b, newTokens: 5 }]),
-        `moba decode, 437 blocks, 64 rows, key sums per ${sumBlock}`);
+        `moba decode, 64 rows, ${name}`);
     }
   });
 
