@@ -257,15 +257,16 @@ __device__ __forceinline__ int32_t* selectionOf(const DecodeArgs& a, int64_t ite
 // moba: the gate of one (KV head x row tile, sequence) item. Scores come from
 // scoresKernel (`scoresReady`) or are computed here from one key sum per block
 // (the cache's key-sum block is the layer's block): eight lanes per block,
-// each with an eighth of the dimensions, dotted against the tile's rows. Then every row's top-(k-1) by repeated arg-max below
-// the previous pick, its current block, and the union with its row masks.
+// each with an eighth of the dimensions, dotted against the tile's rows.
+// Then every row's top-(k-1) by repeated arg-max below the previous pick,
+// its current block, and the union with its row masks.
 template <int D>
 __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a) {
   allowDependentGrid();
   constexpr int kLanes = 8;             // lanes per block
   constexpr int kVec = D / kLanes / 4;  // float4 per lane
   constexpr int kWarps = kGateThreads / 32;
-  constexpr int kSumRow = D + 16;       // floats per block in the sum tile
+  constexpr int kSumRow = D + 16;       // floats per block in the sum tile (eight-lane reads need no pad)
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int RT = a.rowTileRows;
