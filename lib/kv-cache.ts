@@ -448,13 +448,11 @@ export class KVCache {
         const slot = pos % S;
         const count = Math.min(S - slot, start + n - pos);
         const pi = Math.floor(pos / S);
+        meta[at + 4] = 0;
+        meta[at + 5] = -1;
         if (pieceAt < 0 || pi % this.sumPages === 0) {
           pieceAt = at;
-          meta[at + 4] = 0;
-          meta[at + 5] = slot === 0 && pi % this.sumPages !== 0 ? s.pages[pi - 1]! : -1;
-        } else {
-          meta[at + 4] = 0;
-          meta[at + 5] = -1;
+          if (slot === 0 && pi % this.sumPages !== 0) meta[at + 5] = s.pages[pi - 1]!;
         }
         meta[pieceAt + 4]!++;
         meta[at] = s.pages[pi]!;

@@ -32,7 +32,8 @@ int64_t slotOffset(const PagedKV& kv, int64_t page, int head, int slot) {
 // The key sums of one piece (params.h) for KV head h: one worker adds its
 // tokens in position order, from the value the piece continues, and stores
 // the running sum into each of its pages; the CUDA kernel does the same.
-void sumPiece(const KVAppendParams& p, int first, int h, float* run) {
+// run, key: D floats of the worker's scratch.
+void sumPiece(const KVAppendParams& p, int first, int h, float* run, float* key) {
   const PagedKV& kv = p.kv;
   const int H = kv.numKVHeads, D = kv.headDim;
   Segment g;
@@ -48,11 +49,10 @@ void sumPiece(const KVAppendParams& p, int first, int h, float* run) {
     std::fill(run, run + D, 0.f);
   }
   const int n = std::min(g.pieceSegments, p.numSegments - first);
-  std::vector<float> key(D);
   for (int e = 0; e < n; ++e) {
     if (e > 0 && (!readSegment(p.segments, first + e, kv, p.numRows, &g) || g.slot != 0)) return;
     for (int i = 0; i < g.count; ++i) {
-      loadRow(p.k, kv.dtype, (static_cast<size_t>(g.row + i) * H + h) * D, D, key.data());
+      loadRow(p.k, kv.dtype, (static_cast<size_t>(g.row + i) * H + h) * D, D, key);
       for (int d = 0; d < D; ++d) run[d] += key[d];
     }
     std::copy(run, run + D, sumsOf(g.page));
@@ -67,7 +67,7 @@ Status cpuKvAppend(const KVAppendParams& p, ThreadPool& pool) {
   const size_t es = dtypeSize(kv.dtype);
   const size_t rowBytes = static_cast<size_t>(D) * es;
   pool.parallelFor(static_cast<int64_t>(p.numSegments) * H, [&](int64_t begin, int64_t end) {
-    std::vector<float> run(D);
+    std::vector<float> run(D), key(D);
     for (int64_t item = begin; item < end; ++item) {
       Segment g;
       const int index = static_cast<int>(item / H);
@@ -81,7 +81,7 @@ Status cpuKvAppend(const KVAppendParams& p, ThreadPool& pool) {
         std::memcpy(vDst + i * rowBytes, static_cast<const char*>(p.v) + src * es, rowBytes);
       }
       // Sums come from the rows, not the pages: no order against the copies.
-      if (g.pieceSegments > 0) sumPiece(p, index, h, run.data());
+      if (g.pieceSegments > 0) sumPiece(p, index, h, run.data(), key.data());
     }
   });
   return Status::Ok();
