@@ -358,6 +358,7 @@ class CudaBackend final : public Backend, public CudaContext {
     ccMajor = prop_.major;
     ccMinor = prop_.minor;
     maxSharedPerBlockOptin = prop_.sharedMemPerBlockOptin;
+    cooperativeLaunch = prop_.cooperativeLaunch != 0;
     // Keep freed blocks in the pool: re-allocating tensors of the same sizes
     // every step then costs no driver calls.
     cudaMemPool_t pool;

@@ -7,19 +7,22 @@
 // through its own ring of shared-memory stages (decode_stream.cuh: one bulk
 // copy per K or V row on sm_90, cp.async elsewhere) and keeps its own online
 // softmax, so no CTA-wide barrier sits in the loop; the warps are merged once
-// at the end. Two CTAs per SM, each warp with two tiles in flight.
+// at the end. Two CTAs per SM, each warp with three tiles in flight.
 // Flash-decoding: when (sequences x KV heads) cannot fill the GPU, the keys
 // are split over `numSlots` CTAs whose normalized partial outputs and
 // log-sum-exps are merged by the last CTA of the group to finish (a counter
 // per group, reset by that CTA), so a step is one launch.
 //
-// 'moba' adds the gate over the cache: gateKernel scores every complete block
-// for every query row of a (sequence, KV head, row tile) from the cache's
-// block key sums, picks every row's top-(k-1) past blocks plus its current
-// block and writes the union over its rows with a row mask per block; the
-// attention CTAs read only those blocks (rows that did not pick a block are
-// masked on it). When a block spans several key-sum runs, scoresKernel first
-// adds them up and scores the blocks, one CTA per block.
+// 'moba' adds the gate over the cache: each row's top-(k-1) past blocks by
+// the dot product of its query with the blocks' mean keys (from the cache's
+// block key sums), plus its current block; the attention CTAs read only the
+// union of the rows' blocks, each masked to the rows that picked it. When a
+// block is one key-sum run and the step's CTAs all fit on the GPU at once,
+// the attention CTAs of an item gate themselves (fusedGate, one cooperative
+// launch): each scores a share of the blocks and publishes its rows' best,
+// then every one merges them into the same selection. Otherwise gateKernel
+// selects for them, after scoresKernel has added up the runs of each block
+// when a block spans several.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -29,7 +32,6 @@
 #include <string>
 #include <vector>
 
-#include "common/moba_rank.cuh"
 #include "common/ptx.cuh"
 #include "decode_stream.cuh"
 #include "ops.h"
@@ -39,7 +41,7 @@ namespace {
 
 constexpr int kThreads = 128;  // 4 warps; warp w takes keys [16w, 16w+16) of every virtual tile
 constexpr int kTile = 64;      // keys per virtual tile (the unit of the split and of moba blocks)
-constexpr int kStages = 3;     // per warp: two 16-key tiles in flight while one is used
+constexpr int kStages = 3;     // per warp: three 16-key tiles in flight while it waits, two while it computes
 constexpr int kCtasPerSm = 2;
 // scoresKernel: as many CTAs of 128 threads as an SM has threads for, so that
 // on the H200 a grid of up to 132 * 16 blocks (128K tokens, 8 KV heads,
@@ -58,6 +60,12 @@ constexpr int kGateThreads = 256;
 constexpr int kGateChunk = 256;  // blocks whose key sums are in flight at once
 constexpr size_t kGateStaticBytes = kGateChunk * 4 + 64;  // its static shared memory (sumPage, unionSize)
 constexpr int kSelectBatch = 8;
+// Fused gate (see fusedGate): key sums of up to kFusedChunk blocks in flight per CTA.
+constexpr int kFusedChunk = 64;
+// A block's key sum in the gates' shared tiles: padded so that the eight
+// lanes reading one block stay conflict-free next to the other blocks.
+template <int D>
+constexpr int kSumRow = D + 16;
 // The mbarriers of the warps' rings, ahead of the query rows.
 constexpr int kBarBytes = 128;
 static_assert(kBarBytes >= (kThreads / 32) * kStages * 8, "one mbarrier per (warp, stage)");
@@ -81,7 +89,6 @@ struct DecodeArgs {
   int maxQLen, maxKvLen;
   int rowTiles;         // row tiles per (sequence, KV head)
   int rowTileRows;      // query rows per row tile (16 * M)
-  int bf16;             // the cache dtype is bf16 (else f16): gateKernel reads q itself
   float scaleLog2;      // softmaxScale * log2(e)
   int moba, chunkSize, topK, tilesPerBlock;
   int numSlots;         // CTAs per (sequence, KV head, row tile)
@@ -89,9 +96,12 @@ struct DecodeArgs {
   int bitmapWords, unionCap;
   int scoresReady;      // moba: scoresKernel filled `scores` (a block spans several key-sum runs)
   int stageScores;      // moba: gateKernel keeps its rows' scores in shared memory, not in `scores`
+  int fusedGate;        // moba: the attention CTAs gate themselves (cooperative launch, no gateKernel)
+  int gatePer;          // fusedGate: blocks scored per CTA at most (row stride of its staged scores)
   int regionBytes;      // shared bytes of the warps' rings (also the merge scratch)
   float* scores;        // moba: [numRows * numQHeads, maxPast]
   int32_t* selection;   // moba: per item [unionSize, unionList[unionCap], unionRows[unionCap]]
+  uint64_t* candidates;  // fusedGate: per (item, row) [numSlots][topK - 1] order keys (0: none)
   float* partO;         // [items, numSlots, rowTile, headDim]
   float* partL;         // [items, numSlots, rowTile] log2-sum-exp
   int32_t* counters;    // [items]
@@ -151,15 +161,11 @@ __device__ __forceinline__ uint16_t narrow(float f) {
   return __half_as_ushort(__float2half_rn(f));
 }
 
-// Four packed bf16 or f16 values (run-time dtype) as floats.
-__device__ __forceinline__ float4 widen4(uint2 raw, bool bf16) {
-  if (bf16) {
-    return make_float4(__uint_as_float(raw.x << 16), __uint_as_float(raw.x & 0xffff0000u), __uint_as_float(raw.y << 16),
-                       __uint_as_float(raw.y & 0xffff0000u));
-  }
-  const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-  const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-  return make_float4(lo.x, lo.y, hi.x, hi.y);
+// Four packed bf16 or f16 values as floats.
+template <bool kBf16>
+__device__ __forceinline__ float4 widen4(uint2 raw) {
+  return make_float4(widen<kBf16>(raw.x & 0xffffu), widen<kBf16>(raw.x >> 16), widen<kBf16>(raw.y & 0xffffu),
+                     widen<kBf16>(raw.y >> 16));
 }
 
 // Programmatic dependent launch (sm_90): the attention kernel may start while
@@ -254,19 +260,159 @@ __device__ __forceinline__ int32_t* selectionOf(const DecodeArgs& a, int64_t ite
   return a.selection + item * (1 + 2 * static_cast<int64_t>(a.unionCap));
 }
 
+// moba gates: the page holding each of the blocks [c0, c0 + n) key sum, then
+// those sums copied into `sumTile` (16-byte cp.async, one commit group; the
+// caller waits). All page-index loads are in flight before any copy: a
+// cp.async between two of them would order them one after another.
+template <int D>
+__device__ __forceinline__ void copySumTile(const DecodeArgs& a, const SeqView& s, int h, int c0, int n, int* sumPage,
+                                            float* sumTile) {
+  const int tid = threadIdx.x, threads = blockDim.x;
+  for (int i = tid; i < n; i += threads) {
+    const int pg = s.pages[static_cast<int64_t>(c0 + i + 1) * a.sumPages - 1];
+    sumPage[i] = pg >= 0 && pg < a.numPages ? pg : -1;
+  }
+  __syncthreads();
+  const float* sumsHead = a.sums + static_cast<int64_t>(h) * D;
+  for (int e = tid; e < n * (D / 4); e += threads) {
+    const int blk = e / (D / 4), col = e - blk * (D / 4);
+    const int pg = sumPage[blk];
+    const bool ok = pg >= 0;
+    ptx::cpAsync16(smemAddr(sumTile + blk * kSumRow<D> + col * 4),
+                   sumsHead + static_cast<int64_t>(ok ? pg : 0) * a.sumsPageStride + col * 4, ok);
+  }
+  ptx::cpAsyncCommit();
+}
+
+// Scores of the first n blocks of a key-sum tile against rows [0, rowsHere):
+// eight lanes per block; lane `part` takes dims [32u + 4 part, +4) of the
+// block (a quarter-warp reads one row: 32 banks) and keeps the same dims of
+// four query rows in registers for all its blocks, so a block costs 4 shared
+// loads, not 4 per row. qAt(r, d): dims [d, d + 4) of row r as floats;
+// store(r, blk, score) receives every score. Both gates score this way, so a
+// block's score is the same bits whichever gate runs.
+template <int D, class QAt, class Store>
+__device__ __forceinline__ void scoreSumTile(const float* sumTile, int n, int rowsHere, float inv, QAt qAt, Store store) {
+  constexpr int kLanes = 8;
+  constexpr int kVec = D / kLanes / 4;  // float4 per lane
+  const int part = threadIdx.x % kLanes;
+  const int perRound = blockDim.x / kLanes;
+  for (int r0 = 0; r0 < rowsHere; r0 += 4) {
+    float4 qv[4][kVec];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) qv[r][u] = r0 + r < rowsHere ? qAt(r0 + r, u * 32 + part * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    // Whole warps go round together: the shuffles need every lane.
+    for (int b0 = 0; b0 < n; b0 += perRound) {
+      const int blk = b0 + static_cast<int>(threadIdx.x) / kLanes;
+      float dot[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) {
+        const float4 v = *reinterpret_cast<const float4*>(sumTile + min(blk, n - 1) * kSumRow<D> + u * 32 + part * 4);
+        const float4 c = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          dot[r] = fmaf(qv[r][u].x, c.x, dot[r]);
+          dot[r] = fmaf(qv[r][u].y, c.y, dot[r]);
+          dot[r] = fmaf(qv[r][u].z, c.z, dot[r]);
+          dot[r] = fmaf(qv[r][u].w, c.w, dot[r]);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+#pragma unroll
+        for (int off = 1; off < kLanes; off <<= 1) dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], off);
+      }
+      if (blk < n && part < 4 && r0 + part < rowsHere) {
+        store(r0 + part, blk, part == 0 ? dot[0] : part == 1 ? dot[1] : part == 2 ? dot[2] : dot[3]);
+      }
+    }
+  }
+}
+
+// The gate's ranking of (score, block) (common/moba_rank.cuh: higher score
+// first, NaN below every number, -0 equal to +0, ties to the lower block) as
+// one unsigned comparison: monotone score bits above the inverted block
+// index. 0 ranks below every entry and stands for "none".
+__device__ __forceinline__ uint64_t orderKey(float score, int j) {
+  uint32_t hi = 0u;  // NaN
+  if (!isnan(score)) {
+    const uint32_t f = score == 0.f ? 0u : __float_as_uint(score);
+    hi = (f & 0x80000000u) ? ~f : (f | 0x80000000u);
+  }
+  return (static_cast<uint64_t>(hi) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
+}
+__device__ __forceinline__ int blockOfKey(uint64_t key) { return static_cast<int>(0xffffffffu - static_cast<uint32_t>(key)); }
+
+// The warp's largest key, in every lane: two single-instruction reductions.
+__device__ __forceinline__ uint64_t warpMaxKey(uint64_t key) {
+  const uint32_t hi = __reduce_max_sync(0xffffffffu, static_cast<uint32_t>(key >> 32));
+  const uint32_t lo = __reduce_max_sync(0xffffffffu, static_cast<uint32_t>(key >> 32) == hi ? static_cast<uint32_t>(key) : 0u);
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
+// Row `lr` picked block j (lane 0 of the row's warp).
+__device__ __forceinline__ void pick(int32_t* sel, int32_t* bitmap, int topK, int lr, int n, int j) {
+  sel[lr * topK + n] = j;
+  atomicOr(&bitmap[j >> 5], 1 << (j & 31));
+}
+
+// Every thread of the CTA: the union of the rows' picks (bits of `bitmap`),
+// ascending, and every block's mask of the rows that picked it. unionRows
+// must be zero on entry.
+__device__ __forceinline__ void buildUnion(const DecodeArgs& a, int rowsHere, const int32_t* bitmap, int32_t* wordPrefix,
+                                           const int32_t* sel, const int32_t* selCount, int32_t* unionList,
+                                           uint32_t* unionRows, int* unionSize) {
+  const int tid = threadIdx.x, lane = tid & 31;
+  __syncthreads();
+  // An exclusive scan of the bitmap's popcounts, then every set bit written at its rank.
+  if (tid < 32) {
+    int running = 0;
+    for (int base = 0; base < a.bitmapWords; base += 32) {
+      const int w = base + lane;
+      uint32_t word = w < a.bitmapWords ? static_cast<uint32_t>(bitmap[w]) : 0u;
+      const int cnt = __popc(word);
+      int incl = cnt;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int o = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += o;
+      }
+      const int excl = running + incl - cnt;
+      if (w < a.bitmapWords) {
+        wordPrefix[w] = excl;
+        for (int k = excl; word; ++k) {
+          const int bit = __ffs(static_cast<int>(word)) - 1;
+          word &= word - 1;
+          if (k < a.unionCap) unionList[k] = w * 32 + bit;
+        }
+      }
+      running += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) *unionSize = min(running, a.unionCap);
+  }
+  __syncthreads();
+  for (int e = tid; e < rowsHere * a.topK; e += blockDim.x) {
+    const int lr = e / a.topK, n = e - lr * a.topK;
+    if (n >= selCount[lr]) continue;
+    const int j = sel[e];
+    const int u = wordPrefix[j >> 5] + __popc(static_cast<uint32_t>(bitmap[j >> 5]) & ((1u << (j & 31)) - 1u));
+    if (u < a.unionCap) atomicOr(&unionRows[u], 1u << lr);
+  }
+  __syncthreads();
+}
+
 // moba: the gate of one (KV head x row tile, sequence) item. Scores come from
 // scoresKernel (`scoresReady`) or are computed here from one key sum per block
-// (the cache's key-sum block is the layer's block): eight lanes per block,
-// each with an eighth of the dimensions, dotted against the tile's rows.
-// Then every row's top-(k-1) by repeated arg-max below the previous pick,
-// its current block, and the union with its row masks.
-template <int D>
+// (the cache's key-sum block is the layer's block). Then every row's
+// top-(k-1) by repeated arg-max below the previous pick, its current block,
+// and the union with its row masks.
+template <int D, bool kBf16>
 __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a) {
   allowDependentGrid();
-  constexpr int kLanes = 8;             // lanes per block
-  constexpr int kVec = D / kLanes / 4;  // float4 per lane
   constexpr int kWarps = kGateThreads / 32;
-  constexpr int kSumRow = D + 16;       // floats per block in the sum tile (eight-lane reads need no pad)
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int RT = a.rowTileRows;
@@ -280,7 +426,7 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
 
   float* qf = reinterpret_cast<float*>(smem);              // [RT][D]
   float* sumTile = qf + RT * D;                            // [kGateChunk][kSumRow] unless scoresReady
-  float* stage = sumTile + (a.scoresReady ? 0 : kGateChunk * kSumRow);  // [RT][maxPast] when staged
+  float* stage = sumTile + (a.scoresReady ? 0 : kGateChunk * kSumRow<D>);  // [RT][maxPast] when staged
   int32_t* bitmap = reinterpret_cast<int32_t*>(stage + (a.stageScores ? RT * a.maxPast : 0));
   int32_t* wordPrefix = bitmap + a.bitmapWords;
   int32_t* sel = wordPrefix + a.bitmapWords;               // [RT, topK]
@@ -304,82 +450,28 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
   const int maxCur = (s.kvLen - 1) / a.chunkSize;  // complete blocks the last row may pick from
 
   if (!a.scoresReady && maxCur > 0) {
-    // Every block sum of a chunk is copied in before any is used (their
-    // latency is the cost): one page-index load, then 16-byte cp.async.
     const float inv = 1.f / static_cast<float>(a.chunkSize);
-    const float* sumsHead = a.sums + static_cast<int64_t>(h) * D;
     for (int c0 = 0; c0 < maxCur; c0 += kGateChunk) {
-      // The page of each block's key sum, all loads in flight together (a
-      // cp.async between two of them would order them one after another).
-      for (int i = tid; i < kGateChunk; i += kGateThreads) {
-        const int j = c0 + i;
-        const int pg = j < maxCur ? s.pages[static_cast<int64_t>(j + 1) * a.sumPages - 1] : -1;
-        sumPage[i] = pg >= 0 && pg < a.numPages ? pg : -1;
-      }
-      __syncthreads();
-      for (int e = tid; e < kGateChunk * (D / 4); e += kGateThreads) {
-        const int blk = e / (D / 4), col = e - blk * (D / 4);
-        const int pg = sumPage[blk];
-        const bool ok = pg >= 0;
-        ptx::cpAsync16(smemAddr(sumTile + blk * kSumRow + col * 4),
-                       sumsHead + static_cast<int64_t>(ok ? pg : 0) * a.sumsPageStride + col * 4, ok);
-      }
-      ptx::cpAsyncCommit();
+      const int n = min(kGateChunk, maxCur - c0);
+      copySumTile<D>(a, s, h, c0, n, sumPage, sumTile);
       if (c0 == 0) {
         // The query rows, widened to fp32, while the first sums are in flight.
         for (int e = tid; e < rowsHere * (D / 4); e += kGateThreads) {
           const int lr = e / (D / 4), c = e - lr * (D / 4);
-          reinterpret_cast<float4*>(qf)[e] = widen4(*reinterpret_cast<const uint2*>(a.q + globalRow(lr) * D + c * 4), a.bf16);
+          reinterpret_cast<float4*>(qf)[e] = widen4<kBf16>(*reinterpret_cast<const uint2*>(a.q + globalRow(lr) * D + c * 4));
         }
       }
       ptx::cpAsyncWait<0>();
       __syncthreads();
-      // Eight lanes per block; lane `part` takes dims [32u + 4 part, +4) of
-      // the block (a quarter-warp reads one row: 32 banks) and keeps the
-      // same dims of four query rows in registers for all its blocks, so a
-      // block costs 4 shared loads, not 4 per row.
-      const int part = tid % kLanes;
-      for (int r0 = 0; r0 < rowsHere; r0 += 4) {
-        float4 qv[4][kVec];
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-#pragma unroll
-          for (int u = 0; u < kVec; ++u) {
-            qv[r][u] = r0 + r < rowsHere ? *reinterpret_cast<const float4*>(qf + (r0 + r) * D + u * 32 + part * 4)
-                                         : make_float4(0.f, 0.f, 0.f, 0.f);
-          }
-        }
-        for (int blk = tid / kLanes; blk < kGateChunk; blk += kGateThreads / kLanes) {
-          const int j = c0 + blk;
-          float dot[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-          for (int u = 0; u < kVec; ++u) {
-            const float4 v = *reinterpret_cast<const float4*>(sumTile + blk * kSumRow + u * 32 + part * 4);
-            const float4 c = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-              dot[r] = fmaf(qv[r][u].x, c.x, dot[r]);
-              dot[r] = fmaf(qv[r][u].y, c.y, dot[r]);
-              dot[r] = fmaf(qv[r][u].z, c.z, dot[r]);
-              dot[r] = fmaf(qv[r][u].w, c.w, dot[r]);
-            }
-          }
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-#pragma unroll
-            for (int off = 1; off < kLanes; off <<= 1) dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], off);
-          }
-          if (j < maxCur && part < 4 && r0 + part < rowsHere) {
-            const int lr = r0 + part;
-            const float d = part == 0 ? dot[0] : part == 1 ? dot[1] : part == 2 ? dot[2] : dot[3];
+      scoreSumTile<D>(
+          sumTile, n, rowsHere, inv, [&](int r, int d) { return *reinterpret_cast<const float4*>(qf + r * D + d); },
+          [&](int lr, int blk, float score) {
             if (a.stageScores) {
-              stage[lr * a.maxPast + j] = d;
+              stage[lr * a.maxPast + c0 + blk] = score;
             } else {
-              a.scores[globalRow(lr) * a.maxPast + j] = d;
+              a.scores[globalRow(lr) * a.maxPast + c0 + blk] = score;
             }
-          }
-        }
-      }
+          });
       __syncthreads();  // the tile is free for the next chunk
     }
   }
@@ -390,11 +482,9 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
     const int t = s.kvLen - s.qLen + i;
     const int cur = t / a.chunkSize;
     const int want = min(a.topK - 1, cur);
-    float ps = 0.f;
-    int pj = -1;
+    uint64_t prev = ~0ull;  // each pick ranks below the previous one
     for (int n = 0; n < want; ++n) {
-      float bs = 0.f;
-      int bj = -1;
+      uint64_t best = 0;
       for (int base = 0; base < cur; base += 32 * kSelectBatch) {
         // kSelectBatch independent loads in flight before the first compare.
         float v[kSelectBatch];
@@ -406,72 +496,20 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
 #pragma unroll
         for (int u = 0; u < kSelectBatch; ++u) {
           const int j = base + u * 32 + lane;
-          if (j >= cur || (pj >= 0 && !ranksAbove(ps, pj, v[u], j))) continue;
-          if (bj < 0 || ranksAbove(v[u], j, bs, bj)) {
-            bs = v[u];
-            bj = j;
-          }
+          const uint64_t key = j < cur ? orderKey(v[u], j) : 0;
+          if (key < prev && key > best) best = key;
         }
       }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        const float os = __shfl_xor_sync(0xffffffffu, bs, off);
-        const int oj = __shfl_xor_sync(0xffffffffu, bj, off);
-        if (oj >= 0 && (bj < 0 || ranksAbove(os, oj, bs, bj))) {
-          bs = os;
-          bj = oj;
-        }
-      }
-      if (lane == 0) {
-        sel[lr * a.topK + n] = bj;
-        atomicOr(&bitmap[bj >> 5], 1 << (bj & 31));
-      }
-      ps = bs;
-      pj = bj;
+      best = warpMaxKey(best);
+      if (lane == 0) pick(sel, bitmap, a.topK, lr, n, blockOfKey(best));
+      prev = best;
     }
     if (lane == 0) {
-      sel[lr * a.topK + want] = cur;
-      atomicOr(&bitmap[cur >> 5], 1 << (cur & 31));
+      pick(sel, bitmap, a.topK, lr, want, cur);
       selCount[lr] = want + 1;
     }
   }
-  __syncthreads();
-  // The union of the rows' blocks, ascending: an exclusive scan of the
-  // bitmap's popcounts, then every set bit written at its rank.
-  if (warp == 0) {
-    int running = 0;
-    for (int base = 0; base < a.bitmapWords; base += 32) {
-      const int w = base + lane;
-      uint32_t word = w < a.bitmapWords ? static_cast<uint32_t>(bitmap[w]) : 0u;
-      const int cnt = __popc(word);
-      int incl = cnt;
-#pragma unroll
-      for (int off = 1; off < 32; off <<= 1) {
-        const int o = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += o;
-      }
-      const int excl = running + incl - cnt;
-      if (w < a.bitmapWords) {
-        wordPrefix[w] = excl;
-        for (int k = excl; word; ++k) {
-          const int bit = __ffs(static_cast<int>(word)) - 1;
-          word &= word - 1;
-          if (k < a.unionCap) unionList[k] = w * 32 + bit;
-        }
-      }
-      running += __shfl_sync(0xffffffffu, incl, 31);
-    }
-    if (lane == 0) unionSize = min(running, a.unionCap);
-  }
-  __syncthreads();
-  for (int e = tid; e < rowsHere * a.topK; e += kGateThreads) {
-    const int lr = e / a.topK, n = e - lr * a.topK;
-    if (n >= selCount[lr]) continue;
-    const int j = sel[e];
-    const int u = wordPrefix[j >> 5] + __popc(static_cast<uint32_t>(bitmap[j >> 5]) & ((1u << (j & 31)) - 1u));
-    if (u < a.unionCap) atomicOr(&unionRows[u], 1u << lr);
-  }
-  __syncthreads();
+  buildUnion(a, rowsHere, bitmap, wordPrefix, sel, selCount, unionList, unionRows, &unionSize);
   int32_t* out = selectionOf(a, item);
   const int n = unionSize;
   if (tid == 0) out[0] = n;
@@ -479,6 +517,137 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
     out[1 + u] = unionList[u];
     out[1 + a.unionCap + u] = static_cast<int32_t>(unionRows[u]);
   }
+}
+
+// Cross-CTA hand-offs (one thread, after a CTA barrier that orders the other
+// threads' writes before it): release the CTA's global writes and count it,
+// returning the count before; and the acquiring side.
+__device__ __forceinline__ int arriveRelease(int32_t* counter) {
+  int old;
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+  asm volatile("atom.relaxed.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(old) : "l"(counter) : "memory");
+  return old;
+}
+__device__ __forceinline__ int loadAcquire(const int32_t* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void fenceAcquire() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
+
+// Shared bytes fusedGate needs in the rings' region (host and device agree).
+__host__ __device__ constexpr size_t fusedGateBytes(int D, int RT, int gatePer, int numSlots, int topK, int bitmapWords) {
+  return static_cast<size_t>(kFusedChunk) * 4 + static_cast<size_t>(kFusedChunk) * (D + 16) * 4 +
+         static_cast<size_t>(RT) * gatePer * 8 + static_cast<size_t>(RT) * numSlots * (topK - 1) * 8 +
+         (static_cast<size_t>(RT) * topK + RT + 2 * static_cast<size_t>(bitmapWords)) * 4;
+}
+
+// moba, one launch per step: the numSlots attention CTAs of an item are its
+// gate. Each scores its share of the complete blocks for every row of the
+// tile and publishes each row's top-(k-1) of that share; once all of the
+// item's CTAs have (a counter; the launch is cooperative, so they are all
+// resident and the wait ends), every CTA merges the same candidates into the
+// same selection. The picks equal gateKernel's: the same scores, and a
+// share's top-(k-1) holds every one of its blocks in the row's top-(k-1).
+// Fills unionList / unionRows / unionSize; scratch is the rings' region.
+// Returns whether the CTA counted itself in counters[item].
+template <int D, bool kBf16>
+__device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t item, int slot, int row0, int rowsHere,
+                          const uint16_t* Qs, unsigned char* scratch, int32_t* unionList, uint32_t* unionRows,
+                          int* unionSize) {
+  constexpr int kWarps = kThreads / 32;
+  using L = decode::RowLayout<D>;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int RT = a.rowTileRows;
+  const int keep = a.topK - 1;
+  const int nc = a.numSlots * keep;  // candidates per row
+  const int maxCur = (s.kvLen - 1) / a.chunkSize;
+  const int per = (maxCur + a.numSlots - 1) / a.numSlots;
+  const int jb = min(maxCur, slot * per), je = min(maxCur, jb + per);
+
+  int* sumPage = reinterpret_cast<int*>(scratch);                      // [kFusedChunk]
+  float* sumTile = reinterpret_cast<float*>(sumPage + kFusedChunk);    // [kFusedChunk][kSumRow]
+  uint64_t* stage = reinterpret_cast<uint64_t*>(sumTile + kFusedChunk * kSumRow<D>);  // [RT][gatePer] order keys
+  uint64_t* cand = stage + RT * a.gatePer;                                                // [RT][nc]
+  int32_t* sel = reinterpret_cast<int32_t*>(cand + RT * nc);           // [RT][topK]
+  int32_t* selCount = sel + RT * a.topK;                               // [RT]
+  int32_t* bitmap = selCount + RT;                                     // [bitmapWords]
+  int32_t* wordPrefix = bitmap + a.bitmapWords;                        // [bitmapWords]
+  for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
+  for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
+  auto curOf = [&](int lr) { return (s.kvLen - s.qLen + (row0 + lr) / a.group) / a.chunkSize; };
+
+  // Identical in every CTA of the item, so they all wait or none does.
+  const bool exchange = keep > 0 && maxCur > 0;
+  const bool counted = exchange && a.numSlots > 1;
+  if (exchange) {
+    const float inv = 1.f / static_cast<float>(a.chunkSize);
+    for (int c0 = jb; c0 < je; c0 += kFusedChunk) {
+      const int n = min(kFusedChunk, je - c0);
+      copySumTile<D>(a, s, h, c0, n, sumPage, sumTile);
+      ptx::cpAsyncWait<0>();  // the sums and, the first time, this thread's query rows
+      __syncthreads();
+      scoreSumTile<D>(
+          sumTile, n, rowsHere, inv,
+          [&](int r, int d) { return widen4<kBf16>(*reinterpret_cast<const uint2*>(Qs + r * L::kRowHalves + d)); },
+          [&](int lr, int blk, float score) { stage[lr * a.gatePer + c0 - jb + blk] = orderKey(score, c0 + blk); });
+      __syncthreads();
+    }
+    // Each row's top-(k-1) of this CTA's share (key 0: none).
+    for (int lr = warp; lr < rowsHere; lr += kWarps) {
+      const int cnt = max(0, min(je, curOf(lr)) - jb);
+      uint64_t* out = a.candidates + (item * RT + lr) * nc + slot * keep;
+      uint64_t prev = ~0ull;
+      for (int n = 0; n < keep; ++n) {
+        uint64_t best = 0;
+        for (int k = lane; k < cnt; k += 32) {
+          const uint64_t key = stage[lr * a.gatePer + k];
+          if (key < prev && key > best) best = key;
+        }
+        best = warpMaxKey(best);
+        if (lane == 0) out[n] = best;
+        prev = best;
+      }
+    }
+    if (counted) {
+      __syncthreads();
+      if (tid == 0) {
+        arriveRelease(a.counters + item);
+        while (loadAcquire(a.counters + item) < a.numSlots) {
+        }
+      }
+      __syncthreads();
+    }
+    // Every candidate of the tile's rows (L2: written by other CTAs).
+    for (int e = tid; e < rowsHere * nc; e += kThreads) cand[e] = __ldcg(a.candidates + item * RT * nc + e);
+    __syncthreads();
+  }
+  for (int lr = warp; lr < rowsHere; lr += kWarps) {
+    const int cur = curOf(lr);
+    const int want = exchange ? min(keep, cur) : 0;
+    uint64_t prev = ~0ull;
+    int got = 0;
+    for (; got < want; ++got) {
+      uint64_t best = 0;
+      for (int e = lane; e < nc; e += 32) {
+        const uint64_t key = cand[lr * nc + e];
+        if (key < prev && key > best) best = key;
+      }
+      best = warpMaxKey(best);
+      if (best == 0) break;  // never, as the shares cover every past block; kept so a pick is always in range
+      if (lane == 0) pick(sel, bitmap, a.topK, lr, got, blockOfKey(best));
+      prev = best;
+    }
+    if (lane == 0) {
+      pick(sel, bitmap, a.topK, lr, got, cur);
+      selCount[lr] = got + 1;
+    }
+  }
+  buildUnion(a, rowsHere, bitmap, wordPrefix, sel, selCount, unionList, unionRows, unionSize);
+#if MOBA_DECODE_BULK
+  attn::fenceProxyAsync();  // the rings' bulk copies will overwrite this scratch
+#endif
+  return counted;
 }
 
 // One CTA per (slot, KV head x row tile, sequence). M: 16-row MMA tiles per CTA.
@@ -526,16 +695,18 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 
   // Query rows (inputs of the op, not of the scores grid: read before waiting
   // for it): local row r is (token i, head g) with r + row0 = i * group + g.
+  // cp.async (rows past the tile zero-filled), so that the first page and
+  // key-sum lookups go out behind them rather than after them.
   for (int c = tid; c < RT * CPR; c += kThreads) {
     const int r = c / CPR, ch = c - r * CPR;
-    uint4 v = make_uint4(0, 0, 0, 0);
+    const uint16_t* src = a.q;
     if (r < rowsHere) {
       const int gr = row0 + r, i = gr / a.group, g = gr - i * a.group;
-      v = *reinterpret_cast<const uint4*>(
-          a.q + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + ch * 8);
+      src = a.q + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + ch * 8;
     }
-    *reinterpret_cast<uint4*>(Qs + r * RH + ch * 8) = v;
+    ptx::cpAsync16(smemAddr(Qs + r * RH + ch * 8), src, r < rowsHere);
   }
+  ptx::cpAsyncCommit();
   Ring ring{rings + warp * kStages * L::kStageHalves, bars + warp * kStages, a.kv};
   if (lane == 0) ring.init();
   // Causal limit of the rows this thread holds in the MMA layout (-1: padding row).
@@ -550,16 +721,21 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   }
 
   int numTiles, vtBegin;
+  bool gateCounted = false;  // this CTA already counted itself in counters[item] (fused gate)
   if (a.moba) {
-    // The item's selection, written by gateKernel.
-    waitForPrimaryGrid();
-    // Size, blocks and row masks in one round trip: entries past the size
-    // are read too (never used) rather than waiting for the size first.
-    const int32_t* selected = selectionOf(a, item);
-    if (tid == 0) unionSize = min(max(__ldcg(selected), 0), a.unionCap);
-    for (int u = tid; u < a.unionCap; u += kThreads) {
-      unionList[u] = __ldcg(selected + 1 + u);
-      unionRows[u] = static_cast<uint32_t>(__ldcg(selected + 1 + a.unionCap + u));
+    if (a.fusedGate) {
+      gateCounted = fusedGate<D, kBf16>(a, s, h, item, slot, row0, rowsHere, Qs, region, unionList, unionRows, &unionSize);
+    } else {
+      // The item's selection, written by gateKernel.
+      waitForPrimaryGrid();
+      // Size, blocks and row masks in one round trip: entries past the size
+      // are read too (never used) rather than waiting for the size first.
+      const int32_t* selected = selectionOf(a, item);
+      if (tid == 0) unionSize = min(max(__ldcg(selected), 0), a.unionCap);
+      for (int u = tid; u < a.unionCap; u += kThreads) {
+        unionList[u] = __ldcg(selected + 1 + u);
+        unionRows[u] = static_cast<uint32_t>(__ldcg(selected + 1 + a.unionCap + u));
+      }
     }
     __syncthreads();
     const int nVirtual = unionSize * a.tilesPerBlock;
@@ -570,6 +746,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     vtBegin = numTiles = 0;  // full policy: the warps' feed below decides
   }
   // Q, the union and its row masks and the barriers are visible to all.
+  ptx::cpAsyncWait<0>();
   __syncthreads();
 
   // The warp's keys come as warp tiles of 16: full policy, tile t holds keys
@@ -657,9 +834,11 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 
   // win[i]: the tile of iteration it + i (-1: none); tiles are issued in the
   // order they are taken, so the ring's stage of a tile is its ordinal % kStages.
-  // The first tiles' page lookups go out together, before any copy (a copy
-  // between two lookups would order them one after another).
-  int win[kStages];
+  // Every stage is in flight while the warp waits: the tile after them goes
+  // into the stage just consumed. The first tiles' page lookups go out
+  // together, before any copy (a copy between two lookups would order them
+  // one after another).
+  int win[kStages + 1];
   RowRef first[kStages];
 #pragma unroll
   for (int i = 0; i < kStages; ++i) {
@@ -667,27 +846,18 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     first[i] = lookup(win[i]);
   }
 #pragma unroll
-  for (int i = 0; i < kStages - 1; ++i) {
+  for (int i = 0; i < kStages; ++i) {
     if (win[i] >= 0) {
       ring.issue(i, source(first[i]), lane);
     } else {
       ring.skip();
     }
   }
-  RowRef ahead = first[kStages - 1];
+  win[kStages] = take();
+  RowRef ahead = lookup(win[kStages]);
   for (int it = 0; win[0] >= 0; ++it) {
-    ring.wait(it);  // tile `it` landed; stage (it - 1) % kStages was consumed by this warp
-    if (win[kStages - 1] >= 0) {
-      ring.issue((it + kStages - 1) % kStages, source(ahead), lane);
-    } else {
-      ring.skip();
-    }
+    ring.wait(it);  // tile `it` landed
     const KeyRange ti = rangeOf(win[0]);
-#pragma unroll
-    for (int i = 0; i + 1 < kStages; ++i) win[i] = win[i + 1];
-    win[kStages - 1] = take();
-    ahead = lookup(win[kStages - 1]);
-
     const int stg = it % kStages;
     const uint16_t* ks = ring.k(stg);
     const uint16_t* vs = ring.v(stg);
@@ -774,6 +944,17 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
         mma16816<kBf16>(acc[m][2 * dp + 1], pa[m], vf[2], vf[3]);
       }
     }
+    // Every lane is done with the stage: refill it.
+    __syncwarp();
+    if (win[kStages] >= 0) {
+      ring.issue(stg, source(ahead), lane);
+    } else {
+      ring.skip();
+    }
+#pragma unroll
+    for (int i = 0; i < kStages; ++i) win[i] = win[i + 1];
+    win[kStages] = take();
+    ahead = lookup(win[kStages]);
   }
   ring.drain();
   __syncthreads();  // every warp is done with its ring: reuse the bytes to merge the warps
@@ -832,12 +1013,14 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   if (a.numSlots == 1) return;
 
   // Split-KV: the last CTA of the group to finish merges every slot.
-  __threadfence();
   __syncthreads();
-  if (tid == 0) isLast = atomicAdd(&a.counters[item], 1) == a.numSlots - 1;
+  if (tid == 0) {
+    // With the fused gate every CTA of the item counted once before.
+    isLast = arriveRelease(a.counters + item) == (gateCounted ? 2 : 1) * a.numSlots - 1;
+    if (isLast) fenceAcquire();
+  }
   __syncthreads();
   if (!isLast) return;
-  __threadfence();
   const float* groupO = a.partO + static_cast<int64_t>(item) * a.numSlots * RT * D;
   const float* groupL = a.partL + static_cast<int64_t>(item) * a.numSlots * RT;
   // Per (row, slot) weights first (one warp per row, slots over lanes), so
@@ -895,7 +1078,7 @@ struct Kernels {
 template <int D, int M, bool kBf16>
 Kernels kernelsOf() {
   return {reinterpret_cast<const void*>(decodeKernel<D, M, kBf16>), reinterpret_cast<const void*>(scoresKernel<D, kBf16>),
-          reinterpret_cast<const void*>(gateKernel<D>)};
+          reinterpret_cast<const void*>(gateKernel<D, kBf16>)};
 }
 
 Kernels kernelsFor(int D, int M, bool bf16) {
@@ -950,17 +1133,27 @@ Status prepareKernel(const void* kernel, size_t bytes, int threads, int* perSm) 
   return Status::Ok();
 }
 
-Status launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArgs& args, bool dependent, CudaContext& ctx) {
+enum class LaunchMode { Plain, Dependent, Cooperative };
+
+// Dependent: programmatic dependent launch (may start before the previous
+// kernel ends). Cooperative: every CTA resident at once (the fused gate's
+// CTAs wait for each other).
+Status launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArgs& args, LaunchMode mode, CudaContext& ctx) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(threads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = ctx.stream;
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  if (mode == LaunchMode::Dependent) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+  } else {
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = dependent ? 1 : 0;
+  cfg.numAttrs = mode == LaunchMode::Plain ? 0 : 1;
   void* params[] = {&args};
   return cudaStatus(cudaLaunchKernelExC(&cfg, kernel, params), "decode launch");
 }
@@ -1056,7 +1249,6 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     if (a.scoresReady) scoresSmem = static_cast<size_t>(R) * D * 4;
   }
   a.rowTileRows = RT;
-  a.bf16 = kv.dtype == DType::BF16 ? 1 : 0;
   a.regionBytes = static_cast<int>(regionBytes);
   const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + regionBytes + unionBytes;
   const size_t worst = std::max({smemBytes, scoresSmem, gateSmem + (moba ? kGateStaticBytes : 0)});
@@ -1076,15 +1268,27 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   } else {
     a.numSlots = static_cast<int>(ceilDiv(maxTiles, ceilDiv(maxTiles, slotsWanted)));
   }
+  // The fused gate: when a block is one key-sum run, the whole grid fits on
+  // the GPU at once (a cooperative launch) and its scratch fits in the rings'
+  // region, the attention CTAs gate themselves: one launch, no selection
+  // round trip through a second kernel.
+  if (moba && !a.scoresReady && ctx.cooperativeLaunch && items * a.numSlots <= target) {
+    a.gatePer = static_cast<int>(ceilDiv(std::max(maxPast, 1), a.numSlots));
+    a.fusedGate = fusedGateBytes(D, RT, a.gatePer, a.numSlots, p.topK, a.bitmapWords) <= regionBytes ? 1 : 0;
+  }
   if (a.numSlots > 1 && (p.counters == nullptr || p.numCounters < items)) {
     return Status::Invalid("decode: split-KV needs a counters buffer of " + std::to_string(items) + " ints");
   }
   a.counters = p.counters;
 
   // Workspace: the gate's scores and selections, then the partial outputs and their lse.
-  const bool globalScores = moba && !a.stageScores;
+  // (fused gate: its candidates in place of both).
+  const bool gateKernelRuns = moba && !a.fusedGate;
+  const bool globalScores = gateKernelRuns && !a.stageScores;
   const size_t scoreFloats = globalScores ? static_cast<size_t>(p.numRows) * p.numQHeads * maxPast : 0;
-  const size_t selectionInts = moba ? static_cast<size_t>(items) * (1 + 2 * static_cast<size_t>(a.unionCap)) : 0;
+  const size_t selectionInts =
+      gateKernelRuns ? static_cast<size_t>(items) * (1 + 2 * static_cast<size_t>(a.unionCap))
+                     : a.fusedGate ? static_cast<size_t>(items) * RT * a.numSlots * (p.topK - 1) * 2 : 0;
   const size_t partials = a.numSlots > 1 ? static_cast<size_t>(items) * a.numSlots * RT : 0;
   const size_t scoreBytes = CudaContext::alignUp(scoreFloats * 4);
   const size_t selectionBytes = CudaContext::alignUp(selectionInts * 4);
@@ -1096,26 +1300,29 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     char* base = static_cast<char*>(ws);
     a.scores = reinterpret_cast<float*>(base);
     a.selection = reinterpret_cast<int32_t*>(base + scoreBytes);
+    a.candidates = reinterpret_cast<uint64_t*>(base + scoreBytes);
     a.partO = reinterpret_cast<float*>(base + scoreBytes + selectionBytes);
     a.partL = reinterpret_cast<float*>(base + scoreBytes + selectionBytes + partOBytes);
   }
-  if (moba) {
+  if (gateKernelRuns) {
     int unused = 0;
     if (a.scoresReady && maxPast > 0) {
       MOBA_RETURN_IF_ERROR(prepareKernel(kernels.scores, scoresSmem, kThreads, &unused));
       MOBA_RETURN_IF_ERROR(
-          launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), kThreads, scoresSmem, a, false, ctx));
+          launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), kThreads, scoresSmem, a, LaunchMode::Plain, ctx));
     }
     // The gate reads key sums this step's append may have completed: plain
     // stream order behind it (a programmatic launch measured no faster).
     MOBA_RETURN_IF_ERROR(prepareKernel(kernels.gate, gateSmem, kGateThreads, &unused));
     MOBA_RETURN_IF_ERROR(
-        launch(kernels.gate, dim3(kv.numKVHeads * rowTiles, p.batch), kGateThreads, gateSmem, a, false, ctx));
+        launch(kernels.gate, dim3(kv.numKVHeads * rowTiles, p.batch), kGateThreads, gateSmem, a, LaunchMode::Plain, ctx));
   }
   // With the gate, the attention grid may start while the gate finishes (it
   // waits for the selection first): programmatic dependent launch, sm_90 and later.
-  return launch(kernels.decode, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a,
-                moba && ctx.ccMajor >= 9, ctx);
+  const LaunchMode mode = a.fusedGate ? LaunchMode::Cooperative
+                          : gateKernelRuns && ctx.ccMajor >= 9 ? LaunchMode::Dependent
+                                                               : LaunchMode::Plain;
+  return launch(kernels.decode, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a, mode, ctx);
 }
 
 }  // namespace moba

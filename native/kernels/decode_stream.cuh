@@ -81,8 +81,9 @@ struct WarpRing {
 #endif
   }
 
-  // Older archs: every iteration commits one group, issued or not, so that
-  // "all but the newest kStages - 2 groups" is always the tile being waited for.
+  // Older archs: the first kStages tiles and then every iteration commit one
+  // group each, issued or not, so that "all but the newest kStages - 1
+  // groups" is always the tile being waited for.
   __device__ __forceinline__ void skip() {
 #if !MOBA_DECODE_BULK
     ptx::cpAsyncCommit();
@@ -94,7 +95,7 @@ struct WarpRing {
 #if MOBA_DECODE_BULK
     attn::mbarWait(ptx::smemAddr(bars + it % kStages), (it / kStages) & 1);
 #else
-    ptx::cpAsyncWait<kStages - 2>();
+    ptx::cpAsyncWait<kStages - 1>();
 #endif
     __syncwarp();
   }

@@ -319,6 +319,25 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
+  // On CUDA the attention CTAs of a step gate themselves when they all fit on
+  // the GPU at once; these batches give every (sequence, KV head) one CTA, or
+  // more of them than fit, so the separate gate kernel runs.
+  it('moba decode of large batches (one CTA per sequence and KV head, or more than fit at once)', async () => {
+    using device = open();
+    const shape = { numQHeads: 16, numKVHeads: 8, headDim: 64 };
+    for (const batch of [24, 160]) {
+      const rng = rngFor(`moba decode batch ${batch}`);
+      const env = makeEnv(device, rng, shape, 'bf16', { numLayers: 1, numPages: batch * 40, pageSize: 8, chunkSize: 32 });
+      using cache = env.cache;
+      const lengths = new Map<number, number>();
+      for (let i = 0; i < batch; i++) lengths.set(cache.addSequence(), rng.int(1, 250));
+      fillInterleaved(env, lengths, 120);
+      using layer = layerFor(device, env, { chunkSize: 32, topK: 3, decode: 'moba' });
+      const entries = [...lengths.keys()].map((seq) => ({ seq, newTokens: rng.int(1, 2) }));
+      checkStep(env, layer, await step(env, layer, entries), `moba decode, batch ${batch}`);
+    }
+  });
+
   it(`long contexts (split across many CTAs) equal the reference, full and moba`, async () => {
     using device = open();
     const rng = rngFor('long decode');

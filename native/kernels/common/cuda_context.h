@@ -19,6 +19,7 @@ class CudaContext {
   int ccMajor = 0;
   int ccMinor = 0;
   size_t maxSharedPerBlockOptin = 0;  // bytes, after cudaFuncSetAttribute
+  bool cooperativeLaunch = false;     // the device runs cooperative launches (all CTAs resident at once)
 
   // Device scratch of at least `bytes`, valid for work enqueued until the next
   // call of scratch() (later ops reuse it; the stream keeps them ordered).
