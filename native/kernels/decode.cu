@@ -53,6 +53,10 @@ constexpr int kScoresCtasPerSm = 12;  // 1536 threads per SM
 constexpr int kScoresCtasPerSm = 16;  // 2048 threads per SM
 #endif
 constexpr int kMaxSlots = 64;
+// Partial outputs each thread of the split-KV merge loads at once: the 33
+// slots of a batch-1 step on the H200 in two round trips. All 33 at once
+// (one round trip) took about 200 registers and made full decode 8% slower.
+constexpr int kMergeBatch = 17;
 // gateKernel: 8 warps per item (1024 threads measured no faster: its phases
 // are latency chains); the key sums of up to kGateChunk blocks are copied in
 // at once.
@@ -131,6 +135,13 @@ __device__ __forceinline__ bool loadSeq(const DecodeArgs& a, int b, SeqView* s) 
   return true;
 }
 
+// Row index into q / out of the item's local query row `gr` (token i, head g
+// of KV head h's group, gr = i * group + g).
+__device__ __forceinline__ int64_t globalRowOf(const DecodeArgs& a, const SeqView& s, int h, int gr) {
+  const int i = gr / a.group, g = gr - i * a.group;
+  return static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g;
+}
+
 using ptx::mma16816;
 using ptx::smemAddr;
 
@@ -159,6 +170,15 @@ template <bool kBf16>
 __device__ __forceinline__ uint16_t narrow(float f) {
   if constexpr (kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(f));
   return __half_as_ushort(__float2half_rn(f));
+}
+
+// Four floats times `scale`, rounded to the dtype, stored at dst.
+template <bool kBf16>
+__device__ __forceinline__ void storeRow4(uint16_t* dst, float4 o, float scale) {
+  uint2 packed;
+  packed.x = static_cast<uint32_t>(narrow<kBf16>(o.x * scale)) | (static_cast<uint32_t>(narrow<kBf16>(o.y * scale)) << 16);
+  packed.y = static_cast<uint32_t>(narrow<kBf16>(o.z * scale)) | (static_cast<uint32_t>(narrow<kBf16>(o.w * scale)) << 16);
+  *reinterpret_cast<uint2*>(dst) = packed;
 }
 
 // Four packed bf16 or f16 values as floats.
@@ -204,8 +224,7 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
   const int R = s.qLen * a.group;
   for (int e = tid; e < R * D; e += kThreads) {
     const int r = e / D, d = e - r * D;
-    const int i = r / a.group, g = r - i * a.group;
-    qf[e] = widen<kBf16>(a.q[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d]);
+    qf[e] = widen<kBf16>(a.q[globalRowOf(a, s, h, r) * D + d]);
   }
   const int col = tid % kCols, grp = tid / kCols;
   // The block's key-sum runs, each read at its last page.
@@ -248,10 +267,7 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
     for (int k = 0; k < D / 32; ++k) dot += qf[r * D + lane + 32 * k] * cent[lane + 32 * k];
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-    if (lane == 0) {
-      const int i = r / a.group, g = r - i * a.group;
-      a.scores[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * a.maxPast + j] = dot;
-    }
+    if (lane == 0) a.scores[globalRowOf(a, s, h, r) * a.maxPast + j] = dot;
   }
 }
 
@@ -436,10 +452,7 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
   __shared__ int unionSize;
   __shared__ int sumPage[kGateChunk];  // page holding each block's key sum (-1: none)
 
-  auto globalRow = [&](int lr) {
-    const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
-    return (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g);
-  };
+  auto globalRow = [&](int lr) { return globalRowOf(a, s, h, row0 + lr); };
   // Scores of local row lr: staged here, or in the workspace (L2: written by
   // this CTA or by scoresKernel, never through this SM's L1 for the latter).
   auto scoreAt = [&](int lr, int j) {
@@ -700,10 +713,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   for (int c = tid; c < RT * CPR; c += kThreads) {
     const int r = c / CPR, ch = c - r * CPR;
     const uint16_t* src = a.q;
-    if (r < rowsHere) {
-      const int gr = row0 + r, i = gr / a.group, g = gr - i * a.group;
-      src = a.q + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + ch * 8;
-    }
+    if (r < rowsHere) src = a.q + globalRowOf(a, s, h, row0 + r) * D + ch * 8;
     ptx::cpAsync16(smemAddr(Qs + r * RH + ch * 8), src, r < rowsHere);
   }
   ptx::cpAsyncCommit();
@@ -962,6 +972,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   float* accW = reinterpret_cast<float*>(region);  // [kWarps][RT][D]
   float* mW = accW + kWarps * RT * D;              // [kWarps][RT]
   float* lW = mW + kWarps * RT;                    // [kWarps][RT]
+  float* wW = lW + kWarps * RT;                    // [kWarps][RT] each warp's weight in a row
+  float* lseRow = wW + kWarps * RT;                // [RT]
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
@@ -983,31 +995,44 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   }
   __syncthreads();
 
-  float* partO = a.partO + (static_cast<int64_t>(item) * a.numSlots + slot) * RT * D;
-  float* partL = a.partL + (static_cast<int64_t>(item) * a.numSlots + slot) * RT;
-  for (int e = tid; e < rowsHere * D; e += kThreads) {
-    const int lr = e / D, d = e - lr * D;
+  // Per row, once: each warp's weight exp2(m_w - m) / l and the row's log2-sum-exp.
+  if (tid < rowsHere) {
+    const int lr = tid;
     float mx = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, mW[w * RT + lr]);
-    float o = 0.f, lse = -INFINITY;
-    if (mx != -INFINITY) {
-      float l = 0.f;
+    float l = 0.f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = exp2f(mW[w * RT + lr] - mx);
-        l += lW[w * RT + lr] * f;
-        o += accW[(w * RT + lr) * D + d] * f;
-      }
-      o /= l;
-      lse = mx + log2f(l);
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = mx == -INFINITY ? 0.f : exp2f(mW[w * RT + lr] - mx);
+      wW[w * RT + lr] = f;
+      l += lW[w * RT + lr] * f;
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) wW[w * RT + lr] *= inv;
+    lseRow[lr] = l > 0.f ? mx + log2f(l) : -INFINITY;
+  }
+  __syncthreads();
+  float* partO = a.partO + (static_cast<int64_t>(item) * a.numSlots + slot) * RT * D;
+  float* partL = a.partL + (static_cast<int64_t>(item) * a.numSlots + slot) * RT;
+  for (int e = tid; e < rowsHere * (D / 4); e += kThreads) {
+    const int lr = e / (D / 4), d = (e - lr * (D / 4)) * 4;
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = wW[w * RT + lr];
+      const float4 v = *reinterpret_cast<const float4*>(accW + (w * RT + lr) * D + d);
+      o.x += f * v.x;
+      o.y += f * v.y;
+      o.z += f * v.z;
+      o.w += f * v.w;
     }
     if (a.numSlots == 1) {
-      const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
-      a.out[(static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d] = narrow<kBf16>(o);
+      storeRow4<kBf16>(a.out + globalRowOf(a, s, h, row0 + lr) * D + d, o, 1.f);
     } else {
-      partO[e] = o;
-      if (d == 0) partL[lr] = lse;
+      *reinterpret_cast<float4*>(partO + lr * D + d) = o;
+      if (d == 0) partL[lr] = lseRow[lr];
     }
   }
   if (a.numSlots == 1) return;
@@ -1047,21 +1072,25 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     const int lr = e / (D / 4), d = (e - lr * (D / 4)) * 4;
     float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
     const float* w = weight + lr * a.numSlots;
-#pragma unroll 16
-    for (int sl = 0; sl < a.numSlots; ++sl) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(groupO + (static_cast<int64_t>(sl) * RT + lr) * D + d));
-      o.x += w[sl] * v.x;
-      o.y += w[sl] * v.y;
-      o.z += w[sl] * v.z;
-      o.w += w[sl] * v.w;
+    // kMergeBatch slots' loads in flight at once.
+    for (int sl0 = 0; sl0 < a.numSlots; sl0 += kMergeBatch) {
+      float4 v[kMergeBatch];
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        v[u] = sl0 + u < a.numSlots
+                   ? __ldcg(reinterpret_cast<const float4*>(groupO + (static_cast<int64_t>(sl0 + u) * RT + lr) * D + d))
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        const float f = sl0 + u < a.numSlots ? w[sl0 + u] : 0.f;
+        o.x += f * v[u].x;
+        o.y += f * v[u].y;
+        o.z += f * v[u].z;
+        o.w += f * v[u].w;
+      }
     }
-    const float inv = invSum[lr];
-    const int gr = row0 + lr, i = gr / a.group, g = gr - i * a.group;
-    uint2 packed;
-    packed.x = static_cast<uint32_t>(narrow<kBf16>(o.x * inv)) | (static_cast<uint32_t>(narrow<kBf16>(o.y * inv)) << 16);
-    packed.y = static_cast<uint32_t>(narrow<kBf16>(o.z * inv)) | (static_cast<uint32_t>(narrow<kBf16>(o.w * inv)) << 16);
-    *reinterpret_cast<uint2*>(a.out + (static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g) * D + d) =
-        packed;
+    storeRow4<kBf16>(a.out + globalRowOf(a, s, h, row0 + lr) * D + d, o, invSum[lr]);
   }
   if (tid == 0) a.counters[item] = 0;
 }
@@ -1220,7 +1249,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   // the union of the selected blocks.
   const size_t rowBytes = static_cast<size_t>(D + 8) * 2;
   const size_t ringBytes = static_cast<size_t>(kThreads / 32) * kStages * 2 * decode::kWarpKeys * rowBytes;
-  const size_t warpMergeBytes = (static_cast<size_t>(kThreads / 32) * RT * D + 2 * (kThreads / 32) * RT) * 4;
+  const size_t warpMergeBytes = (static_cast<size_t>(kThreads / 32) * RT * D + 3 * (kThreads / 32) * RT + RT) * 4;
   const size_t regionBytes = CudaContext::alignUp(std::max(ringBytes, warpMergeBytes), 16);
   size_t unionBytes = 0;
   int maxPast = 0;
