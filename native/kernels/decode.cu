@@ -23,9 +23,11 @@
 // then every one merges them into the same selection. Otherwise gateKernel
 // selects for them, after scoresKernel has added up the runs of each block
 // when a block spans several.
+#include <cuda.h>  // CUtensorMap (the driver entry point is looked up at run time)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -76,6 +78,9 @@ static_assert(kBarBytes >= (kThreads / 32) * kStages * 8, "one mbarrier per (war
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeArgs {
+  CUtensorMap kvMap;    // tma: the pool as rows of headDim elements (128-byte swizzled boxes of 16 x 64)
+  int tma;              // K/V tiles by tensor copies (sm_90; pages and tiles aligned to 16 keys)
+  int kvRow0, pageRows, vRows;  // tma: the layer's first row, rows per page, rows from K to V
   const uint16_t* q;
   uint16_t* out;
   const uint16_t* kv;   // pool + layer offset
@@ -669,7 +674,7 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
 // (decode_stream.cuh) with its own online softmax; the warps meet only at the
 // start (query rows, moba selection) and once at the end (the merge).
 template <int D, int M, bool kBf16>
-__global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const DecodeArgs a) {
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __grid_constant__ DecodeArgs a) {
   constexpr int RT = 16 * M;                 // rows per CTA
   constexpr int CPR = D / 8;                 // 16-byte chunks per row
   constexpr int KSTEPS = D / 16;             // k-steps of q.k
@@ -682,7 +687,10 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
   extern __shared__ __align__(16) unsigned char smem[];
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem);                       // [kWarps][kStages]
   uint16_t* Qs = reinterpret_cast<uint16_t*>(smem + kBarBytes);             // [RT][RH]
+  // The rings start at a multiple of 1024 bytes with tensor copies (the
+  // swizzle pattern follows address bits 7-9); the host leaves room for it.
   uint16_t* rings = Qs + RT * RH;                                           // [kWarps][kStages][stage]
+  if (a.tma) rings += ((1024u - (smemAddr(rings) & 1023u)) & 1023u) / 2;
   unsigned char* region = reinterpret_cast<unsigned char*>(rings);          // rings, then the warps' merge
   int32_t* unionList = reinterpret_cast<int32_t*>(region + a.regionBytes);  // [unionCap]
   uint32_t* unionRows = reinterpret_cast<uint32_t*>(unionList + a.unionCap);
@@ -717,7 +725,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     ptx::cpAsync16(smemAddr(Qs + r * RH + ch * 8), src, r < rowsHere);
   }
   ptx::cpAsyncCommit();
-  Ring ring{rings + warp * kStages * L::kStageHalves, bars + warp * kStages, a.kv};
+  Ring ring{rings + warp * kStages * (a.tma ? L::kTmaStageHalves : L::kStageHalves), bars + warp * kStages, a.kv, a.tma != 0};
   if (lane == 0) ring.init();
   // Causal limit of the rows this thread holds in the MMA layout (-1: padding row).
   int tRow[M][2];
@@ -831,6 +839,18 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     if (r.page < 0 || r.page >= a.numPages) return nullptr;
     return kvHead + r.page * a.pageStride + static_cast<int64_t>(r.inPage) * D + (lane >= 16 ? a.vOffset : 0);
   };
+  // Fetch tile r (this lane's row of it) into `stage`: by tensor copies
+  // (lane 0's row is the tile's first key), or one row per lane.
+  auto issue = [&](int stage, RowRef r) {
+#if MOBA_DECODE_BULK
+    if (a.tma) {
+      const int kRow = a.kvRow0 + r.page * a.pageRows + h * a.pageSize + r.inPage;
+      ring.issueTile(stage, &a.kvMap, r.page >= 0 && r.page < a.numPages, kRow, kRow + a.vRows, lane);
+      return;
+    }
+#endif
+    ring.issue(stage, source(r), lane);
+  };
 
   float acc[M][NT][4];
   float mRow[M][2], lRow[M][2];
@@ -858,7 +878,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
 #pragma unroll
   for (int i = 0; i < kStages; ++i) {
     if (win[i] >= 0) {
-      ring.issue(i, source(first[i]), lane);
+      issue(i, first[i]);
     } else {
       ring.skip();
     }
@@ -869,6 +889,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     ring.wait(it);  // tile `it` landed
     const KeyRange ti = rangeOf(win[0]);
     const int stg = it % kStages;
+#if MOBA_DECODE_BULK
+    if (a.tma && ti.end - ti.p0 < decode::kWarpKeys) ring.zeroTailV(stg, max(0, ti.end - ti.p0), lane);
+#endif
     const uint16_t* ks = ring.k(stg);
     const uint16_t* vs = ring.v(stg);
 
@@ -882,7 +905,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
       uint32_t kf[4];
       {
         const int key = (lane & 7) + ((lane >> 4) << 3);
-        ldsm4(kf, ks + key * RH + (kk * 2 + ((lane >> 3) & 1)) * 8);
+        ldsm4(kf, decode::tileChunk<D>(ks, key, kk * 2 + ((lane >> 3) & 1), a.tma));
       }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -947,7 +970,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t vf[4];
       const int key = (lane & 7) + (((lane >> 3) & 1) << 3);
-      ldsm4T(vf, vs + key * RH + (dp * 2 + (lane >> 4)) * 8);
+      ldsm4T(vf, decode::tileChunk<D>(vs, key, dp * 2 + (lane >> 4), a.tma));
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         mma16816<kBf16>(acc[m][2 * dp], pa[m], vf[0], vf[1]);
@@ -957,7 +980,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const Decod
     // Every lane is done with the stage: refill it.
     __syncwarp();
     if (win[kStages] >= 0) {
-      ring.issue(stg, source(ahead), lane);
+      issue(stg, ahead);
     } else {
       ring.skip();
     }
@@ -1189,6 +1212,55 @@ Status launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArg
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The pool as a 2D tensor of rows of headDim elements, for tensor copies of
+// 16-row x 64-column boxes with the 128-byte swizzle. Cached per (pool, rows,
+// head dim); false when the driver offers no encoder or the pool has more
+// rows than 32-bit coordinates reach. JavaScript thread only.
+bool poolTensorMap(const PagedKV& kv, CUtensorMap* out) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
+  static bool looked = false;
+  if (!looked) {
+    looked = true;
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) == cudaSuccess &&
+        found == cudaDriverEntryPointSuccess) {
+      encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    }
+    cudaGetLastError();
+  }
+  if (encode == nullptr) return false;
+  const int64_t rows = static_cast<int64_t>(kv.numPages) * (kv.pageStride() / kv.headDim);
+  if (rows <= 0 || rows > INT32_MAX) return false;
+  struct Cached {
+    const void* pool;
+    int64_t rows;
+    int headDim;
+    CUtensorMap map;
+  };
+  static std::vector<Cached> cache;
+  for (const Cached& c : cache) {
+    if (c.pool == kv.pool && c.rows == rows && c.headDim == kv.headDim) {
+      *out = c.map;
+      return true;
+    }
+  }
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(kv.headDim), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(kv.headDim) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(decode::kWarpKeys)};
+  const cuuint32_t elementStrides[2] = {1, 1};
+  CUtensorMap map;
+  if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, kv.pool, dims, strides, box, elementStrides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+    return false;
+  }
+  if (cache.size() >= 16) cache.erase(cache.begin());
+  cache.push_back({kv.pool, rows, kv.headDim, map});
+  *out = map;
+  return true;
+}
+
 
 }  // namespace
 
@@ -1278,8 +1350,21 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     if (a.scoresReady) scoresSmem = static_cast<size_t>(R) * D * 4;
   }
   a.rowTileRows = RT;
+  // Tensor copies for moba, whose few tiles per warp wait on their issue: 4
+  // instructions per tile, not 32 one lane at a time (the 1 x 128K moba step
+  // 12% faster). Full decode streams faster with row copies (tensor copies
+  // of 16 x 64 boxes: 6% slower at 1 x 128K and 16 x 32K). Every tile must be
+  // 16 keys of one page: pages and blocks of a multiple of 16 keys.
+  if (moba && ctx.ccMajor == 9 && kv.pageSize % decode::kWarpKeys == 0 && p.chunkSize % decode::kWarpKeys == 0 &&
+      poolTensorMap(kv, &a.kvMap)) {
+    a.tma = 1;
+    a.kvRow0 = static_cast<int>(kv.layerOffset() / D);
+    a.pageRows = static_cast<int>(kv.pageStride() / D);
+    a.vRows = static_cast<int>(kv.vOffset() / D);
+  }
   a.regionBytes = static_cast<int>(regionBytes);
-  const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + regionBytes + unionBytes;
+  // (+ up to 1023 bytes that align the rings for tensor copies)
+  const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + (a.tma ? 1024 : 0) + regionBytes + unionBytes;
   const size_t worst = std::max({smemBytes, scoresSmem, gateSmem + (moba ? kGateStaticBytes : 0)});
   if (worst > ctx.maxSharedPerBlockOptin) {
     return Status::Invalid("decode: the batch needs " + std::to_string(worst) +

@@ -32,6 +32,14 @@ __device__ __forceinline__ void bulkCopyToShared(uint32_t dst, const void* src, 
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
 }
+// A tensor copy (TMA) of the 2D box at (c0, c1) of the tensor map `map` (a
+// __grid_constant__ parameter) to shared memory, completing its bytes on `bar`.
+__device__ __forceinline__ void tmaLoad2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
 __device__ __forceinline__ void mbarWait(uint32_t bar, uint32_t parity) {
   uint32_t done;
   do {
