@@ -79,7 +79,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeArgs {
   CUtensorMap kvMap;    // tma: the pool as rows of headDim elements (128-byte swizzled boxes of 16 x 64)
-  int tma;              // K/V tiles by tensor copies (sm_90; pages and tiles aligned to 16 keys)
+  int tma;              // the host chose the kTma kernel (K/V tiles by tensor copies)
   int kvRow0, pageRows, vRows;  // tma: the layer's first row, rows per page, rows from K to V
   const uint16_t* q;
   uint16_t* out;
@@ -673,8 +673,12 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
 // [16w, 16w + 16) of every one of them and streams them through its own ring
 // (decode_stream.cuh) with its own online softmax; the warps meet only at the
 // start (query rows, moba selection) and once at the end (the merge).
-template <int D, int M, bool kBf16>
+// kTma: K/V tiles by tensor copies (sm_90; every tile 16 keys of one page).
+template <int D, int M, bool kBf16, bool kTma>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __grid_constant__ DecodeArgs a) {
+#if !MOBA_DECODE_BULK
+  if constexpr (kTma) return;  // never launched: tensor copies are sm_90 only
+#endif
   constexpr int RT = 16 * M;                 // rows per CTA
   constexpr int CPR = D / 8;                 // 16-byte chunks per row
   constexpr int KSTEPS = D / 16;             // k-steps of q.k
@@ -690,7 +694,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   // The rings start at a multiple of 1024 bytes with tensor copies (the
   // swizzle pattern follows address bits 7-9); the host leaves room for it.
   uint16_t* rings = Qs + RT * RH;                                           // [kWarps][kStages][stage]
-  if (a.tma) rings += ((1024u - (smemAddr(rings) & 1023u)) & 1023u) / 2;
+  if (kTma) rings += ((1024u - (smemAddr(rings) & 1023u)) & 1023u) / 2;
   unsigned char* region = reinterpret_cast<unsigned char*>(rings);          // rings, then the warps' merge
   int32_t* unionList = reinterpret_cast<int32_t*>(region + a.regionBytes);  // [unionCap]
   uint32_t* unionRows = reinterpret_cast<uint32_t*>(unionList + a.unionCap);
@@ -725,7 +729,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     ptx::cpAsync16(smemAddr(Qs + r * RH + ch * 8), src, r < rowsHere);
   }
   ptx::cpAsyncCommit();
-  Ring ring{rings + warp * kStages * (a.tma ? L::kTmaStageHalves : L::kStageHalves), bars + warp * kStages, a.kv, a.tma != 0};
+  Ring ring{rings + warp * kStages * (kTma ? L::kTmaStageHalves : L::kStageHalves), bars + warp * kStages, a.kv, kTma};
   if (lane == 0) ring.init();
   // Causal limit of the rows this thread holds in the MMA layout (-1: padding row).
   int tRow[M][2];
@@ -843,7 +847,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   // (lane 0's row is the tile's first key), or one row per lane.
   auto issue = [&](int stage, RowRef r) {
 #if MOBA_DECODE_BULK
-    if (a.tma) {
+    if constexpr (kTma) {
       const int kRow = a.kvRow0 + r.page * a.pageRows + h * a.pageSize + r.inPage;
       ring.issueTile(stage, &a.kvMap, r.page >= 0 && r.page < a.numPages, kRow, kRow + a.vRows, lane);
       return;
@@ -890,7 +894,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     const KeyRange ti = rangeOf(win[0]);
     const int stg = it % kStages;
 #if MOBA_DECODE_BULK
-    if (a.tma && ti.end - ti.p0 < decode::kWarpKeys) ring.zeroTailV(stg, max(0, ti.end - ti.p0), lane);
+    if (kTma && ti.end - ti.p0 < decode::kWarpKeys) ring.zeroTailV(stg, max(0, ti.end - ti.p0), lane);
 #endif
     const uint16_t* ks = ring.k(stg);
     const uint16_t* vs = ring.v(stg);
@@ -905,7 +909,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
       uint32_t kf[4];
       {
         const int key = (lane & 7) + ((lane >> 4) << 3);
-        ldsm4(kf, decode::tileChunk<D>(ks, key, kk * 2 + ((lane >> 3) & 1), a.tma));
+        ldsm4(kf, decode::tileChunk<D>(ks, key, kk * 2 + ((lane >> 3) & 1), kTma));
       }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -970,7 +974,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t vf[4];
       const int key = (lane & 7) + (((lane >> 3) & 1) << 3);
-      ldsm4T(vf, decode::tileChunk<D>(vs, key, dp * 2 + (lane >> 4), a.tma));
+      ldsm4T(vf, decode::tileChunk<D>(vs, key, dp * 2 + (lane >> 4), kTma));
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         mma16816<kBf16>(acc[m][2 * dp], pa[m], vf[0], vf[1]);
@@ -1123,13 +1127,15 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
 // The kernels of one (head dim, row tiles, dtype) instance.
 struct Kernels {
   const void* decode;
+  const void* decodeTma;
   const void* scores;
   const void* gate;
 };
 
 template <int D, int M, bool kBf16>
 Kernels kernelsOf() {
-  return {reinterpret_cast<const void*>(decodeKernel<D, M, kBf16>), reinterpret_cast<const void*>(scoresKernel<D, kBf16>),
+  return {reinterpret_cast<const void*>(decodeKernel<D, M, kBf16, false>),
+          reinterpret_cast<const void*>(decodeKernel<D, M, kBf16, true>), reinterpret_cast<const void*>(scoresKernel<D, kBf16>),
           reinterpret_cast<const void*>(gateKernel<D, kBf16>)};
 }
 
@@ -1373,7 +1379,8 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   // Slots per item: enough CTAs for one full wave (every SM holding as many
   // as fit), so that batch 1 at long context still keeps every SM streaming.
   int perSm = 1;
-  MOBA_RETURN_IF_ERROR(prepareKernel(kernels.decode, smemBytes, kThreads, &perSm));
+  const void* attention = a.tma ? kernels.decodeTma : kernels.decode;
+  MOBA_RETURN_IF_ERROR(prepareKernel(attention, smemBytes, kThreads, &perSm));
   const int64_t target = static_cast<int64_t>(ctx.smCount > 0 ? ctx.smCount : 132) * perSm;
   const int slotsWanted = static_cast<int>(std::min<int64_t>(kMaxSlots, std::max<int64_t>(1, target / items)));
   if (moba) {
@@ -1436,7 +1443,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   const LaunchMode mode = a.fusedGate ? LaunchMode::Cooperative
                           : gateKernelRuns && ctx.ccMajor >= 9 ? LaunchMode::Dependent
                                                                : LaunchMode::Plain;
-  return launch(kernels.decode, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a, mode, ctx);
+  return launch(attention, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a, mode, ctx);
 }
 
 }  // namespace moba
