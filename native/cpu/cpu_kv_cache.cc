@@ -61,51 +61,61 @@ void sumPiece(const KVAppendParams& p, int first, int h, float* run, float* key)
 
 }  // namespace
 
-Status cpuKvAppend(const KVAppendParams& p, ThreadPool& pool) {
-  const PagedKV& kv = p.kv;
+namespace {
+
+// Copies every segment's rows between its page and the contiguous
+// [numRows, numKVHeads, headDim] K/V (into the pages for append, out of them
+// for gather), one (segment, KV head) per work item; then after(index, h)
+// runs on the item's worker.
+// Bytes: const char* for append, char* for gather.
+template <bool kToPages, class Bytes, class After>
+void copySegments(const PagedKV& kv, const int32_t* segments, int numSegments, int numRows, Bytes k, Bytes v,
+                  ThreadPool& pool, int64_t grain, After after) {
   const int H = kv.numKVHeads, D = kv.headDim;
   const size_t es = dtypeSize(kv.dtype);
   const size_t rowBytes = static_cast<size_t>(D) * es;
-  pool.parallelFor(static_cast<int64_t>(p.numSegments) * H, [&](int64_t begin, int64_t end) {
-    std::vector<float> run(D), key(D);
+  pool.parallelFor(static_cast<int64_t>(numSegments) * H, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       Segment g;
       const int index = static_cast<int>(item / H);
-      if (!readSegment(p.segments, index, kv, p.numRows, &g)) continue;
+      if (!readSegment(segments, index, kv, numRows, &g)) continue;
       const int h = static_cast<int>(item % H);
-      char* kDst = static_cast<char*>(kv.pool) + slotOffset(kv, g.page, h, g.slot) * es;
-      char* vDst = kDst + kv.vOffset() * es;
+      char* kPage = static_cast<char*>(kv.pool) + slotOffset(kv, g.page, h, g.slot) * es;
+      char* vPage = kPage + kv.vOffset() * es;
       for (int i = 0; i < g.count; ++i) {
-        const size_t src = (static_cast<size_t>(g.row + i) * H + h) * D;
-        std::memcpy(kDst + i * rowBytes, static_cast<const char*>(p.k) + src * es, rowBytes);
-        std::memcpy(vDst + i * rowBytes, static_cast<const char*>(p.v) + src * es, rowBytes);
+        const size_t row = (static_cast<size_t>(g.row + i) * H + h) * rowBytes;
+        if constexpr (kToPages) {
+          std::memcpy(kPage + i * rowBytes, k + row, rowBytes);
+          std::memcpy(vPage + i * rowBytes, v + row, rowBytes);
+        } else {
+          std::memcpy(k + row, kPage + i * rowBytes, rowBytes);
+          std::memcpy(v + row, vPage + i * rowBytes, rowBytes);
+        }
       }
-      // Sums come from the rows, not the pages: no order against the copies.
-      if (g.pieceSegments > 0) sumPiece(p, index, h, run.data(), key.data());
+      after(index, h, g);
     }
-  });
+  }, grain);
+}
+
+}  // namespace
+
+Status cpuKvAppend(const KVAppendParams& p, ThreadPool& pool) {
+  const int D = p.kv.headDim;
+  copySegments<true>(p.kv, p.segments, p.numSegments, p.numRows, static_cast<const char*>(p.k),
+                     static_cast<const char*>(p.v), pool, 1, [&](int index, int h, const Segment& g) {
+                       // Sums come from the rows, not the pages: no order against the copies.
+                       if (g.pieceSegments == 0) return;
+                       thread_local std::vector<float> run, key;  // the worker's scratch
+                       run.resize(D);
+                       key.resize(D);
+                       sumPiece(p, index, h, run.data(), key.data());
+                     });
   return Status::Ok();
 }
 
 Status cpuKvGather(const KVGatherParams& p, ThreadPool& pool) {
-  const PagedKV& kv = p.kv;
-  const int H = kv.numKVHeads, D = kv.headDim;
-  const size_t es = dtypeSize(kv.dtype);
-  const size_t rowBytes = static_cast<size_t>(D) * es;
-  pool.parallelFor(static_cast<int64_t>(p.numSegments) * H, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      Segment g;
-      if (!readSegment(p.segments, static_cast<int>(item / H), kv, p.numRows, &g)) continue;
-      const int h = static_cast<int>(item % H);
-      const char* kSrc = static_cast<const char*>(kv.pool) + slotOffset(kv, g.page, h, g.slot) * es;
-      const char* vSrc = kSrc + kv.vOffset() * es;
-      for (int i = 0; i < g.count; ++i) {
-        const size_t dst = (static_cast<size_t>(g.row + i) * H + h) * D * es;
-        std::memcpy(static_cast<char*>(p.k) + dst, kSrc + i * rowBytes, rowBytes);
-        std::memcpy(static_cast<char*>(p.v) + dst, vSrc + i * rowBytes, rowBytes);
-      }
-    }
-  }, 4);
+  copySegments<false>(p.kv, p.segments, p.numSegments, p.numRows, static_cast<char*>(p.k), static_cast<char*>(p.v),
+                      pool, 4, [](int, int, const Segment&) {});
   return Status::Ok();
 }
 

@@ -129,11 +129,11 @@ __global__ void __launch_bounds__(kThreads) copySegmentsKernel(const KvArgs a) {
   }
 }
 
-Status launchCopy(const KvArgs& a, int numSegments, bool toPages, cudaStream_t stream) {
-  if (numSegments == 0) return Status::Ok();
+Status launchCopy(const KvArgs& a, bool toPages, cudaStream_t stream) {
+  if (a.numSegments == 0) return Status::Ok();
   if (a.headDim % 8 != 0) return Status::Invalid("unsupported head_dim for the KV cache: " + std::to_string(a.headDim));
   if (a.numKVHeads > 65535) return Status::Invalid("unsupported numKVHeads: " + std::to_string(a.numKVHeads));
-  dim3 grid(numSegments, a.numKVHeads);
+  dim3 grid(a.numSegments, a.numKVHeads);
   if (toPages) {
     copySegmentsKernel<true><<<grid, kThreads, 0, stream>>>(a);
     return checkLaunch("kvAppend");
@@ -145,11 +145,11 @@ Status launchCopy(const KvArgs& a, int numSegments, bool toPages, cudaStream_t s
 }  // namespace
 
 Status kvAppendLaunch(const KVAppendParams& p, CudaContext& ctx) {
-  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments, p.numSegments), p.numSegments, true, ctx.stream);
+  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments, p.numSegments), true, ctx.stream);
 }
 
 Status kvGatherLaunch(const KVGatherParams& p, CudaContext& ctx) {
-  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments, p.numSegments), p.numSegments, false, ctx.stream);
+  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments, p.numSegments), false, ctx.stream);
 }
 
 }  // namespace moba
