@@ -95,12 +95,13 @@ function randomRows(env: Env, rows: number, heads: number): Float32Array {
   return roundTo(randn(rows * heads * env.shape.headDim, env.rng), env.dtype);
 }
 
-/** Appends random K/V for `entries` to every layer through KVCache.append (no attention). */
-function fill(env: Env, entries: { seq: number; newTokens: number }[]): KVPlan {
+/** Appends random K/V for `entries` to every layer through KVCache.append (no attention); editK may change the keys first. */
+function fill(env: Env, entries: { seq: number; newTokens: number }[], editK?: (k: Float32Array) => void): KVPlan {
   const plan = env.cache.plan(entries, { maxDecodeTokens: 0 });
   const rowLen = env.shape.numKVHeads * env.shape.headDim;
   for (let layer = 0; layer < env.cache.numLayers; layer++) {
     const k = randomRows(env, plan.numRows, env.shape.numKVHeads);
+    editK?.(k);
     const v = randomRows(env, plan.numRows, env.shape.numKVHeads);
     using kt = env.device.tensor(k, { dtype: env.dtype, shape: [plan.numRows, env.shape.numKVHeads, env.shape.headDim] });
     using vt = env.device.tensor(v, { dtype: env.dtype, shape: [plan.numRows, env.shape.numKVHeads, env.shape.headDim] });
@@ -137,7 +138,7 @@ interface StepResult {
 /** One forward step of `layerObj` on every layer of the cache, recording the truth. */
 async function step(
   env: Env, layerObj: MobaAttention, entries: { seq: number; newTokens: number }[], layers = [0],
-  planOptions?: { maxDecodeTokens?: number },
+  planOptions?: { maxDecodeTokens?: number }, editQ?: (q: Float32Array) => void,
 ): Promise<Map<number, StepResult>> {
   const plan = env.cache.plan(entries, planOptions);
   const { numQHeads, numKVHeads, headDim } = env.shape;
@@ -146,6 +147,7 @@ async function step(
   const outs: [number, Tensor, Float32Array][] = [];
   for (const layer of layers) {
     const q = randomRows(env, plan.numRows, numQHeads);
+    editQ?.(q);
     const k = randomRows(env, plan.numRows, numKVHeads);
     const v = randomRows(env, plan.numRows, numKVHeads);
     using qt = env.device.tensor(q, { dtype: env.dtype, shape: [plan.numRows, numQHeads, headDim] });
@@ -335,6 +337,34 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       using layer = layerFor(device, env, { chunkSize: 32, topK: 3, decode: 'moba' });
       const entries = [...lengths.keys()].map((seq) => ({ seq, newTokens: rng.int(1, 2) }));
       checkStep(env, layer, await step(env, layer, entries), `moba decode, batch ${batch}`);
+    }
+  });
+
+  it('moba decode over a NaN key and with an infinite query element: NaN scores rank lowest, other rows unaffected', async () => {
+    using device = open();
+    const shape = { numQHeads: 8, numKVHeads: 2, headDim: 128 };
+    const D = shape.headDim;
+    const rng = rngFor('moba decode NaN and Inf');
+    const env = makeEnv(device, rng, shape, 'bf16', { numLayers: 1, numPages: 128, pageSize: 16, chunkSize: 64 });
+    using cache = env.cache;
+    const seq = cache.addSequence();
+    fill(env, [{ seq, newTokens: 130 }]);
+    // Token 130 (block 2) has a NaN in KV head 0's key: that block's mean key and its score for
+    // KV head 0's query heads are NaN, so those rows never pick it (the reference agrees).
+    fill(env, [{ seq, newTokens: 20 }], (k) => { k[5] = Number.NaN; });
+    fill(env, [{ seq, newTokens: 500 }]);
+    using layer = layerFor(device, env, { chunkSize: 64, topK: 3, decode: 'moba' });
+    checkStep(env, layer, await step(env, layer, [{ seq, newTokens: 1 }]), 'moba decode over a NaN key');
+    // An infinite element in query head 0 of the first of two new tokens: every other (token, head) row,
+    // including the rows that share its KV head and so its union of blocks, equals the reference.
+    const results = await step(env, layer, [{ seq, newTokens: 2 }], [0], undefined, (q) => { q[3] = Number.POSITIVE_INFINITY; });
+    const r = results.get(0)!;
+    const got = rowsOf(env, r, seq);
+    const want = expected(env, layer, 0, r, seq);
+    for (let row = 1; row < 2 * shape.numQHeads; row++) {
+      const g = got.subarray(row * D, (row + 1) * D);
+      expect(g.some(Number.isNaN), `row ${row}: NaN`).toBe(false);
+      expect(relL2(g, want.subarray(row * D, (row + 1) * D)), `row ${row}`).toBeLessThan(4 * TOL.bf16);
     }
   });
 
