@@ -1,0 +1,501 @@
+// The moba gate of decode over the paged KV cache: scores of the complete
+// blocks from the cache's block key sums, each row's top-(k-1) plus its
+// current block, and the union the attention CTAs read. gateKernel selects
+// for an item in its own launch (after scoresKernel when a block spans
+// several key-sum runs); fusedGate lets the attention CTAs select
+// themselves. Included by decode.cu only.
+#pragma once
+#include "common/sm90_sync.cuh"
+#include "decode_common.cuh"
+#include "decode_stream.cuh"
+
+namespace moba {
+namespace {
+
+// scoresKernel: as many CTAs of 128 threads as an SM has threads for, so that
+// on the H200 a grid of up to 132 * 16 blocks (128K tokens, 8 KV heads,
+// chunks of 512) runs in one wave; unbounded, 38 registers allowed only 12
+// per SM and the grid took two.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870 || __CUDA_ARCH__ == 890)
+constexpr int kScoresCtasPerSm = 12;  // 1536 threads per SM
+#else
+constexpr int kScoresCtasPerSm = 16;  // 2048 threads per SM
+#endif
+// gateKernel: 8 warps per item (1024 threads measured no faster: its phases
+// are latency chains); the key sums of up to kGateChunk blocks are copied in
+// at once.
+constexpr int kGateThreads = 256;
+constexpr int kGateChunk = 256;  // blocks whose key sums are in flight at once
+constexpr size_t kGateStaticBytes = kGateChunk * 4 + 64;  // its static shared memory (sumPage, unionSize)
+constexpr int kSelectBatch = 8;
+// Fused gate (see fusedGate): key sums of up to kFusedChunk blocks in flight per CTA.
+constexpr int kFusedChunk = 64;
+// A block's key sum in the gates' shared tiles: padded so that the eight
+// lanes reading one block stay conflict-free next to the other blocks.
+template <int D>
+constexpr int kSumRow = D + 16;
+
+// ---------------------------------------------------------------- kernels --
+
+// moba: scores[(row * numQHeads + head) * maxPast + j] = q . centroid_j for
+// every complete block j of the sequence; centroid = page sums / chunkSize.
+// One CTA per block: its threads split the block's pages so that all of a
+// block's page sums are in flight at once, then one warp per query row.
+template <int D, bool kBf16>
+__global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const DecodeArgs a) {
+  allowDependentGrid();
+  constexpr int kCols = D / 4;                // float4 columns of a page's sums
+  constexpr int kGroups = kThreads / kCols;   // threads per column
+  __shared__ float4 part[kThreads];
+  __shared__ float cent[D];
+  extern __shared__ float qf[];  // [qLen * group, D] fp32
+  SeqView s;
+  if (!loadSeq(a, blockIdx.z, &s)) return;
+  const int h = blockIdx.y;
+  const int j = blockIdx.x;
+  if (j >= min((s.kvLen - 1) / a.chunkSize, a.maxPast)) return;
+  const int tid = threadIdx.x;
+  const int R = s.qLen * a.group;
+  for (int e = tid; e < R * D; e += kThreads) {
+    const int r = e / D, d = e - r * D;
+    qf[e] = widen<kBf16>(a.q[globalRowOf(a, s, h, r) * D + d]);
+  }
+  const int col = tid % kCols, grp = tid / kCols;
+  // The block's key-sum runs, each read at its last page.
+  const int runsPerBlock = a.chunkSize / (a.pageSize * a.sumPages);
+  const int32_t* pages = s.pages + static_cast<int64_t>(j) * runsPerBlock * a.sumPages + a.sumPages - 1;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+  for (int p = grp; p < runsPerBlock; p += kGroups) {
+    const int pg = pages[p * a.sumPages];
+    if (pg < 0 || pg >= a.numPages) continue;
+    const float4 v =
+        *reinterpret_cast<const float4*>(a.sums + pg * a.sumsPageStride + static_cast<int64_t>(h) * D + col * 4);
+    acc.x += v.x;
+    acc.y += v.y;
+    acc.z += v.z;
+    acc.w += v.w;
+  }
+  part[tid] = acc;
+  __syncthreads();
+  if (tid < kCols) {
+    float4 c = part[tid];
+    for (int g = 1; g < kGroups; ++g) {
+      const float4 o = part[g * kCols + tid];
+      c.x += o.x;
+      c.y += o.y;
+      c.z += o.z;
+      c.w += o.w;
+    }
+    const float inv = 1.f / static_cast<float>(a.chunkSize);
+    cent[tid * 4] = c.x * inv;
+    cent[tid * 4 + 1] = c.y * inv;
+    cent[tid * 4 + 2] = c.z * inv;
+    cent[tid * 4 + 3] = c.w * inv;
+  }
+  __syncthreads();
+  const int lane = tid & 31, warp = tid >> 5;
+  for (int r = warp; r < R; r += kThreads / 32) {
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < D / 32; ++k) dot += qf[r * D + lane + 32 * k] * cent[lane + 32 * k];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    if (lane == 0) a.scores[globalRowOf(a, s, h, r) * a.maxPast + j] = dot;
+  }
+}
+
+// Where the selection of an item lives in the workspace.
+__device__ __forceinline__ int32_t* selectionOf(const DecodeArgs& a, int64_t item) {
+  return a.selection + item * (1 + 2 * static_cast<int64_t>(a.unionCap));
+}
+
+// moba gates: the page holding each of the blocks [c0, c0 + n) key sum, then
+// those sums copied into `sumTile` (16-byte cp.async, one commit group; the
+// caller waits). All page-index loads are in flight before any copy: a
+// cp.async between two of them would order them one after another.
+template <int D>
+__device__ __forceinline__ void copySumTile(const DecodeArgs& a, const SeqView& s, int h, int c0, int n, int* sumPage,
+                                            float* sumTile) {
+  const int tid = threadIdx.x, threads = blockDim.x;
+  for (int i = tid; i < n; i += threads) {
+    const int pg = s.pages[static_cast<int64_t>(c0 + i + 1) * a.sumPages - 1];
+    sumPage[i] = pg >= 0 && pg < a.numPages ? pg : -1;
+  }
+  __syncthreads();
+  const float* sumsHead = a.sums + static_cast<int64_t>(h) * D;
+  for (int e = tid; e < n * (D / 4); e += threads) {
+    const int blk = e / (D / 4), col = e - blk * (D / 4);
+    const int pg = sumPage[blk];
+    const bool ok = pg >= 0;
+    ptx::cpAsync16(smemAddr(sumTile + blk * kSumRow<D> + col * 4),
+                   sumsHead + static_cast<int64_t>(ok ? pg : 0) * a.sumsPageStride + col * 4, ok);
+  }
+  ptx::cpAsyncCommit();
+}
+
+// Scores of the first n blocks of a key-sum tile against rows [0, rowsHere):
+// eight lanes per block; lane `part` takes dims [32u + 4 part, +4) of the
+// block (a quarter-warp reads one row: 32 banks) and keeps the same dims of
+// four query rows in registers for all its blocks, so a block costs 4 shared
+// loads, not 4 per row. qAt(r, d): dims [d, d + 4) of row r as floats;
+// store(r, blk, score) receives every score. Both gates score this way, so a
+// block's score is the same bits whichever gate runs.
+template <int D, class QAt, class Store>
+__device__ __forceinline__ void scoreSumTile(const float* sumTile, int n, int rowsHere, float inv, QAt qAt, Store store) {
+  constexpr int kLanes = 8;
+  constexpr int kVec = D / kLanes / 4;  // float4 per lane
+  const int part = threadIdx.x % kLanes;
+  const int perRound = blockDim.x / kLanes;
+  for (int r0 = 0; r0 < rowsHere; r0 += 4) {
+    float4 qv[4][kVec];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) qv[r][u] = r0 + r < rowsHere ? qAt(r0 + r, u * 32 + part * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    // Whole warps go round together: the shuffles need every lane.
+    for (int b0 = 0; b0 < n; b0 += perRound) {
+      const int blk = b0 + static_cast<int>(threadIdx.x) / kLanes;
+      float dot[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int u = 0; u < kVec; ++u) {
+        const float4 v = *reinterpret_cast<const float4*>(sumTile + min(blk, n - 1) * kSumRow<D> + u * 32 + part * 4);
+        const float4 c = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          dot[r] = fmaf(qv[r][u].x, c.x, dot[r]);
+          dot[r] = fmaf(qv[r][u].y, c.y, dot[r]);
+          dot[r] = fmaf(qv[r][u].z, c.z, dot[r]);
+          dot[r] = fmaf(qv[r][u].w, c.w, dot[r]);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+#pragma unroll
+        for (int off = 1; off < kLanes; off <<= 1) dot[r] += __shfl_xor_sync(0xffffffffu, dot[r], off);
+      }
+      if (blk < n && part < 4 && r0 + part < rowsHere) {
+        store(r0 + part, blk, part == 0 ? dot[0] : part == 1 ? dot[1] : part == 2 ? dot[2] : dot[3]);
+      }
+    }
+  }
+}
+
+// The gate's ranking of (score, block) (common/moba_rank.cuh: higher score
+// first, NaN below every number, -0 equal to +0, ties to the lower block) as
+// one unsigned comparison: monotone score bits above the inverted block
+// index. 0 ranks below every entry and stands for "none".
+__device__ __forceinline__ uint64_t orderKey(float score, int j) {
+  uint32_t hi = 0u;  // NaN
+  if (!isnan(score)) {
+    const uint32_t f = score == 0.f ? 0u : __float_as_uint(score);
+    hi = (f & 0x80000000u) ? ~f : (f | 0x80000000u);
+  }
+  return (static_cast<uint64_t>(hi) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
+}
+__device__ __forceinline__ int blockOfKey(uint64_t key) { return static_cast<int>(0xffffffffu - static_cast<uint32_t>(key)); }
+
+// The warp's largest key, in every lane: two single-instruction reductions.
+__device__ __forceinline__ uint64_t warpMaxKey(uint64_t key) {
+  const uint32_t hi = __reduce_max_sync(0xffffffffu, static_cast<uint32_t>(key >> 32));
+  const uint32_t lo = __reduce_max_sync(0xffffffffu, static_cast<uint32_t>(key >> 32) == hi ? static_cast<uint32_t>(key) : 0u);
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
+// Row `lr` picked block j (lane 0 of the row's warp).
+__device__ __forceinline__ void pick(int32_t* sel, int32_t* bitmap, int topK, int lr, int n, int j) {
+  sel[lr * topK + n] = j;
+  atomicOr(&bitmap[j >> 5], 1 << (j & 31));
+}
+
+// Every thread of the CTA: the union of the rows' picks (bits of `bitmap`),
+// ascending, and every block's mask of the rows that picked it. unionRows
+// must be zero on entry.
+__device__ __forceinline__ void buildUnion(const DecodeArgs& a, int rowsHere, const int32_t* bitmap, int32_t* wordPrefix,
+                                           const int32_t* sel, const int32_t* selCount, int32_t* unionList,
+                                           uint32_t* unionRows, int* unionSize) {
+  const int tid = threadIdx.x, lane = tid & 31;
+  __syncthreads();
+  // An exclusive scan of the bitmap's popcounts, then every set bit written at its rank.
+  if (tid < 32) {
+    int running = 0;
+    for (int base = 0; base < a.bitmapWords; base += 32) {
+      const int w = base + lane;
+      uint32_t word = w < a.bitmapWords ? static_cast<uint32_t>(bitmap[w]) : 0u;
+      const int cnt = __popc(word);
+      int incl = cnt;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int o = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += o;
+      }
+      const int excl = running + incl - cnt;
+      if (w < a.bitmapWords) {
+        wordPrefix[w] = excl;
+        for (int k = excl; word; ++k) {
+          const int bit = __ffs(static_cast<int>(word)) - 1;
+          word &= word - 1;
+          if (k < a.unionCap) unionList[k] = w * 32 + bit;
+        }
+      }
+      running += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) *unionSize = min(running, a.unionCap);
+  }
+  __syncthreads();
+  for (int e = tid; e < rowsHere * a.topK; e += blockDim.x) {
+    const int lr = e / a.topK, n = e - lr * a.topK;
+    if (n >= selCount[lr]) continue;
+    const int j = sel[e];
+    const int u = wordPrefix[j >> 5] + __popc(static_cast<uint32_t>(bitmap[j >> 5]) & ((1u << (j & 31)) - 1u));
+    if (u < a.unionCap) atomicOr(&unionRows[u], 1u << lr);
+  }
+  __syncthreads();
+}
+
+// moba: the gate of one (KV head x row tile, sequence) item. Scores come from
+// scoresKernel (`scoresReady`) or are computed here from one key sum per block
+// (the cache's key-sum block is the layer's block). Then every row's
+// top-(k-1) by repeated arg-max below the previous pick, its current block,
+// and the union with its row masks.
+template <int D, bool kBf16>
+__global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a) {
+  allowDependentGrid();
+  constexpr int kWarps = kGateThreads / 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int RT = a.rowTileRows;
+  const int h = blockIdx.x / a.rowTiles, rt = blockIdx.x - h * a.rowTiles;
+  const int b = blockIdx.y;
+  SeqView s;
+  if (!loadSeq(a, b, &s) || rt * RT >= s.qLen * a.group) return;
+  const int row0 = rt * RT;
+  const int rowsHere = min(RT, s.qLen * a.group - row0);
+  const int64_t item = (static_cast<int64_t>(b) * a.numKVHeads + h) * a.rowTiles + rt;
+
+  float* qf = reinterpret_cast<float*>(smem);              // [RT][D]
+  float* sumTile = qf + RT * D;                            // [kGateChunk][kSumRow] unless scoresReady
+  float* stage = sumTile + (a.scoresReady ? 0 : kGateChunk * kSumRow<D>);  // [RT][maxPast] when staged
+  int32_t* bitmap = reinterpret_cast<int32_t*>(stage + (a.stageScores ? RT * a.maxPast : 0));
+  int32_t* wordPrefix = bitmap + a.bitmapWords;
+  int32_t* sel = wordPrefix + a.bitmapWords;               // [RT, topK]
+  int32_t* selCount = sel + RT * a.topK;                   // [RT]
+  int32_t* unionList = selCount + RT;                      // [unionCap]
+  uint32_t* unionRows = reinterpret_cast<uint32_t*>(unionList + a.unionCap);
+  __shared__ int unionSize;
+  __shared__ int sumPage[kGateChunk];  // page holding each block's key sum (-1: none)
+
+  auto globalRow = [&](int lr) { return globalRowOf(a, s, h, row0 + lr); };
+  // Scores of local row lr: staged here, or in the workspace (L2: written by
+  // this CTA or by scoresKernel, never through this SM's L1 for the latter).
+  auto scoreAt = [&](int lr, int j) {
+    return a.stageScores ? stage[lr * a.maxPast + j] : __ldcg(a.scores + globalRow(lr) * a.maxPast + j);
+  };
+  for (int i = tid; i < a.bitmapWords; i += kGateThreads) bitmap[i] = 0;
+  for (int i = tid; i < a.unionCap; i += kGateThreads) unionRows[i] = 0u;
+  const int maxCur = (s.kvLen - 1) / a.chunkSize;  // complete blocks the last row may pick from
+
+  if (!a.scoresReady && maxCur > 0) {
+    const float inv = 1.f / static_cast<float>(a.chunkSize);
+    for (int c0 = 0; c0 < maxCur; c0 += kGateChunk) {
+      const int n = min(kGateChunk, maxCur - c0);
+      copySumTile<D>(a, s, h, c0, n, sumPage, sumTile);
+      if (c0 == 0) {
+        // The query rows, widened to fp32, while the first sums are in flight.
+        for (int e = tid; e < rowsHere * (D / 4); e += kGateThreads) {
+          const int lr = e / (D / 4), c = e - lr * (D / 4);
+          reinterpret_cast<float4*>(qf)[e] = widen4<kBf16>(*reinterpret_cast<const uint2*>(a.q + globalRow(lr) * D + c * 4));
+        }
+      }
+      ptx::cpAsyncWait<0>();
+      __syncthreads();
+      scoreSumTile<D>(
+          sumTile, n, rowsHere, inv, [&](int r, int d) { return *reinterpret_cast<const float4*>(qf + r * D + d); },
+          [&](int lr, int blk, float score) {
+            if (a.stageScores) {
+              stage[lr * a.maxPast + c0 + blk] = score;
+            } else {
+              a.scores[globalRow(lr) * a.maxPast + c0 + blk] = score;
+            }
+          });
+      __syncthreads();  // the tile is free for the next chunk
+    }
+  }
+  __syncthreads();
+
+  for (int lr = warp; lr < rowsHere; lr += kWarps) {
+    const int gr = row0 + lr, i = gr / a.group;
+    const int t = s.kvLen - s.qLen + i;
+    const int cur = t / a.chunkSize;
+    const int want = min(a.topK - 1, cur);
+    uint64_t prev = ~0ull;  // each pick ranks below the previous one
+    for (int n = 0; n < want; ++n) {
+      uint64_t best = 0;
+      for (int base = 0; base < cur; base += 32 * kSelectBatch) {
+        // kSelectBatch independent loads in flight before the first compare.
+        float v[kSelectBatch];
+#pragma unroll
+        for (int u = 0; u < kSelectBatch; ++u) {
+          const int j = base + u * 32 + lane;
+          v[u] = j < cur ? scoreAt(lr, j) : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < kSelectBatch; ++u) {
+          const int j = base + u * 32 + lane;
+          const uint64_t key = j < cur ? orderKey(v[u], j) : 0;
+          if (key < prev && key > best) best = key;
+        }
+      }
+      best = warpMaxKey(best);
+      if (lane == 0) pick(sel, bitmap, a.topK, lr, n, blockOfKey(best));
+      prev = best;
+    }
+    if (lane == 0) {
+      pick(sel, bitmap, a.topK, lr, want, cur);
+      selCount[lr] = want + 1;
+    }
+  }
+  buildUnion(a, rowsHere, bitmap, wordPrefix, sel, selCount, unionList, unionRows, &unionSize);
+  int32_t* out = selectionOf(a, item);
+  const int n = unionSize;
+  if (tid == 0) out[0] = n;
+  for (int u = tid; u < n; u += kGateThreads) {
+    out[1 + u] = unionList[u];
+    out[1 + a.unionCap + u] = static_cast<int32_t>(unionRows[u]);
+  }
+}
+
+// Cross-CTA hand-offs (one thread, after a CTA barrier that orders the other
+// threads' writes before it): release the CTA's global writes and count it,
+// returning the count before; and the acquiring side.
+__device__ __forceinline__ int arriveRelease(int32_t* counter) {
+  int old;
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+  asm volatile("atom.relaxed.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(old) : "l"(counter) : "memory");
+  return old;
+}
+__device__ __forceinline__ int loadAcquire(const int32_t* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void fenceAcquire() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
+
+// Shared bytes fusedGate needs in the rings' region (host and device agree).
+__host__ __device__ constexpr size_t fusedGateBytes(int D, int RT, int gatePer, int numSlots, int topK, int bitmapWords) {
+  return static_cast<size_t>(kFusedChunk) * 4 + static_cast<size_t>(kFusedChunk) * (D + 16) * 4 +
+         static_cast<size_t>(RT) * gatePer * 8 + static_cast<size_t>(RT) * numSlots * (topK - 1) * 8 +
+         (static_cast<size_t>(RT) * topK + RT + 2 * static_cast<size_t>(bitmapWords)) * 4;
+}
+
+// moba, one launch per step: the numSlots attention CTAs of an item are its
+// gate. Each scores its share of the complete blocks for every row of the
+// tile and publishes each row's top-(k-1) of that share; once all of the
+// item's CTAs have (a counter; the launch is cooperative, so they are all
+// resident and the wait ends), every CTA merges the same candidates into the
+// same selection. The picks equal gateKernel's: the same scores, and a
+// share's top-(k-1) holds every one of its blocks in the row's top-(k-1).
+// Fills unionList / unionRows / unionSize; scratch is the rings' region.
+// Returns whether the CTA counted itself in counters[item].
+template <int D, bool kBf16>
+__device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t item, int slot, int row0, int rowsHere,
+                          const uint16_t* Qs, unsigned char* scratch, int32_t* unionList, uint32_t* unionRows,
+                          int* unionSize) {
+  constexpr int kWarps = kThreads / 32;
+  using L = decode::RowLayout<D>;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int RT = a.rowTileRows;
+  const int keep = a.topK - 1;
+  const int nc = a.numSlots * keep;  // candidates per row
+  const int maxCur = (s.kvLen - 1) / a.chunkSize;
+  const int per = (maxCur + a.numSlots - 1) / a.numSlots;
+  const int jb = min(maxCur, slot * per), je = min(maxCur, jb + per);
+
+  int* sumPage = reinterpret_cast<int*>(scratch);                      // [kFusedChunk]
+  float* sumTile = reinterpret_cast<float*>(sumPage + kFusedChunk);    // [kFusedChunk][kSumRow]
+  uint64_t* stage = reinterpret_cast<uint64_t*>(sumTile + kFusedChunk * kSumRow<D>);  // [RT][gatePer] order keys
+  uint64_t* cand = stage + RT * a.gatePer;                                                // [RT][nc]
+  int32_t* sel = reinterpret_cast<int32_t*>(cand + RT * nc);           // [RT][topK]
+  int32_t* selCount = sel + RT * a.topK;                               // [RT]
+  int32_t* bitmap = selCount + RT;                                     // [bitmapWords]
+  int32_t* wordPrefix = bitmap + a.bitmapWords;                        // [bitmapWords]
+  for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
+  for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
+  auto curOf = [&](int lr) { return (s.kvLen - s.qLen + (row0 + lr) / a.group) / a.chunkSize; };
+
+  // Identical in every CTA of the item, so they all wait or none does.
+  const bool exchange = keep > 0 && maxCur > 0;
+  const bool counted = exchange && a.numSlots > 1;
+  if (exchange) {
+    const float inv = 1.f / static_cast<float>(a.chunkSize);
+    for (int c0 = jb; c0 < je; c0 += kFusedChunk) {
+      const int n = min(kFusedChunk, je - c0);
+      copySumTile<D>(a, s, h, c0, n, sumPage, sumTile);
+      ptx::cpAsyncWait<0>();  // the sums and, the first time, this thread's query rows
+      __syncthreads();
+      scoreSumTile<D>(
+          sumTile, n, rowsHere, inv,
+          [&](int r, int d) { return widen4<kBf16>(*reinterpret_cast<const uint2*>(Qs + r * L::kRowHalves + d)); },
+          [&](int lr, int blk, float score) { stage[lr * a.gatePer + c0 - jb + blk] = orderKey(score, c0 + blk); });
+      __syncthreads();
+    }
+    // Each row's top-(k-1) of this CTA's share (key 0: none).
+    for (int lr = warp; lr < rowsHere; lr += kWarps) {
+      const int cnt = max(0, min(je, curOf(lr)) - jb);
+      uint64_t* out = a.candidates + (item * RT + lr) * nc + slot * keep;
+      uint64_t prev = ~0ull;
+      for (int n = 0; n < keep; ++n) {
+        uint64_t best = 0;
+        for (int k = lane; k < cnt; k += 32) {
+          const uint64_t key = stage[lr * a.gatePer + k];
+          if (key < prev && key > best) best = key;
+        }
+        best = warpMaxKey(best);
+        if (lane == 0) out[n] = best;
+        prev = best;
+      }
+    }
+    if (counted) {
+      __syncthreads();
+      if (tid == 0) {
+        arriveRelease(a.counters + item);
+        while (loadAcquire(a.counters + item) < a.numSlots) {
+        }
+      }
+      __syncthreads();
+    }
+    // Every candidate of the tile's rows (L2: written by other CTAs).
+    for (int e = tid; e < rowsHere * nc; e += kThreads) cand[e] = __ldcg(a.candidates + item * RT * nc + e);
+    __syncthreads();
+  }
+  for (int lr = warp; lr < rowsHere; lr += kWarps) {
+    const int cur = curOf(lr);
+    const int want = exchange ? min(keep, cur) : 0;
+    uint64_t prev = ~0ull;
+    int got = 0;
+    for (; got < want; ++got) {
+      uint64_t best = 0;
+      for (int e = lane; e < nc; e += 32) {
+        const uint64_t key = cand[lr * nc + e];
+        if (key < prev && key > best) best = key;
+      }
+      best = warpMaxKey(best);
+      if (best == 0) break;  // never, as the shares cover every past block; kept so a pick is always in range
+      if (lane == 0) pick(sel, bitmap, a.topK, lr, got, blockOfKey(best));
+      prev = best;
+    }
+    if (lane == 0) {
+      pick(sel, bitmap, a.topK, lr, got, cur);
+      selCount[lr] = got + 1;
+    }
+  }
+  buildUnion(a, rowsHere, bitmap, wordPrefix, sel, selCount, unionList, unionRows, unionSize);
+#if MOBA_DECODE_BULK
+  attn::fenceProxyAsync();  // the rings' bulk copies will overwrite this scratch
+#endif
+  return counted;
+}
+
+}  // namespace
+}  // namespace moba
