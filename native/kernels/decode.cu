@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   constexpr int kWarps = kThreads / 32;
   using L = decode::RowLayout<D>;
   constexpr int RH = L::kRowHalves;
-  using Ring = decode::WarpRing<D, kStages>;
+  using Ring = decode::WarpRing<D, kStages, kTma>;
 
   extern __shared__ __align__(16) unsigned char smem[];
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem);                       // [kWarps][kStages]
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     ptx::cpAsync16(smemAddr(Qs + r * RH + ch * 8), src, r < rowsHere);
   }
   ptx::cpAsyncCommit();
-  Ring ring{rings + warp * kStages * (kTma ? L::kTmaStageHalves : L::kStageHalves), bars + warp * kStages, a.kv, kTma};
+  Ring ring{rings + warp * kStages * Ring::kStageHalves, bars + warp * kStages, a.kv};
   if (lane == 0) ring.init();
   // Causal limit of the rows this thread holds in the MMA layout (-1: padding row).
   int tRow[M][2];
@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
       uint32_t kf[4];
       {
         const int key = (lane & 7) + ((lane >> 4) << 3);
-        ldsm4(kf, decode::tileChunk<D>(ks, key, kk * 2 + ((lane >> 3) & 1), kTma));
+        ldsm4(kf, decode::tileChunk<D, kTma>(ks, key, kk * 2 + ((lane >> 3) & 1)));
       }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -345,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     for (int dp = 0; dp < D / 16; ++dp) {
       uint32_t vf[4];
       const int key = (lane & 7) + (((lane >> 3) & 1) << 3);
-      ldsm4T(vf, decode::tileChunk<D>(vs, key, dp * 2 + (lane >> 4), kTma));
+      ldsm4T(vf, decode::tileChunk<D, kTma>(vs, key, dp * 2 + (lane >> 4)));
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         mma16816<kBf16>(acc[m][2 * dp], pa[m], vf[0], vf[1]);
@@ -719,7 +719,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     a.scoresReady = p.chunkSize / (kv.pageSize * kv.sumPages) > 1 ? 1 : 0;
     const size_t stageBytes = static_cast<size_t>(RT) * maxPast * 4;
     const size_t selectBytes = (static_cast<size_t>(a.bitmapWords) * 2 + static_cast<size_t>(RT) * p.topK + RT) * 4;
-    gateSmem = (static_cast<size_t>(RT) * D + (a.scoresReady ? 0 : static_cast<size_t>(kGateChunk) * (D + 16))) * 4 +
+    gateSmem = (static_cast<size_t>(RT) * D + (a.scoresReady ? 0 : static_cast<size_t>(kGateChunk) * sumRowFloats(D))) * 4 +
                selectBytes + unionBytes;
     // The rows' scores stay in shared memory when they fit, else in the workspace.
     a.stageScores = !a.scoresReady && gateSmem + kGateStaticBytes + stageBytes <= ctx.maxSharedPerBlockOptin ? 1 : 0;
@@ -732,16 +732,16 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   // 12% faster). Full decode streams faster with row copies (tensor copies
   // of 16 x 64 boxes: 6% slower at 1 x 128K and 16 x 32K). Every tile must be
   // 16 keys of one page: pages and blocks of a multiple of 16 keys.
-  if (moba && ctx.ccMajor == 9 && kv.pageSize % decode::kWarpKeys == 0 && p.chunkSize % decode::kWarpKeys == 0 &&
-      poolTensorMap(kv, &a.kvMap)) {
-    a.tma = 1;
+  const bool tma = moba && ctx.ccMajor == 9 && kv.pageSize % decode::kWarpKeys == 0 &&
+                   p.chunkSize % decode::kWarpKeys == 0 && poolTensorMap(kv, &a.kvMap);
+  if (tma) {
     a.kvRow0 = static_cast<int>(kv.layerOffset() / D);
     a.pageRows = static_cast<int>(kv.pageStride() / D);
     a.vRows = static_cast<int>(kv.vOffset() / D);
   }
   a.regionBytes = static_cast<int>(regionBytes);
   // (+ up to 1023 bytes that align the rings for tensor copies)
-  const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + (a.tma ? 1024 : 0) + regionBytes + unionBytes;
+  const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + (tma ? 1024 : 0) + regionBytes + unionBytes;
   const size_t worst = std::max({smemBytes, scoresSmem, gateSmem + (moba ? kGateStaticBytes : 0)});
   if (worst > ctx.maxSharedPerBlockOptin) {
     return Status::Invalid("decode: the batch needs " + std::to_string(worst) +
@@ -750,7 +750,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   // Slots per item: enough CTAs for one full wave (every SM holding as many
   // as fit), so that batch 1 at long context still keeps every SM streaming.
   int perSm = 1;
-  const void* attention = a.tma ? kernels.decodeTma : kernels.decode;
+  const void* attention = tma ? kernels.decodeTma : kernels.decode;
   MOBA_RETURN_IF_ERROR(prepareKernel(attention, smemBytes, kThreads, &perSm));
   const int64_t target = static_cast<int64_t>(ctx.smCount > 0 ? ctx.smCount : 132) * perSm;
   const int slotsWanted = static_cast<int>(std::min<int64_t>(kMaxSlots, std::max<int64_t>(1, target / items)));

@@ -30,7 +30,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeArgs {
   CUtensorMap kvMap;    // tma: the pool as rows of headDim elements (128-byte swizzled boxes of 16 x 64)
-  int tma;              // the host chose the kTma kernel (K/V tiles by tensor copies)
   int kvRow0, pageRows, vRows;  // tma: the layer's first row, rows per page, rows from K to V
   const uint16_t* q;
   uint16_t* out;

@@ -32,8 +32,8 @@ constexpr int kSelectBatch = 8;
 constexpr int kFusedChunk = 64;
 // A block's key sum in the gates' shared tiles: padded so that the eight
 // lanes reading one block stay conflict-free next to the other blocks.
-template <int D>
-constexpr int kSumRow = D + 16;
+// Floats per block in those tiles (also the host's shared-memory sizes).
+__host__ __device__ constexpr int sumRowFloats(int D) { return D + 16; }
 
 // ---------------------------------------------------------------- kernels --
 
@@ -128,7 +128,7 @@ __device__ __forceinline__ void copySumTile(const DecodeArgs& a, const SeqView& 
     const int blk = e / (D / 4), col = e - blk * (D / 4);
     const int pg = sumPage[blk];
     const bool ok = pg >= 0;
-    ptx::cpAsync16(smemAddr(sumTile + blk * kSumRow<D> + col * 4),
+    ptx::cpAsync16(smemAddr(sumTile + blk * sumRowFloats(D) + col * 4),
                    sumsHead + static_cast<int64_t>(ok ? pg : 0) * a.sumsPageStride + col * 4, ok);
   }
   ptx::cpAsyncCommit();
@@ -160,7 +160,7 @@ __device__ __forceinline__ void scoreSumTile(const float* sumTile, int n, int ro
       float dot[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int u = 0; u < kVec; ++u) {
-        const float4 v = *reinterpret_cast<const float4*>(sumTile + min(blk, n - 1) * kSumRow<D> + u * 32 + part * 4);
+        const float4 v = *reinterpret_cast<const float4*>(sumTile + min(blk, n - 1) * sumRowFloats(D) + u * 32 + part * 4);
         const float4 c = make_float4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
@@ -201,6 +201,16 @@ __device__ __forceinline__ uint64_t warpMaxKey(uint64_t key) {
   const uint32_t hi = __reduce_max_sync(0xffffffffu, static_cast<uint32_t>(key >> 32));
   const uint32_t lo = __reduce_max_sync(0xffffffffu, static_cast<uint32_t>(key >> 32) == hi ? static_cast<uint32_t>(key) : 0u);
   return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
+// The warp's largest of keys[0, count) that ranks below `prev` (0: none).
+__device__ __forceinline__ uint64_t warpBestBelow(const uint64_t* keys, int count, uint64_t prev) {
+  uint64_t best = 0;
+  for (int k = threadIdx.x & 31; k < count; k += 32) {
+    const uint64_t key = keys[k];
+    if (key < prev && key > best) best = key;
+  }
+  return warpMaxKey(best);
 }
 
 // Row `lr` picked block j (lane 0 of the row's warp).
@@ -275,8 +285,8 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
   const int64_t item = (static_cast<int64_t>(b) * a.numKVHeads + h) * a.rowTiles + rt;
 
   float* qf = reinterpret_cast<float*>(smem);              // [RT][D]
-  float* sumTile = qf + RT * D;                            // [kGateChunk][kSumRow] unless scoresReady
-  float* stage = sumTile + (a.scoresReady ? 0 : kGateChunk * kSumRow<D>);  // [RT][maxPast] when staged
+  float* sumTile = qf + RT * D;                            // [kGateChunk][sumRowFloats] unless scoresReady
+  float* stage = sumTile + (a.scoresReady ? 0 : kGateChunk * sumRowFloats(D));  // [RT][maxPast] when staged
   int32_t* bitmap = reinterpret_cast<int32_t*>(stage + (a.stageScores ? RT * a.maxPast : 0));
   int32_t* wordPrefix = bitmap + a.bitmapWords;
   int32_t* sel = wordPrefix + a.bitmapWords;               // [RT, topK]
@@ -384,7 +394,7 @@ __device__ __forceinline__ void fenceAcquire() { asm volatile("fence.acq_rel.gpu
 
 // Shared bytes fusedGate needs in the rings' region (host and device agree).
 __host__ __device__ constexpr size_t fusedGateBytes(int D, int RT, int gatePer, int numSlots, int topK, int bitmapWords) {
-  return static_cast<size_t>(kFusedChunk) * 4 + static_cast<size_t>(kFusedChunk) * (D + 16) * 4 +
+  return static_cast<size_t>(kFusedChunk) * 4 + static_cast<size_t>(kFusedChunk) * sumRowFloats(D) * 4 +
          static_cast<size_t>(RT) * gatePer * 8 + static_cast<size_t>(RT) * numSlots * (topK - 1) * 8 +
          (static_cast<size_t>(RT) * topK + RT + 2 * static_cast<size_t>(bitmapWords)) * 4;
 }
@@ -413,8 +423,8 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   const int jb = min(maxCur, slot * per), je = min(maxCur, jb + per);
 
   int* sumPage = reinterpret_cast<int*>(scratch);                      // [kFusedChunk]
-  float* sumTile = reinterpret_cast<float*>(sumPage + kFusedChunk);    // [kFusedChunk][kSumRow]
-  uint64_t* stage = reinterpret_cast<uint64_t*>(sumTile + kFusedChunk * kSumRow<D>);  // [RT][gatePer] order keys
+  float* sumTile = reinterpret_cast<float*>(sumPage + kFusedChunk);    // [kFusedChunk][sumRowFloats]
+  uint64_t* stage = reinterpret_cast<uint64_t*>(sumTile + kFusedChunk * sumRowFloats(D));  // [RT][gatePer] order keys
   uint64_t* cand = stage + RT * a.gatePer;                                                // [RT][nc]
   int32_t* sel = reinterpret_cast<int32_t*>(cand + RT * nc);           // [RT][topK]
   int32_t* selCount = sel + RT * a.topK;                               // [RT]
@@ -446,12 +456,7 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
       uint64_t* out = a.candidates + (item * RT + lr) * nc + slot * keep;
       uint64_t prev = ~0ull;
       for (int n = 0; n < keep; ++n) {
-        uint64_t best = 0;
-        for (int k = lane; k < cnt; k += 32) {
-          const uint64_t key = stage[lr * a.gatePer + k];
-          if (key < prev && key > best) best = key;
-        }
-        best = warpMaxKey(best);
+        const uint64_t best = warpBestBelow(stage + lr * a.gatePer, cnt, prev);
         if (lane == 0) out[n] = best;
         prev = best;
       }
@@ -475,12 +480,7 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
     uint64_t prev = ~0ull;
     int got = 0;
     for (; got < want; ++got) {
-      uint64_t best = 0;
-      for (int e = lane; e < nc; e += 32) {
-        const uint64_t key = cand[lr * nc + e];
-        if (key < prev && key > best) best = key;
-      }
-      best = warpMaxKey(best);
+      const uint64_t best = warpBestBelow(cand + lr * nc, nc, prev);
       if (best == 0) break;  // never, as the shares cover every past block; kept so a pick is always in range
       if (lane == 0) pick(sel, bitmap, a.topK, lr, got, blockOfKey(best));
       prev = best;

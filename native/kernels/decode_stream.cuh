@@ -42,10 +42,10 @@ struct RowLayout {
 
 // Where 16-byte chunk c (dims [8c, 8c + 8)) of row `row` of a K or V tile
 // lives, in either layout.
-template <int D>
-__device__ __forceinline__ const uint16_t* tileChunk(const uint16_t* base, int row, int c, bool tma) {
+template <int D, bool kTma>
+__device__ __forceinline__ const uint16_t* tileChunk(const uint16_t* base, int row, int c) {
   using L = RowLayout<D>;
-  return tma ? base + (c >> 3) * L::kTmaSubtileHalves + row * 64 + (((c & 7) ^ (row & 7)) << 3)
+  return kTma ? base + (c >> 3) * L::kTmaSubtileHalves + row * 64 + (((c & 7) ^ (row & 7)) << 3)
              : base + row * L::kRowHalves + c * 8;
 }
 
@@ -56,19 +56,19 @@ __device__ __forceinline__ const uint16_t* tileChunk(const uint16_t* base, int r
 #endif
 
 // One warp's ring. `stages` points at kStages * kStageHalves halves; `bars` at
-// kStages mbarriers (used on sm_90 only).
-template <int D, int kStages>
+// kStages mbarriers (used on sm_90 only). kTma: the tensor-map layout (else
+// padded rows).
+template <int D, int kStages, bool kTma>
 struct WarpRing {
   using L = RowLayout<D>;
+  static constexpr int kStageHalves = kTma ? L::kTmaStageHalves : L::kStageHalves;
   uint16_t* stages;
   uint64_t* bars;
   const uint16_t* anyValid;  // a readable global address for zero-size cp.async (older archs)
-  bool tma;                  // the tensor-map layout (else padded rows)
 
-  __device__ __forceinline__ int stageHalves() const { return tma ? L::kTmaStageHalves : L::kStageHalves; }
-  __device__ __forceinline__ uint16_t* kMut(int stage) const { return stages + stage * stageHalves(); }
+  __device__ __forceinline__ uint16_t* kMut(int stage) const { return stages + stage * kStageHalves; }
   __device__ __forceinline__ uint16_t* vMut(int stage) const {
-    return kMut(stage) + (tma ? kWarpKeys * D : kWarpKeys * L::kRowHalves);
+    return kMut(stage) + (kTma ? kWarpKeys * D : kWarpKeys * L::kRowHalves);
   }
   __device__ __forceinline__ const uint16_t* k(int stage) const { return kMut(stage); }
   __device__ __forceinline__ const uint16_t* v(int stage) const { return vMut(stage); }
