@@ -39,6 +39,59 @@
 namespace moba {
 namespace {
 
+// Split-KV in a cluster (the item's numSlots CTAs): once every CTA's
+// normalized partial and row log-sum-exps are in its shared memory (`partO`,
+// `lse`: the same offsets in every CTA), CTA `slot` merges its share of the
+// tile's (row, 4 columns) elements, reading the other CTAs' shared memory,
+// and writes them out. Then it waits until every CTA is done reading its
+// own, so that none exits while another still reads from it. Out of line:
+// the split-KV merge through global memory stays as it was in the kernel.
+template <int D, bool kBf16>
+__device__ __noinline__ void clusterMerge(const DecodeArgs& a, SeqView s, int h, int slot, int row0, int rowsHere,
+                                          int RT, const float* partO, const float* lse) {
+  attn::clusterArrive();  // release: this CTA's partial is written
+  attn::clusterWait();    // acquire: every CTA's is
+  const int elems = rowsHere * (D / 4);
+  const int per = (elems + a.numSlots - 1) / a.numSlots;
+  const int eEnd = min(elems, (slot + 1) * per);
+  for (int e = slot * per + static_cast<int>(threadIdx.x); e < eEnd; e += kThreads) {
+    const int lr = e / (D / 4), d = (e - lr * (D / 4)) * 4;
+    const uint32_t oAt = smemAddr(partO + lr * D + d), lAt = smemAddr(lse + lr);
+    float l[kMaxCluster];
+    float4 v[kMaxCluster];
+#pragma unroll
+    for (int u = 0; u < kMaxCluster; ++u) {
+      if (u < a.numSlots) {
+        l[u] = attn::clusterLoad(attn::clusterMap(lAt, u));
+        v[u] = attn::clusterLoad4(attn::clusterMap(oAt, u));
+      }
+    }
+    float mx = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kMaxCluster; ++u) {
+      if (u < a.numSlots) mx = fmaxf(mx, l[u]);
+    }
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    float sum = 0.f;
+#pragma unroll
+    for (int u = 0; u < kMaxCluster; ++u) {
+      if (u < a.numSlots) {
+        const float f = mx == -INFINITY ? 0.f : exp2f(l[u] - mx);
+        sum += f;
+        o.x += f * v[u].x;
+        o.y += f * v[u].y;
+        o.z += f * v[u].z;
+        o.w += f * v[u].w;
+      }
+    }
+    storeRow4<kBf16>(a.out + globalRowOf(a, s, h, row0 + lr) * D + d, o, sum > 0.f ? 1.f / sum : 0.f);
+  }
+  // Only this CTA's reads have to be over (their values are used above): no
+  // release, which would also wait for the output stores.
+  attn::clusterArriveRelaxed();
+  attn::clusterWait();
+}
+
 // One CTA per (slot, KV head x row tile, sequence). M: 16-row MMA tiles per CTA.
 // The CTA's keys come in virtual tiles of kTile keys; warp w owns keys
 // [16w, 16w + 16) of every one of them and streams them through its own ring
@@ -83,6 +136,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     if (a.moba) waitForPrimaryGrid();
     return;
   }
+  const bool cluster = kTma && a.cluster;
   const int R = s.qLen * a.group;
   const int row0 = rt * RT;
   const int rowsHere = min(RT, R - row0);
@@ -117,7 +171,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   bool gateCounted = false;  // this CTA already counted itself in counters[item] (fused gate)
   if (a.moba) {
     if (a.fusedGate) {
-      gateCounted = fusedGate<D, kBf16>(a, s, h, item, slot, row0, rowsHere, Qs, region, unionList, unionRows, &unionSize);
+      gateCounted = fusedGate<D, kBf16, kTma>(a, s, h, item, slot, row0, rowsHere, Qs, region, bars + kWarps * kStages,
+                                              unionList, unionRows, &unionSize);
     } else {
       // The item's selection, written by gateKernel.
       waitForPrimaryGrid();
@@ -412,6 +467,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     lseRow[lr] = l > 0.f ? mx + log2f(l) : -INFINITY;
   }
   __syncthreads();
+  // Cluster: the CTA's partial stays in its shared memory, after the warps' merge.
+  float* clusterO = lseRow + RT;  // [RT][D]
   float* partO = a.partO + (static_cast<int64_t>(item) * a.numSlots + slot) * RT * D;
   float* partL = a.partL + (static_cast<int64_t>(item) * a.numSlots + slot) * RT;
   for (int e = tid; e < rowsHere * (D / 4); e += kThreads) {
@@ -428,12 +485,19 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     }
     if (a.numSlots == 1) {
       storeRow4<kBf16>(a.out + globalRowOf(a, s, h, row0 + lr) * D + d, o, 1.f);
+    } else if (cluster) {
+      *reinterpret_cast<float4*>(clusterO + lr * D + d) = o;
     } else {
       *reinterpret_cast<float4*>(partO + lr * D + d) = o;
       if (d == 0) partL[lr] = lseRow[lr];
     }
   }
   if (a.numSlots == 1) return;
+
+  if (cluster) {
+    clusterMerge<D, kBf16>(a, s, h, slot, row0, rowsHere, RT, clusterO, lseRow);
+    return;
+  }
 
   // Split-KV: the last CTA of the group to finish merges every slot.
   __syncthreads();
@@ -562,29 +626,83 @@ Status prepareKernel(const void* kernel, size_t bytes, int threads, int* perSm) 
   return Status::Ok();
 }
 
-enum class LaunchMode { Plain, Dependent, Cooperative };
+// How a grid is launched. dependent: programmatic dependent launch (it may
+// start before the previous kernel ends). cooperative: every CTA resident at
+// once (the fused gate's CTAs wait for each other). cluster > 1: every
+// `cluster` CTAs along x form one thread-block cluster (resident together,
+// sharing their shared memory).
+struct LaunchMode {
+  bool dependent = false;
+  bool cooperative = false;
+  int cluster = 0;
+};
 
-// Dependent: programmatic dependent launch (may start before the previous
-// kernel ends). Cooperative: every CTA resident at once (the fused gate's
-// CTAs wait for each other).
-Status launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArgs& args, LaunchMode mode, CudaContext& ctx) {
+cudaLaunchConfig_t launchConfig(dim3 grid, int threads, size_t smem, LaunchMode mode, cudaStream_t stream,
+                                cudaLaunchAttribute (&attr)[2]) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(threads);
   cfg.dynamicSmemBytes = smem;
-  cfg.stream = ctx.stream;
-  cudaLaunchAttribute attr[1];
-  if (mode == LaunchMode::Dependent) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-  } else {
-    attr[0].id = cudaLaunchAttributeCooperative;
-    attr[0].val.cooperative = 1;
+  cfg.stream = stream;
+  unsigned n = 0;
+  if (mode.dependent) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (mode.cooperative) {
+    attr[n].id = cudaLaunchAttributeCooperative;
+    attr[n++].val.cooperative = 1;
+  } else if (mode.cluster > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = static_cast<unsigned>(mode.cluster);
+    attr[n].val.clusterDim.y = 1;
+    attr[n++].val.clusterDim.z = 1;
   }
   cfg.attrs = attr;
-  cfg.numAttrs = mode == LaunchMode::Plain ? 0 : 1;
+  cfg.numAttrs = n;
+  return cfg;
+}
+
+Status launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArgs& args, LaunchMode mode, CudaContext& ctx) {
+  cudaLaunchAttribute attr[2];
+  cudaLaunchConfig_t cfg = launchConfig(grid, threads, smem, mode, ctx.stream, attr);
   void* params[] = {&args};
   return cudaStatus(cudaLaunchKernelExC(&cfg, kernel, params), "decode launch");
+}
+
+// Whether clusters of `size` CTAs of `kernel` (with `smem` bytes each) fit on
+// the device: sizes above 8 are non-portable (allowed on sm_90 when asked
+// for), and a cluster's CTAs must fit in one GPC. Cached per (kernel, device,
+// size, smem); JavaScript thread only. Errors count as "no".
+bool clusterFits(const void* kernel, int size, size_t smem, CudaContext& ctx) {
+  struct Known {
+    const void* kernel;
+    int device, size;
+    size_t smem;
+    bool fits;
+  };
+  static std::vector<Known> known;
+  int dev = 0;
+  cudaGetDevice(&dev);
+  for (const Known& k : known) {
+    if (k.kernel == kernel && k.device == dev && k.size == size && k.smem == smem) return k.fits;
+  }
+  bool fits = true;
+  if (size > 8) {
+    fits = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+  }
+  if (fits) {
+    cudaLaunchAttribute attr[2];
+    LaunchMode mode;
+    mode.cluster = size;
+    cudaLaunchConfig_t cfg = launchConfig(dim3(size), kThreads, smem, mode, ctx.stream, attr);
+    int clusters = 0;
+    fits = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0;
+  }
+  cudaGetLastError();  // a refusal above is an answer, not a pending error
+  if (known.size() >= 64) known.erase(known.begin());
+  known.push_back({kernel, dev, size, smem, fits});
+  return fits;
 }
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -760,15 +878,35 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   } else {
     a.numSlots = static_cast<int>(ceilDiv(maxTiles, ceilDiv(maxTiles, slotsWanted)));
   }
-  // The fused gate: when a block is one key-sum run, the whole grid fits on
-  // the GPU at once (a cooperative launch) and its scratch fits in the rings'
-  // region, the attention CTAs gate themselves: one launch, no selection
-  // round trip through a second kernel.
-  if (moba && !a.scoresReady && ctx.cooperativeLaunch && items * a.numSlots <= target) {
-    a.gatePer = static_cast<int>(ceilDiv(std::max(maxPast, 1), a.numSlots));
-    a.fusedGate = fusedGateBytes(D, RT, a.gatePer, a.numSlots, p.topK, a.bitmapWords) <= regionBytes ? 1 : 0;
+  // Clusters (moba with tensor copies, so sm_90): the item's CTAs, at most
+  // kMaxCluster of them, form one thread-block cluster and merge their
+  // split-KV partials through each other's shared memory, with cluster
+  // barriers in place of a global counter and a last-CTA merge (the
+  // 1 x 128K (512, 3) step: 33 CTAs per item through global memory, or 16 in
+  // a cluster).
+  // The fused gate: when a block is one key-sum run and its scratch fits in
+  // the rings' region, the attention CTAs gate themselves: one launch, no
+  // selection round trip through a second kernel. Its CTAs exchange their
+  // candidates within the cluster, or, without one, through global memory
+  // when the whole grid fits on the GPU at once (a cooperative launch).
+  auto fusedFits = [&](int slots) {
+    return !a.scoresReady &&
+           fusedGateBytes(D, RT, static_cast<int>(ceilDiv(std::max(maxPast, 1), slots)), slots, p.topK, a.bitmapWords) <=
+               regionBytes;
+  };
+  if (moba && tma && a.numSlots > 1 && warpMergeBytes + static_cast<size_t>(RT) * D * 4 <= regionBytes) {
+    int size = std::min(a.numSlots, kMaxCluster);
+    if (size > 8 && !clusterFits(attention, size, smemBytes, ctx)) size = 8;
+    if (clusterFits(attention, size, smemBytes, ctx)) {
+      a.numSlots = a.cluster = size;
+      a.fusedGate = fusedFits(size) ? 1 : 0;
+    }
   }
-  if (a.numSlots > 1 && (p.counters == nullptr || p.numCounters < items)) {
+  if (moba && !a.cluster && ctx.cooperativeLaunch && items * a.numSlots <= target) {
+    a.fusedGate = fusedFits(a.numSlots) ? 1 : 0;
+  }
+  if (a.fusedGate) a.gatePer = static_cast<int>(ceilDiv(std::max(maxPast, 1), a.numSlots));
+  if (a.numSlots > 1 && !a.cluster && (p.counters == nullptr || p.numCounters < items)) {
     return Status::Invalid("decode: split-KV needs a counters buffer of " + std::to_string(items) + " ints");
   }
   a.counters = p.counters;
@@ -780,8 +918,8 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   const size_t scoreFloats = globalScores ? static_cast<size_t>(p.numRows) * p.numQHeads * maxPast : 0;
   const size_t selectionInts =
       gateKernelRuns ? static_cast<size_t>(items) * (1 + 2 * static_cast<size_t>(a.unionCap))
-                     : a.fusedGate ? static_cast<size_t>(items) * RT * a.numSlots * (p.topK - 1) * 2 : 0;
-  const size_t partials = a.numSlots > 1 ? static_cast<size_t>(items) * a.numSlots * RT : 0;
+                     : a.fusedGate && !a.cluster ? static_cast<size_t>(items) * RT * a.numSlots * (p.topK - 1) * 2 : 0;
+  const size_t partials = a.numSlots > 1 && !a.cluster ? static_cast<size_t>(items) * a.numSlots * RT : 0;
   const size_t scoreBytes = CudaContext::alignUp(scoreFloats * 4);
   const size_t selectionBytes = CudaContext::alignUp(selectionInts * 4);
   const size_t partOBytes = CudaContext::alignUp(partials * D * 4);
@@ -801,19 +939,20 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     if (a.scoresReady && maxPast > 0) {
       MOBA_RETURN_IF_ERROR(prepareKernel(kernels.scores, scoresSmem, kThreads, &unused));
       MOBA_RETURN_IF_ERROR(
-          launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), kThreads, scoresSmem, a, LaunchMode::Plain, ctx));
+          launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), kThreads, scoresSmem, a, LaunchMode{}, ctx));
     }
     // The gate reads key sums this step's append may have completed: plain
     // stream order behind it (a programmatic launch measured no faster).
     MOBA_RETURN_IF_ERROR(prepareKernel(kernels.gate, gateSmem, kGateThreads, &unused));
     MOBA_RETURN_IF_ERROR(
-        launch(kernels.gate, dim3(kv.numKVHeads * rowTiles, p.batch), kGateThreads, gateSmem, a, LaunchMode::Plain, ctx));
+        launch(kernels.gate, dim3(kv.numKVHeads * rowTiles, p.batch), kGateThreads, gateSmem, a, LaunchMode{}, ctx));
   }
   // With the gate, the attention grid may start while the gate finishes (it
   // waits for the selection first): programmatic dependent launch, sm_90 and later.
-  const LaunchMode mode = a.fusedGate ? LaunchMode::Cooperative
-                          : gateKernelRuns && ctx.ccMajor >= 9 ? LaunchMode::Dependent
-                                                               : LaunchMode::Plain;
+  LaunchMode mode;
+  mode.dependent = gateKernelRuns && ctx.ccMajor >= 9;
+  mode.cooperative = a.fusedGate && !a.cluster;
+  mode.cluster = a.cluster;
   return launch(attention, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a, mode, ctx);
 }
 

@@ -23,9 +23,12 @@ constexpr int kMaxSlots = 64;
 // slots of a batch-1 step on the H200 in two round trips. All 33 at once
 // (one round trip) took about 200 registers and made full decode 8% slower.
 constexpr int kMergeBatch = 17;
-// The mbarriers of the warps' rings, ahead of the query rows.
+// The most CTAs of an item that form one cluster (a non-portable size on sm_90).
+constexpr int kMaxCluster = 16;
+// The mbarriers of the warps' rings, then the fused gate's exchange
+// mbarrier (clusters), ahead of the query rows.
 constexpr int kBarBytes = 128;
-static_assert(kBarBytes >= (kThreads / 32) * kStages * 8, "one mbarrier per (warp, stage)");
+static_assert(kBarBytes >= ((kThreads / 32) * kStages + 1) * 8, "one mbarrier per (warp, stage), and one more");
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct DecodeArgs {
@@ -56,6 +59,8 @@ struct DecodeArgs {
   int scoresReady;      // moba: scoresKernel filled `scores` (a block spans several key-sum runs)
   int stageScores;      // moba: gateKernel keeps its rows' scores in shared memory, not in `scores`
   int fusedGate;        // moba: the attention CTAs gate themselves (cooperative launch, no gateKernel)
+  int cluster;          // fusedGate, tensor copies: the item's numSlots CTAs are one cluster and
+                        // exchange candidates and partials through shared memory (0: through global)
   int gatePer;          // fusedGate: blocks scored per CTA at most (row stride of its staged scores)
   int regionBytes;      // shared bytes of the warps' rings (also the merge scratch)
   float* scores;        // moba: [numRows * numQHeads, maxPast]

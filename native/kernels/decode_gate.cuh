@@ -408,10 +408,10 @@ __host__ __device__ constexpr size_t fusedGateBytes(int D, int RT, int gatePer, 
 // share's top-(k-1) holds every one of its blocks in the row's top-(k-1).
 // Fills unionList / unionRows / unionSize; scratch is the rings' region.
 // Returns whether the CTA counted itself in counters[item].
-template <int D, bool kBf16>
+template <int D, bool kBf16, bool kClusterOk>
 __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t item, int slot, int row0, int rowsHere,
-                          const uint16_t* Qs, unsigned char* scratch, int32_t* unionList, uint32_t* unionRows,
-                          int* unionSize) {
+                          const uint16_t* Qs, unsigned char* scratch, uint64_t* exchangeBar, int32_t* unionList,
+                          uint32_t* unionRows, int* unionSize) {
   constexpr int kWarps = kThreads / 32;
   using L = decode::RowLayout<D>;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -436,7 +436,20 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
 
   // Identical in every CTA of the item, so they all wait or none does.
   const bool exchange = keep > 0 && maxCur > 0;
-  const bool counted = exchange && a.numSlots > 1;
+  const bool cluster = kClusterOk && a.cluster;
+  const bool counted = exchange && a.numSlots > 1 && !cluster;
+  // Cluster: the other CTAs write their candidates straight into this CTA's
+  // list (asynchronous remote stores that count their bytes on exchangeBar),
+  // once they know it has started and set up that barrier.
+  const uint32_t bar = smemAddr(exchangeBar);
+  if (cluster) {
+    if (tid == 0) {
+      attn::mbarInit(bar, 1);
+      if (exchange) attn::mbarArriveExpectTx(bar, static_cast<uint32_t>(a.numSlots * rowsHere * keep * 8));
+      attn::mbarInitFence();
+    }
+    attn::clusterArriveRelaxed();
+  }
   if (exchange) {
     const float inv = 1.f / static_cast<float>(a.chunkSize);
     for (int c0 = jb; c0 < je; c0 += kFusedChunk) {
@@ -450,18 +463,30 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
           [&](int lr, int blk, float score) { stage[lr * a.gatePer + c0 - jb + blk] = orderKey(score, c0 + blk); });
       __syncthreads();
     }
-    // Each row's top-(k-1) of this CTA's share (key 0: none).
+  }
+  // Cluster: every CTA of the cluster has started and set up its barrier.
+  if (cluster) attn::clusterWait();
+  if (exchange) {
+    // Each row's top-(k-1) of this CTA's share (key 0: none): into every
+    // cluster CTA's candidate list (lane c writes to CTA c), or to the workspace.
     for (int lr = warp; lr < rowsHere; lr += kWarps) {
       const int cnt = max(0, min(je, curOf(lr)) - jb);
       uint64_t* out = a.candidates + (item * RT + lr) * nc + slot * keep;
+      const uint32_t mine = smemAddr(cand + lr * nc + slot * keep);
       uint64_t prev = ~0ull;
       for (int n = 0; n < keep; ++n) {
         const uint64_t best = warpBestBelow(stage + lr * a.gatePer, cnt, prev);
-        if (lane == 0) out[n] = best;
+        if (cluster) {
+          if (lane < a.numSlots) attn::clusterStoreAsync(attn::clusterMap(mine + n * 8, lane), best, attn::clusterMap(bar, lane));
+        } else if (lane == 0) {
+          out[n] = best;
+        }
         prev = best;
       }
     }
-    if (counted) {
+    if (cluster) {
+      attn::mbarWait(bar, 0);  // every CTA's candidates have landed here
+    } else if (counted) {
       __syncthreads();
       if (tid == 0) {
         arriveRelease(a.counters + item);
@@ -471,7 +496,9 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
       __syncthreads();
     }
     // Every candidate of the tile's rows (L2: written by other CTAs).
-    for (int e = tid; e < rowsHere * nc; e += kThreads) cand[e] = __ldcg(a.candidates + item * RT * nc + e);
+    if (!cluster) {
+      for (int e = tid; e < rowsHere * nc; e += kThreads) cand[e] = __ldcg(a.candidates + item * RT * nc + e);
+    }
     __syncthreads();
   }
   for (int lr = warp; lr < rowsHere; lr += kWarps) {

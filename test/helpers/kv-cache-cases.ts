@@ -340,6 +340,30 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
+  // On sm_90 with pages and blocks of multiples of 16 keys, the CTAs of one
+  // (sequence, KV head) gate and merge as one thread-block cluster; the batch
+  // size sets how many CTAs share an item (16, 6, 3, or one without a split).
+  it('moba decode split over clusters of several sizes (the fused gate with blocks of 16-key multiples)', async () => {
+    using device = open();
+    for (const [shape, dtype, batch, maxTokens] of [
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 3, 8],
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 20, 1],
+      [{ numQHeads: 4, numKVHeads: 2, headDim: 64 }, 'f16', 40, 8],
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 64 }, 'bf16', 150, 2],
+    ] as const) {
+      const name = `batch ${batch}, ${shape.numQHeads}/${shape.numKVHeads} heads, d${shape.headDim}, ${dtype}`;
+      const rng = rngFor(`moba decode clusters ${name}`);
+      const env = makeEnv(device, rng, shape, dtype, { numLayers: 1, numPages: batch * 48 + 64, pageSize: 16, chunkSize: 32 });
+      using cache = env.cache;
+      const lengths = new Map<number, number>();
+      for (let i = 0; i < batch; i++) lengths.set(cache.addSequence(), rng.int(1, 700));
+      fillInterleaved(env, lengths, 160);
+      using layer = layerFor(device, env, { chunkSize: 32, topK: 4, decode: 'moba' });
+      const entries = [...lengths.keys()].map((seq) => ({ seq, newTokens: rng.int(1, maxTokens) }));
+      checkStep(env, layer, await step(env, layer, entries), `moba decode, ${name}`);
+    }
+  });
+
   it('moba decode over a NaN key and with an infinite query element: NaN scores rank lowest, other rows unaffected', async () => {
     using device = open();
     const shape = { numQHeads: 8, numKVHeads: 2, headDim: 128 };

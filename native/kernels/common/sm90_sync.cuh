@@ -60,6 +60,45 @@ __device__ __forceinline__ void namedBarArrive(int id, int threads) {
 
 __device__ __forceinline__ void fenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// Thread-block clusters (sm_90): the cluster barrier in its split form
+// (arrive, then wait; every thread of every CTA of the cluster takes part)
+// and access to the shared memory of the cluster's other CTAs. Empty below
+// sm_90, where no cluster is launched.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MOBA_CLUSTER_ASM(...) asm volatile(__VA_ARGS__)
+#else
+#define MOBA_CLUSTER_ASM(...) ((void)0)
+#endif
+__device__ __forceinline__ void clusterArriveRelaxed() { MOBA_CLUSTER_ASM("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void clusterArrive() { MOBA_CLUSTER_ASM("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void clusterWait() { MOBA_CLUSTER_ASM("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+// The address of shared-memory address `addr` of this CTA in CTA `rank` of the cluster.
+__device__ __forceinline__ uint32_t clusterMap(uint32_t addr, uint32_t rank) {
+  uint32_t out = addr;
+  MOBA_CLUSTER_ASM("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(out) : "r"(addr), "r"(rank));
+  return out;
+}
+// An asynchronous store to another CTA's shared memory that completes its 8
+// bytes on that CTA's mbarrier `bar` (a cluster address too).
+__device__ __forceinline__ void clusterStoreAsync(uint32_t addr, uint64_t v, uint32_t bar) {
+  MOBA_CLUSTER_ASM("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];\n" ::"r"(addr), "l"(v), "r"(bar)
+                   : "memory");
+}
+__device__ __forceinline__ float clusterLoad(uint32_t addr) {
+  float v = 0.f;
+  MOBA_CLUSTER_ASM("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ float4 clusterLoad4(uint32_t addr) {
+  float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+  MOBA_CLUSTER_ASM("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                   : "r"(addr)
+                   : "memory");
+  return v;
+}
+#undef MOBA_CLUSTER_ASM
+
 template <int N>
 __device__ __forceinline__ void setMaxRegsInc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
