@@ -889,10 +889,13 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   // selection round trip through a second kernel. Its CTAs exchange their
   // candidates within the cluster, or, without one, through global memory
   // when the whole grid fits on the GPU at once (a cooperative launch).
+  // With tensor copies the fused gate also adds up the key-sum runs of
+  // blocks that span several (scoresKernel's work), up to kFusedRuns per CTA.
+  const int64_t runsPerBlock = moba ? p.chunkSize / (kv.pageSize * kv.sumPages) : 1;
   auto fusedFits = [&](int slots) {
-    return !a.scoresReady &&
-           fusedGateBytes(D, RT, static_cast<int>(ceilDiv(std::max(maxPast, 1), slots)), slots, p.topK, a.bitmapWords) <=
-               regionBytes;
+    const int per = static_cast<int>(ceilDiv(std::max(maxPast, 1), slots));
+    return (!a.scoresReady || (tma && per * runsPerBlock <= kFusedRuns)) &&
+           fusedGateBytes(D, RT, per, slots, p.topK, a.bitmapWords) <= regionBytes;
   };
   if (moba && tma && a.numSlots > 1 && warpMergeBytes + static_cast<size_t>(RT) * D * 4 <= regionBytes) {
     int size = std::min(a.numSlots, kMaxCluster);

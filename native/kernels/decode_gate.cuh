@@ -28,82 +28,21 @@ constexpr int kGateThreads = 256;
 constexpr int kGateChunk = 256;  // blocks whose key sums are in flight at once
 constexpr size_t kGateStaticBytes = kGateChunk * 4 + 64;  // its static shared memory (sumPage, unionSize)
 constexpr int kSelectBatch = 8;
-// Fused gate (see fusedGate): key sums of up to kFusedChunk blocks in flight per CTA.
+// Fused gate (see fusedGate): key sums of up to kFusedChunk blocks in flight
+// per CTA. When a block spans several key-sum runs, a CTA adds up at most
+// kFusedRuns runs in all; more go to scoresKernel, whose grid spreads them
+// over the whole GPU (1 x 128K, blocks of 512: 16 blocks of 8 runs per CTA,
+// pages of 64, took 2.8 us less fused than through scoresKernel; 16 of 32
+// runs, pages of 16, 6 us more).
 constexpr int kFusedChunk = 64;
+constexpr int kFusedRuns = 128;
+static_assert(kFusedRuns >= kFusedChunk, "the page-index scratch serves both");
 // A block's key sum in the gates' shared tiles: padded so that the eight
 // lanes reading one block stay conflict-free next to the other blocks.
 // Floats per block in those tiles (also the host's shared-memory sizes).
 __host__ __device__ constexpr int sumRowFloats(int D) { return D + 16; }
 
 // ---------------------------------------------------------------- kernels --
-
-// moba: scores[(row * numQHeads + head) * maxPast + j] = q . centroid_j for
-// every complete block j of the sequence; centroid = page sums / chunkSize.
-// One CTA per block: its threads split the block's pages so that all of a
-// block's page sums are in flight at once, then one warp per query row.
-template <int D, bool kBf16>
-__global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const DecodeArgs a) {
-  allowDependentGrid();
-  constexpr int kCols = D / 4;                // float4 columns of a page's sums
-  constexpr int kGroups = kThreads / kCols;   // threads per column
-  __shared__ float4 part[kThreads];
-  __shared__ float cent[D];
-  extern __shared__ float qf[];  // [qLen * group, D] fp32
-  SeqView s;
-  if (!loadSeq(a, blockIdx.z, &s)) return;
-  const int h = blockIdx.y;
-  const int j = blockIdx.x;
-  if (j >= min((s.kvLen - 1) / a.chunkSize, a.maxPast)) return;
-  const int tid = threadIdx.x;
-  const int R = s.qLen * a.group;
-  for (int e = tid; e < R * D; e += kThreads) {
-    const int r = e / D, d = e - r * D;
-    qf[e] = widen<kBf16>(a.q[globalRowOf(a, s, h, r) * D + d]);
-  }
-  const int col = tid % kCols, grp = tid / kCols;
-  // The block's key-sum runs, each read at its last page.
-  const int runsPerBlock = a.chunkSize / (a.pageSize * a.sumPages);
-  const int32_t* pages = s.pages + static_cast<int64_t>(j) * runsPerBlock * a.sumPages + a.sumPages - 1;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-  for (int p = grp; p < runsPerBlock; p += kGroups) {
-    const int pg = pages[p * a.sumPages];
-    if (pg < 0 || pg >= a.numPages) continue;
-    const float4 v =
-        *reinterpret_cast<const float4*>(a.sums + pg * a.sumsPageStride + static_cast<int64_t>(h) * D + col * 4);
-    acc.x += v.x;
-    acc.y += v.y;
-    acc.z += v.z;
-    acc.w += v.w;
-  }
-  part[tid] = acc;
-  __syncthreads();
-  if (tid < kCols) {
-    float4 c = part[tid];
-    for (int g = 1; g < kGroups; ++g) {
-      const float4 o = part[g * kCols + tid];
-      c.x += o.x;
-      c.y += o.y;
-      c.z += o.z;
-      c.w += o.w;
-    }
-    const float inv = 1.f / static_cast<float>(a.chunkSize);
-    cent[tid * 4] = c.x * inv;
-    cent[tid * 4 + 1] = c.y * inv;
-    cent[tid * 4 + 2] = c.z * inv;
-    cent[tid * 4 + 3] = c.w * inv;
-  }
-  __syncthreads();
-  const int lane = tid & 31, warp = tid >> 5;
-  for (int r = warp; r < R; r += kThreads / 32) {
-    float dot = 0.f;
-#pragma unroll
-    for (int k = 0; k < D / 32; ++k) dot += qf[r * D + lane + 32 * k] * cent[lane + 32 * k];
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-    if (lane == 0) a.scores[globalRowOf(a, s, h, r) * a.maxPast + j] = dot;
-  }
-}
 
 // Where the selection of an item lives in the workspace.
 __device__ __forceinline__ int32_t* selectionOf(const DecodeArgs& a, int64_t item) {
@@ -179,6 +118,165 @@ __device__ __forceinline__ void scoreSumTile(const float* sumTile, int n, int ro
         store(r0 + part, blk, part == 0 ? dot[0] : part == 1 ? dot[1] : part == 2 ? dot[2] : dot[3]);
       }
     }
+  }
+}
+
+// The key sum of a block that spans `runs` key-sum runs, one float4 column
+// of it: run r's sum (read at the run's last page, `page(r)`: -1 for none)
+// added into accumulator r % kGroups, the accumulators then added in order.
+// kGroups = kThreads / (D / 4): scoresKernel's threads split a block's runs
+// this way, and fusedGate adds them in the same order, so both give the same
+// bits. kAhead rounds of kGroups loads are in flight at once.
+template <int D, int kAhead, class PageOf>
+__device__ __forceinline__ float4 sumRunsColumn(const DecodeArgs& a, int h, int col, int runs, PageOf page) {
+  constexpr int kGroups = kThreads / (D / 4);
+  const float* sumsHead = a.sums + static_cast<int64_t>(h) * D + col * 4;
+  float4 acc[kGroups];
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) acc[g] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int r0 = 0; r0 < runs; r0 += kAhead * kGroups) {
+    float4 v[kAhead][kGroups];
+    bool ok[kAhead][kGroups];
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        const int r = r0 + u * kGroups + g;
+        const int pg = r < runs ? page(r) : -1;
+        ok[u][g] = pg >= 0;
+        v[u][g] = ok[u][g] ? __ldg(reinterpret_cast<const float4*>(sumsHead + pg * a.sumsPageStride))
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kAhead; ++u) {
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        if (ok[u][g]) {
+          acc[g].x += v[u][g].x;
+          acc[g].y += v[u][g].y;
+          acc[g].z += v[u][g].z;
+          acc[g].w += v[u][g].w;
+        }
+      }
+    }
+  }
+  float4 c = acc[0];
+#pragma unroll
+  for (int g = 1; g < kGroups; ++g) {
+    c.x += acc[g].x;
+    c.y += acc[g].y;
+    c.z += acc[g].z;
+    c.w += acc[g].w;
+  }
+  return c;
+}
+
+// The page holding run r's key sum of block j (-1: outside the pool).
+__device__ __forceinline__ int runPage(const DecodeArgs& a, const int32_t* pages, int j, int runs, int r) {
+  const int pg = pages[(static_cast<int64_t>(j) * runs + r + 1) * a.sumPages - 1];
+  return pg >= 0 && pg < a.numPages ? pg : -1;
+}
+
+// fusedGate, blocks of several key-sum runs: the key sums of blocks
+// [c0, c0 + n) into `sumTile` (rows of sumRowFloats), as scoresKernel adds
+// them. The page indices of all their runs come first (`runPages`, n * runs
+// entries), then each thread adds up (block, column) pairs. Out of line: its
+// loads in flight need many registers, which the attention kernel around
+// it should not be compiled for (inlined, it made the steps that do not use
+// it 2.5 us slower).
+template <int D>
+__device__ __noinline__ void sumRunsTile(const DecodeArgs& a, const int32_t* pages, int h, int c0, int n, int runs,
+                                            int* runPages, float* sumTile) {
+  constexpr int kCols = D / 4;
+  const int tid = threadIdx.x;
+  for (int i = tid; i < n * runs; i += kThreads) {
+    const int blk = i / runs;
+    runPages[i] = runPage(a, pages, c0 + blk, runs, i - blk * runs);
+  }
+  __syncthreads();
+  for (int e = tid; e < n * kCols; e += kThreads) {
+    const int blk = e / kCols, col = e - blk * kCols;
+    const float4 c = sumRunsColumn<D, 32 / (kThreads / kCols)>(
+        a, h, col, runs, [&](int r) { return runPages[blk * runs + r]; });
+    *reinterpret_cast<float4*>(sumTile + blk * sumRowFloats(D) + col * 4) = c;
+  }
+}
+
+// moba: scores[(row * numQHeads + head) * maxPast + j] = q . centroid_j for
+// every complete block j of the sequence, when a block spans several key-sum
+// runs (centroid = the runs' sums / chunkSize). One CTA per block: its
+// threads split the block's runs so that all of them are in flight at once,
+// then the block is scored as the fused gate scores it (same bits).
+template <int D, bool kBf16>
+__global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const DecodeArgs a) {
+  allowDependentGrid();
+  constexpr int kCols = D / 4;                // float4 columns of a page's sums
+  constexpr int kGroups = kThreads / kCols;   // threads per column
+  __shared__ float4 part[kThreads];
+  __shared__ __align__(16) float cent[sumRowFloats(D)];
+  extern __shared__ float qf[];  // [qLen * group, D] fp32
+  SeqView s;
+  if (!loadSeq(a, blockIdx.z, &s)) return;
+  const int h = blockIdx.y;
+  const int j = blockIdx.x;
+  if (j >= min((s.kvLen - 1) / a.chunkSize, a.maxPast)) return;
+  const int tid = threadIdx.x;
+  const int R = s.qLen * a.group;
+  for (int e = tid; e < R * D; e += kThreads) {
+    const int r = e / D, d = e - r * D;
+    qf[e] = widen<kBf16>(a.q[globalRowOf(a, s, h, r) * D + d]);
+  }
+  // Thread (col, grp) adds the runs grp, grp + kGroups, ...: accumulator grp
+  // of sumRunsColumn, which then adds the accumulators in order.
+  const int col = tid % kCols, grp = tid / kCols;
+  const int runs = a.chunkSize / (a.pageSize * a.sumPages);
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+  for (int p = grp; p < runs; p += kGroups) {
+    const int pg = runPage(a, s.pages, j, runs, p);
+    if (pg < 0) continue;
+    const float4 v = *reinterpret_cast<const float4*>(a.sums + pg * a.sumsPageStride + static_cast<int64_t>(h) * D + col * 4);
+    acc.x += v.x;
+    acc.y += v.y;
+    acc.z += v.z;
+    acc.w += v.w;
+  }
+  part[tid] = acc;
+  __syncthreads();
+  if (tid < kCols) {
+    float4 c = part[tid];
+    for (int g = 1; g < kGroups; ++g) {
+      const float4 o = part[g * kCols + tid];
+      c.x += o.x;
+      c.y += o.y;
+      c.z += o.z;
+      c.w += o.w;
+    }
+    *reinterpret_cast<float4*>(cent + tid * 4) = c;
+  }
+  __syncthreads();
+  // Eight lanes per row, each with the dims scoreSumTile gives its lane,
+  // in its order (its registers for four rows would spill here).
+  constexpr int kLanes = 8;
+  const int lanePart = tid % kLanes;
+  const float inv = 1.f / static_cast<float>(a.chunkSize);
+  for (int r0 = 0; r0 < R; r0 += kThreads / kLanes) {
+    const int r = r0 + tid / kLanes;
+    float dot = 0.f;
+#pragma unroll
+    for (int u = 0; u < D / kLanes / 4; ++u) {
+      const int d = u * 32 + lanePart * 4;
+      const float4 v = *reinterpret_cast<const float4*>(cent + d);
+      const float4 q = r < R ? *reinterpret_cast<const float4*>(qf + r * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+      dot = fmaf(q.x, v.x * inv, dot);
+      dot = fmaf(q.y, v.y * inv, dot);
+      dot = fmaf(q.z, v.z * inv, dot);
+      dot = fmaf(q.w, v.w * inv, dot);
+    }
+#pragma unroll
+    for (int off = 1; off < kLanes; off <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    if (r < R && lanePart == 0) a.scores[globalRowOf(a, s, h, r) * a.maxPast + j] = dot;
   }
 }
 
@@ -394,7 +492,7 @@ __device__ __forceinline__ void fenceAcquire() { asm volatile("fence.acq_rel.gpu
 
 // Shared bytes fusedGate needs in the rings' region (host and device agree).
 __host__ __device__ constexpr size_t fusedGateBytes(int D, int RT, int gatePer, int numSlots, int topK, int bitmapWords) {
-  return static_cast<size_t>(kFusedChunk) * 4 + static_cast<size_t>(kFusedChunk) * sumRowFloats(D) * 4 +
+  return static_cast<size_t>(kFusedRuns) * 4 + static_cast<size_t>(kFusedChunk) * sumRowFloats(D) * 4 +
          static_cast<size_t>(RT) * gatePer * 8 + static_cast<size_t>(RT) * numSlots * (topK - 1) * 8 +
          (static_cast<size_t>(RT) * topK + RT + 2 * static_cast<size_t>(bitmapWords)) * 4;
 }
@@ -422,8 +520,8 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   const int per = (maxCur + a.numSlots - 1) / a.numSlots;
   const int jb = min(maxCur, slot * per), je = min(maxCur, jb + per);
 
-  int* sumPage = reinterpret_cast<int*>(scratch);                      // [kFusedChunk]
-  float* sumTile = reinterpret_cast<float*>(sumPage + kFusedChunk);    // [kFusedChunk][sumRowFloats]
+  int* sumPage = reinterpret_cast<int*>(scratch);                      // [kFusedRuns] (>= kFusedChunk)
+  float* sumTile = reinterpret_cast<float*>(sumPage + kFusedRuns);     // [kFusedChunk][sumRowFloats]
   uint64_t* stage = reinterpret_cast<uint64_t*>(sumTile + kFusedChunk * sumRowFloats(D));  // [RT][gatePer] order keys
   uint64_t* cand = stage + RT * a.gatePer;                                                // [RT][nc]
   int32_t* sel = reinterpret_cast<int32_t*>(cand + RT * nc);           // [RT][topK]
@@ -452,9 +550,18 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   }
   if (exchange) {
     const float inv = 1.f / static_cast<float>(a.chunkSize);
-    for (int c0 = jb; c0 < je; c0 += kFusedChunk) {
-      const int n = min(kFusedChunk, je - c0);
-      copySumTile<D>(a, s, h, c0, n, sumPage, sumTile);
+    // Key-sum runs per block: one (a read per block), or several (added up
+    // here as scoresKernel adds them; tensor-copy instance only, the host
+    // asks for it only there).
+    const int runs = kClusterOk ? a.chunkSize / (a.pageSize * a.sumPages) : 1;
+    const int chunk = runs > 1 ? max(1, min(kFusedChunk, kFusedRuns / runs)) : kFusedChunk;
+    for (int c0 = jb; c0 < je; c0 += chunk) {
+      const int n = min(chunk, je - c0);
+      if (runs > 1) {
+        sumRunsTile<D>(a, s.pages, h, c0, n, runs, sumPage, sumTile);
+      } else {
+        copySumTile<D>(a, s, h, c0, n, sumPage, sumTile);
+      }
       ptx::cpAsyncWait<0>();  // the sums and, the first time, this thread's query rows
       __syncthreads();
       scoreSumTile<D>(

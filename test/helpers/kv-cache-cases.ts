@@ -343,22 +343,29 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
   // On sm_90 with pages and blocks of multiples of 16 keys, the CTAs of one
   // (sequence, KV head) gate and merge as one thread-block cluster; the batch
   // size sets how many CTAs share an item (16, 6, 3, or one without a split).
+  // Key sums per block (one read per block) or per page: the fused gate adds
+  // a block's pages up itself, or, when its CTAs would have too many (blocks
+  // of 512 over pages of 16 at 34K tokens), scoresKernel does first.
   it('moba decode split over clusters of several sizes (the fused gate with blocks of 16-key multiples)', async () => {
     using device = open();
-    for (const [shape, dtype, batch, maxTokens] of [
-      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 3, 8],
-      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 20, 1],
-      [{ numQHeads: 4, numKVHeads: 2, headDim: 64 }, 'f16', 40, 8],
-      [{ numQHeads: 8, numKVHeads: 2, headDim: 64 }, 'bf16', 150, 2],
+    for (const [shape, dtype, batch, maxTokens, sumBlock, chunkSize, maxLen] of [
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 3, 8, 32, 32, 700],
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 3, 8, undefined, 32, 700],
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 20, 1, 32, 32, 700],
+      [{ numQHeads: 4, numKVHeads: 2, headDim: 64 }, 'f16', 40, 8, undefined, 32, 700],
+      [{ numQHeads: 8, numKVHeads: 2, headDim: 64 }, 'bf16', 150, 2, 32, 32, 700],
+      [{ numQHeads: 4, numKVHeads: 1, headDim: 64 }, 'f16', 1, 2, undefined, 512, 34000],
     ] as const) {
-      const name = `batch ${batch}, ${shape.numQHeads}/${shape.numKVHeads} heads, d${shape.headDim}, ${dtype}`;
+      const name = `batch ${batch}, ${shape.numQHeads}/${shape.numKVHeads} heads, d${shape.headDim}, ${dtype}, ` +
+        `blocks of ${chunkSize}, key sums per ${sumBlock ?? 16}`;
       const rng = rngFor(`moba decode clusters ${name}`);
-      const env = makeEnv(device, rng, shape, dtype, { numLayers: 1, numPages: batch * 48 + 64, pageSize: 16, chunkSize: 32 });
+      const env = makeEnv(device, rng, shape, dtype,
+        { numLayers: 1, numPages: Math.ceil(batch * (maxLen + 16) / 16) + 64, pageSize: 16, chunkSize: sumBlock });
       using cache = env.cache;
       const lengths = new Map<number, number>();
-      for (let i = 0; i < batch; i++) lengths.set(cache.addSequence(), rng.int(1, 700));
-      fillInterleaved(env, lengths, 160);
-      using layer = layerFor(device, env, { chunkSize: 32, topK: 4, decode: 'moba' });
+      for (let i = 0; i < batch; i++) lengths.set(cache.addSequence(), batch === 1 ? maxLen : rng.int(1, maxLen));
+      fillInterleaved(env, lengths, batch === 1 ? 4096 : 160);
+      using layer = layerFor(device, env, { chunkSize, topK: batch === 1 ? 3 : 4, decode: 'moba' });
       const entries = [...lengths.keys()].map((seq) => ({ seq, newTokens: rng.int(1, maxTokens) }));
       checkStep(env, layer, await step(env, layer, entries), `moba decode, ${name}`);
     }
