@@ -16,9 +16,13 @@
 // 'moba' adds the gate over the cache: each row's top-(k-1) past blocks by
 // the dot product of its query with the blocks' mean keys (from the cache's
 // block key sums), plus its current block; the attention CTAs read only the
-// union of the rows' blocks, each masked to the rows that picked it. When a
-// block is one key-sum run and the step's CTAs all fit on the GPU at once,
-// the attention CTAs of an item gate themselves (fusedGate, one cooperative
+// union of the rows' blocks, each masked to the rows that picked it. Moba
+// tiles come by tensor copies on sm_90 (pages and blocks of multiples of 16
+// keys); there the CTAs of a split item form one thread-block cluster, which
+// trades candidates and partial outputs through shared memory instead of
+// global memory and a counter. The attention CTAs of an item gate
+// themselves (fusedGate, one launch) when their scratch fits and, without a
+// cluster, when the step's CTAs all fit on the GPU at once (a cooperative
 // launch): each scores a share of the blocks and publishes its rows' best,
 // then every one merges them into the same selection. Otherwise gateKernel
 // selects for them, after scoresKernel has added up the runs of each block
@@ -29,6 +33,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "decode_common.cuh"
@@ -707,6 +712,23 @@ bool clusterFits(const void* kernel, int size, size_t smem, CudaContext& ctx) {
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The static shared memory of `kernel` (what the compiler placed there, on
+// top of the dynamic bytes of a launch). Cached; JavaScript thread only.
+Status staticSharedBytes(const void* kernel, size_t* bytes) {
+  static std::vector<std::pair<const void*, size_t>> known;
+  for (const auto& k : known) {
+    if (k.first == kernel) {
+      *bytes = k.second;
+      return Status::Ok();
+    }
+  }
+  cudaFuncAttributes attr = {};
+  MOBA_RETURN_IF_ERROR(cudaStatus(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes"));
+  known.push_back({kernel, attr.sharedSizeBytes});
+  *bytes = attr.sharedSizeBytes;
+  return Status::Ok();
+}
+
 // The pool as a 2D tensor of rows of headDim elements, for tensor copies of
 // 16-row x 64-column boxes with the 128-byte swizzle. Cached per (pool, rows,
 // head dim); false when the driver offers no encoder or the pool has more
@@ -822,7 +844,10 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   int maxPast = 0;
   size_t scoresSmem = 0, gateSmem = 0;
   const int64_t maxTiles = ceilDiv(p.maxKvLen, kTile);
+  size_t gateStatic = 0, scoresStatic = 0;  // the gates' static shared memory
   if (moba) {
+    MOBA_RETURN_IF_ERROR(staticSharedBytes(kernels.gate, &gateStatic));
+    MOBA_RETURN_IF_ERROR(staticSharedBytes(kernels.scores, &scoresStatic));
     a.chunkSize = p.chunkSize;
     a.topK = p.topK;
     a.tilesPerBlock = static_cast<int>(ceilDiv(p.chunkSize, kTile));
@@ -840,7 +865,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     gateSmem = (static_cast<size_t>(RT) * D + (a.scoresReady ? 0 : static_cast<size_t>(kGateChunk) * sumRowFloats(D))) * 4 +
                selectBytes + unionBytes;
     // The rows' scores stay in shared memory when they fit, else in the workspace.
-    a.stageScores = !a.scoresReady && gateSmem + kGateStaticBytes + stageBytes <= ctx.maxSharedPerBlockOptin ? 1 : 0;
+    a.stageScores = !a.scoresReady && gateSmem + gateStatic + stageBytes <= ctx.maxSharedPerBlockOptin ? 1 : 0;
     if (a.stageScores) gateSmem += stageBytes;
     if (a.scoresReady) scoresSmem = static_cast<size_t>(R) * D * 4;
   }
@@ -860,7 +885,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   a.regionBytes = static_cast<int>(regionBytes);
   // (+ up to 1023 bytes that align the rings for tensor copies)
   const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + (tma ? 1024 : 0) + regionBytes + unionBytes;
-  const size_t worst = std::max({smemBytes, scoresSmem, gateSmem + (moba ? kGateStaticBytes : 0)});
+  const size_t worst = std::max({smemBytes, scoresSmem + scoresStatic, gateSmem + gateStatic});
   if (worst > ctx.maxSharedPerBlockOptin) {
     return Status::Invalid("decode: the batch needs " + std::to_string(worst) +
                            " bytes of shared memory per CTA (too many blocks or query rows)");
@@ -895,7 +920,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   auto fusedFits = [&](int slots) {
     const int per = static_cast<int>(ceilDiv(std::max(maxPast, 1), slots));
     return (!a.scoresReady || (tma && per * runsPerBlock <= kFusedRuns)) &&
-           fusedGateBytes(D, RT, per, slots, p.topK, a.bitmapWords) <= regionBytes;
+           FusedScratch(D, RT, per, slots, p.topK, a.bitmapWords).bytes <= regionBytes;
   };
   if (moba && tma && a.numSlots > 1 && warpMergeBytes + static_cast<size_t>(RT) * D * 4 <= regionBytes) {
     int size = std::min(a.numSlots, kMaxCluster);

@@ -26,7 +26,6 @@ constexpr int kScoresCtasPerSm = 16;  // 2048 threads per SM
 // at once.
 constexpr int kGateThreads = 256;
 constexpr int kGateChunk = 256;  // blocks whose key sums are in flight at once
-constexpr size_t kGateStaticBytes = kGateChunk * 4 + 64;  // its static shared memory (sumPage, unionSize)
 constexpr int kSelectBatch = 8;
 // Fused gate (see fusedGate): key sums of up to kFusedChunk blocks in flight
 // per CTA. When a block spans several key-sum runs, a CTA adds up at most
@@ -490,22 +489,34 @@ __device__ __forceinline__ int loadAcquire(const int32_t* p) {
 }
 __device__ __forceinline__ void fenceAcquire() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
 
-// Shared bytes fusedGate needs in the rings' region (host and device agree).
-__host__ __device__ constexpr size_t fusedGateBytes(int D, int RT, int gatePer, int numSlots, int topK, int bitmapWords) {
-  return static_cast<size_t>(kFusedRuns) * 4 + static_cast<size_t>(kFusedChunk) * sumRowFloats(D) * 4 +
-         static_cast<size_t>(RT) * gatePer * 8 + static_cast<size_t>(RT) * numSlots * (topK - 1) * 8 +
-         (static_cast<size_t>(RT) * topK + RT + 2 * static_cast<size_t>(bitmapWords)) * 4;
-}
+// fusedGate's scratch in the rings' region: byte offsets of its arrays, in
+// order, and the bytes in all (the host sizes the region with the same
+// struct). 8-byte arrays first after the 16-byte aligned tiles.
+struct FusedScratch {
+  size_t sumTile, stage, cand, sel, selCount, bitmap, wordPrefix, bytes;
+  __host__ __device__ FusedScratch(int D, int RT, int gatePer, int numSlots, int topK, int bitmapWords) {
+    sumTile = static_cast<size_t>(kFusedRuns) * 4;                                   // after sumPage [kFusedRuns]
+    stage = sumTile + static_cast<size_t>(kFusedChunk) * sumRowFloats(D) * 4;        // [RT][gatePer] order keys
+    cand = stage + static_cast<size_t>(RT) * gatePer * 8;                            // [RT][numSlots * (topK - 1)]
+    sel = cand + static_cast<size_t>(RT) * numSlots * (topK - 1) * 8;                // [RT][topK]
+    selCount = sel + static_cast<size_t>(RT) * topK * 4;                             // [RT]
+    bitmap = selCount + static_cast<size_t>(RT) * 4;                                 // [bitmapWords]
+    wordPrefix = bitmap + static_cast<size_t>(bitmapWords) * 4;                      // [bitmapWords]
+    bytes = wordPrefix + static_cast<size_t>(bitmapWords) * 4;
+  }
+};
 
 // moba, one launch per step: the numSlots attention CTAs of an item are its
 // gate. Each scores its share of the complete blocks for every row of the
 // tile and publishes each row's top-(k-1) of that share; once all of the
-// item's CTAs have (a counter; the launch is cooperative, so they are all
-// resident and the wait ends), every CTA merges the same candidates into the
-// same selection. The picks equal gateKernel's: the same scores, and a
-// share's top-(k-1) holds every one of its blocks in the row's top-(k-1).
-// Fills unionList / unionRows / unionSize; scratch is the rings' region.
-// Returns whether the CTA counted itself in counters[item].
+// item's CTAs have, every CTA merges the same candidates into the same
+// selection. Publishing: in a cluster (kClusterOk, a.cluster), straight into
+// every CTA's candidate list, counted on its exchangeBar; else to the
+// workspace, with a counter (the launch is cooperative, so all CTAs are
+// resident and the wait ends). The picks equal gateKernel's: the same
+// scores, and a share's top-(k-1) holds every one of its blocks in the row's
+// top-(k-1). Fills unionList / unionRows / unionSize; scratch is the rings'
+// region. Returns whether the CTA counted itself in counters[item].
 template <int D, bool kBf16, bool kClusterOk>
 __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t item, int slot, int row0, int rowsHere,
                           const uint16_t* Qs, unsigned char* scratch, uint64_t* exchangeBar, int32_t* unionList,
@@ -520,14 +531,15 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   const int per = (maxCur + a.numSlots - 1) / a.numSlots;
   const int jb = min(maxCur, slot * per), je = min(maxCur, jb + per);
 
-  int* sumPage = reinterpret_cast<int*>(scratch);                      // [kFusedRuns] (>= kFusedChunk)
-  float* sumTile = reinterpret_cast<float*>(sumPage + kFusedRuns);     // [kFusedChunk][sumRowFloats]
-  uint64_t* stage = reinterpret_cast<uint64_t*>(sumTile + kFusedChunk * sumRowFloats(D));  // [RT][gatePer] order keys
-  uint64_t* cand = stage + RT * a.gatePer;                                                // [RT][nc]
-  int32_t* sel = reinterpret_cast<int32_t*>(cand + RT * nc);           // [RT][topK]
-  int32_t* selCount = sel + RT * a.topK;                               // [RT]
-  int32_t* bitmap = selCount + RT;                                     // [bitmapWords]
-  int32_t* wordPrefix = bitmap + a.bitmapWords;                        // [bitmapWords]
+  const FusedScratch at(D, RT, a.gatePer, a.numSlots, a.topK, a.bitmapWords);
+  int* sumPage = reinterpret_cast<int*>(scratch);  // [kFusedRuns] (>= kFusedChunk)
+  float* sumTile = reinterpret_cast<float*>(scratch + at.sumTile);
+  uint64_t* stage = reinterpret_cast<uint64_t*>(scratch + at.stage);
+  uint64_t* cand = reinterpret_cast<uint64_t*>(scratch + at.cand);
+  int32_t* sel = reinterpret_cast<int32_t*>(scratch + at.sel);
+  int32_t* selCount = reinterpret_cast<int32_t*>(scratch + at.selCount);
+  int32_t* bitmap = reinterpret_cast<int32_t*>(scratch + at.bitmap);
+  int32_t* wordPrefix = reinterpret_cast<int32_t*>(scratch + at.wordPrefix);
   for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
   for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
   auto curOf = [&](int lr) { return (s.kvLen - s.qLen + (row0 + lr) / a.group) / a.chunkSize; };
