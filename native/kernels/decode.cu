@@ -49,10 +49,10 @@ namespace {
 // `lse`: the same offsets in every CTA), CTA `slot` merges its share of the
 // tile's (row, 4 columns) elements, reading the other CTAs' shared memory,
 // and writes them out. Then it waits until every CTA is done reading its
-// own, so that none exits while another still reads from it. Out of line:
-// the split-KV merge through global memory stays as it was in the kernel.
+// own, so that none exits while another still reads from it. (Inlined: as
+// a call it made the moba step 0.2-2.4 us slower.)
 template <int D, bool kBf16>
-__device__ __noinline__ void clusterMerge(const DecodeArgs& a, SeqView s, int h, int slot, int row0, int rowsHere,
+__device__ __forceinline__ void clusterMerge(const DecodeArgs& a, SeqView s, int h, int slot, int row0, int rowsHere,
                                           int RT, const float* partO, const float* lse) {
   attn::clusterArrive();  // release: this CTA's partial is written
   attn::clusterWait();    // acquire: every CTA's is
