@@ -32,6 +32,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -779,9 +781,21 @@ bool poolTensorMap(const PagedKV& kv, CUtensorMap* out) {
 }
 
 
-}  // namespace
+// MOBA_DECODE_LAUNCH=plain: no cooperative or cluster launches (moba then
+// gates in its own kernel and merges split-KV through global memory), for
+// environments that refuse them, and to test that path on any GPU.
+bool plainLaunchesOnly() {
+  static const bool plain = [] {
+    const char* e = std::getenv("MOBA_DECODE_LAUNCH");
+    return e != nullptr && std::strcmp(e, "plain") == 0;
+  }();
+  return plain;
+}
 
-Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
+// One decode op. coordinated: cooperative and cluster launches allowed;
+// *refused: the device turned the coordinated launch down (nothing was
+// enqueued; the caller goes again without).
+Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated, bool* refused) {
   const PagedKV& kv = p.kv;
   const int D = kv.headDim;
   if (D != 64 && D != 128) return Status::Invalid("unsupported head_dim for decode: " + std::to_string(D));
@@ -922,7 +936,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
     return (!a.scoresReady || (tma && per * runsPerBlock <= kFusedRuns)) &&
            FusedScratch(D, RT, per, slots, p.topK, a.bitmapWords).bytes <= regionBytes;
   };
-  if (moba && tma && a.numSlots > 1 && warpMergeBytes + static_cast<size_t>(RT) * D * 4 <= regionBytes) {
+  if (coordinated && moba && tma && a.numSlots > 1 && warpMergeBytes + static_cast<size_t>(RT) * D * 4 <= regionBytes) {
     int size = std::min(a.numSlots, kMaxCluster);
     if (size > 8 && !clusterFits(attention, size, smemBytes, ctx)) size = 8;
     if (clusterFits(attention, size, smemBytes, ctx)) {
@@ -930,7 +944,7 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
       a.fusedGate = fusedFits(size) ? 1 : 0;
     }
   }
-  if (moba && !a.cluster && ctx.cooperativeLaunch && items * a.numSlots <= target) {
+  if (coordinated && moba && !a.cluster && ctx.cooperativeLaunch && items * a.numSlots <= target) {
     a.fusedGate = fusedFits(a.numSlots) ? 1 : 0;
   }
   if (a.fusedGate) a.gatePer = static_cast<int>(ceilDiv(std::max(maxPast, 1), a.numSlots));
@@ -981,7 +995,27 @@ Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
   mode.dependent = gateKernelRuns && ctx.ccMajor >= 9;
   mode.cooperative = a.fusedGate && !a.cluster;
   mode.cluster = a.cluster;
-  return launch(attention, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a, mode, ctx);
+  cudaLaunchAttribute attr[2];
+  cudaLaunchConfig_t cfg =
+      launchConfig(dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, mode, ctx.stream, attr);
+  void* params[] = {&a};
+  const cudaError_t err = cudaLaunchKernelExC(&cfg, attention, params);
+  if ((mode.cooperative && err == cudaErrorCooperativeLaunchTooLarge) ||
+      (mode.cluster > 1 && (err == cudaErrorInvalidClusterSize || err == cudaErrorLaunchOutOfResources))) {
+    cudaGetLastError();  // answered, not pending
+    *refused = true;
+    return Status::Ok();
+  }
+  return cudaStatus(err, "decode launch");
+}
+
+}  // namespace
+
+Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
+  bool refused = false;
+  MOBA_RETURN_IF_ERROR(decodeLaunchAs(p, ctx, !plainLaunchesOnly(), &refused));
+  if (!refused) return Status::Ok();
+  return decodeLaunchAs(p, ctx, false, &refused);
 }
 
 }  // namespace moba
