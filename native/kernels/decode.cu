@@ -670,11 +670,12 @@ cudaLaunchConfig_t launchConfig(dim3 grid, int threads, size_t smem, LaunchMode 
   return cfg;
 }
 
-Status launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArgs& args, LaunchMode mode, CudaContext& ctx) {
+cudaError_t launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArgs& args, LaunchMode mode,
+                   CudaContext& ctx) {
   cudaLaunchAttribute attr[2];
   cudaLaunchConfig_t cfg = launchConfig(grid, threads, smem, mode, ctx.stream, attr);
   void* params[] = {&args};
-  return cudaStatus(cudaLaunchKernelExC(&cfg, kernel, params), "decode launch");
+  return cudaLaunchKernelExC(&cfg, kernel, params);
 }
 
 // Whether clusters of `size` CTAs of `kernel` (with `smem` bytes each) fit on
@@ -780,7 +781,6 @@ bool poolTensorMap(const PagedKV& kv, CUtensorMap* out) {
   return true;
 }
 
-
 // MOBA_DECODE_LAUNCH=plain: no cooperative or cluster launches (moba then
 // gates in its own kernel and merges split-KV through global memory), for
 // environments that refuse them, and to test that path on any GPU.
@@ -793,8 +793,9 @@ bool plainLaunchesOnly() {
 }
 
 // One decode op. coordinated: cooperative and cluster launches allowed;
-// *refused: the device turned the coordinated launch down (nothing was
-// enqueued; the caller goes again without).
+// *refused: the device turned the attention grid's coordinated launch down
+// (it did not run; gate kernels enqueued ahead of it only wrote the
+// workspace), and the caller goes again without.
 Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated, bool* refused) {
   const PagedKV& kv = p.kv;
   const int D = kv.headDim;
@@ -859,6 +860,9 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   size_t scoresSmem = 0, gateSmem = 0;
   const int64_t maxTiles = ceilDiv(p.maxKvLen, kTile);
   size_t gateStatic = 0, scoresStatic = 0;  // the gates' static shared memory
+  // Key-sum runs per moba block: one (the gate reads one sum per block), or
+  // several (added up first, by scoresKernel or by the fused gate).
+  const int64_t runsPerBlock = moba ? p.chunkSize / (static_cast<int64_t>(kv.pageSize) * kv.sumPages) : 1;
   if (moba) {
     MOBA_RETURN_IF_ERROR(staticSharedBytes(kernels.gate, &gateStatic));
     MOBA_RETURN_IF_ERROR(staticSharedBytes(kernels.scores, &scoresStatic));
@@ -871,9 +875,9 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
     a.bitmapWords = static_cast<int>(ceilDiv(numBlocks, 32));
     a.unionCap = static_cast<int>(std::min<int64_t>(numBlocks, static_cast<int64_t>(RT) * p.topK));
     unionBytes = static_cast<size_t>(a.unionCap) * 2 * 4;
-    // One key-sum read per block: the gate scores the blocks itself.
-    // Otherwise scoresKernel adds a block's runs first, one CTA per block.
-    a.scoresReady = p.chunkSize / (kv.pageSize * kv.sumPages) > 1 ? 1 : 0;
+    // Several runs: scoresKernel adds a block's runs first, one CTA per block
+    // (unless the fused gate does).
+    a.scoresReady = runsPerBlock > 1 ? 1 : 0;
     const size_t stageBytes = static_cast<size_t>(RT) * maxPast * 4;
     const size_t selectBytes = (static_cast<size_t>(a.bitmapWords) * 2 + static_cast<size_t>(RT) * p.topK + RT) * 4;
     gateSmem = (static_cast<size_t>(RT) * D + (a.scoresReady ? 0 : static_cast<size_t>(kGateChunk) * sumRowFloats(D))) * 4 +
@@ -930,9 +934,10 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   // when the whole grid fits on the GPU at once (a cooperative launch).
   // With tensor copies the fused gate also adds up the key-sum runs of
   // blocks that span several (scoresKernel's work), up to kFusedRuns per CTA.
-  const int64_t runsPerBlock = moba ? p.chunkSize / (kv.pageSize * kv.sumPages) : 1;
+  // Blocks a fused-gate CTA scores at most, with `slots` CTAs per item.
+  auto sharePerCta = [&](int slots) { return static_cast<int>(ceilDiv(std::max(maxPast, 1), slots)); };
   auto fusedFits = [&](int slots) {
-    const int per = static_cast<int>(ceilDiv(std::max(maxPast, 1), slots));
+    const int per = sharePerCta(slots);
     return (!a.scoresReady || (tma && per * runsPerBlock <= kFusedRuns)) &&
            FusedScratch(D, RT, per, slots, p.topK, a.bitmapWords).bytes <= regionBytes;
   };
@@ -947,7 +952,7 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   if (coordinated && moba && !a.cluster && ctx.cooperativeLaunch && items * a.numSlots <= target) {
     a.fusedGate = fusedFits(a.numSlots) ? 1 : 0;
   }
-  if (a.fusedGate) a.gatePer = static_cast<int>(ceilDiv(std::max(maxPast, 1), a.numSlots));
+  if (a.fusedGate) a.gatePer = sharePerCta(a.numSlots);
   if (a.numSlots > 1 && !a.cluster && (p.counters == nullptr || p.numCounters < items)) {
     return Status::Invalid("decode: split-KV needs a counters buffer of " + std::to_string(items) + " ints");
   }
@@ -980,14 +985,16 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
     int unused = 0;
     if (a.scoresReady && maxPast > 0) {
       MOBA_RETURN_IF_ERROR(prepareKernel(kernels.scores, scoresSmem, kThreads, &unused));
-      MOBA_RETURN_IF_ERROR(
-          launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), kThreads, scoresSmem, a, LaunchMode{}, ctx));
+      MOBA_RETURN_IF_ERROR(cudaStatus(
+          launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), kThreads, scoresSmem, a, LaunchMode{}, ctx),
+          "decode launch (scores)"));
     }
     // The gate reads key sums this step's append may have completed: plain
     // stream order behind it (a programmatic launch measured no faster).
     MOBA_RETURN_IF_ERROR(prepareKernel(kernels.gate, gateSmem, kGateThreads, &unused));
-    MOBA_RETURN_IF_ERROR(
-        launch(kernels.gate, dim3(kv.numKVHeads * rowTiles, p.batch), kGateThreads, gateSmem, a, LaunchMode{}, ctx));
+    MOBA_RETURN_IF_ERROR(cudaStatus(
+        launch(kernels.gate, dim3(kv.numKVHeads * rowTiles, p.batch), kGateThreads, gateSmem, a, LaunchMode{}, ctx),
+        "decode launch (gate)"));
   }
   // With the gate, the attention grid may start while the gate finishes (it
   // waits for the selection first): programmatic dependent launch, sm_90 and later.
@@ -995,11 +1002,7 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   mode.dependent = gateKernelRuns && ctx.ccMajor >= 9;
   mode.cooperative = a.fusedGate && !a.cluster;
   mode.cluster = a.cluster;
-  cudaLaunchAttribute attr[2];
-  cudaLaunchConfig_t cfg =
-      launchConfig(dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, mode, ctx.stream, attr);
-  void* params[] = {&a};
-  const cudaError_t err = cudaLaunchKernelExC(&cfg, attention, params);
+  const cudaError_t err = launch(attention, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a, mode, ctx);
   if ((mode.cooperative && err == cudaErrorCooperativeLaunchTooLarge) ||
       (mode.cluster > 1 && (err == cudaErrorInvalidClusterSize || err == cudaErrorLaunchOutOfResources))) {
     cudaGetLastError();  // answered, not pending

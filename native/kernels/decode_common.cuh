@@ -58,9 +58,9 @@ struct DecodeArgs {
   int bitmapWords, unionCap;
   int scoresReady;      // moba: scoresKernel filled `scores` (a block spans several key-sum runs)
   int stageScores;      // moba: gateKernel keeps its rows' scores in shared memory, not in `scores`
-  int fusedGate;        // moba: the attention CTAs gate themselves (cooperative launch, no gateKernel)
-  int cluster;          // fusedGate, tensor copies: the item's numSlots CTAs are one cluster and
-                        // exchange candidates and partials through shared memory (0: through global)
+  int fusedGate;        // moba: the attention CTAs gate themselves (cluster or cooperative launch, no gateKernel)
+  int cluster;          // moba, tensor copies: the item's numSlots CTAs are one cluster and trade the
+                        // fused gate's candidates and the partials through shared memory (0: global)
   int gatePer;          // fusedGate: blocks scored per CTA at most (row stride of its staged scores)
   int regionBytes;      // shared bytes of the warps' rings (also the merge scratch)
   float* scores;        // moba: [numRows * numQHeads, maxPast]

@@ -510,14 +510,16 @@ struct FusedScratch {
 // gate. Each scores its share of the complete blocks for every row of the
 // tile and publishes each row's top-(k-1) of that share; once all of the
 // item's CTAs have, every CTA merges the same candidates into the same
-// selection. Publishing: in a cluster (kClusterOk, a.cluster), straight into
+// selection. Publishing: in a cluster (kTma, a.cluster), straight into
 // every CTA's candidate list, counted on its exchangeBar; else to the
 // workspace, with a counter (the launch is cooperative, so all CTAs are
 // resident and the wait ends). The picks equal gateKernel's: the same
 // scores, and a share's top-(k-1) holds every one of its blocks in the row's
 // top-(k-1). Fills unionList / unionRows / unionSize; scratch is the rings'
-// region. Returns whether the CTA counted itself in counters[item].
-template <int D, bool kBf16, bool kClusterOk>
+// region. Returns whether the CTA counted itself in counters[item]. kTma:
+// the tensor-copy instance (sm_90), the only one compiled with the cluster
+// exchange and the run adder (the host asks for them only there).
+template <int D, bool kBf16, bool kTma>
 __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t item, int slot, int row0, int rowsHere,
                           const uint16_t* Qs, unsigned char* scratch, uint64_t* exchangeBar, int32_t* unionList,
                           uint32_t* unionRows, int* unionSize) {
@@ -546,7 +548,7 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
 
   // Identical in every CTA of the item, so they all wait or none does.
   const bool exchange = keep > 0 && maxCur > 0;
-  const bool cluster = kClusterOk && a.cluster;
+  const bool cluster = kTma && a.cluster;
   const bool counted = exchange && a.numSlots > 1 && !cluster;
   // Cluster: the other CTAs write their candidates straight into this CTA's
   // list (asynchronous remote stores that count their bytes on exchangeBar),
@@ -563,9 +565,8 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   if (exchange) {
     const float inv = 1.f / static_cast<float>(a.chunkSize);
     // Key-sum runs per block: one (a read per block), or several (added up
-    // here as scoresKernel adds them; tensor-copy instance only, the host
-    // asks for it only there).
-    const int runs = kClusterOk ? a.chunkSize / (a.pageSize * a.sumPages) : 1;
+    // here as scoresKernel adds them).
+    const int runs = kTma ? a.chunkSize / (a.pageSize * a.sumPages) : 1;
     const int chunk = runs > 1 ? max(1, min(kFusedChunk, kFusedRuns / runs)) : kFusedChunk;
     for (int c0 = jb; c0 < je; c0 += chunk) {
       const int n = min(chunk, je - c0);
