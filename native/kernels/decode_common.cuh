@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "common/fast_div.h"
+#include "common/grid_dependency.cuh"
 #include "common/ptx.cuh"
 
 namespace moba {
@@ -54,6 +56,10 @@ struct DecodeArgs {
   float scaleLog2;      // softmaxScale * log2(e)
   int moba, chunkSize, topK, tilesPerBlock;
   int numSlots;         // CTAs per (sequence, KV head, row tile)
+  // The run-time divisors above, for the kernels' divisions (fast_div.h).
+  FastDiv byGroup, byRowTiles, bySlots, byChunk, byTopK, byTilesPerBlock, bySumRuns;
+  int sumRuns;          // moba: key-sum runs per block
+  int fusedChunk;       // fusedGate: blocks whose key sums one tile holds
   int maxPast;          // moba: row stride of `scores`
   int bitmapWords, unionCap;
   int scoresReady;      // moba: scoresKernel filled `scores` (a block spans several key-sum runs)
@@ -98,7 +104,7 @@ __device__ __forceinline__ bool loadSeq(const DecodeArgs& a, int b, SeqView* s) 
 // Row index into q / out of the item's local query row `gr` (token i, head g
 // of KV head h's group, gr = i * group + g).
 __device__ __forceinline__ int64_t globalRowOf(const DecodeArgs& a, const SeqView& s, int h, int gr) {
-  const int i = gr / a.group, g = gr - i * a.group;
+  const int i = a.byGroup(gr), g = gr - i * a.group;
   return static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g;
 }
 
@@ -146,19 +152,6 @@ template <bool kBf16>
 __device__ __forceinline__ float4 widen4(uint2 raw) {
   return make_float4(widen<kBf16>(raw.x & 0xffffu), widen<kBf16>(raw.x >> 16), widen<kBf16>(raw.y & 0xffffu),
                      widen<kBf16>(raw.y >> 16));
-}
-
-// Programmatic dependent launch (sm_90): the attention kernel may start while
-// the moba gate runs and waits here before reading its selection.
-__device__ __forceinline__ void waitForPrimaryGrid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allowDependentGrid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
 }
 
 }  // namespace

@@ -190,7 +190,7 @@ __device__ __noinline__ void sumRunsTile(const DecodeArgs& a, const int32_t* pag
   constexpr int kCols = D / 4;
   const int tid = threadIdx.x;
   for (int i = tid; i < n * runs; i += kThreads) {
-    const int blk = i / runs;
+    const int blk = a.bySumRuns(i);
     runPages[i] = runPage(a, pages, c0 + blk, runs, i - blk * runs);
   }
   __syncthreads();
@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
   if (!loadSeq(a, blockIdx.z, &s)) return;
   const int h = blockIdx.y;
   const int j = blockIdx.x;
-  if (j >= min((s.kvLen - 1) / a.chunkSize, a.maxPast)) return;
+  if (j >= min(a.byChunk(s.kvLen - 1), a.maxPast)) return;
   const int tid = threadIdx.x;
   const int R = s.qLen * a.group;
   for (int e = tid; e < R * D; e += kThreads) {
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
   // Thread (col, grp) adds the runs grp, grp + kGroups, ...: accumulator grp
   // of sumRunsColumn, which then adds the accumulators in order.
   const int col = tid % kCols, grp = tid / kCols;
-  const int runs = a.chunkSize / (a.pageSize * a.sumPages);
+  const int runs = a.sumRuns;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 8
   for (int p = grp; p < runs; p += kGroups) {
@@ -352,7 +352,7 @@ __device__ __forceinline__ void buildUnion(const DecodeArgs& a, int rowsHere, co
   }
   __syncthreads();
   for (int e = tid; e < rowsHere * a.topK; e += blockDim.x) {
-    const int lr = e / a.topK, n = e - lr * a.topK;
+    const int lr = a.byTopK(e), n = e - lr * a.topK;
     if (n >= selCount[lr]) continue;
     const int j = sel[e];
     const int u = wordPrefix[j >> 5] + __popc(static_cast<uint32_t>(bitmap[j >> 5]) & ((1u << (j & 31)) - 1u));
@@ -373,7 +373,7 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int RT = a.rowTileRows;
-  const int h = blockIdx.x / a.rowTiles, rt = blockIdx.x - h * a.rowTiles;
+  const int h = a.byRowTiles(blockIdx.x), rt = blockIdx.x - h * a.rowTiles;
   const int b = blockIdx.y;
   SeqView s;
   if (!loadSeq(a, b, &s) || rt * RT >= s.qLen * a.group) return;
@@ -401,7 +401,7 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
   };
   for (int i = tid; i < a.bitmapWords; i += kGateThreads) bitmap[i] = 0;
   for (int i = tid; i < a.unionCap; i += kGateThreads) unionRows[i] = 0u;
-  const int maxCur = (s.kvLen - 1) / a.chunkSize;  // complete blocks the last row may pick from
+  const int maxCur = a.byChunk(s.kvLen - 1);  // complete blocks the last row may pick from
 
   if (!a.scoresReady && maxCur > 0) {
     const float inv = 1.f / static_cast<float>(a.chunkSize);
@@ -432,9 +432,9 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
   __syncthreads();
 
   for (int lr = warp; lr < rowsHere; lr += kWarps) {
-    const int gr = row0 + lr, i = gr / a.group;
+    const int gr = row0 + lr, i = a.byGroup(gr);
     const int t = s.kvLen - s.qLen + i;
-    const int cur = t / a.chunkSize;
+    const int cur = a.byChunk(t);
     const int want = min(a.topK - 1, cur);
     uint64_t prev = ~0ull;  // each pick ranks below the previous one
     for (int n = 0; n < want; ++n) {
@@ -529,8 +529,8 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   const int RT = a.rowTileRows;
   const int keep = a.topK - 1;
   const int nc = a.numSlots * keep;  // candidates per row
-  const int maxCur = (s.kvLen - 1) / a.chunkSize;
-  const int per = (maxCur + a.numSlots - 1) / a.numSlots;
+  const int maxCur = a.byChunk(s.kvLen - 1);
+  const int per = a.bySlots(maxCur + a.numSlots - 1);
   const int jb = min(maxCur, slot * per), je = min(maxCur, jb + per);
 
   const FusedScratch at(D, RT, a.gatePer, a.numSlots, a.topK, a.bitmapWords);
@@ -544,7 +544,7 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   int32_t* wordPrefix = reinterpret_cast<int32_t*>(scratch + at.wordPrefix);
   for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
   for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
-  auto curOf = [&](int lr) { return (s.kvLen - s.qLen + (row0 + lr) / a.group) / a.chunkSize; };
+  auto curOf = [&](int lr) { return a.byChunk(s.kvLen - s.qLen + a.byGroup(row0 + lr)); };
 
   // Identical in every CTA of the item, so they all wait or none does.
   const bool exchange = keep > 0 && maxCur > 0;
@@ -566,8 +566,8 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
     const float inv = 1.f / static_cast<float>(a.chunkSize);
     // Key-sum runs per block: one (a read per block), or several (added up
     // here as scoresKernel adds them).
-    const int runs = kTma ? a.chunkSize / (a.pageSize * a.sumPages) : 1;
-    const int chunk = runs > 1 ? max(1, min(kFusedChunk, kFusedRuns / runs)) : kFusedChunk;
+    const int runs = kTma ? a.sumRuns : 1;
+    const int chunk = kTma ? a.fusedChunk : kFusedChunk;
     for (int c0 = jb; c0 < je; c0 += chunk) {
       const int n = min(chunk, je - c0);
       if (runs > 1) {

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "common/grid_dependency.cuh"
 #include "ops.h"
 
 namespace moba {
@@ -79,6 +80,9 @@ __device__ __forceinline__ float widen(uint16_t bits, bool bf16) {
 // kToPages: rows -> pages (append); otherwise pages -> rows (gather).
 template <bool kToPages>
 __global__ void __launch_bounds__(kThreads) copySegmentsKernel(const KvArgs a) {
+  // A decode grid launched behind this one may start at once: it waits for
+  // this grid before reading the cache (common/grid_dependency.cuh).
+  allowDependentGrid();
   Segment g;
   if (!loadSegment(a.segments, blockIdx.x, a.numPages, a.pageSize, a.numRows, &g)) return;
   const int h = blockIdx.y;

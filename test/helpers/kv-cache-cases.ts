@@ -498,6 +498,53 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     expect(relL2(outs[0]!, want)).toBeLessThan(TOL.bf16);
   });
 
+  it('back-to-back ops read what the op before them wrote: append then decode, and each decode\'s output as the next query', async () => {
+    // On sm_90 a decode grid may start while the kernel before it still runs
+    // (programmatic launch) and must wait for it before reading the cache or
+    // its query; a read too early would see the previous step's pages and sums
+    // or an unwritten query.
+    using device = open();
+    const shape = { numQHeads: 8, numKVHeads: 2, headDim: 128 };
+    for (const [decode, pageSize, sumBlock] of [['full', 16, undefined], ['moba', 16, 64], ['moba', 16, undefined]] as const) {
+      const name = `${decode}, key sums per ${sumBlock ?? pageSize}`;
+      const rng = rngFor(`chained ops ${name}`);
+      const env = makeEnv(device, rng, shape, 'bf16', { numLayers: 1, numPages: 2048, pageSize, chunkSize: sumBlock });
+      using cache = env.cache;
+      const seqs = [rng.int(200, 400), rng.int(900, 1300), 63].map((n) => {
+        const seq = cache.addSequence();
+        fill(env, [{ seq, newTokens: n }]);
+        return seq;
+      });
+      using layer = layerFor(device, env, { chunkSize: 64, topK: 3, decode });
+      // Tokens that complete a block in this step, so that the decode reads key
+      // sums the append has just written.
+      const plan = cache.plan(seqs.map((seq, i) => ({ seq, newTokens: i === 2 ? 2 : 1 })));
+      const { numQHeads, numKVHeads, headDim } = shape;
+      const rowLen = numKVHeads * headDim;
+      const k = randomRows(env, plan.numRows, numKVHeads);
+      const v = randomRows(env, plan.numRows, numKVHeads);
+      const q0 = randomRows(env, plan.numRows, numQHeads);
+      using kt = device.tensor(k, { dtype: 'bf16', shape: [plan.numRows, numKVHeads, headDim] });
+      using vt = device.tensor(v, { dtype: 'bf16', shape: [plan.numRows, numKVHeads, headDim] });
+      using qt = device.tensor(q0, { dtype: 'bf16', shape: [plan.numRows, numQHeads, headDim] });
+      for (const s of plan.sequences) {
+        env.truth.push(0, s.seq, k.subarray(s.row * rowLen, (s.row + s.newTokens) * rowLen),
+          v.subarray(s.row * rowLen, (s.row + s.newTokens) * rowLen), rowLen);
+      }
+      // Enqueued without a host wait: forward (append + decode), then five
+      // decodes, each of the previous output.
+      const outs = [layer.forward(cache, 0, plan, qt, kt, vt)];
+      for (let i = 0; i < 5; i++) outs.push(layer.attend(cache, 0, plan, outs[i]!));
+      const arrays: Float32Array[] = [];
+      for (const t of outs) arrays.push((await t.toArray()) as Float32Array);
+      for (const t of outs) t.dispose();
+      for (let i = 0; i < arrays.length; i++) {
+        const r = { plan, q: i === 0 ? q0 : arrays[i - 1]!, out: arrays[i]! };
+        checkStep(env, layer, new Map([[0, r]]), `chained ops (${name}), op ${i}`);
+      }
+    }
+  });
+
   it('chunked prefill equals a one-shot prefill of the whole sequence (block and mid-block boundaries)', async (ctx) => {
     using device = open();
     await needAttention(ctx, device);
