@@ -32,12 +32,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "common/env_switch.h"
 #include "decode_common.cuh"
 #include "decode_gate.cuh"
 #include "decode_stream.cuh"
@@ -83,7 +82,7 @@ __device__ __forceinline__ void clusterMerge(const DecodeArgs& a, SeqView s, int
 #pragma unroll
     for (int u = 0; u < kMaxCluster; ++u) {
       if (u < a.numSlots) {
-        const float f = mx == -INFINITY ? 0.f : exp2f(l[u] - mx);
+        const float f = lseWeight(l[u], mx);
         sum += f;
         o.x += f * v[u].x;
         o.y += f * v[u].y;
@@ -473,7 +472,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     float l = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
-      const float f = mx == -INFINITY ? 0.f : exp2f(mW[w * RT + lr] - mx);
+      const float f = lseWeight(mW[w * RT + lr], mx);
       wW[w * RT + lr] = f;
       l += lW[w * RT + lr] * f;
     }
@@ -537,7 +536,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     float sum = 0.f;
     for (int sl = lane; sl < a.numSlots; sl += 32) {
-      const float w = mx == -INFINITY ? 0.f : exp2f(__ldcg(groupL + sl * RT + lr) - mx);
+      const float w = lseWeight(__ldcg(groupL + sl * RT + lr), mx);
       weight[lr * a.numSlots + sl] = w;
       sum += w;
     }
@@ -801,10 +800,7 @@ bool poolTensorMap(const PagedKV& kv, CUtensorMap* out) {
 // gates in its own kernel and merges split-KV through global memory), for
 // environments that refuse them, and to test that path on any GPU.
 bool plainLaunchesOnly() {
-  static const bool plain = [] {
-    const char* e = std::getenv("MOBA_DECODE_LAUNCH");
-    return e != nullptr && std::strcmp(e, "plain") == 0;
-  }();
+  static const bool plain = envIs("MOBA_DECODE_LAUNCH", "plain");
   return plain;
 }
 

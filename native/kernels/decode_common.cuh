@@ -147,6 +147,11 @@ __device__ __forceinline__ void storeRow4(uint16_t* dst, float4 o, float scale) 
   *reinterpret_cast<uint2*>(dst) = packed;
 }
 
+// The weight of a partial (its row maximum or log2-sum-exp l) in a merge
+// whose largest is mx: every merge of the decode (warps, cluster, split-KV)
+// uses it. All partials empty (mx = -inf): 0, not exp2(-inf - -inf).
+__device__ __forceinline__ float lseWeight(float l, float mx) { return mx == -INFINITY ? 0.f : exp2f(l - mx); }
+
 // Four packed bf16 or f16 values as floats.
 template <bool kBf16>
 __device__ __forceinline__ float4 widen4(uint2 raw) {

@@ -41,9 +41,9 @@ struct RowLayout {
 };
 
 // Where 16-byte chunk c (dims [8c, 8c + 8)) of row `row` of a K or V tile
-// lives, in either layout.
-template <int D, bool kTma>
-__device__ __forceinline__ const uint16_t* tileChunk(const uint16_t* base, int row, int c) {
+// lives, in either layout (T: uint16_t or const uint16_t).
+template <int D, bool kTma, class T>
+__device__ __forceinline__ T* tileChunk(T* base, int row, int c) {
   using L = RowLayout<D>;
   return kTma ? base + (c >> 3) * L::kTmaSubtileHalves + row * 64 + (((c & 7) ^ (row & 7)) << 3)
              : base + row * L::kRowHalves + c * 8;
@@ -137,8 +137,7 @@ struct WarpRing {
     constexpr int kChunksPerRow = D / 8;
     for (int i = first * kChunksPerRow + lane; i < kWarpKeys * kChunksPerRow; i += 32) {
       const int row = i / kChunksPerRow, c = i - row * kChunksPerRow;
-      *reinterpret_cast<uint4*>(vMut(stage) + (c >> 3) * L::kTmaSubtileHalves + row * 64 + ((c & 7) << 3)) =
-          make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(tileChunk<D, true>(vMut(stage), row, c)) = make_uint4(0, 0, 0, 0);
     }
     attn::fenceProxyAsync();
     __syncwarp();

@@ -2,12 +2,12 @@
 // upload, and the choice between the wgmma (Hopper) and mma.sync kernels.
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <string>
 
 #include "attn_launch.h"
+#include "common/env_switch.h"
 
 #ifndef MOBA_CUDA_ARCHS
 #define MOBA_CUDA_ARCHS ""
@@ -100,10 +100,7 @@ FwdArgs baseArgs(const AttentionParams& p, const QueryTiles& qt) {
 namespace {
 
 bool forceSm80() {
-  static const bool force = [] {
-    const char* e = std::getenv("MOBA_ATTN_KERNEL");
-    return e != nullptr && std::strcmp(e, "sm80") == 0;
-  }();
+  static const bool force = envIs("MOBA_ATTN_KERNEL", "sm80");
   return force;
 }
 
