@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       const int lr = m * 16 + (lane >> 2) + hh * 8;
-      tRow[m][hh] = lr < rowsHere ? s.kvLen - s.qLen + a.byGroup(row0 + lr) : -1;
+      tRow[m][hh] = lr < rowsHere ? rowPosition(a, s, row0 + lr) : -1;
     }
   }
 

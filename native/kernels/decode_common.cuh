@@ -108,6 +108,12 @@ __device__ __forceinline__ int64_t globalRowOf(const DecodeArgs& a, const SeqVie
   return static_cast<int64_t>(s.qStart + i) * a.numQHeads + h * a.group + g;
 }
 
+// The position in the sequence of local query row gr's token: the last key
+// it attends to, and (divided by chunkSize) its current block.
+__device__ __forceinline__ int rowPosition(const DecodeArgs& a, const SeqView& s, int gr) {
+  return s.kvLen - s.qLen + a.byGroup(gr);
+}
+
 using ptx::mma16816;
 using ptx::smemAddr;
 

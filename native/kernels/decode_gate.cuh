@@ -432,9 +432,7 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
   __syncthreads();
 
   for (int lr = warp; lr < rowsHere; lr += kWarps) {
-    const int gr = row0 + lr, i = a.byGroup(gr);
-    const int t = s.kvLen - s.qLen + i;
-    const int cur = a.byChunk(t);
+    const int cur = a.byChunk(rowPosition(a, s, row0 + lr));
     const int want = min(a.topK - 1, cur);
     uint64_t prev = ~0ull;  // each pick ranks below the previous one
     for (int n = 0; n < want; ++n) {
@@ -544,7 +542,7 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   int32_t* wordPrefix = reinterpret_cast<int32_t*>(scratch + at.wordPrefix);
   for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
   for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
-  auto curOf = [&](int lr) { return a.byChunk(s.kvLen - s.qLen + a.byGroup(row0 + lr)); };
+  auto curOf = [&](int lr) { return a.byChunk(rowPosition(a, s, row0 + lr)); };
 
   // Identical in every CTA of the item, so they all wait or none does.
   const bool exchange = keep > 0 && maxCur > 0;
