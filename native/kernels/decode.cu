@@ -653,7 +653,7 @@ struct LaunchMode {
 };
 
 cudaLaunchConfig_t launchConfig(dim3 grid, int threads, size_t smem, LaunchMode mode, cudaStream_t stream,
-                                cudaLaunchAttribute (&attr)[3]) {
+                                cudaLaunchAttribute (&attr)[2]) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(threads);
@@ -672,13 +672,10 @@ cudaLaunchConfig_t launchConfig(dim3 grid, int threads, size_t smem, LaunchMode 
     attr[n].val.clusterDim.x = static_cast<unsigned>(mode.cluster);
     attr[n].val.clusterDim.y = 1;
     attr[n++].val.clusterDim.z = 1;
-    // Let the hardware place a cluster's CTAs two to an SM where a GPC has
-    // too few free SMs. With the default (spread), the H200's 8 clusters of
-    // 16 left 20 SMs idle and put two clusters on the same 16 SMs, whose
-    // items then ended the step 2.5 us late; moba (512, 3) at 1 x 128K:
-    // 17.4-17.7 -> 16.5-16.6 us.
-    attr[n].id = cudaLaunchAttributeClusterSchedulingPolicyPreference;
-    attr[n++].val.clusterSchedulingPolicyPreference = cudaClusterSchedulingPolicyLoadBalancing;
+    // Not cudaClusterSchedulingPolicyLoadBalancing: it made the H200's 8
+    // clusters of 16 place better (moba (512, 3) at 1 x 128K 17.5 -> 16.5
+    // us) but the cluster tests then failed now and then with "illegal
+    // instruction" (1 of 5 runs, 0 of 5 without it, same binary).
   }
   cfg.attrs = attr;
   cfg.numAttrs = n;
@@ -687,7 +684,7 @@ cudaLaunchConfig_t launchConfig(dim3 grid, int threads, size_t smem, LaunchMode 
 
 cudaError_t launch(const void* kernel, dim3 grid, int threads, size_t smem, DecodeArgs& args, LaunchMode mode,
                    CudaContext& ctx) {
-  cudaLaunchAttribute attr[3];
+  cudaLaunchAttribute attr[2];
   cudaLaunchConfig_t cfg = launchConfig(grid, threads, smem, mode, ctx.stream, attr);
   void* params[] = {&args};
   return cudaLaunchKernelExC(&cfg, kernel, params);
@@ -715,7 +712,7 @@ bool clusterFits(const void* kernel, int size, size_t smem, CudaContext& ctx) {
     fits = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
   }
   if (fits) {
-    cudaLaunchAttribute attr[3];
+    cudaLaunchAttribute attr[2];
     LaunchMode mode;
     mode.cluster = size;
     cudaLaunchConfig_t cfg = launchConfig(dim3(size), kThreads, smem, mode, ctx.stream, attr);
