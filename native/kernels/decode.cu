@@ -49,9 +49,13 @@ namespace {
 // normalized partial and row log-sum-exps are in its shared memory (`partO`,
 // `lse`: the same offsets in every CTA), CTA `slot` merges its share of the
 // tile's (row, 4 columns) elements, reading the other CTAs' shared memory,
-// and writes them out. Then it waits until every CTA is done reading its
-// own, so that none exits while another still reads from it. (Inlined: as
-// a call it made the moba step 0.2-2.4 us slower.)
+// and writes them out. Each element takes a group of G lanes (G the power of
+// two >= numSlots), one slot per lane: every slot's values are read at once
+// and combined by shuffles, so the merge, which ends the step, is a few
+// dozen instructions deep instead of a loop over the slots in one thread.
+// Then it waits until every CTA is done reading its own, so that none exits
+// while another still reads from it. (Inlined: as a call it made the moba
+// step 0.2-2.4 us slower.)
 template <int D, bool kBf16>
 __device__ __forceinline__ void clusterMerge(const DecodeArgs& a, SeqView s, int h, int slot, int row0, int rowsHere,
                                           int RT, const float* partO, const float* lse) {
@@ -59,38 +63,37 @@ __device__ __forceinline__ void clusterMerge(const DecodeArgs& a, SeqView s, int
   attn::clusterWait();    // acquire: every CTA's is
   const int elems = rowsHere * (D / 4);
   const int per = a.bySlots(elems + a.numSlots - 1);
-  const int eEnd = min(elems, (slot + 1) * per);
-  for (int e = slot * per + static_cast<int>(threadIdx.x); e < eEnd; e += kThreads) {
-    const int lr = e / (D / 4), d = (e - lr * (D / 4)) * 4;
-    const uint32_t oAt = smemAddr(partO + lr * D + d), lAt = smemAddr(lse + lr);
-    float l[kMaxCluster];
-    float4 v[kMaxCluster];
-#pragma unroll
-    for (int u = 0; u < kMaxCluster; ++u) {
-      if (u < a.numSlots) {
-        l[u] = attn::clusterLoad(attn::clusterMap(lAt, u));
-        v[u] = attn::clusterLoad4(attn::clusterMap(oAt, u));
-      }
+  const int eBegin = slot * per;
+  const int eCount = max(min(elems, eBegin + per) - eBegin, 0);
+  static_assert(kMaxCluster <= 32, "a slot per lane of a group within one warp");
+  const int logG = a.numSlots > 1 ? 32 - __clz(a.numSlots - 1) : 0;
+  const int G = 1 << logG;
+  const int u = threadIdx.x & (G - 1);  // the slot this lane reads
+  for (int base = 0; base < eCount; base += kThreads >> logG) {  // uniform: the shuffles need every lane
+    const int e = base + (static_cast<int>(threadIdx.x) >> logG);
+    const bool live = e < eCount && u < a.numSlots;
+    const int lr = (eBegin + e) / (D / 4), d = (eBegin + e - lr * (D / 4)) * 4;
+    float l = -INFINITY;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (live) {
+      l = attn::clusterLoad(attn::clusterMap(smemAddr(lse + lr), u));
+      v = attn::clusterLoad4(attn::clusterMap(smemAddr(partO + lr * D + d), u));
     }
-    float mx = -INFINITY;
-#pragma unroll
-    for (int u = 0; u < kMaxCluster; ++u) {
-      if (u < a.numSlots) mx = fmaxf(mx, l[u]);
+    float mx = l;
+    for (int off = G >> 1; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    const float f = live ? lseWeight(l, mx) : 0.f;
+    float sum = f;
+    float4 o = make_float4(f * v.x, f * v.y, f * v.z, f * v.w);
+    for (int off = G >> 1; off > 0; off >>= 1) {
+      sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      o.x += __shfl_xor_sync(0xffffffffu, o.x, off);
+      o.y += __shfl_xor_sync(0xffffffffu, o.y, off);
+      o.z += __shfl_xor_sync(0xffffffffu, o.z, off);
+      o.w += __shfl_xor_sync(0xffffffffu, o.w, off);
     }
-    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-    float sum = 0.f;
-#pragma unroll
-    for (int u = 0; u < kMaxCluster; ++u) {
-      if (u < a.numSlots) {
-        const float f = lseWeight(l[u], mx);
-        sum += f;
-        o.x += f * v[u].x;
-        o.y += f * v[u].y;
-        o.z += f * v[u].z;
-        o.w += f * v[u].w;
-      }
+    if (live && u == 0) {
+      storeRow4<kBf16>(a.out + globalRowOf(a, s, h, row0 + lr) * D + d, o, sum > 0.f ? 1.f / sum : 0.f);
     }
-    storeRow4<kBf16>(a.out + globalRowOf(a, s, h, row0 + lr) * D + d, o, sum > 0.f ? 1.f / sum : 0.f);
   }
   // Only this CTA's reads have to be over (their values are used above): no
   // release, which would also wait for the output stores.
