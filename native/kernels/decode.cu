@@ -58,7 +58,7 @@ namespace {
 // step 0.2-2.4 us slower.)
 template <int D, bool kBf16>
 __device__ __forceinline__ void clusterMerge(const DecodeArgs& a, SeqView s, int h, int slot, int row0, int rowsHere,
-                                          int RT, const float* partO, const float* lse) {
+                                          const float* partO, const float* lse) {
   attn::clusterArrive();  // release: this CTA's partial is written
   attn::clusterWait();    // acquire: every CTA's is
   const int elems = rowsHere * (D / 4);
@@ -513,7 +513,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   if (a.numSlots == 1) return;
 
   if (cluster) {
-    clusterMerge<D, kBf16>(a, s, h, slot, row0, rowsHere, RT, clusterO, lseRow);
+    clusterMerge<D, kBf16>(a, s, h, slot, row0, rowsHere, clusterO, lseRow);
     return;
   }
 
