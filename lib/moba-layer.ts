@@ -18,7 +18,7 @@ import { DTYPE_CODE } from './dtype.js';
 import { invalidArgument } from './errors.js';
 import { MAX_TOP_K } from './gating.js';
 import { KVCache, type KVPlan } from './kv-cache.js';
-import type { Tensor } from './tensor.js';
+import { Tensor } from './tensor.js';
 import { checkOptions, checkPositiveInt, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS } from './validate.js';
 
 export type DecodePolicy = 'full' | 'moba';
@@ -144,8 +144,11 @@ export class MobaAttention {
   private run(cache: KVCache, layer: number, plan: KVPlan, q: Tensor): Tensor {
     const D = this.headDim;
     const Hq = this.numQHeads;
-    const out = this.device.output([plan.numRows, Hq, D], this.dtype);
+    const shape = [plan.numRows, Hq, D];
     const dec = plan.decode;
+    // Decode allocates the output itself (one native call fewer per step),
+    // unless outputs are poisoned first.
+    let out = dec && !this.device.poisonOutputs ? null : this.device.output(shape, this.dtype);
     if (dec) {
       const group = Hq / this.numKVHeads;
       const need = dec.batch * this.numKVHeads * Math.ceil((dec.maxQLen * group) / DECODE_ROW_TILE);
@@ -154,15 +157,17 @@ export class MobaAttention {
         this.#counters = this.device.tensor(new Int32Array(Math.max(need, 256)), { dtype: 'i32' });
       }
       const moba = this.decode === 'moba';
-      this.device.native.decodeAttention(
-        q.buffer, out.buffer, cache.pool.buffer, cache.keySums.buffer,
+      const made = this.device.native.decodeAttention(
+        q.buffer, out ? out.buffer : null, cache.pool.buffer, cache.keySums.buffer,
         plan.meta.buffer, dec.infoOffset, dec.batch, dec.numPageIndices, this.#counters.buffer,
         plan.numRows, Hq, dec.maxQLen, dec.maxKvLen, dec.sumKvLen,
         this.softmaxScale, moba ? 1 : 0, moba ? this.chunkSize : 0, moba ? this.topK : 0,
         cache.dtypeCode, cache.numPages, cache.numLayers, layer, cache.numKVHeads, cache.pageSize, cache.headDim,
         cache.sumPages,
       );
+      if (!out && made) out = new Tensor(this.device, made, shape, this.dtype);
     }
+    out ??= this.device.output(shape, this.dtype);
     const pre = plan.prefill;
     if (pre) {
       const totalK = pre.cuSeqlensK[pre.batch]!;

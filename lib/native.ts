@@ -81,15 +81,17 @@ export interface NativeDevice {
    * Decode over the cache; meta at infoOffset holds qStart[batch], qLen[batch],
    * kvLen[batch], pageIndptr[batch+1], then numPageIndices page indices.
    * policy: 0 full, 1 moba. counters: zeroed i32 buffer for split-KV (CUDA).
+   * out: null to have the op allocate the output (one call fewer per step);
+   * returns that buffer, or undefined when out was given or batch is 0.
    */
   decodeAttention(
-    q: NativeBuffer, out: NativeBuffer, pool: NativeBuffer, keySums: NativeBuffer,
+    q: NativeBuffer, out: NativeBuffer | null, pool: NativeBuffer, keySums: NativeBuffer,
     meta: NativeBuffer, infoOffset: number, batch: number, numPageIndices: number, counters: NativeBuffer | null,
     numRows: number, numQHeads: number, maxQLen: number, maxKvLen: number, sumKvLen: number,
     softmaxScale: number, policy: number, chunkSize: number, topK: number,
     dtypeCode: number, numPages: number, numLayers: number, layer: number,
     numKVHeads: number, pageSize: number, headDim: number, sumPages: number,
-  ): void;
+  ): NativeBuffer | undefined;
 }
 
 export interface CudaProbe {

@@ -6,10 +6,17 @@
 
 namespace moba {
 
+// One napi call per number: napi_get_value_double answers "not a number"
+// itself (every op reads about twenty of these).
+namespace {
+bool numberAt(const Napi::CallbackInfo& info, size_t i, double* out) {
+  return napi_get_value_double(info.Env(), info[i], out) == napi_ok;
+}
+}  // namespace
+
 int64_t argInt(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max) {
-  Napi::Value v = info[i];
-  if (!v.IsNumber()) throwInvalid(info.Env(), std::string("Expected an integer for ") + name + " but received a non-number");
-  double d = v.As<Napi::Number>().DoubleValue();
+  double d = 0;
+  if (!numberAt(info, i, &d)) throwInvalid(info.Env(), std::string("Expected an integer for ") + name + " but received a non-number");
   if (!std::isfinite(d) || d != std::floor(d) || d < static_cast<double>(min) || d > static_cast<double>(max)) {
     throwInvalid(info.Env(), std::string("Expected an integer in [") + std::to_string(min) + ", " + std::to_string(max) +
                                  "] for " + name + " but received " + std::to_string(d));
@@ -18,9 +25,9 @@ int64_t argInt(const Napi::CallbackInfo& info, size_t i, const char* name, int64
 }
 
 double argNumber(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  Napi::Value v = info[i];
-  if (!v.IsNumber()) throwInvalid(info.Env(), std::string("Expected a number for ") + name);
-  return v.As<Napi::Number>().DoubleValue();
+  double d = 0;
+  if (!numberAt(info, i, &d)) throwInvalid(info.Env(), std::string("Expected a number for ") + name);
+  return d;
 }
 
 bool argBool(const Napi::CallbackInfo& info, size_t i, const char* name) {

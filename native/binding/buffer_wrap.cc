@@ -4,12 +4,6 @@
 #include "errors.h"
 
 namespace moba {
-namespace {
-// Marks the objects create() made: a cheaper check than instanceof on every
-// op argument, and one that a NativeBuffer constructed from JavaScript (or
-// any other wrapped object) cannot pass.
-constexpr napi_type_tag kBufferTag = {0x6d6f62612d637564ull, 0x61206275666665ull};
-}  // namespace
 
 Napi::Function BufferWrap::defineClass(Napi::Env env) {
   return DefineClass(env, "NativeBuffer",
@@ -20,32 +14,45 @@ Napi::Function BufferWrap::defineClass(Napi::Env env) {
                      });
 }
 
-BufferWrap::BufferWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BufferWrap>(info), env_(info.Env()) {}
+BufferWrap::BufferWrap(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<BufferWrap>(info), env_(info.Env()) {}
 
 Napi::Object BufferWrap::create(Napi::Env env, std::shared_ptr<DeviceCore> core, size_t bytes) {
   if (!core->backend) throwStatus(env, Status::Error(ErrorCode::Disposed, "the device has been disposed"));
   void* ptr = nullptr;
   Status s = core->backend->allocate(bytes, &ptr);
   if (!s.ok()) throwStatus(env, s);
-  Napi::Object obj = AddonData::get(env)->bufferClass.New({});
+  AddonData* addon = AddonData::get(env);
+  Napi::Object obj = addon->bufferClass.New({});
   BufferWrap* self = Unwrap(obj);
+  // Registered here, not in the constructor: a NativeBuffer constructed
+  // from JavaScript is not one of ours.
+  self->registry_ = addon->buffers;
+  self->registry_->insert(self);
   self->core_ = std::move(core);
   self->ptr_ = ptr;
   self->bytes_ = bytes;
   self->core_->buffers.insert(self);
-  obj.TypeTag(&kBufferTag);
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
   return obj;
 }
 
+// One napi call per argument: napi_unwrap yields whatever pointer an object
+// was wrapped with (by any addon), and only the registry says whether it is
+// one of ours. Objects that merely share the prototype, other wrapped objects
+// and non-objects all come out as nullptr.
 BufferWrap* BufferWrap::unwrap(Napi::Value value) {
-  if (!value.IsObject()) return nullptr;
-  Napi::Object obj = value.As<Napi::Object>();
-  if (!obj.CheckTypeTag(&kBufferTag)) return nullptr;
-  return Unwrap(obj);
+  void* p = nullptr;
+  if (napi_unwrap(value.Env(), value, &p) != napi_ok || p == nullptr) return nullptr;
+  BufferWrap* b = static_cast<BufferWrap*>(p);
+  const BufferRegistry& known = *AddonData::get(value.Env())->buffers;
+  return known.count(b) != 0 ? b : nullptr;
 }
 
-BufferWrap::~BufferWrap() { free(); }
+BufferWrap::~BufferWrap() {
+  free();
+  if (registry_) registry_->erase(this);
+}
 
 void BufferWrap::free() {
   if (!ptr_ || !core_) return;

@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "addon_data.h"
 #include "device_core.h"
 
 namespace moba {
@@ -32,6 +33,7 @@ class BufferWrap : public Napi::ObjectWrap<BufferWrap> {
   Napi::Value getDisposed(const Napi::CallbackInfo& info);
 
   std::shared_ptr<DeviceCore> core_;
+  std::shared_ptr<BufferRegistry> registry_;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
   Napi::Env env_;

@@ -92,7 +92,7 @@ Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// decodeAttention(q, out, pool, keySums, meta, infoOffset, batch, numPageIndices, counters | null,
+// decodeAttention(q, out | null, pool, keySums, meta, infoOffset, batch, numPageIndices, counters | null,
 //                 numRows, numQHeads, maxQLen, maxKvLen, sumKvLen, softmaxScale, policy, chunkSize, topK,
 //                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages)
 Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
@@ -130,16 +130,25 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   }
   const size_t qBytes = rowBytes(p.numRows, p.numQHeads, p.kv.headDim, p.kv.dtype);
   p.q = argBuffer(info, 0, "q", c, qBytes)->data();
-  p.out = argBuffer(info, 1, "out", c, qBytes)->data();
+  // out null: the op allocates it (after every check) and returns it.
+  BufferWrap* out = argOptionalBuffer(info, 1, "out", c, qBytes);
   BufferWrap* counters = argOptionalBuffer(info, 8, "counters", c, 0);
   if (counters) {
     p.counters = static_cast<int32_t*>(counters->data());
     p.numCounters = static_cast<int>(std::min<size_t>(counters->bytes() / 4, (size_t(1) << 31) - 1));
   }
   if (p.batch == 0) return env.Undefined();
+  Napi::Value made = env.Undefined();
+  if (out) {
+    p.out = out->data();
+  } else {
+    Napi::Object obj = BufferWrap::create(env, c.shared_from_this(), qBytes);
+    p.out = BufferWrap::unwrap(obj)->data();
+    made = obj;
+  }
   Status s = c.backend->decodeAttention(p);
   if (!s.ok()) throwStatus(env, s);
-  return env.Undefined();
+  return made;
 }
 
 }  // namespace moba
