@@ -178,7 +178,7 @@ if (cases.has('host')) {
   const att = await timeOp(() => full.attend(cache, 0, plan, q).dispose(), { iters: n, warmup: 5 });
   results.host = { batch, context: 1024, planUs, forwardHostUs: fwd.hostUs, forwardUs: fwd.us, attendHostUs: att.hostUs, attendUs: att.us };
   rows.push([`host: plan() of ${batch} seqs`, pageSize, '', '', '', planUs.toFixed(1)]);
-  rows.push([`host: forward() (append + decode)`, pageSize, fwd.us.toFixed(1), '', '', fwd.hostUs.toFixed(1)]);
+  rows.push([`host: forward() (append and decode, one op)`, pageSize, fwd.us.toFixed(1), '', '', fwd.hostUs.toFixed(1)]);
   rows.push([`host: attend() (decode op)`, pageSize, att.us.toFixed(1), '', '', att.hostUs.toFixed(1)]);
   kv.dispose();
   q.dispose();

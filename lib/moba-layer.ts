@@ -90,8 +90,10 @@ export class MobaAttention {
    */
   forward(cache: KVCache, layerIndex: number, plan: KVPlan, q: Tensor, k: Tensor, v: Tensor): Tensor {
     this.check(cache, layerIndex, plan, q);
-    cache.checkRows(k, 'k', plan.numRows);
-    cache.checkRows(v, 'v', plan.numRows);
+    const kt = cache.checkRows(k, 'k', plan.numRows);
+    const vt = cache.checkRows(v, 'v', plan.numRows);
+    // Decode-only batches append inside the decode op: one op per layer and step.
+    if (plan.decode && !plan.prefill) return this.run(cache, layerIndex, plan, q, kt, vt);
     cache.enqueueAppend(layerIndex, plan, k, v);
     return this.run(cache, layerIndex, plan, q);
   }
@@ -141,7 +143,7 @@ export class MobaAttention {
     }
   }
 
-  private run(cache: KVCache, layer: number, plan: KVPlan, q: Tensor): Tensor {
+  private run(cache: KVCache, layer: number, plan: KVPlan, q: Tensor, newK?: Tensor, newV?: Tensor): Tensor {
     const D = this.headDim;
     const Hq = this.numQHeads;
     const shape = [plan.numRows, Hq, D];
@@ -164,6 +166,7 @@ export class MobaAttention {
         this.softmaxScale, moba ? 1 : 0, moba ? this.chunkSize : 0, moba ? this.topK : 0,
         cache.dtypeCode, cache.numPages, cache.numLayers, layer, cache.numKVHeads, cache.pageSize, cache.headDim,
         cache.sumPages,
+        newK?.buffer, newV?.buffer, plan.meta.buffer, plan.appendOffset, plan.numAppendSegments, plan.numRows,
       );
       if (!out && made) out = new Tensor(this.device, made, shape, this.dtype);
     }

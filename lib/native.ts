@@ -83,6 +83,7 @@ export interface NativeDevice {
    * policy: 0 full, 1 moba. counters: zeroed i32 buffer for split-KV (CUDA).
    * out: null to have the op allocate the output (one call fewer per step);
    * returns that buffer, or undefined when out was given or batch is 0.
+   * With k and v, the op first appends the plan's new K/V (as kvAppend).
    */
   decodeAttention(
     q: NativeBuffer, out: NativeBuffer | null, pool: NativeBuffer, keySums: NativeBuffer,
@@ -91,6 +92,9 @@ export interface NativeDevice {
     softmaxScale: number, policy: number, chunkSize: number, topK: number,
     dtypeCode: number, numPages: number, numLayers: number, layer: number,
     numKVHeads: number, pageSize: number, headDim: number, sumPages: number,
+    // forward(): the new tokens' K/V, appended by this op (kvAppend's arguments k .. numRows).
+    k?: NativeBuffer, v?: NativeBuffer, appendMeta?: NativeBuffer, segOffset?: number, numSegments?: number,
+    appendRows?: number,
   ): NativeBuffer | undefined;
 }
 

@@ -94,7 +94,10 @@ Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
 
 // decodeAttention(q, out | null, pool, keySums, meta, infoOffset, batch, numPageIndices, counters | null,
 //                 numRows, numQHeads, maxQLen, maxKvLen, sumKvLen, softmaxScale, policy, chunkSize, topK,
-//                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages)
+//                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages
+//                 [, k, v, appendMeta, segOffset, numSegments, numRows])
+// With k and v: the new tokens' K/V are appended in the same op (forward()),
+// described as for kvAppend (its arguments 2-7).
 Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
@@ -136,6 +139,16 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   if (counters) {
     p.counters = static_cast<int32_t*>(counters->data());
     p.numCounters = static_cast<int>(std::min<size_t>(counters->bytes() / 4, (size_t(1) << 31) - 1));
+  }
+  if (info.Length() > 26 && !info[26].IsNull() && !info[26].IsUndefined()) {
+    KVAppendParams& ap = p.append;
+    ap.kv = p.kv;
+    argSegmentedRows(info, 26, c, &ap);
+    if (ap.numRows != p.numRows) {
+      throwInvalid(env, "Expected the appended rows (" + std::to_string(ap.numRows) + ") to be the query rows (" +
+                            std::to_string(p.numRows) + ")");
+    }
+    if (ap.numSegments == 0) ap.k = ap.v = nullptr;
   }
   if (p.batch == 0) return env.Undefined();
   Napi::Value made = env.Undefined();

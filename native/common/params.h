@@ -155,6 +155,13 @@ struct DecodeParams {
   // Split-KV completion counters (CUDA): zero before the op, zero after it.
   int32_t* counters = nullptr;
   int numCounters = 0;
+  // MobaAttention.forward() of a batch without prefill rows: the new tokens'
+  // K/V (append.k, append.v: [numRows, numKVHeads, headDim], the rows of q)
+  // go into the cache in this op, as kvAppend would write them (same bytes,
+  // same key sums), and the attention reads them from those rows. kvLen
+  // already counts them; append.kv equals kv. append.k == nullptr: they are in
+  // the cache already.
+  KVAppendParams append;
 };
 
 }  // namespace moba

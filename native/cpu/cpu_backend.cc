@@ -156,7 +156,10 @@ class CpuBackend final : public Backend {
   }
 
   Status decodeAttention(const DecodeParams& params) override {
-    stream_.enqueue([this, p = params] { return cpuDecodeAttention(p, pool_); });
+    stream_.enqueue([this, p = params] {
+      if (p.append.k != nullptr) MOBA_RETURN_IF_ERROR(cpuKvAppend(p.append, pool_));
+      return cpuDecodeAttention(p, pool_);
+    });
     return Status::Ok();
   }
 

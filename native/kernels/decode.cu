@@ -31,6 +31,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -101,6 +102,79 @@ __device__ __forceinline__ void clusterMerge(const DecodeArgs& a, SeqView s, int
   attn::clusterWait();
 }
 
+// forward() in one op: the CTA of slot 0 and row tile 0 writes the item's
+// new tokens (KV head h of sequence s) into their pages and adds them to the
+// key sums exactly as kvAppend does (per dimension, in position order, from
+// the page's own sum, or the run's previous page when the token starts a
+// page, or zero when it starts a run). Nothing in this grid reads what it
+// writes: a warp whose tile holds new tokens overwrites their rows in shared
+// memory with the op's rows once the tile lands, and a moba gate reads only
+// the sums of blocks before the rows' own (the host appends first when new
+// tokens could complete a block that a later row scores).
+template <int D, bool kBf16>
+__device__ __noinline__ void appendNewTokens(const DecodeArgs& a, const SeqView& s, int h) {
+  constexpr int CPR = D / 8;
+  const int newFrom = s.kvLen - s.qLen;
+  const int64_t rowStride = static_cast<int64_t>(a.numKVHeads) * D;
+  uint16_t* pool = const_cast<uint16_t*>(a.kv) + static_cast<int64_t>(h) * a.pageSize * D;
+  for (int e = threadIdx.x; e < s.qLen * 2 * CPR; e += kThreads) {
+    const int i = e / (2 * CPR), rest = e - i * 2 * CPR;
+    const bool isV = rest >= CPR;
+    const int c = isV ? rest - CPR : rest;
+    const int pos = newFrom + i, pi = pos / a.pageSize;
+    const int page = s.pages[pi];
+    if (page < 0 || page >= a.numPages) continue;
+    const uint16_t* src = (isV ? a.newV : a.newK) + (s.qStart + i) * rowStride + h * D + c * 8;
+    uint16_t* dst = pool + page * a.pageStride + static_cast<int64_t>(pos - pi * a.pageSize) * D + (isV ? a.vOffset : 0) + c * 8;
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+  }
+  float* sums = const_cast<float*>(a.sums) + h * D;
+  for (int d = threadIdx.x; d < D; d += kThreads) {
+    float sum = 0.f;
+    for (int i = 0; i < s.qLen; ++i) {
+      const int pos = newFrom + i, pi = pos / a.pageSize, slotInPage = pos - pi * a.pageSize;
+      const int page = s.pages[pi];
+      const bool pageOk = page >= 0 && page < a.numPages;
+      if (i == 0 && slotInPage > 0) {
+        sum = pageOk ? sums[page * a.sumsPageStride + d] : 0.f;
+      } else if (slotInPage == 0) {
+        if (pi % a.sumPages == 0) {
+          sum = 0.f;  // a new run
+        } else if (i == 0) {
+          const int prev = s.pages[pi - 1];  // the run's previous page (later tokens go on from it)
+          sum = prev >= 0 && prev < a.numPages ? sums[prev * a.sumsPageStride + d] : 0.f;
+        }
+      }
+      sum += widen<kBf16>(a.newK[(s.qStart + i) * rowStride + h * D + d]);
+      if (pageOk && (i == s.qLen - 1 || slotInPage == a.pageSize - 1)) sums[page * a.sumsPageStride + d] = sum;
+    }
+  }
+}
+
+// forward(), in the tile loop: rows [r0, r1) of a landed warp tile (K in kStage,
+// V in vStage, either layout) become the op's new K/V rows firstRow + r0, ...
+// of KV head h. Out of line: it runs for a sequence's last tile or two, and
+// inlined it changed the register allocation of the whole loop.
+template <int D, bool kTma>
+__device__ __noinline__ void patchNewRows(const DecodeArgs& a, uint16_t* kStage, uint16_t* vStage, int r0, int r1,
+                                          int firstRow, int h) {
+  constexpr int CPR = D / 8;
+  const int lane = threadIdx.x & 31;
+  for (int r = r0; r < r1; ++r) {
+    const int64_t row = (static_cast<int64_t>(firstRow) + r) * a.numKVHeads * D + h * D;
+    for (int i = lane; i < 2 * CPR; i += 32) {
+      const bool isV = i >= CPR;
+      const int c = isV ? i - CPR : i;
+      const uint4 x = *reinterpret_cast<const uint4*>((isV ? a.newV : a.newK) + row + c * 8);
+      *reinterpret_cast<uint4*>(decode::tileChunk<D, kTma>(isV ? vStage : kStage, r, c)) = x;
+    }
+  }
+#if MOBA_DECODE_BULK
+  attn::fenceProxyAsync();  // before the next bulk copy into the stage
+#endif
+  __syncwarp();
+}
+
 // One CTA per (slot, KV head x row tile, sequence). M: 16-row MMA tiles per CTA.
 // The CTA's keys come in virtual tiles of kTile keys; warp w owns keys
 // [16w, 16w + 16) of every one of them and streams them through its own ring
@@ -155,6 +229,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   const int rowsHere = min(RT, R - row0);
   const int item = (b * a.numKVHeads + h) * a.rowTiles + rt;
   const uint16_t* kvHead = a.kv + static_cast<int64_t>(h) * a.pageSize * D;
+  // forward(): positions from here on are this op's new tokens, read from its rows.
+  const int newFrom = a.newK != nullptr ? s.kvLen - s.qLen : INT_MAX;
 
   // Query rows: local row r is (token i, head g) with r + row0 = i * group + g.
   // cp.async (rows past the tile zero-filled), so that the first page and
@@ -330,6 +406,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   }
   win[kStages] = take();
   RowRef ahead = lookup(win[kStages]);
+  // forward(): the new tokens go into the cache while the first tiles are in flight.
+  if (a.newK != nullptr && slot == 0 && rt == 0) appendNewTokens<D, kBf16>(a, s, h);
   for (int it = 0; win[0] >= 0; ++it) {
     ring.wait(it);  // tile `it` landed
     const KeyRange ti = rangeOf(win[0]);
@@ -337,6 +415,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
 #if MOBA_DECODE_BULK
     if (kTma && ti.end - ti.p0 < decode::kWarpKeys) ring.zeroTailV(stg, max(0, ti.end - ti.p0), lane);
 #endif
+    // forward(): the tile's new tokens came from pages this op may not have
+    // written yet; their rows replace them.
+    if (ti.p0 + decode::kWarpKeys > newFrom && ti.p0 < ti.end) {
+      patchNewRows<D, kTma>(a, ring.kMut(stg), ring.vMut(stg), max(newFrom - ti.p0, 0),
+                            min(ti.end - ti.p0, decode::kWarpKeys), s.qStart + ti.p0 - newFrom, h);
+    }
     const uint16_t* ks = ring.k(stg);
     const uint16_t* vs = ring.v(stg);
 
@@ -835,6 +919,8 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   DecodeArgs a = {};
   a.q = static_cast<const uint16_t*>(p.q);
   a.out = static_cast<uint16_t*>(p.out);
+  a.newK = static_cast<const uint16_t*>(p.append.k);
+  a.newV = static_cast<const uint16_t*>(p.append.v);
   a.kv = static_cast<const uint16_t*>(kv.pool) + kv.layerOffset();
   a.pageStride = kv.pageStride();
   a.vOffset = kv.vOffset();
@@ -1041,7 +1127,19 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
 
 }  // namespace
 
-Status decodeLaunch(const DecodeParams& p, CudaContext& ctx) {
+Status decodeLaunch(const DecodeParams& params, CudaContext& ctx) {
+  // The attention appends the new tokens itself (one launch), unless a moba
+  // gate might read a key sum they change: with several new tokens per
+  // sequence, one may complete a block that a later one's row scores.
+  const DecodeParams* use = &params;
+  DecodeParams appended;
+  if (params.append.k != nullptr && params.policy == DecodePolicy::Moba && params.maxQLen > 1) {
+    MOBA_RETURN_IF_ERROR(kvAppendLaunch(params.append, ctx));
+    appended = params;
+    appended.append = KVAppendParams{};
+    use = &appended;
+  }
+  const DecodeParams& p = *use;
   bool refused = false;
   MOBA_RETURN_IF_ERROR(decodeLaunchAs(p, ctx, !plainLaunchesOnly(), &refused));
   if (!refused) return Status::Ok();

@@ -75,6 +75,11 @@ struct DecodeArgs {
   float* partO;         // [items, numSlots, rowTile, headDim]
   float* partL;         // [items, numSlots, rowTile] log2-sum-exp
   int32_t* counters;    // [items]
+  // forward(): the new tokens' K and V rows ([numRows, numKVHeads, headDim],
+  // the rows of q), written into their pages and key sums by this op and read
+  // from these rows by it; null: already in the cache.
+  const uint16_t* newK;
+  const uint16_t* newV;
 };
 
 // ---------------------------------------------------------------- helpers --

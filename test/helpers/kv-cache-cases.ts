@@ -545,6 +545,68 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
+  it('forward() of a decode batch appends inside the decode op: the same output bits and cache bytes as append() then attend()', async () => {
+    // Two caches get the same tokens; one steps with forward(), the other with
+    // KVCache.append() then attend(). Lengths put new tokens at the start, the
+    // middle and the end of pages, key-sum runs and blocks, and one sequence
+    // is a fork (its partial page copied on write).
+    using device = open();
+    const shape = { numQHeads: 8, numKVHeads: 2, headDim: 64 };
+    for (const [decode, pageSize, sumBlock, maxNew] of [
+      ['full', 16, undefined, 1], ['full', 5, undefined, 8], ['moba', 16, 64, 1], ['moba', 16, undefined, 1],
+      ['moba', 8, 32, 1], ['moba', 16, 64, 8],
+    ] as const) {
+      const chunkSize = pageSize * Math.round(64 / pageSize);
+      const name = `${decode}, page ${pageSize}, key sums per ${sumBlock ?? pageSize}, up to ${maxNew} new tokens`;
+      const rng = rngFor(`fused append ${name}`);
+      const geometry = { numLayers: 2, numPages: 512, pageSize, chunkSize: sumBlock };
+      const envs = [makeEnv(device, rng, shape, 'bf16', geometry), makeEnv(device, rng, shape, 'bf16', geometry)];
+      using cacheA = envs[0]!.cache;
+      using cacheB = envs[1]!.cache;
+      const { numQHeads, numKVHeads, headDim } = shape;
+      const kvShape = (rows: number) => [rows, numKVHeads, headDim];
+      const seqs: number[] = [];
+      for (const n of [63, 64, pageSize - 1, 31, 95, 200 + rng.int(0, 40)]) {
+        const k = randomRows(envs[0]!, n, numKVHeads);
+        const v = randomRows(envs[0]!, n, numKVHeads);
+        using kt = device.tensor(k, { dtype: 'bf16', shape: kvShape(n) });
+        using vt = device.tensor(v, { dtype: 'bf16', shape: kvShape(n) });
+        let seq = -1;
+        for (const { cache } of envs) {
+          seq = cache.addSequence();
+          const plan = cache.plan([{ seq, newTokens: n }], { maxDecodeTokens: 0 });
+          for (let layer = 0; layer < 2; layer++) cache.append(layer, plan, kt, vt);
+        }
+        seqs.push(seq);
+      }
+      for (const { cache } of envs) expect(cache.fork(seqs[1]!)).toBe(seqs.length);
+      seqs.push(seqs.length);
+      using layer = layerFor(device, envs[0]!, { chunkSize, topK: 3, decode });
+      for (let stepIndex = 0; stepIndex < 5; stepIndex++) {
+        const entries = seqs.map((seq) => ({ seq, newTokens: rng.int(1, maxNew) }));
+        const plans = envs.map(({ cache }) => cache.plan(entries));
+        const rows = plans[0]!.numRows;
+        for (let li = 0; li < 2; li++) {
+          using q = device.tensor(randomRows(envs[0]!, rows, numQHeads), { dtype: 'bf16', shape: [rows, numQHeads, headDim] });
+          using k = device.tensor(randomRows(envs[0]!, rows, numKVHeads), { dtype: 'bf16', shape: kvShape(rows) });
+          using v = device.tensor(randomRows(envs[0]!, rows, numKVHeads), { dtype: 'bf16', shape: kvShape(rows) });
+          using fused = layer.forward(cacheA, li, plans[0]!, q, k, v);
+          cacheB.append(li, plans[1]!, k, v);
+          using apart = layer.attend(cacheB, li, plans[1]!, q);
+          const [x, y] = [await fused.toArray(), await apart.toArray()];
+          const where = `${name}, step ${stepIndex}, layer ${li}`;
+          expect(x.some(Number.isNaN), `${where}: NaN (unwritten output)`).toBe(false);
+          const firstDiff = x.findIndex((e, i) => !Object.is(e, y[i]));
+          expect(firstDiff, `${where}: first element that differs`).toBe(-1);
+        }
+      }
+      const [poolA, poolB] = [await cacheA.pool.toArray(), await cacheB.pool.toArray()];
+      expect(poolA.findIndex((e, i) => !Object.is(e, poolB[i])), `${name}: first pool element that differs`).toBe(-1);
+      const [sumsA, sumsB] = [await cacheA.keySums.toArray(), await cacheB.keySums.toArray()];
+      expect(sumsA.findIndex((e, i) => !Object.is(e, sumsB[i])), `${name}: first key-sum element that differs`).toBe(-1);
+    }
+  });
+
   it('chunked prefill equals a one-shot prefill of the whole sequence (block and mid-block boundaries)', async (ctx) => {
     using device = open();
     await needAttention(ctx, device);
