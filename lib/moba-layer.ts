@@ -143,6 +143,15 @@ export class MobaAttention {
     }
   }
 
+  /** 1 when a decode sequence's new tokens lie in two blocks (the decode op then appends before it gates). */
+  private spansBlocks(plan: KVPlan): 0 | 1 {
+    const B = this.chunkSize;
+    for (const s of plan.sequences) {
+      if (s.decode && Math.floor(s.start / B) !== Math.floor((s.start + s.newTokens - 1) / B)) return 1;
+    }
+    return 0;
+  }
+
   private run(cache: KVCache, layer: number, plan: KVPlan, q: Tensor, newK?: Tensor, newV?: Tensor): Tensor {
     const D = this.headDim;
     const Hq = this.numQHeads;
@@ -167,6 +176,7 @@ export class MobaAttention {
         cache.dtypeCode, cache.numPages, cache.numLayers, layer, cache.numKVHeads, cache.pageSize, cache.headDim,
         cache.sumPages,
         newK?.buffer, newV?.buffer, plan.meta.buffer, plan.appendOffset, plan.numAppendSegments, plan.numRows,
+        newK && moba && dec.maxQLen > 1 ? this.spansBlocks(plan) : 0,
       );
       if (!out && made) out = new Tensor(this.device, made, shape, this.dtype);
     }

@@ -83,7 +83,8 @@ export interface NativeDevice {
    * policy: 0 full, 1 moba. counters: zeroed i32 buffer for split-KV (CUDA).
    * out: null to have the op allocate the output (one call fewer per step);
    * returns that buffer, or undefined when out was given or batch is 0.
-   * With k and v, the op first appends the plan's new K/V (as kvAppend).
+   * With k and v, the op first appends the plan's new K/V (as kvAppend);
+   * spansBlocks: whether some sequence's new tokens lie in two moba blocks.
    */
   decodeAttention(
     q: NativeBuffer, out: NativeBuffer | null, pool: NativeBuffer, keySums: NativeBuffer,
@@ -94,7 +95,7 @@ export interface NativeDevice {
     numKVHeads: number, pageSize: number, headDim: number, sumPages: number,
     // forward(): the new tokens' K/V, appended by this op (kvAppend's arguments k .. numRows).
     k?: NativeBuffer, v?: NativeBuffer, appendMeta?: NativeBuffer, segOffset?: number, numSegments?: number,
-    appendRows?: number,
+    appendRows?: number, spansBlocks?: 0 | 1,
   ): NativeBuffer | undefined;
 }
 

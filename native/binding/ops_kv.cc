@@ -95,9 +95,10 @@ Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
 // decodeAttention(q, out | null, pool, keySums, meta, infoOffset, batch, numPageIndices, counters | null,
 //                 numRows, numQHeads, maxQLen, maxKvLen, sumKvLen, softmaxScale, policy, chunkSize, topK,
 //                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages
-//                 [, k, v, appendMeta, segOffset, numSegments, numRows])
+//                 [, k, v, appendMeta, segOffset, numSegments, numRows, spansBlocks])
 // With k and v: the new tokens' K/V are appended in the same op (forward()),
-// described as for kvAppend (its arguments 2-7).
+// described as for kvAppend (its arguments 2-7); spansBlocks: whether some
+// sequence's new tokens lie in two moba blocks (absent: assumed so).
 Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
@@ -149,6 +150,7 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
                             std::to_string(p.numRows) + ")");
     }
     if (ap.numSegments == 0) ap.k = ap.v = nullptr;
+    if (info.Length() > 32 && !info[32].IsUndefined()) p.appendSpansBlocks = argInt(info, 32, "spansBlocks", 0, 1) != 0;
   }
   if (p.batch == 0) return env.Undefined();
   Napi::Value made = env.Undefined();

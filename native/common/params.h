@@ -162,6 +162,9 @@ struct DecodeParams {
   // already counts them; append.kv equals kv. append.k == nullptr: they are in
   // the cache already.
   KVAppendParams append;
+  // moba: some sequence's new tokens lie in two blocks, so one may complete a
+  // block that a later row's gate scores (true when unknown).
+  bool appendSpansBlocks = true;
 };
 
 }  // namespace moba

@@ -1129,11 +1129,12 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
 
 Status decodeLaunch(const DecodeParams& params, CudaContext& ctx) {
   // The attention appends the new tokens itself (one launch), unless a moba
-  // gate might read a key sum they change: with several new tokens per
-  // sequence, one may complete a block that a later one's row scores.
+  // gate might read a key sum they change: when a sequence's new tokens lie
+  // in two blocks, one may complete a block that a later one's row scores.
   const DecodeParams* use = &params;
   DecodeParams appended;
-  if (params.append.k != nullptr && params.policy == DecodePolicy::Moba && params.maxQLen > 1) {
+  if (params.append.k != nullptr && params.policy == DecodePolicy::Moba && params.maxQLen > 1 &&
+      params.appendSpansBlocks) {
     MOBA_RETURN_IF_ERROR(kvAppendLaunch(params.append, ctx));
     appended = params;
     appended.append = KVAppendParams{};

@@ -583,7 +583,15 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       seqs.push(seqs.length);
       using layer = layerFor(device, envs[0]!, { chunkSize, topK: 3, decode });
       for (let stepIndex = 0; stepIndex < 5; stepIndex++) {
-        const entries = seqs.map((seq) => ({ seq, newTokens: rng.int(1, maxNew) }));
+        // Step 0: the 63-token sequence's new tokens cross into block 1; step 1:
+        // as many tokens as fit in each sequence's current block (no crossing).
+        const entries = seqs.map((seq) => ({
+          seq,
+          newTokens: stepIndex === 1
+            ? Math.min(maxNew, chunkSize - (cacheA.length(seq) % chunkSize))
+            : rng.int(1, maxNew),
+        }));
+        if (stepIndex === 0) entries[0]!.newTokens = maxNew;
         const plans = envs.map(({ cache }) => cache.plan(entries));
         const rows = plans[0]!.numRows;
         for (let li = 0; li < 2; li++) {
