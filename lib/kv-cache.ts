@@ -472,8 +472,9 @@ export class KVCache {
   /**
    * Writes the new K/V of a plan's rows into layer `layer` (k, v:
    * [plan.numRows, numKVHeads, headDim]) and updates that layer's page key
-   * sums. MobaAttention.forward() calls it; call it directly when attention
-   * runs separately (MobaAttention.attend()).
+   * sums, as MobaAttention.forward() does (for a batch without prefill rows,
+   * inside its decode op); call it directly when attention runs separately
+   * (MobaAttention.attend()).
    */
   append(layer: number, plan: KVPlan, k: Tensor, v: Tensor): void {
     this.checkPlan(plan);

@@ -11,7 +11,9 @@
  *    sequence has at most topK blocks, which is the same result): the cached
  *    K/V are gathered through the page table and attended like a one-shot
  *    prefill, so chunked prefill equals prefill of the whole sequence.
- * Outputs come back in the input row order. Like every op it only enqueues.
+ * Outputs come back in the input row order. Like every op it only enqueues;
+ * a batch without prefill rows is one op (the decode kernel writes the new
+ * K/V itself).
  */
 import type { Device } from './device.js';
 import { DTYPE_CODE } from './dtype.js';
