@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     }
   }
 
-  int numTiles, vtBegin;
+  int numWarpTiles, wtBegin;
   bool gateCounted = false;  // this CTA already counted itself in counters[item] (fused gate)
   if (a.moba) {
     if (a.fusedGate) {
@@ -274,12 +274,15 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
       }
     }
     __syncthreads();
-    const int nVirtual = unionSize * a.tilesPerBlock;
-    const int split = a.bySlots(nVirtual + a.numSlots - 1);
-    vtBegin = slot * split;
-    numTiles = max(0, min(nVirtual, vtBegin + split) - vtBegin);
+    // The union's warp tiles in equal shares (72 virtual tiles over 16 CTAs:
+    // 18 warp tiles each, where whole virtual tiles gave 14 CTAs 20 and one
+    // none, and two CTAs that share an SM carried 40 instead of 36).
+    const int nWarpTiles = unionSize * a.tilesPerBlock * kWarps;
+    const int split = a.bySlots(nWarpTiles + a.numSlots - 1);
+    wtBegin = slot * split;
+    numWarpTiles = max(0, min(nWarpTiles, wtBegin + split) - wtBegin);
   } else {
-    vtBegin = numTiles = 0;  // full policy: the warps' feed below decides
+    wtBegin = numWarpTiles = 0;  // full policy: the warps' feed below decides
   }
   // Q, the union and its row masks and the barriers are visible to all.
   ptx::cpAsyncWait<0>();
@@ -317,8 +320,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   // gained 0-2% at batch 1 and broke that.
   int feedNext, feedEnd;
   if (a.moba) {
-    feedNext = vtBegin * kWarps + warp;
-    feedEnd = (vtBegin + numTiles) * kWarps;
+    feedNext = wtBegin + warp;
+    feedEnd = wtBegin + numWarpTiles;
   } else {
     const int nWarpTiles = (s.kvLen + decode::kWarpKeys - 1) / decode::kWarpKeys;
     const int share = a.bySlots(nWarpTiles + a.numSlots - 1);
