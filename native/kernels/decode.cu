@@ -525,13 +525,27 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   // The next op's grid may launch and run up to its own wait (a programmatic
   // launch) while this one merges: it reads nothing this grid writes before then.
   allowDependentGrid();
+  // The warps' merge, in two CTA barriers: each warp posts its rows' running
+  // maxima (outside the rings, so before the other warps are done with
+  // theirs); then each scales its accumulators and sums to the rows' common
+  // maximum and posts them (padding rows skipped); one pass adds them up.
+  __shared__ float mShared[kWarps][32];  // [warp][row], RT <= 32
+  static_assert(RT <= 32, "one row maximum per (warp, row)");
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      if ((lane & 3) == 0) mShared[warp][m * 16 + (lane >> 2) + hh * 8] = mRow[m][hh];
+    }
+  }
   __syncthreads();  // every warp is done with its ring: reuse the bytes to merge the warps
 
-  float* accW = reinterpret_cast<float*>(region);  // [kWarps][RT][D]
-  float* mW = accW + kWarps * RT * D;              // [kWarps][RT]
-  float* lW = mW + kWarps * RT;                    // [kWarps][RT]
-  float* wW = lW + kWarps * RT;                    // [kWarps][RT] each warp's weight in a row
-  float* lseRow = wW + kWarps * RT;                // [RT]
+  // Rows 8 floats apart: a warp's float2 stores of 4 rows x 4 column pairs
+  // cover the 32 banks once (rows D apart put all 4 rows on the same banks).
+  constexpr int kAccStride = D + 8;
+  float* accW = reinterpret_cast<float*>(region);  // [kWarps][RT][kAccStride], scaled to the row's maximum
+  float* lW = accW + kWarps * RT * kAccStride;     // [kWarps][RT], likewise
+  float* lseRow = lW + kWarps * RT;                // [RT]
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
@@ -540,61 +554,61 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
       l += __shfl_xor_sync(0xffffffffu, l, 1);
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const int lr = m * 16 + (lane >> 2) + hh * 8;
-      if ((lane & 3) == 0) {
-        mW[warp * RT + lr] = mRow[m][hh];
-        lW[warp * RT + lr] = l;
-      }
+      if (lr < rowsHere) {
+        float mx = mShared[0][lr];
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        const int col = n * 8 + (lane & 3) * 2;
-        *reinterpret_cast<float2*>(accW + (warp * RT + lr) * D + col) = make_float2(acc[m][n][hh * 2], acc[m][n][hh * 2 + 1]);
+        for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, mShared[w][lr]);
+        const float f = lseWeight(mRow[m][hh], mx);
+        if ((lane & 3) == 0) lW[warp * RT + lr] = l * f;
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          const int col = n * 8 + (lane & 3) * 2;
+          *reinterpret_cast<float2*>(accW + (warp * RT + lr) * kAccStride + col) =
+              make_float2(acc[m][n][hh * 2] * f, acc[m][n][hh * 2 + 1] * f);
+        }
       }
     }
   }
   __syncthreads();
 
-  // Per row, once: each warp's weight exp2(m_w - m) / l and the row's log2-sum-exp.
-  if (tid < rowsHere) {
-    const int lr = tid;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, mW[w * RT + lr]);
-    float l = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float f = lseWeight(mW[w * RT + lr], mx);
-      wW[w * RT + lr] = f;
-      l += lW[w * RT + lr] * f;
-    }
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) wW[w * RT + lr] *= inv;
-    lseRow[lr] = l > 0.f ? mx + log2f(l) : -INFINITY;
-  }
-  __syncthreads();
   // Cluster: the CTA's partial stays in its shared memory, after the warps' merge.
   float* clusterO = lseRow + RT;  // [RT][D]
   float* partO = a.partO + (static_cast<int64_t>(item) * a.numSlots + slot) * RT * D;
   float* partL = a.partL + (static_cast<int64_t>(item) * a.numSlots + slot) * RT;
   for (int e = tid; e < rowsHere * (D / 4); e += kThreads) {
     const int lr = e / (D / 4), d = (e - lr * (D / 4)) * 4;
+    float l = 0.f;
     float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
-      const float f = wW[w * RT + lr];
-      const float4 v = *reinterpret_cast<const float4*>(accW + (w * RT + lr) * D + d);
-      o.x += f * v.x;
-      o.y += f * v.y;
-      o.z += f * v.z;
-      o.w += f * v.w;
+      l += lW[w * RT + lr];
+      const float4 v = *reinterpret_cast<const float4*>(accW + (w * RT + lr) * kAccStride + d);
+      o.x += v.x;
+      o.y += v.y;
+      o.z += v.z;
+      o.w += v.w;
     }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
     if (a.numSlots == 1) {
-      storeRow4<kBf16>(a.out + globalRowOf(a, s, h, row0 + lr) * D + d, o, 1.f);
-    } else if (cluster) {
+      storeRow4<kBf16>(a.out + globalRowOf(a, s, h, row0 + lr) * D + d, o, inv);
+      continue;
+    }
+    o = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
+    if (d == 0) {
+      float mx = mShared[0][lr];
+#pragma unroll
+      for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, mShared[w][lr]);
+      const float lse = l > 0.f ? mx + log2f(l) : -INFINITY;
+      if (cluster) {
+        lseRow[lr] = lse;
+      } else {
+        partL[lr] = lse;
+      }
+    }
+    if (cluster) {
       *reinterpret_cast<float4*>(clusterO + lr * D + d) = o;
     } else {
       *reinterpret_cast<float4*>(partO + lr * D + d) = o;
-      if (d == 0) partL[lr] = lseRow[lr];
     }
   }
   if (a.numSlots == 1) return;
@@ -956,7 +970,7 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   // the union of the selected blocks.
   const size_t rowBytes = static_cast<size_t>(D + 8) * 2;
   const size_t ringBytes = static_cast<size_t>(kThreads / 32) * kStages * 2 * decode::kWarpKeys * rowBytes;
-  const size_t warpMergeBytes = (static_cast<size_t>(kThreads / 32) * RT * D + 3 * (kThreads / 32) * RT + RT) * 4;
+  const size_t warpMergeBytes = (static_cast<size_t>(kThreads / 32) * RT * (D + 8) + (kThreads / 32) * RT + RT) * 4;
   const size_t regionBytes = CudaContext::alignUp(std::max(ringBytes, warpMergeBytes), 16);
   size_t unionBytes = 0;
   int maxPast = 0;
