@@ -17,7 +17,7 @@ Napi::Function BufferWrap::defineClass(Napi::Env env) {
 BufferWrap::BufferWrap(const Napi::CallbackInfo& info)
     : Napi::ObjectWrap<BufferWrap>(info), env_(info.Env()) {}
 
-Napi::Object BufferWrap::create(Napi::Env env, std::shared_ptr<DeviceCore> core, size_t bytes) {
+Napi::Object BufferWrap::create(Napi::Env env, std::shared_ptr<DeviceCore> core, size_t bytes, BufferWrap** wrap) {
   if (!core->backend) throwStatus(env, Status::Error(ErrorCode::Disposed, "the device has been disposed"));
   void* ptr = nullptr;
   Status s = core->backend->allocate(bytes, &ptr);
@@ -34,6 +34,7 @@ Napi::Object BufferWrap::create(Napi::Env env, std::shared_ptr<DeviceCore> core,
   self->bytes_ = bytes;
   self->core_->buffers.insert(self);
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+  if (wrap) *wrap = self;
   return obj;
 }
 

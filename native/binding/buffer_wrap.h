@@ -15,7 +15,8 @@ class BufferWrap : public Napi::ObjectWrap<BufferWrap> {
  public:
   static Napi::Function defineClass(Napi::Env env);
   // Allocates `bytes` on `core`'s backend; throws EOOM etc. on failure.
-  static Napi::Object create(Napi::Env env, std::shared_ptr<DeviceCore> core, size_t bytes);
+  // wrap (optional): receives the new object's BufferWrap.
+  static Napi::Object create(Napi::Env env, std::shared_ptr<DeviceCore> core, size_t bytes, BufferWrap** wrap = nullptr);
   static BufferWrap* unwrap(Napi::Value value);
 
   explicit BufferWrap(const Napi::CallbackInfo& info);

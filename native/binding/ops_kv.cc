@@ -157,9 +157,9 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   if (out) {
     p.out = out->data();
   } else {
-    Napi::Object obj = BufferWrap::create(env, c.shared_from_this(), qBytes);
-    p.out = BufferWrap::unwrap(obj)->data();
-    made = obj;
+    BufferWrap* wrap = nullptr;
+    made = BufferWrap::create(env, c.shared_from_this(), qBytes, &wrap);
+    p.out = wrap->data();
   }
   Status s = c.backend->decodeAttention(p);
   if (!s.ok()) throwStatus(env, s);

@@ -176,8 +176,8 @@ __device__ __noinline__ void patchNewRows(const DecodeArgs& a, uint16_t* kStage,
 }
 
 // One CTA per (slot, KV head x row tile, sequence). M: 16-row MMA tiles per CTA.
-// The CTA's keys come in virtual tiles of kTile keys; warp w owns keys
-// [16w, 16w + 16) of every one of them and streams them through its own ring
+// The CTA's keys come as a share of 16-key warp tiles; its warps take every
+// kWarps-th of them in turn, and each streams its own through its own ring
 // (decode_stream.cuh) with its own online softmax; the warps meet only at the
 // start (query rows, moba selection) and once at the end (the merge).
 // kTma: K/V tiles by tensor copies (sm_90; every tile 16 keys of one page).
@@ -289,8 +289,8 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   __syncthreads();
 
   // The warp's keys come as warp tiles of 16: full policy, tile t holds keys
-  // [16t, 16t + 16); moba, tile vt * kWarps + w is warp w's quarter of
-  // virtual tile vt of the union.
+  // [16t, 16t + 16); moba, tile vt * kWarps + q is quarter q of virtual tile
+  // vt (kTile keys) of the union.
   struct KeyRange {
     int p0, end;    // first key; keys at positions >= end are masked
     uint32_t rows;  // bit r: local row r attends to these keys
@@ -539,6 +539,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     }
   }
   __syncthreads();  // every warp is done with its ring: reuse the bytes to merge the warps
+  auto rowMax = [&](int lr) {
+    float mx = mShared[0][lr];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, mShared[w][lr]);
+    return mx;
+  };
 
   // Rows 8 floats apart: a warp's float2 stores of 4 rows x 4 column pairs
   // cover the 32 banks once (rows D apart put all 4 rows on the same banks).
@@ -555,10 +561,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const int lr = m * 16 + (lane >> 2) + hh * 8;
       if (lr < rowsHere) {
-        float mx = mShared[0][lr];
-#pragma unroll
-        for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, mShared[w][lr]);
-        const float f = lseWeight(mRow[m][hh], mx);
+        const float f = lseWeight(mRow[m][hh], rowMax(lr));
         if ((lane & 3) == 0) lW[warp * RT + lr] = l * f;
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
@@ -595,10 +598,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     }
     o = make_float4(o.x * inv, o.y * inv, o.z * inv, o.w * inv);
     if (d == 0) {
-      float mx = mShared[0][lr];
-#pragma unroll
-      for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, mShared[w][lr]);
-      const float lse = l > 0.f ? mx + log2f(l) : -INFINITY;
+      const float lse = l > 0.f ? rowMax(lr) + log2f(l) : -INFINITY;
       if (cluster) {
         lseRow[lr] = lse;
       } else {
