@@ -34,7 +34,13 @@ struct GateArgs {
   int32_t* fallback = nullptr;       // [nqh * totalQ] items h * totalQ + row
   int batch = 0, totalQ = 0, totalK = 0, totalBlocks = 0;
   int nqh = 0, nkvh = 0, group = 1, headDim = 0, chunkSize = 0, topK = 0;
+  // Bits that hold any block index of a sequence (gate_topk.cu, packed lists).
+  int packBits = 1;
 };
+// Packed lists up to this many index bits (4096 blocks per sequence):
+// beyond, the packing error (2^(bits - 23) of a score's magnitude) would
+// widen the band well past the fp16 operands' own bound (gate_topk.cu).
+constexpr int kGateMaxPackBits = 12;
 
 constexpr int kGateStats = 4;
 constexpr int kStatBound = 0, kStatNorm = 1, kStatMaxAbs = 2;

@@ -28,6 +28,16 @@
 // when its band may not fit the list (KL entries) or when its q or
 // centroids are non-finite or huge.
 //
+// Packed lists. When a sequence's block indices fit in `packBits` <= 12
+// bits, a candidate enters the list as one float: its score with the low
+// packBits mantissa bits replaced by its block index. The list is then
+// sorted floats, and an insertion is a max and a min per slot instead of
+// compares and selects on two arrays. Replacing those bits moves a score by
+// less than 2^(packBits - 23) of its magnitude, at most delta = 2^(packBits
+// - 23) (||q|| C + eps); the band logic runs on the packed values with
+// eps + delta, and raw scores are tested against thresholds lowered by delta
+// more.
+//
 // Exact kernel. One warp per (head, row): exact fp32 scores of all past
 // blocks (lanes take every 32nd block), a sorted per-lane list in shared
 // memory, then a warp-wide merge. Handles any topK and any data (NaN ranks
@@ -83,6 +93,14 @@ __device__ __forceinline__ void insertSorted(float (&ls)[KL], int (&li)[KL], flo
   li[0] = above[0] ? j : li[0];
 }
 
+// Folds v into a best-first list of distinct values: a max and a min per slot.
+template <int KL>
+__device__ __forceinline__ void foldTop(float (&ls)[KL], float v) {
+#pragma unroll
+  for (int k = KL - 1; k > 0; --k) ls[k] = fmaxf(ls[k], fminf(ls[k - 1], v));
+  ls[0] = fmaxf(ls[0], v);
+}
+
 // Where column c of row r sits in a warp's 32 x 32 score tile: 4-float
 // chunks XOR-swizzled by the row so that both the fragment-order float2
 // stores and each thread's float4 reads of its own row are conflict-free.
@@ -103,7 +121,7 @@ __device__ __forceinline__ void writeAllPast(int32_t* out, int c, int topK, int 
   for (int m = from; m < topK; m += step) out[m] = m <= c ? m : -1;
 }
 
-template <typename T, int D, int KL>
+template <typename T, int D, int KL, bool kPacked>
 __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCtasPerSm) fastKernel(GateArgs a) {
   using C = FastCfg<D, KL>;
   constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, kPitch = C::kPitch;
@@ -214,6 +232,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     // (relative error below 2^-17 here). Rows whose norm is not finite, or
     // underflows, or whose products could overflow take the exact kernel.
     float eps = 0.f;
+    float delta = 0.f;  // packed lists: how far packing moves a score
     bool bad = true;
     {
       const uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
@@ -261,19 +280,30 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
             eps = ok ? __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(kQsub, Cn)), 1.f + 1.f / 256),
                                  7.888609052210118e-31f)  // + 2^-100
                      : 0.f;
+            if (kPacked && ok) {
+              const float rel = __int_as_float((127 + a.packBits - 23) << 23);  // 2^(packBits - 23)
+              delta = __fmul_ru(__fadd_ru(__fmul_ru(qn, Cn), eps), __fmul_ru(rel, 1.f + 1.f / 1024));
+              eps = __fadd_ru(eps, delta);
+            }
             bad = !ok;
           }
         }
     }
     const float twoEps = 2.f * eps;
+    // Raw scores against a threshold from the list (packed values) or from
+    // raw scores (the seed): how far below the band's floor each may be.
+    const float listSlack = __fadd_ru(twoEps, delta);
+    const float seedSlack = __fadd_ru(listSlack, delta);
+    const uint32_t packMask = kPacked ? (1u << a.packBits) - 1u : 0u;
 
-    // The owned row's best blocks so far, best first; (-inf, INT_MAX) marks an empty slot.
+    // The owned row's best blocks so far, best first; (-inf, INT_MAX) marks
+    // an empty slot. Packed lists carry the index in ls (li is unused).
     float ls[KL];
-    int li[KL];
+    int li[kPacked ? 1 : KL];
 #pragma unroll
     for (int k = 0; k < KL; ++k) {
       ls[k] = -INFINITY;
-      li[k] = INT_MAX;
+      if constexpr (!kPacked) li[k] = INT_MAX;
     }
     const int keepOwn = min(keepMax, pOwn);
     float thr = -INFINITY;  // scores at or below it cannot enter the band
@@ -360,7 +390,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
               gm[k] = hi;
               gm[k + 1] = lo;
             }
-          thr = fmaxf(thr, __fsub_rd(pick<8>(gm, keepOwn - 1), twoEps));
+          thr = fmaxf(thr, __fsub_rd(pick<8>(gm, keepOwn - 1), seedSlack));
         }
         uint32_t mask = 0;
 #pragma unroll
@@ -371,12 +401,16 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
             const int c = __ffs(mask) - 1;
             mask &= mask - 1;
             const float s = myTile[scoreAt(ownWarpRow, c)];
-            if (s > ls[KL - 1]) insertSorted<KL>(ls, li, s, jh + c);
+            if constexpr (kPacked) {
+              foldTop<KL>(ls, __int_as_float((__float_as_int(s) & ~packMask) | static_cast<uint32_t>(jh + c)));
+            } else if (s > ls[KL - 1]) {
+              insertSorted<KL>(ls, li, s, jh + c);
+            }
           }
         }
         // The running keep-th best only grows: scores below it minus 2 eps
         // can never reach the final band.
-        if (keepOwn > 0) thr = fmaxf(thr, __fsub_rd(pick<KL>(ls, keepOwn - 1), twoEps));
+        if (keepOwn > 0) thr = fmaxf(thr, __fsub_rd(pick<KL>(ls, keepOwn - 1), listSlack));
         __syncwarp();  // the tile is rewritten by the next half
       }
     }
@@ -391,7 +425,8 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       for (int k = 0; k < KL; ++k) {
         if (ls[k] >= L) {
           bandS[ownRow * KL + k] = ls[k];
-          bandI[ownRow * KL + k] = li[k];
+          if constexpr (kPacked) bandI[ownRow * KL + k] = static_cast<int>(__float_as_uint(ls[k]) & packMask);
+          else bandI[ownRow * KL + k] = li[k];
           ++nb;
         }
       }
@@ -582,10 +617,10 @@ __global__ void __launch_bounds__(128) exactKernel(GateArgs a, int allRows, int 
   }
 }
 
-template <typename T, int D, int KL>
+template <typename T, int D, int KL, bool kPacked>
 Status launchFastTyped(const GateArgs& a, int numTiles, cudaStream_t stream) {
   using C = FastCfg<D, KL>;
-  auto kernel = fastKernel<T, D, KL>;
+  auto kernel = fastKernel<T, D, KL, kPacked>;
   MOBA_RETURN_IF_ERROR(cudaStatus(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes), "gate smem limit"));
   dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(a.nqh));
@@ -593,12 +628,17 @@ Status launchFastTyped(const GateArgs& a, int numTiles, cudaStream_t stream) {
   return checkLaunch("gate scores");
 }
 
+// Packed lists for keep >= 4 take 4 more entries than gateListCap's (an
+// entry costs two instructions per insertion there): their band is a little
+// wider (the packing error), and rows with many near-ties (scores trending
+// with the block index) then stay on the fast path.
 template <typename T, int D>
 Status launchFastDim(const GateArgs& a, int listCap, int numTiles, cudaStream_t stream) {
+  const bool packed = a.packBits <= kGateMaxPackBits;
   switch (listCap) {
-    case 8: return launchFastTyped<T, D, 8>(a, numTiles, stream);
-    case 12: return launchFastTyped<T, D, 12>(a, numTiles, stream);
-    case 20: return launchFastTyped<T, D, 20>(a, numTiles, stream);
+    case 8: return packed ? launchFastTyped<T, D, 8, true>(a, numTiles, stream) : launchFastTyped<T, D, 8, false>(a, numTiles, stream);
+    case 12: return packed ? launchFastTyped<T, D, 16, true>(a, numTiles, stream) : launchFastTyped<T, D, 12, false>(a, numTiles, stream);
+    case 20: return packed ? launchFastTyped<T, D, 24, true>(a, numTiles, stream) : launchFastTyped<T, D, 20, false>(a, numTiles, stream);
     default: return Status::Invalid("unsupported gate list size: " + std::to_string(listCap));
   }
 }

@@ -67,6 +67,13 @@ GateArgs argsFor(const GateParams& p, const GatePlan& plan, void* ws, const int3
   a.headDim = p.heads.headDim;
   a.chunkSize = p.chunkSize;
   a.topK = p.topK;
+  int64_t maxBlocks = 1;
+  for (int b = 0; b < p.varlen.batch; ++b) {
+    const int64_t lk = p.varlen.cuSeqlensK[b + 1] - p.varlen.cuSeqlensK[b];
+    maxBlocks = std::max(maxBlocks, (lk + p.chunkSize - 1) / p.chunkSize);
+  }
+  a.packBits = 1;
+  while (a.packBits < 31 && (int64_t{1} << a.packBits) < maxBlocks) ++a.packBits;
   return a;
 }
 

@@ -368,9 +368,10 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
 }
 
 /**
- * Rows with hundreds of past blocks (several centroid tiles on the device),
- * scores that trend with the block index either way, and keys far from unit
- * scale: the device must pick exactly what the CPU backend picks.
+ * Rows with hundreds or thousands of past blocks (several centroid tiles on
+ * the device), scores that trend with the block index either way, and keys
+ * far from unit scale: the device must pick exactly what the CPU backend
+ * picks.
  */
 function defineLongRowTests(open: () => Device): void {
   it('agrees with the CPU backend on long rows, trending scores and tiny or huge keys', async () => {
@@ -411,6 +412,45 @@ function defineLongRowTests(open: () => Device): void {
       let first = -1;
       for (let i = 0; i < got.length && first < 0; i++) if (got[i] !== onCpu[i]) first = i;
       expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)} (scale ${v.scale}, trend ${v.trend})`).toBe(-1);
+    }
+  });
+
+  // The fast kernel keeps a candidate's block index in the low bits of its
+  // score while every block index of the launch fits in 12 bits, and keeps
+  // separate indices beyond: sequences on both sides of 4096 blocks.
+  it('agrees with the CPU backend on sequences of about 4096 blocks and more', async () => {
+    using device = open();
+    using cpu = openDevice({ backend: 'cpu' });
+    const rng = rngFor('gate many blocks');
+    const chunkSize = 8;
+    const D = 64;
+    for (const [lo, hi] of [[31000, 4096 * chunkSize], [40000, 48000]] as const) {
+      const lk = [rng.int(lo, hi), rng.int(lo, hi)];
+      const lq = [rng.int(1, 48), rng.int(1, 48)];
+      const cuK = new Int32Array([0, lk[0]!, lk[0]! + lk[1]!]);
+      const cuQ = new Int32Array([0, lq[0]!, lq[0]! + lq[1]!]);
+      const k = randn(cuK[2]! * D, rng);
+      const q = randn(cuQ[2]! * 2 * D, rng);
+      // Scores drift up with the block index: the lists keep taking new blocks.
+      for (let i = 0; i < q.length; i += D) q[i] = q[i]! + 2;
+      for (let b = 0; b < 2; b++) {
+        for (let s = 0; s < lk[b]!; s++) {
+          const at = (cuK[b]! + s) * D;
+          k[at] = k[at]! + 0.0005 * Math.floor(s / chunkSize);
+        }
+      }
+      for (const topK of [3, 8]) {
+        const cc: GateCase = {
+          dtype: 'bf16', cuQ, cuK, numQHeads: 2, numKVHeads: 1, headDim: D, chunkSize, topK,
+          q: roundTo(q, 'bf16'), k: roundTo(k, 'bf16'),
+        };
+        const got = await runGate(device, cc);
+        checkWellFormed(cc, got);
+        const onCpu = await runGate(cpu, cc);
+        let first = -1;
+        for (let i = 0; i < got.length && first < 0; i++) if (got[i] !== onCpu[i]) first = i;
+        expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)}`).toBe(-1);
+      }
     }
   });
 }
