@@ -61,6 +61,7 @@ inline int gateTileRows(int listCap) { return listCap > 0 ? 128 : 0; }
 
 struct GatePlan {
   int totalBlocks = 0;
+  int packBits = 1;  // bits that hold any block index of a sequence (GateArgs::packBits)
   int listCap = 0;   // 0: no fast path
   int tileRows = 0;
   int numTiles = 0;

@@ -67,13 +67,7 @@ GateArgs argsFor(const GateParams& p, const GatePlan& plan, void* ws, const int3
   a.headDim = p.heads.headDim;
   a.chunkSize = p.chunkSize;
   a.topK = p.topK;
-  int64_t maxBlocks = 1;
-  for (int b = 0; b < p.varlen.batch; ++b) {
-    const int64_t lk = p.varlen.cuSeqlensK[b + 1] - p.varlen.cuSeqlensK[b];
-    maxBlocks = std::max(maxBlocks, (lk + p.chunkSize - 1) / p.chunkSize);
-  }
-  a.packBits = 1;
-  while (a.packBits < 31 && (int64_t{1} << a.packBits) < maxBlocks) ++a.packBits;
+  a.packBits = plan.packBits;
   return a;
 }
 
@@ -113,12 +107,16 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
   if (outCount >= INT_MAX) {
     return Status::Invalid("Expected totalQ * numQHeads * topK below 2^31 but received " + std::to_string(outCount));
   }
-  int64_t totalBlocks = 0;
+  int64_t totalBlocks = 0, maxBlocks = 1;
   for (int b = 0; b < v.batch; ++b) {
     int64_t lk = v.cuSeqlensK[b + 1] - v.cuSeqlensK[b];
-    totalBlocks += (lk + p.chunkSize - 1) / p.chunkSize;
+    const int64_t blocks = (lk + p.chunkSize - 1) / p.chunkSize;
+    totalBlocks += blocks;
+    maxBlocks = std::max(maxBlocks, blocks);
   }
   plan->totalBlocks = static_cast<int>(totalBlocks);
+  plan->packBits = 1;
+  while (plan->packBits < 31 && (int64_t{1} << plan->packBits) < maxBlocks) ++plan->packBits;
   plan->listCap = gateListCap(p.topK);
   plan->tileRows = plan->listCap > 0 ? gateTileRows(plan->listCap) : 0;
   plan->numTiles = 0;

@@ -63,6 +63,11 @@ function upload(device: Device, c: GateCase): { q: Tensor; k: Tensor } {
   };
 }
 
+/** The first flat index where two backends' indices differ, or -1. */
+function firstDifference(got: Int32Array, other: Int32Array): number {
+  return got.findIndex((x, i) => x !== other[i]);
+}
+
 async function runGate(device: Device, c: GateCase): Promise<Int32Array> {
   const { q, k } = upload(device, c);
   using qq = q;
@@ -228,9 +233,7 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
       rows += got.length / c.topK;
       if (cpu) {
         // Both backends compute the same fp32 scores where the order depends on them.
-        const onCpu = await runGate(cpu, c);
-        let first = -1;
-        for (let i = 0; i < got.length && first < 0; i++) if (got[i] !== onCpu[i]) first = i;
+        const first = firstDifference(got, await runGate(cpu, c));
         expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(c)}`).toBe(-1);
       }
     }
@@ -408,9 +411,7 @@ function defineLongRowTests(open: () => Device): void {
       const cc: GateCase = { ...c, cuQ, cuK, numQHeads: 2, numKVHeads: 1, q: roundTo(q, v.dtype), k: roundTo(k, v.dtype) };
       const got = await runGate(device, cc);
       checkWellFormed(cc, got);
-      const onCpu = await runGate(cpu, cc);
-      let first = -1;
-      for (let i = 0; i < got.length && first < 0; i++) if (got[i] !== onCpu[i]) first = i;
+      const first = firstDifference(got, await runGate(cpu, cc));
       expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)} (scale ${v.scale}, trend ${v.trend})`).toBe(-1);
     }
   });
@@ -446,9 +447,7 @@ function defineLongRowTests(open: () => Device): void {
         };
         const got = await runGate(device, cc);
         checkWellFormed(cc, got);
-        const onCpu = await runGate(cpu, cc);
-        let first = -1;
-        for (let i = 0; i < got.length && first < 0; i++) if (got[i] !== onCpu[i]) first = i;
+        const first = firstDifference(got, await runGate(cpu, cc));
         expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)}`).toBe(-1);
       }
     }
