@@ -101,6 +101,85 @@ __device__ __forceinline__ void foldTop(float (&ls)[KL], float v) {
   ls[0] = fmaxf(ls[0], v);
 }
 
+// Compare-exchange for lists sorted best first (packed values are distinct;
+// equal sentinels may swap harmlessly).
+__device__ __forceinline__ void exch(float& a, float& b) {
+  const float hi = fmaxf(a, b);
+  b = fminf(a, b);
+  a = hi;
+}
+
+// Sorts x[O, O + 8) best first: the 19-exchange network for eight inputs.
+template <int O, int N>
+__device__ __forceinline__ void sort8(float (&x)[N]) {
+  constexpr int kPairs[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 1}, {2, 3},
+                                 {4, 5}, {6, 7}, {2, 4}, {3, 5}, {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+#pragma unroll
+  for (int i = 0; i < 19; ++i) exch(x[O + kPairs[i][0]], x[O + kPairs[i][1]]);
+}
+
+// Sorts the bitonic run x[O, O + Len) best first (half-cleaners of Len/2 ... 1).
+template <int O, int Len, int N>
+__device__ __forceinline__ void bitonicClean(float (&x)[N]) {
+#pragma unroll
+  for (int s = Len / 2; s >= 1; s >>= 1)
+#pragma unroll
+    for (int i = 0; i < Len; ++i)
+      if ((i & s) == 0) exch(x[O + i], x[O + i + s]);
+}
+
+// Reverses x[O, O + Len): a sorted run followed by a reversed sorted run is bitonic.
+template <int O, int Len, int N>
+__device__ __forceinline__ void reverseRun(float (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < Len / 2; ++i) {
+    const float t = x[O + i];
+    x[O + i] = x[O + Len - 1 - i];
+    x[O + Len - 1 - i] = t;
+  }
+}
+
+// The first tile of a row's scores goes into its packed list by sorting
+// network, with no branch: ls (KL = 16 or 24, best first) becomes the best
+// KL of ls and v (32 values, any order; v is clobbered). About 440 (16) or
+// 650 (24) instructions, against 45-60 per candidate inserted one at a
+// time; the first tile is where a row's candidates are most (there is no
+// threshold yet), and a warp takes as many trips as its busiest row.
+template <int KL>
+__device__ __forceinline__ void mergeBest(float (&ls)[KL], float (&v)[32]) {
+  static_assert(KL == 16 || KL == 24, "sorting-network merge for lists of 16 or 24");
+  sort8<0>(v);
+  sort8<8>(v);
+  sort8<16>(v);
+  sort8<24>(v);
+  reverseRun<8, 8>(v);
+  reverseRun<24, 8>(v);
+  bitonicClean<0, 16>(v);
+  bitonicClean<16, 16>(v);
+  if constexpr (KL == 16) {
+    // The best 16 of two sorted sixteens: maxima against the other reversed (bitonic), sorted.
+#pragma unroll
+    for (int i = 0; i < 16; ++i) v[i] = fmaxf(v[i], v[31 - i]);
+    bitonicClean<0, 16>(v);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) ls[i] = fmaxf(ls[i], v[15 - i]);
+    bitonicClean<0, 16>(ls);
+  } else {
+    reverseRun<16, 16>(v);
+    bitonicClean<0, 32>(v);  // all 32 sorted
+    // Maxima of ls against v's best 24 reversed fall then rise; eight +inf
+    // in front keep the run bitonic at a length of 32.
+    float w[32];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = INFINITY;
+#pragma unroll
+    for (int i = 0; i < 24; ++i) w[8 + i] = fmaxf(ls[i], v[23 - i]);
+    bitonicClean<0, 32>(w);
+#pragma unroll
+    for (int i = 0; i < 24; ++i) ls[i] = w[8 + i];
+  }
+}
+
 // Where column c of row r sits in a warp's 32 x 32 score tile: 4-float
 // chunks XOR-swizzled by the row so that both the fragment-order float2
 // stores and each thread's float4 reads of its own row are conflict-free.
@@ -125,6 +204,11 @@ template <typename T, int D, int KL, bool kPacked>
 __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCtasPerSm) fastKernel(GateArgs a) {
   using C = FastCfg<D, KL>;
   constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, kPitch = C::kPitch;
+  // Packed lists: the slot of the row's keep-th best (the largest keep of
+  // this list size, launchFastDim, minus one), and whether the first tile is
+  // merged by sorting network (lists of 16 and 24: keep 4..15).
+  constexpr int kKeepSlot = KL <= 8 ? 2 : KL <= 16 ? 6 : 14;
+  constexpr bool kSortFirst = kPacked && KL >= 16;
   extern __shared__ __align__(128) uint8_t smem[];
   uint16_t* cs = reinterpret_cast<uint16_t*>(smem);
   float* scoreTile = reinterpret_cast<float*>(smem + kStages * C::kStageBytes);
@@ -297,15 +381,19 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     const uint32_t packMask = kPacked ? (1u << a.packBits) - 1u : 0u;
 
     // The owned row's best blocks so far, best first; (-inf, INT_MAX) marks
-    // an empty slot. Packed lists carry the index in ls (li is unused).
+    // an empty slot. Packed lists carry the index in ls (li is unused), and
+    // start with `lead` +inf sentinels (they stay first) so that the row's
+    // keep-th best is always slot kKeepSlot: its threshold is one register,
+    // not a pick by a run-time index (about 30 instructions per half-tile).
+    const int keepOwn = min(keepMax, pOwn);
+    const int lead = kPacked ? kKeepSlot + 1 - keepOwn : 0;
     float ls[KL];
     int li[kPacked ? 1 : KL];
 #pragma unroll
     for (int k = 0; k < KL; ++k) {
-      ls[k] = -INFINITY;
+      ls[k] = k < lead ? INFINITY : -INFINITY;
       if constexpr (!kPacked) li[k] = INT_MAX;
     }
-    const int keepOwn = min(keepMax, pOwn);
     float thr = -INFINITY;  // scores at or below it cannot enter the band
     float* myTile = scoreTile + warp * 32 * kPitch;
 
@@ -370,7 +458,21 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
         }
         const int lim = min(max(pOwn - jh, 0), 32);  // valid columns: blocks below the current one
         const uint32_t validMask = lim == 32 ? kFull : ((1u << lim) - 1u);
-        if ((t == 0 || j0 == 0) && nh == 0 && keepOwn > 0 && keepOwn <= 8) {
+        if constexpr (kSortFirst) {
+          if (t == 0) {
+            // The first tile's 64 blocks go in by sorting network: they are
+            // where most of a row's insertions would be (no threshold yet).
+#pragma unroll
+            for (int c = 0; c < 32; ++c)
+              v[c] = (validMask >> c) & 1u ? __int_as_float((__float_as_int(v[c]) & ~packMask) | static_cast<uint32_t>(jh + c))
+                                           : -INFINITY;
+            mergeBest<KL>(ls, v);
+            thr = fmaxf(thr, __fsub_rd(ls[kKeepSlot], listSlack));
+            __syncwarp();  // the tile is rewritten by the next half
+            continue;
+          }
+        }
+        if (!kSortFirst && (t == 0 || j0 == 0) && nh == 0 && keepOwn > 0 && keepOwn <= 8) {
           // First looks at the row (the first half-tile visited, and blocks
           // 0-31): the keep-th best of eight group maxima is a lower bound of
           // its keep-th best score, a cheap threshold.
@@ -410,7 +512,11 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
         }
         // The running keep-th best only grows: scores below it minus 2 eps
         // can never reach the final band.
-        if (keepOwn > 0) thr = fmaxf(thr, __fsub_rd(pick<KL>(ls, keepOwn - 1), listSlack));
+        if constexpr (kPacked) {
+          thr = fmaxf(thr, __fsub_rd(ls[kKeepSlot], listSlack));  // +inf when the row keeps nothing
+        } else if (keepOwn > 0) {
+          thr = fmaxf(thr, __fsub_rd(pick<KL>(ls, keepOwn - 1), listSlack));
+        }
         __syncwarp();  // the tile is rewritten by the next half
       }
     }
@@ -419,13 +525,13 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 
     if (ownRow < nRows && pOwn > keepMax) {
       const int keep = keepMax;
-      const float L = __fsub_rd(pick<KL>(ls, keep - 1), twoEps);
+      const float L = __fsub_rd(kPacked ? ls[kKeepSlot] : pick<KL>(ls, keep - 1), twoEps);
       int nb = 0;
 #pragma unroll
       for (int k = 0; k < KL; ++k) {
-        if (ls[k] >= L) {
-          bandS[ownRow * KL + k] = ls[k];
-          if constexpr (kPacked) bandI[ownRow * KL + k] = static_cast<int>(__float_as_uint(ls[k]) & packMask);
+        if (k >= lead && ls[k] >= L) {  // the band: entries [lead, lead + nb)
+          bandS[ownRow * KL + k - lead] = ls[k];
+          if constexpr (kPacked) bandI[ownRow * KL + k - lead] = static_cast<int>(__float_as_uint(ls[k]) & packMask);
           else bandI[ownRow * KL + k] = li[k];
           ++nb;
         }
