@@ -109,13 +109,16 @@ __device__ __forceinline__ void exch(float& a, float& b) {
   a = hi;
 }
 
-// Sorts x[O, O + 8) best first: the 19-exchange network for eight inputs.
+// The 19-exchange sorting network for eight entries (first of each pair: the
+// one that ends up first).
+__device__ constexpr int kSort8[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 1}, {2, 3},
+                                          {4, 5}, {6, 7}, {2, 4}, {3, 5}, {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+
+// Sorts x[O, O + 8) best first.
 template <int O, int N>
 __device__ __forceinline__ void sort8(float (&x)[N]) {
-  constexpr int kPairs[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 1}, {2, 3},
-                                 {4, 5}, {6, 7}, {2, 4}, {3, 5}, {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
 #pragma unroll
-  for (int i = 0; i < 19; ++i) exch(x[O + kPairs[i][0]], x[O + kPairs[i][1]]);
+  for (int i = 0; i < 19; ++i) exch(x[O + kSort8[i][0]], x[O + kSort8[i][1]]);
 }
 
 // Sorts the bitonic run x[O, O + Len) best first (half-cleaners of Len/2 ... 1).
@@ -195,6 +198,21 @@ __device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
   return v;
 }
 
+// rowState of a row whose selection was certain and is already written.
+constexpr int kRowWritten = -2;
+
+// Sorts eight ints ascending in registers.
+__device__ __forceinline__ void sortAscending8(int (&x)[8]) {
+#pragma unroll
+  for (int i = 0; i < 19; ++i) {
+    int& p = x[kSort8[i][0]];
+    int& q = x[kSort8[i][1]];
+    const int lo = min(p, q);
+    q = max(p, q);
+    p = lo;
+  }
+}
+
 // Writes the trivial selection of a query with c <= topK-1 past blocks: all of them.
 __device__ __forceinline__ void writeAllPast(int32_t* out, int c, int topK, int from, int step) {
   for (int m = from; m < topK; m += step) out[m] = m <= c ? m : -1;
@@ -215,7 +233,9 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
   // After the main loop the stages hold each row's band.
   float* bandS = reinterpret_cast<float*>(smem);
   int* bandI = reinterpret_cast<int*>(smem + kRows * KL * 4);
-  __shared__ int rowState[kRows];  // band size, or -1: hand to the exact kernel
+  // Band size; or -1: hand to the exact kernel; or kRowWritten.
+  __shared__ int rowState[kRows];
+  __shared__ int rowCertain[kRows];  // packed lists of 16, 24: band entries certain to be in the top-(k-1)
   __shared__ float rowEps[kRows];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -526,19 +546,57 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     if (ownRow < nRows && pOwn > keepMax) {
       const int keep = keepMax;
       const float L = __fsub_rd(kPacked ? ls[kKeepSlot] : pick<KL>(ls, keep - 1), twoEps);
-      int nb = 0;
+      int nb = 0;  // the band: list entries [lead, lead + nb)
 #pragma unroll
-      for (int k = 0; k < KL; ++k) {
-        if (k >= lead && ls[k] >= L) {  // the band: entries [lead, lead + nb)
-          bandS[ownRow * KL + k - lead] = ls[k];
-          if constexpr (kPacked) bandI[ownRow * KL + k - lead] = static_cast<int>(__float_as_uint(ls[k]) & packMask);
-          else bandI[ownRow * KL + k] = li[k];
-          ++nb;
-        }
-      }
+      for (int k = 0; k < KL; ++k) nb += k >= lead && ls[k] >= L ? 1 : 0;
       // A full list may have dropped band blocks (they score at most its last entry).
       const bool overflow = ls[KL - 1] >= L;
-      rowState[ownRow] = bad || overflow ? -1 : nb;
+      int state = bad || overflow ? -1 : nb;
+      // Lists of 16 and 24 (keep 4..15), where the finishing loops below cost
+      // most: the rows' bands are certified in registers, and those of 16
+      // write rows without near-ties straight away. (For keep <= 3 the loops
+      // are short, and the extra registers here made the kernel slower.)
+      if constexpr (kPacked && KL >= 16) {
+        if constexpr (KL == 16) {
+          if (state == keep) {
+            // No near-tie: the row's blocks are its first keep entries.
+            // Written from registers, ascending (sentinels sort last).
+            constexpr int kIdx = 8;  // the network's size (padding sorts last)
+            int idx[kIdx];
+#pragma unroll
+            for (int k = 0; k < kIdx; ++k)
+              idx[k] = k < lead || k > kKeepSlot ? INT_MAX : static_cast<int>(__float_as_uint(ls[k]) & packMask);
+            sortAscending8(idx);
+            int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + ownRow) * a.topK;
+#pragma unroll
+            for (int m = 0; m <= kKeepSlot; ++m)
+              if (m < keep) out[m] = idx[m];
+            out[keep] = pOwn;
+            for (int m = keep + 1; m < a.topK; ++m) out[m] = -1;
+            state = kRowWritten;
+          }
+        }
+        if (state > keep) {
+          // Certification in registers: the band is sorted, so an entry is
+          // certain when the (keep+1)-th is below it by more than 2 eps (at
+          // most keep-1 others can then outrank it); that holds for a prefix.
+          int nc = 0;
+#pragma unroll
+          for (int k = 0; k <= kKeepSlot; ++k) nc += k >= lead && !(ls[kKeepSlot + 1] >= __fsub_rd(ls[k], twoEps)) ? 1 : 0;
+          rowCertain[ownRow] = nc;
+        }
+      }
+      if (state >= 0) {
+#pragma unroll
+        for (int k = 0; k < KL; ++k) {
+          if (k >= lead && k < lead + nb) {
+            bandS[ownRow * KL + k - lead] = ls[k];
+            if constexpr (kPacked) bandI[ownRow * KL + k - lead] = static_cast<int>(__float_as_uint(ls[k]) & packMask);
+            else bandI[ownRow * KL + k] = li[k];
+          }
+        }
+      }
+      rowState[ownRow] = state;
       rowEps[ownRow] = eps;
     }
     __syncthreads();
@@ -548,12 +606,15 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
   // contested are re-scored exactly a warp at a time (8 lanes per score, see
   // below); then the owner ranks them and writes the row.
   const int c = pOwn;
-  const bool live = ownRow < nRows && c > keepMax && rowState[ownRow] >= 0;
+  const int state = ownRow < nRows && c > keepMax ? rowState[ownRow] : -1;
+  const bool live = state >= 0;
   int nb = 0, nc = 0;
   if (live) {
-    nb = rowState[ownRow];
+    nb = state;
     nc = keepMax;
-    if (nb > keepMax) {
+    if (kPacked && KL >= 16 && nb > keepMax) {
+      nc = rowCertain[ownRow];
+    } else if (nb > keepMax) {
       const float* bs = bandS + ownRow * KL;
       const float twoEps = 2.f * rowEps[ownRow];
       // Entries that at most keep-1 others could outrank are certain.
@@ -607,6 +668,8 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row) * a.topK;
     if (c <= keepMax) {
       writeAllPast(out, c, a.topK, 0, 1);
+    } else if (state == kRowWritten) {
+      // written after the main loop
     } else if (!live) {
       int slot = atomicAdd(a.fallbackCount, 1);
       a.fallback[slot] = h * a.totalQ + row;
