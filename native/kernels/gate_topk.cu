@@ -12,7 +12,9 @@
 // registers, sorted, and inserts only scores above its threshold (see
 // below), one candidate per loop trip for all 32 rows at once. Selection
 // thus costs a few instructions per score plus an insertion per new record,
-// instead of one code path per score.
+// instead of one code path per score. With packed lists of 16 and 24 (see
+// below) the first tile visited, where a row has no threshold yet and most
+// of its records, goes in by sorting network instead.
 //
 // Exactness. The tensor-core score a_j differs from the exact fp32 score s_j
 // (CPU summation order) by at most eps = (||q|| + qsub) * E + qsub * C, all
