@@ -65,7 +65,7 @@ struct FastCfg {
   static constexpr int kRows = kWarps * 32;  // one row per thread
   static constexpr int kBN = 64;             // centroids per shared-memory tile
   static constexpr int kStages = 3;
-  static constexpr int kPitch = 32;          // floats per row of a warp's score tile (see scoreAt)
+  static constexpr int kPitch = 40;          // floats per row of a warp's score tile (see ownG)
   static constexpr int kStageBytes = kBN * D * 2;
   static constexpr int kScoreBytes = kWarps * 32 * kPitch * 4;
   // q goes from global memory straight into registers (no q tile), so three
@@ -185,11 +185,14 @@ __device__ __forceinline__ void mergeBest(float (&ls)[KL], float (&v)[32]) {
   }
 }
 
-// Where column c of row r sits in a warp's 32 x 32 score tile: 4-float
-// chunks XOR-swizzled by the row so that both the fragment-order float2
-// stores and each thread's float4 reads of its own row are conflict-free.
-__device__ __forceinline__ int scoreSwz(int r) { return ((r >> 3) & 3) ^ ((r & 1) << 2) ^ (r & 2); }
-__device__ __forceinline__ int scoreAt(int r, int c) { return r * 32 + 4 * ((c >> 2) ^ scoreSwz(r)) + (c & 3); }
+// The power of two that brings the norm of a row of squared norm q2 into
+// [2^14, 2^15) (from the exponent of q2: floor(log2 ||q||)); 1 when q2 is
+// outside the normal range (such rows are zero or take the exact kernel).
+__device__ __forceinline__ float operandScaleForNorm2(float q2) {
+  const bool normal = q2 >= 1e-30f && q2 <= 1e30f;
+  const int aExp = normal ? operandScaleExpForLog2(ilogbf(q2) >> 1) : 0;
+  return __int_as_float((aExp + 127) << 23);
+}
 
 // ls[i] for a run-time i < KL, by selects (no local memory).
 template <int KL>
@@ -242,11 +245,17 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, tq = lane & 3;
-  // The row this thread owns for selection: quad member tq takes the quad's
-  // (m16 tile, half) number tq.
-  const int ownMt = tq >> 1, ownHf = tq & 1;
-  const int ownWarpRow = ownMt * 16 + g + 8 * ownHf;  // row within the warp's 32
-  const int ownRow = warp * 32 + ownWarpRow;          // row within the CTA
+  // A warp's rows are g + 8 j (g = 0..7, j = 0..3: the MMA fragment's row
+  // g of m16 tile j >> 1, half j & 1). In the warp's score tile (32 rows of
+  // kPitch floats) column c of row g + 8 j sits at c ^ 4 j: 4-float chunks
+  // XOR-ed with j. With a pitch of 40, the fragment-order float2 stores are
+  // conflict-free for any such XOR, so a store's address is a per-thread base
+  // (two: j even or odd) plus a constant. The owner of a row reads it as
+  // float4s; the 8 lanes of each quarter-warp own rows g1 + 8 j and
+  // g1 + 2 + 8 j (j = their tq), which keeps those reads conflict-free too.
+  const int ownG = (g & 4) | ((g & 1) << 1) | ((g >> 1) & 1);
+  const int ownWarpRow = ownG + 8 * tq;       // row within the warp's 32
+  const int ownRow = warp * 32 + ownWarpRow;  // row within the CTA
   const int b = a.tiles[2 * blockIdx.x];
   const int local0 = a.tiles[2 * blockIdx.x + 1];
   const int h = blockIdx.y;
@@ -341,6 +350,9 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     float delta = 0.f;  // packed lists: how far packing moves a score
     bool bad = true;
     {
+      // Each fragment row's ||q||^2 and nonzero bits (every lane of its quad holds them).
+      float rowQ2[4];
+      uint32_t rowNz[4];
       const uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
       const float E = __uint_as_float(st[kStatBound]);
       const float Cn = __uint_as_float(st[kStatNorm]);
@@ -366,10 +378,9 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
             q2 += __shfl_xor_sync(kFull, q2, off);
             nonzero |= __shfl_xor_sync(kFull, nonzero, off);
           }
-          // floor(log2 ||q||) from the exponent of ||q||^2.
-          const bool normal = q2 >= 1e-30f && q2 <= 1e30f;
-          const int aExp = normal ? operandScaleExpForLog2(ilogbf(q2) >> 1) : 0;
-          const float scale = __int_as_float((aExp + 127) << 23);
+          rowQ2[2 * mt + hf] = q2;
+          rowNz[2 * mt + hf] = nonzero;
+          const float scale = operandScaleForNorm2(q2);
 #pragma unroll
           for (int ks = 0; ks < D / 16; ++ks)
 #pragma unroll
@@ -380,20 +391,29 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
               const __half2 hv = __floats2half2_rn(y0, y1);
               u = *reinterpret_cast<const uint32_t*>(&hv);
             }
-          if (mt == ownMt && hf == ownHf) {
-            const float qn = sqrtf(q2 * (1.f + 1.f / 4096)) * scale + kQsub;
-            const bool ok = (normal || nonzero == 0) && E <= 1e18f && Cn <= 1e18f;
-            eps = ok ? __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(kQsub, Cn)), 1.f + 1.f / 256),
-                                 7.888609052210118e-31f)  // + 2^-100
-                     : 0.f;
-            if (kPacked && ok) {
-              const float rel = __int_as_float((127 + a.packBits - 23) << 23);  // 2^(packBits - 23)
-              delta = __fmul_ru(__fadd_ru(__fmul_ru(qn, Cn), eps), __fmul_ru(rel, 1.f + 1.f / 1024));
-              eps = __fadd_ru(eps, delta);
-            }
-            bad = !ok;
-          }
         }
+      // The owned row (g = ownG, j = tq) from its quad.
+      float q2 = 0.f;
+      uint32_t nonzero = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float x = __shfl_sync(kFull, rowQ2[j], 4 * ownG);
+        const uint32_t z = __shfl_sync(kFull, rowNz[j], 4 * ownG);
+        q2 = tq == j ? x : q2;
+        nonzero = tq == j ? z : nonzero;
+      }
+      const bool normal = q2 >= 1e-30f && q2 <= 1e30f;
+      const float qn = sqrtf(q2 * (1.f + 1.f / 4096)) * operandScaleForNorm2(q2) + kQsub;
+      const bool ok = (normal || nonzero == 0) && E <= 1e18f && Cn <= 1e18f;
+      eps = ok ? __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(kQsub, Cn)), 1.f + 1.f / 256),
+                           7.888609052210118e-31f)  // + 2^-100
+               : 0.f;
+      if (kPacked && ok) {
+        const float rel = __int_as_float((127 + a.packBits - 23) << 23);  // 2^(packBits - 23)
+        delta = __fmul_ru(__fadd_ru(__fmul_ru(qn, Cn), eps), __fmul_ru(rel, 1.f + 1.f / 1024));
+        eps = __fadd_ru(eps, delta);
+      }
+      bad = !ok;
     }
     const float twoEps = 2.f * eps;
     // Raw scores against a threshold from the list (packed values) or from
@@ -418,6 +438,12 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     }
     float thr = -INFINITY;  // scores at or below it cannot enter the band
     float* myTile = scoreTile + warp * 32 * kPitch;
+    // Score-tile addresses (see ownG): the fragment stores' bases for rows
+    // g + 8 j with j even and odd, and the owned row with its XOR.
+    float* const storeEven = myTile + g * kPitch + 2 * (tq & 1) + 4 * (tq >> 1);
+    float* const storeOdd = myTile + g * kPitch + 2 * (tq & 1) + 4 * ((tq >> 1) ^ 1);
+    const float* const rowTile = myTile + ownWarpRow * kPitch;
+    const int rowXor = 4 * tq;
 
     // ldmatrix of centroid fragments: this lane's row within a 16-row group and
     // its swizzled chunk offset (bytes), fixed for the whole loop.
@@ -462,17 +488,20 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-          for (int n8 = 0; n8 < 4; ++n8) {
-            const int col = n8 * 8 + 2 * tq;
-            *reinterpret_cast<float2*>(myTile + scoreAt(mt * 16 + g, col)) = make_float2(acc[mt][n8][0], acc[mt][n8][1]);
-            *reinterpret_cast<float2*>(myTile + scoreAt(mt * 16 + g + 8, col)) =
-                make_float2(acc[mt][n8][2], acc[mt][n8][3]);
-          }
+          for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+            for (int n8 = 0; n8 < 4; ++n8) {
+              // Row g + 8 j, column 8 n8 + 2 tq: chunk (2 n8 + (tq >> 1)) ^ j, split
+              // into its bit 0 (in the base) and bits 1-2 (a constant).
+              const int j = 2 * mt + hf;
+              float* const at = (hf ? storeOdd : storeEven) + 8 * j * kPitch + 4 * ((2 * n8) ^ (j & 2));
+              *reinterpret_cast<float2*>(at) = make_float2(acc[mt][n8][2 * hf], acc[mt][n8][2 * hf + 1]);
+            }
         __syncwarp();
         float v[32];
 #pragma unroll
         for (int c4 = 0; c4 < 8; ++c4) {
-          float4 x = *reinterpret_cast<const float4*>(myTile + scoreAt(ownWarpRow, 4 * c4));
+          float4 x = *reinterpret_cast<const float4*>(rowTile + ((4 * c4) ^ rowXor));
           v[4 * c4] = x.x;
           v[4 * c4 + 1] = x.y;
           v[4 * c4 + 2] = x.z;
@@ -524,7 +553,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
           if (mask != 0) {
             const int c = __ffs(mask) - 1;
             mask &= mask - 1;
-            const float s = myTile[scoreAt(ownWarpRow, c)];
+            const float s = rowTile[c ^ rowXor];
             if constexpr (kPacked) {
               foldTop<KL>(ls, __int_as_float((__float_as_int(s) & ~packMask) | static_cast<uint32_t>(jh + c)));
             } else if (s > ls[KL - 1]) {
