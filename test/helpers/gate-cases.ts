@@ -416,6 +416,39 @@ function defineLongRowTests(open: () => Device): void {
     }
   });
 
+  // Each row's error bound scales with its own ||q||, and the thread that
+  // selects a row is not the one whose MMA fragments hold it. Query rows whose
+  // norms differ by up to six orders of magnitude sit side by side, over keys
+  // made of one shared vector plus perturbations of a few fp16 ulps (many
+  // near-ties, many bands that overflow to the exact kernel).
+  it('agrees with the CPU backend when near-tied rows of very different norms sit side by side', async () => {
+    using device = open();
+    using cpu = openDevice({ backend: 'cpu' });
+    const rng = rngFor('gate row norms');
+    const chunkSize = 16;
+    for (const [D, topK, spread] of [[128, 8, 8e-3], [64, 3, 8e-3], [64, 16, 1.6e-2], [128, 5, 4e-3]] as const) {
+      const lk = [rng.int(2000, 3000), rng.int(2000, 3000)];
+      const lq = [rng.int(100, 200), rng.int(100, 200)];
+      const cuK = new Int32Array([0, lk[0]!, lk[0]! + lk[1]!]);
+      const cuQ = new Int32Array([0, lq[0]!, lq[0]! + lq[1]!]);
+      const shared = randn(D, rng);
+      const k = randn(cuK[2]! * D, rng, spread);
+      for (let i = 0; i < k.length; i++) k[i] = k[i]! + shared[i % D]!;
+      const q = randn(cuQ[2]! * 2 * D, rng);
+      for (let i = 0; i < q.length; i += D) {
+        const f = 10 ** (6 * rng.next() - 3);
+        for (let d = 0; d < D; d++) q[i + d] = q[i + d]! * f;
+      }
+      const cc: GateCase = {
+        dtype: 'f16', cuQ, cuK, numQHeads: 2, numKVHeads: 1, headDim: D, chunkSize, topK, q: roundTo(q, 'f16'), k: roundTo(k, 'f16'),
+      };
+      const got = await runGate(device, cc);
+      checkWellFormed(cc, got);
+      const first = firstDifference(got, await runGate(cpu, cc));
+      expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)}`).toBe(-1);
+    }
+  });
+
   // The fast kernel keeps a candidate's block index in the low bits of its
   // score while every block index of the launch fits in 12 bits, and keeps
   // separate indices beyond: sequences on both sides of 4096 blocks.
