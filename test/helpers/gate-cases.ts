@@ -68,6 +68,14 @@ function firstDifference(got: Int32Array, other: Int32Array): number {
   return got.findIndex((x, i) => x !== other[i]);
 }
 
+/** Runs c on the device, checks the indices' form and that they equal the CPU backend's bit for bit. */
+async function expectSameAsCpu(device: Device, cpu: Device, c: GateCase, note = ''): Promise<void> {
+  const got = await runGate(device, c);
+  checkWellFormed(c, got);
+  const first = firstDifference(got, await runGate(cpu, c));
+  expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(c)}${note}`).toBe(-1);
+}
+
 async function runGate(device: Device, c: GateCase): Promise<Int32Array> {
   const { q, k } = upload(device, c);
   using qq = q;
@@ -409,10 +417,7 @@ function defineLongRowTests(open: () => Device): void {
         }
       }
       const cc: GateCase = { ...c, cuQ, cuK, numQHeads: 2, numKVHeads: 1, q: roundTo(q, v.dtype), k: roundTo(k, v.dtype) };
-      const got = await runGate(device, cc);
-      checkWellFormed(cc, got);
-      const first = firstDifference(got, await runGate(cpu, cc));
-      expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)} (scale ${v.scale}, trend ${v.trend})`).toBe(-1);
+      await expectSameAsCpu(device, cpu, cc, ` (scale ${v.scale}, trend ${v.trend})`);
     }
   });
 
@@ -442,10 +447,7 @@ function defineLongRowTests(open: () => Device): void {
       const cc: GateCase = {
         dtype: 'f16', cuQ, cuK, numQHeads: 2, numKVHeads: 1, headDim: D, chunkSize, topK, q: roundTo(q, 'f16'), k: roundTo(k, 'f16'),
       };
-      const got = await runGate(device, cc);
-      checkWellFormed(cc, got);
-      const first = firstDifference(got, await runGate(cpu, cc));
-      expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)}`).toBe(-1);
+      await expectSameAsCpu(device, cpu, cc);
     }
   });
 
@@ -478,10 +480,7 @@ function defineLongRowTests(open: () => Device): void {
           dtype: 'bf16', cuQ, cuK, numQHeads: 2, numKVHeads: 1, headDim: D, chunkSize, topK,
           q: roundTo(q, 'bf16'), k: roundTo(k, 'bf16'),
         };
-        const got = await runGate(device, cc);
-        checkWellFormed(cc, got);
-        const first = firstDifference(got, await runGate(cpu, cc));
-        expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)}`).toBe(-1);
+        await expectSameAsCpu(device, cpu, cc);
       }
     }
   });
