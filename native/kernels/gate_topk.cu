@@ -103,11 +103,16 @@ __device__ __forceinline__ void foldTop(float (&ls)[KL], float v) {
   ls[0] = fmaxf(ls[0], v);
 }
 
-// Compare-exchange for lists sorted best first (packed values are distinct;
-// equal sentinels may swap harmlessly).
+// Compare-exchange for lists sorted best (largest) first; packed values are
+// distinct, and equal sentinels may swap harmlessly.
 __device__ __forceinline__ void exch(float& a, float& b) {
   const float hi = fmaxf(a, b);
   b = fminf(a, b);
+  a = hi;
+}
+__device__ __forceinline__ void exch(int& a, int& b) {
+  const int hi = max(a, b);
+  b = min(a, b);
   a = hi;
 }
 
@@ -116,9 +121,9 @@ __device__ __forceinline__ void exch(float& a, float& b) {
 __device__ constexpr int kSort8[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 1}, {2, 3},
                                           {4, 5}, {6, 7}, {2, 4}, {3, 5}, {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
 
-// Sorts x[O, O + 8) best first.
-template <int O, int N>
-__device__ __forceinline__ void sort8(float (&x)[N]) {
+// Sorts x[O, O + 8) best (largest) first.
+template <int O, int N, typename V>
+__device__ __forceinline__ void sort8(V (&x)[N]) {
 #pragma unroll
   for (int i = 0; i < 19; ++i) exch(x[O + kSort8[i][0]], x[O + kSort8[i][1]]);
 }
@@ -206,16 +211,19 @@ __device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
 // rowState of a row whose selection was certain and is already written.
 constexpr int kRowWritten = -2;
 
-// Sorts eight ints ascending in registers.
-__device__ __forceinline__ void sortAscending8(int (&x)[8]) {
-#pragma unroll
-  for (int i = 0; i < 19; ++i) {
-    int& p = x[kSort8[i][0]];
-    int& q = x[kSort8[i][1]];
-    const int lo = min(p, q);
-    q = max(p, q);
-    p = lo;
-  }
+// A packed list entry (see the file comment): score s with its low mantissa
+// bits (packMask) replaced by block index j; and the index back.
+__device__ __forceinline__ float packEntry(float s, uint32_t packMask, int j) {
+  return __int_as_float((__float_as_int(s) & ~packMask) | static_cast<uint32_t>(j));
+}
+__device__ __forceinline__ int packedIndex(float v, uint32_t packMask) {
+  return static_cast<int>(__float_as_uint(v) & packMask);
+}
+
+// The end of a row that keeps `keep` past blocks: its own block c, then -1 padding.
+__device__ __forceinline__ void writeRowTail(int32_t* out, int keep, int c, int topK) {
+  out[keep] = c;
+  for (int m = keep + 1; m < topK; ++m) out[m] = -1;
 }
 
 // Writes the trivial selection of a query with c <= topK-1 past blocks: all of them.
@@ -515,8 +523,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
             // where most of a row's insertions would be (no threshold yet).
 #pragma unroll
             for (int c = 0; c < 32; ++c)
-              v[c] = (validMask >> c) & 1u ? __int_as_float((__float_as_int(v[c]) & ~packMask) | static_cast<uint32_t>(jh + c))
-                                           : -INFINITY;
+              v[c] = (validMask >> c) & 1u ? packEntry(v[c], packMask, jh + c) : -INFINITY;
             mergeBest<KL>(ls, v);
             thr = fmaxf(thr, __fsub_rd(ls[kKeepSlot], listSlack));
             __syncwarp();  // the tile is rewritten by the next half
@@ -555,7 +562,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
             mask &= mask - 1;
             const float s = rowTile[c ^ rowXor];
             if constexpr (kPacked) {
-              foldTop<KL>(ls, __int_as_float((__float_as_int(s) & ~packMask) | static_cast<uint32_t>(jh + c)));
+              foldTop<KL>(ls, packEntry(s, packMask, jh + c));
             } else if (s > ls[KL - 1]) {
               insertSorted<KL>(ls, li, s, jh + c);
             }
@@ -591,19 +598,19 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
         if constexpr (KL == 16) {
           if (state == keep) {
             // No near-tie: the row's blocks are its first keep entries.
-            // Written from registers, ascending (sentinels sort last).
-            constexpr int kIdx = 8;  // the network's size (padding sorts last)
+            // Written from registers: sorted largest first with the padding
+            // in front, so the keep indices are the network's last entries,
+            // read backwards for ascending order.
+            constexpr int kIdx = 8;  // the network's size
             int idx[kIdx];
 #pragma unroll
-            for (int k = 0; k < kIdx; ++k)
-              idx[k] = k < lead || k > kKeepSlot ? INT_MAX : static_cast<int>(__float_as_uint(ls[k]) & packMask);
-            sortAscending8(idx);
+            for (int k = 0; k < kIdx; ++k) idx[k] = k < lead || k > kKeepSlot ? INT_MAX : packedIndex(ls[k], packMask);
+            sort8<0>(idx);
             int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + ownRow) * a.topK;
 #pragma unroll
             for (int m = 0; m <= kKeepSlot; ++m)
-              if (m < keep) out[m] = idx[m];
-            out[keep] = pOwn;
-            for (int m = keep + 1; m < a.topK; ++m) out[m] = -1;
+              if (m < keep) out[m] = idx[kIdx - 1 - m];
+            writeRowTail(out, keep, pOwn, a.topK);
             state = kRowWritten;
           }
         }
@@ -622,7 +629,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
         for (int k = 0; k < KL; ++k) {
           if (k >= lead && k < lead + nb) {
             bandS[ownRow * KL + k - lead] = ls[k];
-            if constexpr (kPacked) bandI[ownRow * KL + k - lead] = static_cast<int>(__float_as_uint(ls[k]) & packMask);
+            if constexpr (kPacked) bandI[ownRow * KL + k - lead] = packedIndex(ls[k], packMask);
             else bandI[ownRow * KL + k] = li[k];
           }
         }
@@ -728,8 +735,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
         bi[y + 1] = v;
       }
       for (int m = 0; m < keep; ++m) out[m] = bi[m];
-      out[keep] = c;
-      for (int m = keep + 1; m < a.topK; ++m) out[m] = -1;
+      writeRowTail(out, keep, c, a.topK);
     }
   }
 }
