@@ -546,9 +546,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     return mx;
   };
 
-  // Rows 8 floats apart: a warp's float2 stores of 4 rows x 4 column pairs
-  // cover the 32 banks once (rows D apart put all 4 rows on the same banks).
-  constexpr int kAccStride = D + 8;
+  constexpr int kAccStride = warpMergeStride(D);
   float* accW = reinterpret_cast<float*>(region);  // [kWarps][RT][kAccStride], scaled to the row's maximum
   float* lW = accW + kWarps * RT * kAccStride;     // [kWarps][RT], likewise
   float* lseRow = lW + kWarps * RT;                // [RT]
@@ -970,7 +968,7 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   // the union of the selected blocks.
   const size_t rowBytes = static_cast<size_t>(D + 8) * 2;
   const size_t ringBytes = static_cast<size_t>(kThreads / 32) * kStages * 2 * decode::kWarpKeys * rowBytes;
-  const size_t warpMergeBytes = (static_cast<size_t>(kThreads / 32) * RT * (D + 8) + (kThreads / 32) * RT + RT) * 4;
+  const size_t warpMergeBytes = (static_cast<size_t>(kThreads / 32) * RT * warpMergeStride(D) + (kThreads / 32) * RT + RT) * 4;
   const size_t regionBytes = CudaContext::alignUp(std::max(ringBytes, warpMergeBytes), 16);
   size_t unionBytes = 0;
   int maxPast = 0;

@@ -32,6 +32,10 @@ constexpr int kMaxCluster = 16;
 constexpr int kBarBytes = 128;
 static_assert(kBarBytes >= ((kThreads / 32) * kStages + 1) * 8, "one mbarrier per (warp, stage), and one more");
 constexpr float kLog2e = 1.4426950408889634f;
+// Floats between rows of the warps' merge: rows 8 floats apart make a warp's
+// float2 stores of 4 rows x 4 column pairs cover the 32 banks once (rows D
+// apart put all 4 rows on the same banks).
+__host__ __device__ constexpr int warpMergeStride(int D) { return D + 8; }
 
 struct DecodeArgs {
   CUtensorMap kvMap;    // tma: the pool as rows of headDim elements (128-byte swizzled boxes of 16 x 64)
