@@ -451,6 +451,81 @@ function defineLongRowTests(open: () => Device): void {
     }
   });
 
+  // Where the tensor cores' order is wrong, by little less than the bound
+  // allows. Blocks A and B share one key vector s (1.5 in dims 1 and 2, zero
+  // elsewhere) and differ only in a few keys, by one key ulp (A in dim 1, B in
+  // dim 2): their centroids sit a fraction of the fp16 operand's ulp above s,
+  // so A's operand rounds down to s and B's up to s plus one ulp. With q's
+  // dim 1 `ratio` times its dim 2, A's exact score is the larger and its
+  // tensor-core score the smaller by about half the row's error bound, for
+  // every row whatever its norm: a row whose bound were a third of what it
+  // should be would keep B (a build with a quarter of the bound fails here). topK - 2 blocks score clearly above both
+  // (dims 1 and 2 four key ulps up, exact in fp16), so A and B compete for the
+  // last place; the other blocks score far below. Rows of norms six orders
+  // of magnitude apart sit side by side.
+  it('agrees with the CPU backend where the tensor cores rank two blocks the wrong way round', async () => {
+    using device = open();
+    using cpu = openDevice({ backend: 'cpu' });
+    const rng = rngFor('gate reversed pair');
+    // f16 keys: ulp 2^-10 at 1.5, as the operand's (scale 2^14, 11 bits); 16
+    // keys per block, so 7 and 9 keys moved give 7/16 and 9/16 of an ulp.
+    // bf16 keys: ulp 2^-7, 8 operand ulps; 32 keys per block, so 1 and 3 keys
+    // moved give 1/4 and 3/4 of an operand ulp.
+    const variants = [
+      { dtype: 'f16', chunkSize: 16, movedA: 7, movedB: 9, ratio: 1.5, keyUlp: 2 ** -10 },
+      { dtype: 'bf16', chunkSize: 32, movedA: 1, movedB: 3, ratio: 3.5, keyUlp: 2 ** -7 },
+    ] as const;
+    for (const v of variants) {
+      for (const [D, topK] of [[64, 2], [128, 2], [128, 4], [64, 7], [128, 12]] as const) {
+        const B = v.chunkSize;
+        const lk = rng.int(40, 60) * B + rng.int(1, B);
+        const lq = rng.int(100, 200);
+        const cuK = new Int32Array([0, lk]);
+        const cuQ = new Int32Array([0, lq]);
+        // One q direction for every row, times a per-row power of two in 2^-10..2^10.
+        const qBase = roundTo(randn(D, rng, 0.1), v.dtype);
+        qBase[1] = 2 * v.ratio;
+        qBase[2] = 2;
+        const s = new Float32Array(D);
+        s[1] = 1.5;
+        s[2] = 1.5;
+        const k = roundTo(randn(lk * D, rng, 0.03), v.dtype);
+        // A, B and the top blocks: distinct complete blocks before the first query's block.
+        const past = Array.from({ length: Math.floor((lk - lq) / B) }, (_, i) => i);
+        for (let i = past.length - 1; i > 0; i--) {
+          const j = rng.int(0, i);
+          [past[i], past[j]] = [past[j]!, past[i]!];
+        }
+        const [a, b, ...top] = past.slice(0, topK) as [number, number, ...number[]];
+        const setBlock = (blk: number, moved: number, lift: (d: number) => number): void => {
+          for (let t = 0; t < B; t++) {
+            for (let d = 0; d < D; d++) k[(blk * B + t) * D + d] = s[d]! + (t < moved ? lift(d) : 0);
+          }
+        };
+        setBlock(a, v.movedA, (d) => (d === 1 ? v.keyUlp : 0));
+        setBlock(b, v.movedB, (d) => (d === 2 ? v.keyUlp : 0));
+        for (const blk of top) setBlock(blk, B, (d) => (d === 1 || d === 2 ? 4 * v.keyUlp : 0));
+        const q = new Float32Array(lq * 2 * D);
+        for (let r = 0; r < lq * 2; r++) {
+          const f = 2 ** Math.round(20 * rng.next() - 10);
+          for (let d = 0; d < D; d++) q[r * D + d] = qBase[d]! * f;
+        }
+        const cc: GateCase = { dtype: v.dtype, cuQ, cuK, numQHeads: 2, numKVHeads: 1, headDim: D, chunkSize: B, topK, q: roundTo(q, v.dtype), k };
+        const got = await runGate(device, cc);
+        checkWellFormed(cc, got);
+        // The premise: exact fp32 scores (the CPU backend) keep A, not B, in every row.
+        const want = await runGate(cpu, cc);
+        for (let i = 0; i < want.length; i += topK) {
+          const row = Array.from(want.subarray(i, i + topK));
+          expect(row).toContain(a);
+          expect(row).not.toContain(b);
+        }
+        const first = firstDifference(got, want);
+        expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(cc)} (A ${a}, B ${b})`).toBe(-1);
+      }
+    }
+  });
+
   // The fast kernel keeps a candidate's block index in the low bits of its
   // score while every block index of the launch fits in 12 bits, and keeps
   // separate indices beyond: sequences on both sides of 4096 blocks.
