@@ -15,6 +15,8 @@
 #include "gate_device.cuh"
 #include "gate_internal.h"
 #include "common/cuda_context.h"
+#include "common/dependent_launch.h"
+#include "common/grid_dependency.cuh"
 
 namespace moba {
 namespace {
@@ -43,6 +45,9 @@ __device__ __forceinline__ unsigned headLanes() {
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
+  // The operand kernel may be placed once every CTA here has started (it
+  // waits for this grid's end before it reads anything).
+  allowDependentGrid();
   constexpr int kChunks = D / 8;  // 16-byte chunks per head row
   const int chunk = blockIdx.y * kThreads + threadIdx.x;
   // Whole groups of kChunks lanes leave together (kThreads is a multiple of kChunks).
@@ -115,6 +120,8 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
 // Scaled fp16 operand and error bound; one thread per 8 dims of a (block, KV head).
 template <int D>
 __global__ void __launch_bounds__(kThreads) operandKernel(GateArgs a) {
+  waitForPrimaryGrid();  // the centroids and their largest magnitude
+  allowDependentGrid();  // the scores kernel starts with q, which it needs nothing here for
   constexpr int kChunks = D / 8;
   const int chunk = blockIdx.y * kThreads + threadIdx.x;
   if (chunk >= a.nkvh * kChunks) return;
@@ -166,30 +173,31 @@ __global__ void __launch_bounds__(kThreads) operandKernel(GateArgs a) {
   }
 }
 
-template <typename T>
-Status launchTyped(const GateArgs& a, cudaStream_t stream) {
-  const int chunks = a.nkvh * (a.headDim / 8);
+template <typename T, int D>
+Status launchDim(const GateArgs& a, bool dependent, cudaStream_t stream) {
+  const int chunks = a.nkvh * (D / 8);
   dim3 grid(static_cast<unsigned>(a.totalBlocks), static_cast<unsigned>((chunks + kThreads - 1) / kThreads));
+  // The centroids follow a memset in plain stream order.
+  MOBA_RETURN_IF_ERROR(cudaStatus(launchInOrder(centroidKernel<T, D>, grid, dim3(kThreads), 0, stream, false, a),
+                                  "gate centroids"));
+  return cudaStatus(launchInOrder(operandKernel<D>, grid, dim3(kThreads), 0, stream, dependent, a), "gate operand");
+}
+
+template <typename T>
+Status launchTyped(const GateArgs& a, bool dependent, cudaStream_t stream) {
   switch (a.headDim) {
-    case 64:
-      centroidKernel<T, 64><<<grid, kThreads, 0, stream>>>(a);
-      operandKernel<64><<<grid, kThreads, 0, stream>>>(a);
-      break;
-    case 128:
-      centroidKernel<T, 128><<<grid, kThreads, 0, stream>>>(a);
-      operandKernel<128><<<grid, kThreads, 0, stream>>>(a);
-      break;
+    case 64: return launchDim<T, 64>(a, dependent, stream);
+    case 128: return launchDim<T, 128>(a, dependent, stream);
     default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
   }
-  return checkLaunch("gate centroids");
 }
 
 }  // namespace
 
-Status launchGateCentroids(const GateArgs& a, DType dtype, cudaStream_t stream) {
+Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream) {
   if (a.totalBlocks == 0) return Status::Ok();
-  if (dtype == DType::BF16) return launchTyped<Bf16>(a, stream);
-  if (dtype == DType::F16) return launchTyped<F16>(a, stream);
+  if (dtype == DType::BF16) return launchTyped<Bf16>(a, dependent, stream);
+  if (dtype == DType::F16) return launchTyped<F16>(a, dependent, stream);
   return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
 }
 

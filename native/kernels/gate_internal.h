@@ -82,10 +82,13 @@ struct GatePlan {
 // (tile list) too, `withLists` lays out the lists' part of the workspace.
 Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan* plan);
 
-Status launchGateCentroids(const GateArgs& a, DType dtype, cudaStream_t stream);
-Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, cudaStream_t stream);
+// dependent: each launch after the first may start while the one before it
+// finishes (programmatic dependent launch, sm_90 and later); the kernels wait
+// for it before they read its results.
+Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream);
+Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream);
 // allRows: every (head, row) item; else the items of a.fallback (count on the device).
-Status launchGateExact(const GateArgs& a, DType dtype, bool allRows, int smCount, cudaStream_t stream);
+Status launchGateExact(const GateArgs& a, DType dtype, bool allRows, int smCount, bool dependent, cudaStream_t stream);
 
 // Lists (gate_lists.cu).
 size_t listsSortTempBytes(int64_t items, int endBit);

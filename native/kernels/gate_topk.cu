@@ -50,6 +50,8 @@
 #include "gate_device.cuh"
 #include "gate_internal.h"
 #include "common/cuda_context.h"
+#include "common/dependent_launch.h"
+#include "common/grid_dependency.cuh"
 
 namespace moba {
 namespace {
@@ -251,6 +253,9 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
   __shared__ int rowCertain[kRows];  // packed lists of 16, 24: band entries certain to be in the top-(k-1)
   __shared__ float rowEps[kRows];
 
+  // The exact kernel after this one may be placed as soon as every CTA here
+  // has started; it waits for this grid's end before it reads anything.
+  allowDependentGrid();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, tq = lane & 3;
   // A warp's rows are g + 8 j (g = 0..7, j = 0..3: the MMA fragment's row
@@ -316,9 +321,6 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       }
       cpAsyncCommit();
     };
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) loadTile(s);
-
     int warpPmax = 0;
     {
       int lastRow = min(warp * 32 + 32, nRows) - 1;
@@ -339,6 +341,12 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) qa[mt][ks][i] = r < nRows ? __ldg(src + 8 * ks) : 0u;
       }
+    // Up to here the CTA read only the op's inputs: the centroid operand and
+    // its statistics come from the grids before this one, which it may have
+    // started alongside (programmatic dependent launch).
+    waitForPrimaryGrid();
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) loadTile(s);
 
     // The q fragments become the fp16 operand, each row scaled by a power of
     // two 2^a that brings its L2 norm into [2^14, 2^15): every element is
@@ -638,6 +646,8 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       rowEps[ownRow] = eps;
     }
     __syncthreads();
+  } else {
+    waitForPrimaryGrid();  // every CTA: this grid never completes ahead of those before it
   }
 
   // Finish each row: its owner certifies the band; the blocks still
@@ -744,6 +754,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 
 template <typename T, int D>
 __global__ void __launch_bounds__(128) exactKernel(GateArgs a, int allRows, int keepCap) {
+  waitForPrimaryGrid();  // the fallback list (fast kernel) or the centroids (gate_centroids.cu)
   extern __shared__ __align__(128) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int warpsPerCta = blockDim.x >> 5;
@@ -824,14 +835,13 @@ __global__ void __launch_bounds__(128) exactKernel(GateArgs a, int allRows, int 
 }
 
 template <typename T, int D, int KL, bool kPacked>
-Status launchFastTyped(const GateArgs& a, int numTiles, cudaStream_t stream) {
+Status launchFastTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
   using C = FastCfg<D, KL>;
   auto kernel = fastKernel<T, D, KL, kPacked>;
   MOBA_RETURN_IF_ERROR(cudaStatus(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes), "gate smem limit"));
   dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(a.nqh));
-  kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(a);
-  return checkLaunch("gate scores");
+  return cudaStatus(launchInOrder(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, dependent, a), "gate scores");
 }
 
 // Packed lists for keep >= 4 take 4 more entries than gateListCap's (an
@@ -839,27 +849,27 @@ Status launchFastTyped(const GateArgs& a, int numTiles, cudaStream_t stream) {
 // wider (the packing error), and rows with many near-ties (scores trending
 // with the block index) then stay on the fast path.
 template <typename T, int D>
-Status launchFastDim(const GateArgs& a, int listCap, int numTiles, cudaStream_t stream) {
+Status launchFastDim(const GateArgs& a, int listCap, int numTiles, bool dependent, cudaStream_t stream) {
   const bool packed = a.packBits <= kGateMaxPackBits;
   switch (listCap) {
-    case 8: return packed ? launchFastTyped<T, D, 8, true>(a, numTiles, stream) : launchFastTyped<T, D, 8, false>(a, numTiles, stream);
-    case 12: return packed ? launchFastTyped<T, D, 16, true>(a, numTiles, stream) : launchFastTyped<T, D, 12, false>(a, numTiles, stream);
-    case 20: return packed ? launchFastTyped<T, D, 24, true>(a, numTiles, stream) : launchFastTyped<T, D, 20, false>(a, numTiles, stream);
+    case 8: return packed ? launchFastTyped<T, D, 8, true>(a, numTiles, dependent, stream) : launchFastTyped<T, D, 8, false>(a, numTiles, dependent, stream);
+    case 12: return packed ? launchFastTyped<T, D, 16, true>(a, numTiles, dependent, stream) : launchFastTyped<T, D, 12, false>(a, numTiles, dependent, stream);
+    case 20: return packed ? launchFastTyped<T, D, 24, true>(a, numTiles, dependent, stream) : launchFastTyped<T, D, 20, false>(a, numTiles, dependent, stream);
     default: return Status::Invalid("unsupported gate list size: " + std::to_string(listCap));
   }
 }
 
 template <typename T>
-Status launchFastT(const GateArgs& a, int listCap, int numTiles, cudaStream_t stream) {
+Status launchFastT(const GateArgs& a, int listCap, int numTiles, bool dependent, cudaStream_t stream) {
   switch (a.headDim) {
-    case 64: return launchFastDim<T, 64>(a, listCap, numTiles, stream);
-    case 128: return launchFastDim<T, 128>(a, listCap, numTiles, stream);
+    case 64: return launchFastDim<T, 64>(a, listCap, numTiles, dependent, stream);
+    case 128: return launchFastDim<T, 128>(a, listCap, numTiles, dependent, stream);
     default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
   }
 }
 
 template <typename T, int D>
-Status launchExactDim(const GateArgs& a, bool allRows, int smCount, cudaStream_t stream) {
+Status launchExactDim(const GateArgs& a, bool allRows, int smCount, bool dependent, cudaStream_t stream) {
   const int keepCap = a.topK - 1 > 0 ? a.topK - 1 : 1;
   const size_t perWarp = (static_cast<size_t>(D) * 4 + static_cast<size_t>(keepCap) * 32 * 8 + keepCap * 4 + 15) / 16 * 16;
   int warps = static_cast<int>((48 * 1024) / perWarp);
@@ -877,33 +887,34 @@ Status launchExactDim(const GateArgs& a, bool allRows, int smCount, cudaStream_t
     if (need < grid) grid = need;
   }
   if (grid < 1) grid = 1;
-  kernel<<<static_cast<unsigned>(grid), warps * 32, smem, stream>>>(a, allRows ? 1 : 0, keepCap);
-  return checkLaunch("gate exact");
+  return cudaStatus(launchInOrder(kernel, dim3(static_cast<unsigned>(grid)), dim3(warps * 32), smem, stream, dependent, a,
+                                  allRows ? 1 : 0, keepCap),
+                    "gate exact");
 }
 
 template <typename T>
-Status launchExactT(const GateArgs& a, bool allRows, int smCount, cudaStream_t stream) {
+Status launchExactT(const GateArgs& a, bool allRows, int smCount, bool dependent, cudaStream_t stream) {
   switch (a.headDim) {
-    case 64: return launchExactDim<T, 64>(a, allRows, smCount, stream);
-    case 128: return launchExactDim<T, 128>(a, allRows, smCount, stream);
+    case 64: return launchExactDim<T, 64>(a, allRows, smCount, dependent, stream);
+    case 128: return launchExactDim<T, 128>(a, allRows, smCount, dependent, stream);
     default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
   }
 }
 
 }  // namespace
 
-Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, cudaStream_t stream) {
+Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream) {
   if (numTiles == 0) return Status::Ok();
-  if (dtype == DType::BF16) return launchFastT<Bf16>(a, listCap, numTiles, stream);
-  if (dtype == DType::F16) return launchFastT<F16>(a, listCap, numTiles, stream);
+  if (dtype == DType::BF16) return launchFastT<Bf16>(a, listCap, numTiles, dependent, stream);
+  if (dtype == DType::F16) return launchFastT<F16>(a, listCap, numTiles, dependent, stream);
   return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
 }
 
-Status launchGateExact(const GateArgs& a, DType dtype, bool allRows, int smCount, cudaStream_t stream) {
+Status launchGateExact(const GateArgs& a, DType dtype, bool allRows, int smCount, bool dependent, cudaStream_t stream) {
   if (a.totalQ == 0) return Status::Ok();
   if (smCount < 1) smCount = 1;
-  if (dtype == DType::BF16) return launchExactT<Bf16>(a, allRows, smCount, stream);
-  if (dtype == DType::F16) return launchExactT<F16>(a, allRows, smCount, stream);
+  if (dtype == DType::BF16) return launchExactT<Bf16>(a, allRows, smCount, dependent, stream);
+  if (dtype == DType::F16) return launchExactT<F16>(a, allRows, smCount, dependent, stream);
   return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
 }
 

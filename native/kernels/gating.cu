@@ -78,12 +78,13 @@ Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, 
   char* base = static_cast<char*>(ws);
   MOBA_RETURN_IF_ERROR(cudaStatus(
       cudaMemsetAsync(base + plan.offStats, 0, plan.offFb - plan.offStats, ctx.stream), "gate: clear counters"));
-  MOBA_RETURN_IF_ERROR(launchGateCentroids(a, p.dtype, ctx.stream));
+  const bool dependent = ctx.ccMajor >= 9;
+  MOBA_RETURN_IF_ERROR(launchGateCentroids(a, p.dtype, dependent, ctx.stream));
   if (plan.listCap > 0) {
-    MOBA_RETURN_IF_ERROR(launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, ctx.stream));
-    return launchGateExact(a, p.dtype, false, ctx.smCount, ctx.stream);
+    MOBA_RETURN_IF_ERROR(launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, dependent, ctx.stream));
+    return launchGateExact(a, p.dtype, false, ctx.smCount, dependent, ctx.stream);
   }
-  return launchGateExact(a, p.dtype, true, ctx.smCount, ctx.stream);
+  return launchGateExact(a, p.dtype, true, ctx.smCount, dependent, ctx.stream);
 }
 
 }  // namespace
