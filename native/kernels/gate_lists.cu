@@ -7,7 +7,8 @@
 //  2. a stable radix sort of (key, item) over the key's bits: segments come
 //     out contiguous and, because the sort is stable, ascending by entry;
 //  3. segment offsets by binary search in the sorted keys; entries and the
-//     reverse map entryOf from the sorted items.
+//     reverse map entryOf from the sorted items, head by head (see
+//     listFinishKernel).
 #include <cub/device/device_radix_sort.cuh>
 
 #include "gate_device.cuh"
@@ -54,21 +55,52 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Entries and the reverse map, one CTA per (run of global blocks, query
+// head). The sorted order has the head fastest (segment = globalBlock * nqh +
+// h) while entryOf is laid out [h][row][slot], so walking it in sorted order
+// scattered every write over all heads' rows: each a 4-byte write to its own
+// DRAM sector. CTAs run roughly in launch order (x fastest), so with the head
+// in y the writes of a stretch of time stay within one head's totalQ *
+// (topK-1) * 4 bytes, which L2 holds and merges before they reach DRAM.
+// With few segments (long chunks), each is split among `parts` CTAs.
 __global__ void __launch_bounds__(kThreads)
-    listFinishKernel(ListsArgs a, const uint32_t* sortedKeys, int32_t* sortedVals) {
+    listFinishKernel(ListsArgs a, int32_t* sortedVals, int blocksPerCta, int parts) {
   const int kp = a.topK - 1;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < a.items;
-       e += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t i = sortedVals[e];
-    if (static_cast<int64_t>(sortedKeys[e]) < a.numSegments) {
-      const int entry = static_cast<int>(i / kp);
-      const int slot = static_cast<int>(i % kp);
-      const int row = entry / a.nqh, h = entry % a.nqh;
-      sortedVals[e] = entry;
-      a.entryOf[(static_cast<size_t>(h) * a.totalQ + row) * kp + slot] = static_cast<int32_t>(e);
-    } else {
-      sortedVals[e] = -1;
+  const int run = blockIdx.x / parts, part = blockIdx.x - run * parts;
+  const int gb0 = run * blocksPerCta;
+  const int gb1 = min(gb0 + blocksPerCta, a.totalBlocks);
+  for (int h = blockIdx.y; h < a.nqh; h += gridDim.y) {
+    for (int gb = gb0; gb < gb1; ++gb) {
+      const int64_t s = static_cast<int64_t>(gb) * a.nqh + h;
+      const int first = a.offsets[s], count = a.offsets[s + 1] - first;
+      const int begin = first + static_cast<int>(static_cast<int64_t>(count) * part / parts);
+      const int end = first + static_cast<int>(static_cast<int64_t>(count) * (part + 1) / parts);
+      // Four loads in flight per thread: a segment may hold most of a
+      // sequence's rows.
+      constexpr int kUnroll = 4;
+      for (int e0 = begin + threadIdx.x; e0 < end; e0 += kUnroll * kThreads) {
+        int item[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) item[u] = e0 + u * kThreads < end ? sortedVals[e0 + u * kThreads] : 0;
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int e = e0 + u * kThreads;
+          if (e >= end) break;
+          const int entry = item[u] / kp;  // item = entry * kp + slot, entry = row * nqh + h
+          const int slot = item[u] - entry * kp;
+          const int row = entry / a.nqh;
+          sortedVals[e] = entry;
+          a.entryOf[(static_cast<int64_t>(h) * a.totalQ + row) * kp + slot] = e;
+        }
+      }
     }
+  }
+  // Items without a past block sort last (key numSegments): no entry. Every
+  // CTA takes a share.
+  const int64_t ctas = static_cast<int64_t>(gridDim.x) * gridDim.y;
+  const int64_t cta = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  for (int64_t e = a.offsets[a.numSegments] + cta * kThreads + threadIdx.x; e < a.items; e += ctas * kThreads) {
+    sortedVals[e] = -1;
   }
 }
 
@@ -111,7 +143,20 @@ Status launchListsBuild(const ListsArgs& a, int32_t** entries, cudaStream_t stre
   listOffsetsKernel<<<gridFor(a.numSegments + 1), kThreads, 0, stream>>>(keys.Current(), a.items, a.numSegments,
                                                                           a.offsets);
   MOBA_RETURN_IF_ERROR(checkLaunch("gate lists: offsets"));
-  listFinishKernel<<<gridFor(a.items), kThreads, 0, stream>>>(a, keys.Current(), vals.Current());
+  // About one CTA per 1024 items, at most 8192: a few segments each, or a
+  // share of one.
+  int64_t finishCtas = a.items / 1024;
+  finishCtas = finishCtas < 1 ? 1 : (finishCtas > 8192 ? 8192 : finishCtas);
+  const int64_t segments = static_cast<int64_t>(a.totalBlocks) * a.nqh;
+  const int64_t perCta = (segments + finishCtas - 1) / finishCtas;
+  const int blocksPerCta = static_cast<int>(perCta < 1 ? 1 : perCta);
+  int runs = (a.totalBlocks + blocksPerCta - 1) / blocksPerCta;
+  if (runs < 1) runs = 1;
+  const int64_t heads = a.nqh < 65535 ? a.nqh : 65535;
+  const int64_t share = finishCtas / (static_cast<int64_t>(runs) * heads);
+  const int parts = static_cast<int>(share < 1 ? 1 : share);
+  const dim3 finishGrid(static_cast<unsigned>(runs * parts), static_cast<unsigned>(heads));
+  listFinishKernel<<<finishGrid, kThreads, 0, stream>>>(a, vals.Current(), blocksPerCta, parts);
   MOBA_RETURN_IF_ERROR(checkLaunch("gate lists: entries"));
   *entries = vals.Current();
   return Status::Ok();
