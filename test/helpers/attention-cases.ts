@@ -16,7 +16,7 @@
 import { expect, it } from 'vitest';
 
 import { flashAttention, mobaAttention, mobaGate, reference, type Device, type DType, type Tensor } from '../../lib/index.js';
-import { randn, relL2, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, seedNote, type Rng } from './random.js';
+import { randn, relL2, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, seedNote, shuffle, type Rng } from './random.js';
 
 export interface AttentionCase {
   name: string;
@@ -296,14 +296,7 @@ export function attentionCases(scale: Scale, rng: Rng): AttentionCase[] {
   const seqlens = [512, 1024, 2048];
   const chunks = [128, 256, 1024];
   const topKs = [2, 3, 4];
-  const perm = <T>(a: T[]): T[] => {
-    const b = a.slice();
-    for (let i = b.length - 1; i > 0; i--) {
-      const j = rng.int(0, i);
-      [b[i], b[j]] = [b[j]!, b[i]!];
-    }
-    return b;
-  };
+  const perm = <T>(a: T[]): T[] => shuffle(a.slice(), rng);
   const [pb, ph, ps, pc, pk] = [perm(batches), perm(heads), perm(seqlens), perm(chunks), perm(topKs)];
   for (let i = 0; i < 9; i++) {
     const batch = pb[i % 3]!;

@@ -12,7 +12,7 @@
 import { expect, it } from 'vitest';
 
 import { mobaGate, MobaError, openDevice, reference, type Device, type Tensor } from '../../lib/index.js';
-import { lengthsOf, randn, randomSeqlens, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, type Rng } from './random.js';
+import { lengthsOf, randn, randomSeqlens, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, shuffle, type Rng } from './random.js';
 
 type Dtype = 'bf16' | 'f16';
 
@@ -491,11 +491,7 @@ function defineLongRowTests(open: () => Device): void {
         s[2] = 1.5;
         const k = roundTo(randn(lk * D, rng, 0.03), v.dtype);
         // A, B and the top blocks: distinct complete blocks before the first query's block.
-        const past = Array.from({ length: Math.floor((lk - lq) / B) }, (_, i) => i);
-        for (let i = past.length - 1; i > 0; i--) {
-          const j = rng.int(0, i);
-          [past[i], past[j]] = [past[j]!, past[i]!];
-        }
+        const past = shuffle(Array.from({ length: Math.floor((lk - lq) / B) }, (_, i) => i), rng);
         const [a, b, ...top] = past.slice(0, topK) as [number, number, ...number[]];
         const setBlock = (blk: number, moved: number, lift: (d: number) => number): void => {
           for (let t = 0; t < B; t++) {

@@ -19,7 +19,7 @@ import {
   type KVPlan,
   type Tensor,
 } from '../../lib/index.js';
-import { randn, relL2, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, type Rng } from './random.js';
+import { randn, relL2, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, shuffle, type Rng } from './random.js';
 
 type Dtype = 'bf16' | 'f16';
 
@@ -452,11 +452,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
         const junk = Array.from({ length: 64 }, () => cache.addSequence());
         const p = cache.plan(junk.map((seq) => ({ seq, newTokens: 8 * 8 })), { maxDecodeTokens: 0 });
         p.dispose();
-        for (let i = junk.length - 1; i > 0; i--) {
-          const j = rng.int(0, i);
-          [junk[i], junk[j]] = [junk[j]!, junk[i]!];
-        }
-        for (const s of junk) cache.free(s);
+        for (const s of shuffle(junk, rng)) cache.free(s);
       }
       const seq = cache.addSequence();
       const other = cache.addSequence();

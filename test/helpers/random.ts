@@ -101,6 +101,15 @@ export function rngFor(label: string, seed: number = SEED): Rng {
   return makeRng((seed ^ hashLabel(label)) >>> 0);
 }
 
+/** Shuffles `a` in place (Fisher-Yates) and returns it. */
+export function shuffle<T>(a: T[], rng: Rng): T[] {
+  for (let i = a.length - 1; i > 0; i--) {
+    const j = rng.int(0, i);
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a;
+}
+
 /** n standard-normal samples (times `scale`) as a Float32Array. */
 export function randn(n: number, rng: Rng, scale = 1): Float32Array {
   const x = new Float32Array(n);
