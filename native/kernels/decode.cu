@@ -37,6 +37,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/dependent_launch.h"
 #include "common/env_switch.h"
 #include "decode_common.cuh"
 #include "decode_gate.cuh"
@@ -762,10 +763,7 @@ cudaLaunchConfig_t launchConfig(dim3 grid, int threads, size_t smem, LaunchMode 
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   unsigned n = 0;
-  if (mode.dependent) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n++].val.programmaticStreamSerializationAllowed = 1;
-  }
+  if (mode.dependent) addDependentLaunch(attr, n);
   if (mode.cooperative) {
     attr[n].id = cudaLaunchAttributeCooperative;
     attr[n++].val.cooperative = 1;

@@ -9,6 +9,12 @@
 
 namespace moba {
 
+// Appends the programmatic-serialization attribute at attr[n] and counts it.
+inline void addDependentLaunch(cudaLaunchAttribute* attr, unsigned& n) {
+  attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[n++].val.programmaticStreamSerializationAllowed = 1;
+}
+
 template <typename... KernelArgs, typename... Args>
 cudaError_t launchInOrder(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                           bool dependent, Args&&... args) {
@@ -18,12 +24,10 @@ cudaError_t launchInOrder(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, 
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
-  if (dependent) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-  }
+  unsigned n = 0;
+  if (dependent) addDependentLaunch(attr, n);
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
