@@ -192,12 +192,15 @@ __device__ __forceinline__ void mergeBest(float (&ls)[KL], float (&v)[32]) {
   }
 }
 
+// Whether a row's squared norm q2 is in the range where its scale and error
+// bound are formed (outside it the row is zero or takes the exact kernel).
+__device__ __forceinline__ bool norm2InRange(float q2) { return q2 >= 1e-30f && q2 <= 1e30f; }
+
 // The power of two that brings the norm of a row of squared norm q2 into
 // [2^14, 2^15) (from the exponent of q2: floor(log2 ||q||)); 1 when q2 is
-// outside the normal range (such rows are zero or take the exact kernel).
+// out of range.
 __device__ __forceinline__ float operandScaleForNorm2(float q2) {
-  const bool normal = q2 >= 1e-30f && q2 <= 1e30f;
-  const int aExp = normal ? operandScaleExpForLog2(ilogbf(q2) >> 1) : 0;
+  const int aExp = norm2InRange(q2) ? operandScaleExpForLog2(ilogbf(q2) >> 1) : 0;
   return __int_as_float((aExp + 127) << 23);
 }
 
@@ -418,7 +421,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
         q2 = tq == j ? x : q2;
         nonzero = tq == j ? z : nonzero;
       }
-      const bool normal = q2 >= 1e-30f && q2 <= 1e30f;
+      const bool normal = norm2InRange(q2);
       const float qn = sqrtf(q2 * (1.f + 1.f / 4096)) * operandScaleForNorm2(q2) + kQsub;
       const bool ok = (normal || nonzero == 0) && E <= 1e18f && Cn <= 1e18f;
       eps = ok ? __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(kQsub, Cn)), 1.f + 1.f / 256),
