@@ -10,7 +10,8 @@
 //     (sequence, KV head) lands in [2^14, 2^15). Whatever the input dtype,
 //     fp16 keeps 11 significant bits (bf16 keeps 8), so a score strays 8x
 //     less from the exact one and fewer blocks need exact re-scoring; the
-//     scale keeps tiny and huge keys inside fp16's range. It records the
+//     scale keeps tiny and huge keys inside fp16's range. Its dims are in
+//     the scores kernel's load order (operandPairSlots). It records the
 //     bound on how far a tensor-core score can stray (see gate_topk.cu).
 #include "gate_device.cuh"
 #include "gate_internal.h"
@@ -151,12 +152,12 @@ __global__ void __launch_bounds__(kThreads) operandKernel(GateArgs a) {
     c2 += cs * cs;
     h2 += hf * hf;
   }
-  uint4 packed;
-  packed.x = h[0] | (static_cast<uint32_t>(h[1]) << 16);
-  packed.y = h[2] | (static_cast<uint32_t>(h[3]) << 16);
-  packed.z = h[4] | (static_cast<uint32_t>(h[5]) << 16);
-  packed.w = h[6] | (static_cast<uint32_t>(h[7]) << 16);
-  *reinterpret_cast<uint4*>(static_cast<uint16_t*>(a.hi) + at) = packed;
+  // In the scores kernel's dim order (operandPairSlots).
+  int slot[4];
+  operandPairSlots<D>(c8, slot);
+  uint32_t* row = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(a.hi) + (at - c8 * 8));
+#pragma unroll
+  for (int p = 0; p < 4; ++p) row[slot[p]] = h[2 * p] | (static_cast<uint32_t>(h[2 * p + 1]) << 16);
 
   // Norms over the head's D dims: the kChunks lanes of this (block, head).
   const unsigned groupMask = headLanes<kChunks>();

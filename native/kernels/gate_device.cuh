@@ -63,6 +63,24 @@ __device__ __forceinline__ float exactDot(const float* q, const float* __restric
                    __fadd_rn(__fadd_rn(s[4], s[5]), __fadd_rn(s[6], s[7])));
 }
 
+// The fp16 centroid operand is stored with its dims permuted so that each
+// lane of the scores kernel loads its part of a q row as whole 16-byte
+// chunks (a dot product does not depend on the order of its terms). mma.sync
+// m16n8k16 gives lane tq (= lane % 4) the dim pairs 2 tq and 2 tq + 8 of
+// each 16-dim step ks; lane tq instead gets dims [tq D/4, (tq + 1) D/4) of
+// the row in order: pair p of its span is step p / 2, half p % 2 (at +8).
+// slot: where the four dim pairs of chunk c8 (dims [8 c8, 8 c8 + 8)) go in
+// the operand's row, in 32-bit words.
+template <int D>
+__device__ __forceinline__ void operandPairSlots(int c8, int (&slot)[4]) {
+  constexpr int kSpan = D / 4;  // dims per lane
+  const int tq = c8 * 8 / kSpan, ks = c8 * 8 % kSpan / 4;
+  slot[0] = 8 * ks + tq;           // (step ks, half 0): dims 16 ks + 2 tq, +1
+  slot[1] = 8 * ks + 4 + tq;       // (step ks, half 1): 16 ks + 8 + 2 tq
+  slot[2] = 8 * (ks + 1) + tq;     // (step ks + 1, half 0)
+  slot[3] = 8 * (ks + 1) + 4 + tq; // (step ks + 1, half 1)
+}
+
 // Sequence b with cu[b] <= x < cu[b+1] among batch sequences (skips empty ones).
 __device__ __forceinline__ int sequenceOf(const int32_t* cu, int batch, int x) {
   int lo = 0, hi = batch - 1;

@@ -23,7 +23,7 @@ struct GateArgs {
   const int32_t* cuBlocks = nullptr; // device [batch+1] prefix sums of ceil(Lk / chunkSize)
   const int32_t* tiles = nullptr;    // device [numTiles][2]: (sequence, first row within it)
   float* cent = nullptr;             // [totalBlocks, nkvh, headDim] fp32 centroids
-  void* hi = nullptr;                // [totalBlocks, nkvh, headDim] fp16 centroids, scaled (tensor-core operand)
+  void* hi = nullptr;                // [totalBlocks, nkvh, headDim] fp16 centroids, scaled, dims permuted (tensor-core operand)
   // [batch, nkvh, kGateStats] as float bits (atomicMax on non-negative
   // floats), in the scaled units of the fp16 operand (gate_centroids.cu):
   // [kStatBound] max over blocks of the bound on |tensor-core score - exact

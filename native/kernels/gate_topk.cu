@@ -3,7 +3,8 @@
 //
 // Fast kernel (topK <= 16). A CTA owns 128 consecutive query rows of one
 // sequence and one query head. The rows' q is loaded from global memory
-// straight into MMA A fragments and converted to scaled fp16 whatever the
+// straight into MMA A fragments (in 16-byte loads: the centroid operand's
+// dims are permuted to match) and converted to scaled fp16 whatever the
 // input dtype; centroid tiles (64 blocks, scaled fp16 from
 // gate_centroids.cu) stream through shared memory (cp.async, three stages),
 // and mma.sync gives fp32 scores, 32 blocks at a time per warp. Each warp
@@ -331,18 +332,26 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       if (warpPmax <= keepMax) warpPmax = 0;  // every row of this warp keeps all its past blocks
     }
 
-    // The warp's q rows as mma.sync A fragments, straight from global memory:
-    // register [mt][ks][i] holds dims 16 ks + 2 tq + 8 (i >> 1) (and the next
-    // one) of row mt * 16 + g + 8 (i & 1); rows past the tile are zero.
+    // The warp's q rows as mma.sync A fragments, straight from global memory
+    // in 16-byte loads: lane tq takes dims [tq D/4, (tq + 1) D/4) of its rows,
+    // in the centroid operand's permuted order (operandPairSlots): register
+    // [mt][ks][i] holds row mt * 16 + g + 8 (i & 1), pair 2 ks + (i >> 1) of
+    // the lane's span. Rows past the tile are zero.
     uint32_t qa[2][D / 16][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = warp * 32 + mt * 16 + g + 8 * (i & 1);
-        const uint32_t* src = reinterpret_cast<const uint32_t*>(qBase + static_cast<size_t>(r) * qRowStride + 2 * tq + 8 * (i >> 1));
+      for (int rh = 0; rh < 2; ++rh) {
+        const int r = warp * 32 + mt * 16 + g + 8 * rh;
+        const uint4* src = reinterpret_cast<const uint4*>(qBase + static_cast<size_t>(r) * qRowStride + tq * (D / 4));
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) qa[mt][ks][i] = r < nRows ? __ldg(src + 8 * ks) : 0u;
+        for (int c = 0; c < D / 32; ++c) {
+          const uint4 w = r < nRows ? __ldg(src + c) : make_uint4(0u, 0u, 0u, 0u);
+          qa[mt][2 * c][rh] = w.x;
+          qa[mt][2 * c][rh + 2] = w.y;
+          qa[mt][2 * c + 1][rh] = w.z;
+          qa[mt][2 * c + 1][rh + 2] = w.w;
+        }
       }
     // Up to here the CTA read only the op's inputs: the centroid operand and
     // its statistics come from the grids before this one, which it may have
