@@ -1,6 +1,7 @@
 // Decode over the paged KV cache: achieved bandwidth of 'full' decode against
 // the device copy bandwidth measured in the same run, 'moba' decode against
-// 'full' at long context, and the host cost of one decode step.
+// 'full' at long context (and 'full' over just the moba union's token count),
+// and the host cost of one decode step.
 //
 //   npm run bench -- decode [--page-size 16] [--moba-page-sizes 16,64] [--moba-sum-blocks page,512]
 //                           [--cases full,moba,host] [--quick]
@@ -118,7 +119,7 @@ async function timeDecode(env, l) {
   return timeOp(() => l.attend(env.cache, 0, env.plan, env.q).dispose(), { iters });
 }
 
-const results = { device: device.name, copy: null, full: [], moba: [], host: null };
+const results = { device: device.name, copy: null, full: [], moba: [], union: null, host: null };
 results.copy = await copyBandwidth();
 console.log(`device copy: ${results.copy.tbps.toFixed(2)} TB/s (read + write)`);
 
@@ -157,6 +158,22 @@ for (const ps of cases.has('moba') ? mobaPageSizes : []) {
     env.q.dispose();
     env.cache.dispose();
   }
+}
+
+// Full decode over as many tokens as the moba (512, 3) step reads on random data (the union of
+// the 4 query heads' 3 blocks per KV head: 9 blocks), with no gate in front: what streaming the
+// union's bytes costs by itself.
+if (cases.has('moba') && !quick) {
+  const unionTokens = (1 + 2 * (HQ / HKV)) * 512;
+  const env = await buildCache(1, unionTokens - 1, 16, 0, 512);
+  const t = await timeDecode(env, full);
+  const tbps = env.kvBytes / t.us / 1e6;
+  results.union = { tokens: unionTokens, us: t.us, hostUs: t.hostUs, tbps };
+  rows.push([`full 1 x ${unionTokens} (the moba union's tokens)`, 16, t.us.toFixed(1), tbps.toFixed(2),
+    `${((100 * tbps) / results.copy.tbps).toFixed(1)}%`, t.hostUs.toFixed(1)]);
+  env.plan.dispose();
+  env.q.dispose();
+  env.cache.dispose();
 }
 
 // Host cost of a small decode step: plan(), then forward() (append + attention) and attend() alone.
