@@ -572,20 +572,32 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
             }
           thr = fmaxf(thr, __fsub_rd(pick<8>(gm, keepOwn - 1), seedSlack));
         }
-        uint32_t mask = 0;
+        // The candidates: bit c of `below` is the sign of v[c] - thrLow,
+        // gathered by one funnel shift per score (a compare, a select and
+        // part of an OR each before). thrLow is strictly below thr (rounded
+        // down), so every v >= thr gives a positive difference, or +0 when
+        // flushed, and stays a candidate; a few just below thr may join
+        // them, which only costs a trip. NaN scores (rows handed to the
+        // exact kernel anyway) may join too.
+        const float thrLow = __fsub_rd(thr, 1.17549435e-38f);  // thr - FLT_MIN
+        uint32_t below = 0;
 #pragma unroll
-        for (int c = 0; c < 32; ++c) mask |= (v[c] >= thr ? 1u : 0u) << c;
-        mask &= validMask;
+        for (int c = 31; c >= 0; --c) below = __funnelshift_l(__float_as_uint(__fsub_rn(v[c], thrLow)), below, 1);
+        uint32_t mask = ~below & validMask;
         while (__any_sync(kFull, mask != 0)) {
-          if (mask != 0) {
+          if constexpr (kPacked) {
+            // Branch-free: a row without a candidate this trip folds in -inf,
+            // which changes nothing.
+            const bool has = mask != 0;
+            const int c = has ? __ffs(mask) - 1 : 0;
+            mask &= mask - 1;
+            const float s = rowTile[c ^ rowXor];
+            foldTop<KL>(ls, has ? packEntry(s, packMask, jh + c) : -INFINITY);
+          } else if (mask != 0) {
             const int c = __ffs(mask) - 1;
             mask &= mask - 1;
             const float s = rowTile[c ^ rowXor];
-            if constexpr (kPacked) {
-              foldTop<KL>(ls, packEntry(s, packMask, jh + c));
-            } else if (s > ls[KL - 1]) {
-              insertSorted<KL>(ls, li, s, jh + c);
-            }
+            if (s > ls[KL - 1]) insertSorted<KL>(ls, li, s, jh + c);
           }
         }
         // The running keep-th best only grows: scores below it minus 2 eps
