@@ -584,33 +584,31 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 #pragma unroll
         for (int c = 31; c >= 0; --c) below = __funnelshift_l(__float_as_uint(__fsub_rn(v[c], thrLow)), below, 1);
         uint32_t mask = ~below & validMask;
+        // Packed lists: the row's next candidate as a packed entry, taken off
+        // the mask; -inf when it has none left, which a fold leaves unchanged
+        // (so the trips need no branch around the fold).
+        auto takeCandidate = [&]() {
+          const bool has = mask != 0;
+          const int c = has ? __ffs(mask) - 1 : 0;
+          mask &= mask - 1;
+          const float s = rowTile[c ^ rowXor];
+          return has ? packEntry(s, packMask, jh + c) : -INFINITY;
+        };
         // Two candidates per trip while some row has two or more left (its
         // fixed part, the vote, bit search and branch, is then paid once).
         // Lists of 16 measured 2% slower with it at (128, 8); lists of 8 and
         // 24 3% and 1.5% faster at (512, 3) and (64, 16).
         if constexpr (kPacked && KL != 16) {
           while (__any_sync(kFull, (mask & (mask - 1)) != 0)) {
-            const bool has1 = mask != 0;
-            const int c1 = has1 ? __ffs(mask) - 1 : 0;
-            mask &= mask - 1;
-            const bool has2 = mask != 0;
-            const int c2 = has2 ? __ffs(mask) - 1 : 0;
-            mask &= mask - 1;
-            const float s1 = rowTile[c1 ^ rowXor];
-            const float s2 = rowTile[c2 ^ rowXor];
-            foldTop<KL>(ls, has1 ? packEntry(s1, packMask, jh + c1) : -INFINITY);
-            foldTop<KL>(ls, has2 ? packEntry(s2, packMask, jh + c2) : -INFINITY);
+            const float e1 = takeCandidate();
+            const float e2 = takeCandidate();
+            foldTop<KL>(ls, e1);
+            foldTop<KL>(ls, e2);
           }
         }
         while (__any_sync(kFull, mask != 0)) {
           if constexpr (kPacked) {
-            // Branch-free: a row without a candidate this trip folds in -inf,
-            // which changes nothing.
-            const bool has = mask != 0;
-            const int c = has ? __ffs(mask) - 1 : 0;
-            mask &= mask - 1;
-            const float s = rowTile[c ^ rowXor];
-            foldTop<KL>(ls, has ? packEntry(s, packMask, jh + c) : -INFINITY);
+            foldTop<KL>(ls, takeCandidate());
           } else if (mask != 0) {
             const int c = __ffs(mask) - 1;
             mask &= mask - 1;
