@@ -97,6 +97,7 @@ __device__ __forceinline__ int sequenceOf(const int32_t* cu, int batch, int x) {
 using ptx::cpAsync16;
 using ptx::cpAsyncCommit;
 using ptx::cpAsyncWait;
+using ptx::ldsF32;
 using ptx::ldsm4;
 using ptx::mma16816;
 using ptx::smemAddr;

@@ -472,6 +472,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     float* const storeOdd = myTile + g * kPitch + 2 * (tq & 1) + 4 * ((tq >> 1) ^ 1);
     const float* const rowTile = myTile + ownWarpRow * kPitch;
     const int rowXor = 4 * tq;
+    const uint32_t rowTileAddr = smemAddr(rowTile);
 
     // ldmatrix of centroid fragments: this lane's row within a 16-row group and
     // its swizzled chunk offset (bytes), fixed for the whole loop.
@@ -591,7 +592,10 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
           const bool has = mask != 0;
           const int c = has ? __ffs(mask) - 1 : 0;
           mask &= mask - 1;
-          const float s = rowTile[c ^ rowXor];
+          // Lists of 8 and 24 load the score whether or not the row has a
+          // candidate, with no branch around the load: 3.5% faster at
+          // (512, 3); lists of 16 measured 5% slower that way at (128, 8).
+          const float s = KL != 16 ? ldsF32(rowTileAddr + 4u * (c ^ rowXor)) : rowTile[c ^ rowXor];
           return has ? packEntry(s, packMask, jh + c) : -INFINITY;
         };
         // Two candidates per trip while some row has two or more left (its
