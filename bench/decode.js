@@ -1,7 +1,8 @@
 // Decode over the paged KV cache: achieved bandwidth of 'full' decode against
 // the device copy bandwidth measured in the same run, 'moba' decode against
 // 'full' at long context (and 'full' over just the moba union's token count),
-// and the host cost of one decode step.
+// the host cost of one decode step, and the latency of a step whose output
+// the host awaits.
 //
 //   npm run bench -- decode [--page-size 16] [--moba-page-sizes 16,64] [--moba-sum-blocks page,512]
 //                           [--cases full,moba,host] [--quick]
@@ -196,10 +197,22 @@ if (cases.has('host')) {
   const planUs = Number(process.hrtime.bigint() - t0) / 1e3 / n;
   const fwd = await timeOp(() => full.forward(cache, 0, plan, q, kv, kv).dispose(), { iters: n, warmup: 5 });
   const att = await timeOp(() => full.attend(cache, 0, plan, q).dispose(), { iters: n, warmup: 5 });
-  results.host = { batch, context: 1024, planUs, forwardHostUs: fwd.hostUs, forwardUs: fwd.us, attendHostUs: att.hostUs, attendUs: att.us };
+  // A step whose result the host waits for: enqueue to output on the host.
+  const awaited = [];
+  for (let i = 0; i < (quick ? 20 : 200); i++) {
+    const t = process.hrtime.bigint();
+    const out = full.attend(cache, 0, plan, q);
+    await out.toArray();
+    awaited.push(Number(process.hrtime.bigint() - t) / 1e3);
+    out.dispose();
+  }
+  const awaitedUs = awaited.sort((a, b) => a - b)[awaited.length >> 1];
+  results.host = { batch, context: 1024, planUs, forwardHostUs: fwd.hostUs, forwardUs: fwd.us, attendHostUs: att.hostUs, attendUs: att.us,
+    awaitedUs };
   rows.push([`host: plan() of ${batch} seqs`, pageSize, '', '', '', planUs.toFixed(1)]);
   rows.push([`host: forward() (append and decode, one op)`, pageSize, fwd.us.toFixed(1), '', '', fwd.hostUs.toFixed(1)]);
   rows.push([`host: attend() (decode op)`, pageSize, att.us.toFixed(1), '', '', att.hostUs.toFixed(1)]);
+  rows.push([`host: attend(), then await toArray() of its output`, pageSize, awaitedUs.toFixed(1), '', '', '']);
   kv.dispose();
   q.dispose();
   cache.dispose();
