@@ -182,8 +182,8 @@ class Waiter {
   // How long the waiter polls an event before it blocks (MOBA_WAIT_SPIN_US; 0: block at once).
   int spinUs_ = [] {
     const char* v = std::getenv("MOBA_WAIT_SPIN_US");
-    const int us = v ? std::atoi(v) : kDefaultSpinUs;
-    return us < 0 ? 0 : us;
+    const long us = v ? std::strtol(v, nullptr, 10) : kDefaultSpinUs;
+    return static_cast<int>(us < 0 ? 0 : us > 1000000 ? 1000000 : us);  // at most a second
   }();
   std::mutex mutex_;
   std::condition_variable wake_;
