@@ -49,8 +49,13 @@ export async function timeOp(device, fn, { warmup = 1, iters = 5 } = {}) {
     await device.synchronize();
     times.push(performance.now() - t0);
   }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)];
+  return median(times);
+}
+
+/** The median of `x` (sorts it in place; the upper one of an even count). */
+export function median(x) {
+  x.sort((a, b) => a - b);
+  return x[Math.floor(x.length / 2)];
 }
 
 /** xorshift32: uniform 32-bit integers. */

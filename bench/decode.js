@@ -14,7 +14,7 @@
 // Shape: 32 query heads, 8 KV heads, head dim 128, bf16; one new token per
 // sequence, so each step reads the whole cached K and V once.
 import { KVCache, MobaAttention, openDevice } from '../dist/index.js';
-import { randomBf16, writeResults } from './_common.js';
+import { median, randomBf16, writeResults } from './_common.js';
 
 const args = process.argv.slice(2);
 const opt = (name, fallback) => {
@@ -52,8 +52,7 @@ async function timeOp(fn, { iters, reps = 5, warmup = 3 }) {
     gpu.push(Number(t2 - t0) / 1e3 / iters);
     host.push(Number(t1 - t0) / 1e3 / iters);
   }
-  const med = (x) => x.sort((p, q) => p - q)[Math.floor(x.length / 2)];
-  return { us: med(gpu), hostUs: med(host) };
+  return { us: median(gpu), hostUs: median(host) };
 }
 
 function copyBandwidth() {
@@ -206,7 +205,7 @@ if (cases.has('host')) {
     awaited.push(Number(process.hrtime.bigint() - t) / 1e3);
     out.dispose();
   }
-  const awaitedUs = awaited.sort((a, b) => a - b)[awaited.length >> 1];
+  const awaitedUs = median(awaited);
   results.host = { batch, context: 1024, planUs, forwardHostUs: fwd.hostUs, forwardUs: fwd.us, attendHostUs: att.hostUs, attendUs: att.us,
     awaitedUs };
   rows.push([`host: plan() of ${batch} seqs`, pageSize, '', '', '', planUs.toFixed(1)]);

@@ -9,7 +9,7 @@
 //   npm run bench -- gate [--n 8192,32768] [--configs 128:8,512:3] [--reps 20] [--backend cuda]
 //                         [--inputs random,drift]
 import { mobaGate, openDevice } from '../dist/index.js';
-import { randomBf16, writeResults } from './_common.js';
+import { median, randomBf16, writeResults } from './_common.js';
 
 const args = process.argv.slice(2);
 const opt = (name, fallback) => {
@@ -66,10 +66,8 @@ for (const [kind, N] of cases) {
     for (let r = 0; r < reps; r++) run().dispose();
     await device.synchronize();
     const pipelined = (performance.now() - t0) / reps;
-    times.sort((a, b) => a - b);
-    const median = times[Math.floor(times.length / 2)];
     const bytes = 2 * total * heads * headDim * 2; // q and k read once
-    rows.push({ inputs: kind, N, chunkSize, topK, medianMs: median, pipelinedMs: pipelined, qkTBps: bytes / (pipelined * 1e-3) / 1e12 });
+    rows.push({ inputs: kind, N, chunkSize, topK, medianMs: median(times), pipelinedMs: pipelined, qkTBps: bytes / (pipelined * 1e-3) / 1e12 });
   }
   q.dispose();
   k.dispose();
