@@ -216,12 +216,16 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   SeqView s;
   const bool live = loadSeq(a, b, &s) && rt * RT < s.qLen * a.group;
   // Launched programmatically (sm_90), this grid may start while the kernel
-  // before it still runs: up to here it has read only the plan's metadata,
-  // which no kernel writes. The query rows, the cache and the workspace wait
-  // for that kernel, except behind gateKernel, which was itself launched in
-  // plain stream order (the query rows then go out first; the selection waits).
-  // Every CTA waits once, so that this grid never completes ahead of it.
+  // before it still runs: before it waits it reads only the plan's metadata
+  // and page table, which no kernel writes (the fused gate looks up its first
+  // key sums' pages there and prefetches the sums into L2: 1 x 128K moba
+  // step 16.9-17.0 -> 16.5-16.6 us). The query rows, the cache and the
+  // workspace wait for that kernel, except behind gateKernel, which was
+  // itself launched in plain stream order (the query rows then go out first;
+  // the selection waits). Every CTA waits once, so that this grid never
+  // completes ahead of it.
   const bool gateKernelBefore = a.moba && !a.fusedGate;
+  const bool sumPagesKnown = a.moba && a.fusedGate && live && fusedGateEarlyPages<D>(a, s, h, slot, region);
   if (!gateKernelBefore || !live) waitForPrimaryGrid();
   if (!live) return;
   const bool cluster = kTma && a.cluster;
@@ -261,7 +265,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   if (a.moba) {
     if (a.fusedGate) {
       gateCounted = fusedGate<D, kBf16, kTma>(a, s, h, item, slot, row0, rowsHere, Qs, region, bars + kWarps * kStages,
-                                              unionList, unionRows, &unionSize);
+                                              unionList, unionRows, &unionSize, sumPagesKnown);
     } else {
       // The item's selection, written by gateKernel.
       waitForPrimaryGrid();
@@ -1120,13 +1124,14 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   // Programmatic dependent launch (sm_90 and later): the attention grid may
   // start while the kernel before it (gateKernel, or the previous op) ends,
   // reading the plan's metadata and, behind gateKernel, the query rows before
-  // it waits (decodeKernel). Full decode at 1 x 128K: 3% faster. Not with a
-  // cooperative launch, whose CTAs must all be resident at once, nor for the
-  // fused gate's clusters, where it measured no faster (sums per block) or
-  // 1 us slower (sums per page of 64).
+  // it waits (decodeKernel). Full decode at 1 x 128K: 3% faster. Clusters
+  // too: the moba step at 1 x 128K with a new query each step 18.2-18.5 ->
+  // 16.9-17.9 us, 16 x 32K 85-87 -> 83-85 us (a step repeating one query,
+  // whose blocks stay in L2, 0.2-0.6 us slower). Not with a cooperative
+  // launch, whose CTAs must all be resident at once.
   LaunchMode mode;
   mode.cooperative = a.fusedGate && !a.cluster;
-  mode.dependent = ctx.ccMajor >= 9 && (gateKernelRuns || (!mode.cooperative && !a.cluster));
+  mode.dependent = ctx.ccMajor >= 9 && !mode.cooperative;
   mode.cluster = a.cluster;
   const cudaError_t err = launch(attention, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a, mode, ctx);
   if ((mode.cooperative && err == cudaErrorCooperativeLaunchTooLarge) ||

@@ -48,18 +48,34 @@ __device__ __forceinline__ int32_t* selectionOf(const DecodeArgs& a, int64_t ite
   return a.selection + item * (1 + 2 * static_cast<int64_t>(a.unionCap));
 }
 
-// moba gates: the page holding each of the blocks [c0, c0 + n) key sum, then
-// those sums copied into `sumTile` (16-byte cp.async, one commit group; the
-// caller waits). All page-index loads are in flight before any copy: a
-// cp.async between two of them would order them one after another.
+// moba gates: the page holding the key sum of each of the blocks
+// [c0, c0 + n), from the plan's page table (which no kernel writes), into
+// sumPage (-1: outside the pool). kPrefetch: each found sum is also
+// prefetched into L2, for a caller that looks them up before it may read them.
+template <int D, bool kPrefetch>
+__device__ __forceinline__ void lookUpSumPages(const DecodeArgs& a, const SeqView& s, int h, int c0, int n, int* sumPage) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int pg = s.pages[static_cast<int64_t>(c0 + i + 1) * a.sumPages - 1];
+    const bool ok = pg >= 0 && pg < a.numPages;
+    sumPage[i] = ok ? pg : -1;
+    if (kPrefetch && ok) {
+      const char* sum = reinterpret_cast<const char*>(a.sums + static_cast<int64_t>(h) * D + static_cast<int64_t>(pg) * a.sumsPageStride);
+#pragma unroll
+      for (int b = 0; b < D * 4; b += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(sum + b));
+    }
+  }
+}
+
+// moba gates: the key sums of the blocks [c0, c0 + n) copied into `sumTile`
+// (16-byte cp.async, one commit group; the caller waits), their pages looked
+// up first unless sumPage already holds them (pagesKnown). All page-index
+// loads are in flight before any copy: a cp.async between two of them would
+// order them one after another.
 template <int D>
 __device__ __forceinline__ void copySumTile(const DecodeArgs& a, const SeqView& s, int h, int c0, int n, int* sumPage,
-                                            float* sumTile) {
+                                            float* sumTile, bool pagesKnown = false) {
   const int tid = threadIdx.x, threads = blockDim.x;
-  for (int i = tid; i < n; i += threads) {
-    const int pg = s.pages[static_cast<int64_t>(c0 + i + 1) * a.sumPages - 1];
-    sumPage[i] = pg >= 0 && pg < a.numPages ? pg : -1;
-  }
+  if (!pagesKnown) lookUpSumPages<D, false>(a, s, h, c0, n, sumPage);
   __syncthreads();
   const float* sumsHead = a.sums + static_cast<int64_t>(h) * D;
   for (int e = tid; e < n * (D / 4); e += threads) {
@@ -504,6 +520,30 @@ struct FusedScratch {
   }
 };
 
+// The blocks [jb, je) whose key sums CTA `slot` of a fusedGate item scores.
+__device__ __forceinline__ void fusedGateShare(const DecodeArgs& a, const SeqView& s, int slot, int* jb, int* je) {
+  const int maxCur = a.byChunk(s.kvLen - 1);
+  const int per = a.bySlots(maxCur + a.numSlots - 1);
+  *jb = min(maxCur, slot * per);
+  *je = min(maxCur, *jb + per);
+}
+
+// Before the kernel waits for the grid ahead of it (the rings' region is
+// still free): the pages of the key sums that this CTA's first fusedGate
+// tile reads, into the scratch's sumPage, and the sums prefetched into L2
+// (harmless if that grid still writes them: its writes go to L2). Returns
+// whether it did: blocks of one key-sum run (fusedGate adds up several runs
+// through its own lookups).
+template <int D>
+__device__ __forceinline__ bool fusedGateEarlyPages(const DecodeArgs& a, const SeqView& s, int h, int slot,
+                                                    unsigned char* scratch) {
+  if (a.sumRuns != 1) return false;
+  int jb, je;
+  fusedGateShare(a, s, slot, &jb, &je);
+  lookUpSumPages<D, true>(a, s, h, jb, min(kFusedChunk, je - jb), reinterpret_cast<int*>(scratch));
+  return true;
+}
+
 // moba, one launch per step: the numSlots attention CTAs of an item are its
 // gate. Each scores its share of the complete blocks for every row of the
 // tile and publishes each row's top-(k-1) of that share; once all of the
@@ -517,10 +557,11 @@ struct FusedScratch {
 // region. Returns whether the CTA counted itself in counters[item]. kTma:
 // the tensor-copy instance (sm_90), the only one compiled with the cluster
 // exchange and the run adder (the host asks for them only there).
+// sumPagesKnown: fusedGateEarlyPages filled sumPage for the first tile.
 template <int D, bool kBf16, bool kTma>
 __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t item, int slot, int row0, int rowsHere,
                           const uint16_t* Qs, unsigned char* scratch, uint64_t* exchangeBar, int32_t* unionList,
-                          uint32_t* unionRows, int* unionSize) {
+                          uint32_t* unionRows, int* unionSize, bool sumPagesKnown) {
   constexpr int kWarps = kThreads / 32;
   using L = decode::RowLayout<D>;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -528,8 +569,8 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   const int keep = a.topK - 1;
   const int nc = a.numSlots * keep;  // candidates per row
   const int maxCur = a.byChunk(s.kvLen - 1);
-  const int per = a.bySlots(maxCur + a.numSlots - 1);
-  const int jb = min(maxCur, slot * per), je = min(maxCur, jb + per);
+  int jb, je;
+  fusedGateShare(a, s, slot, &jb, &je);
 
   const FusedScratch at(D, RT, a.gatePer, a.numSlots, a.topK, a.bitmapWords);
   int* sumPage = reinterpret_cast<int*>(scratch);  // [kFusedRuns] (>= kFusedChunk)
@@ -571,7 +612,7 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
       if (runs > 1) {
         sumRunsTile<D>(a, s.pages, h, c0, n, runs, sumPage, sumTile);
       } else {
-        copySumTile<D>(a, s, h, c0, n, sumPage, sumTile);
+        copySumTile<D>(a, s, h, c0, n, sumPage, sumTile, sumPagesKnown && c0 == jb);
       }
       ptx::cpAsyncWait<0>();  // the sums and, the first time, this thread's query rows
       __syncthreads();
