@@ -116,13 +116,20 @@ function layer(decode, chunkSize = MOBA_CHUNK, topK = MOBA_TOPK) {
   return new MobaAttention(device, { numQHeads: HQ, numKVHeads: HKV, headDim: D, chunkSize, topK, decode, dtype: 'bf16' });
 }
 
-async function timeDecode(env, l, queries = [env.q]) {
-  const expected = quick ? 1000 : Math.max(20, env.kvBytes / 3.5e6); // microseconds at ~3.5 TB/s
+/** `l.attend()` over `steps` ({ env, q }) in turn; the steps' caches hold the same number of tokens. */
+async function timeDecode(l, steps) {
+  const expected = quick ? 1000 : Math.max(20, steps[0].env.kvBytes / 3.5e6); // microseconds at ~3.5 TB/s
   // At most 600 ops per timing: more would fill the launch queue and make the host wait.
   const iters = Math.max(20, Math.min(600, Math.round(200000 / expected)));
   let i = 0;
-  return timeOp(() => l.attend(env.cache, 0, env.plan, queries[i++ % queries.length]).dispose(), { iters });
+  return timeOp(() => {
+    const { env, q } = steps[i++ % steps.length];
+    l.attend(env.cache, 0, env.plan, q).dispose();
+  }, { iters });
 }
+
+/** Steps over one cache, with its own query or `queries` in turn. */
+const stepsOf = (env, queries = [env.q]) => queries.map((q) => ({ env, q }));
 
 // A moba step repeated with the same query reads the same union of blocks every time, and
 // that union (about 19 MB at 1 x 128K) stays in the H200's 50 MB L2: such a step streams
@@ -139,7 +146,7 @@ const full = layer('full');
 const rows = [];
 for (const [batch, context] of shapes) {
   const env = await buildCache(batch, context, pageSize);
-  const t = await timeDecode(env, full);
+  const t = await timeDecode(full, stepsOf(env));
   const tbps = env.kvBytes / t.us / 1e6;
   const r = { batch, context, pageSize, us: t.us, hostUs: t.hostUs, tbps, ofCopy: tbps / results.copy.tbps };
   results.full.push(r);
@@ -153,12 +160,12 @@ for (const mobaShape of cases.has('moba') ? mobaShapes : []) {
   for (const ps of mobaPageSizes) {
     for (const sumBlock of mobaSumBlocks) {
       const env = await buildCache(mobaShape[0], mobaShape[1], ps, 0, sumBlock);
-      const f = await timeDecode(env, full);
+      const f = await timeDecode(full, stepsOf(env));
       const moba = layer('moba');
       const fresh = Array.from({ length: FRESH_QUERIES }, (_, i) =>
         device.tensor(randomBf16(mobaShape[0] * HQ * D, 100 + i), { dtype: 'bf16', shape: [mobaShape[0], HQ, D] }));
-      const m = await timeDecode(env, moba, fresh);
-      const mSame = await timeDecode(env, moba);
+      const m = await timeDecode(moba, stepsOf(env, fresh));
+      const mSame = await timeDecode(moba, stepsOf(env));
       const sums = sumBlock ? `sums per ${sumBlock}` : 'sums per page';
       const r = { batch: mobaShape[0], context: mobaShape[1], pageSize: ps, sumBlock: sumBlock ?? ps, chunkSize: MOBA_CHUNK, topK: MOBA_TOPK,
         fullUs: f.us, mobaUs: m.us, mobaHostUs: m.hostUs, speedup: f.us / m.us, sameQueryUs: mSame.us };
@@ -187,14 +194,8 @@ if (cases.has('moba') && !quick) {
   // alone would stay in L2), as well as one cache repeated.
   const envs = [];
   for (let i = 0; i < FRESH_QUERIES / 2; i++) envs.push(await buildCache(1, unionTokens - 1, pageSize, 0, MOBA_CHUNK));
-  let i = 0;
-  const expected = Math.max(20, envs[0].kvBytes / 3.5e6);
-  const iters = Math.max(20, Math.min(600, Math.round(200000 / expected)));
-  const t = await timeOp(() => {
-    const env = envs[i++ % envs.length];
-    full.attend(env.cache, 0, env.plan, env.q).dispose();
-  }, { iters });
-  const tSame = await timeDecode(envs[0], full);
+  const t = await timeDecode(full, envs.flatMap((env) => stepsOf(env)));
+  const tSame = await timeDecode(full, stepsOf(envs[0]));
   const tbps = envs[0].kvBytes / t.us / 1e6;
   results.union = { tokens: unionTokens, us: t.us, hostUs: t.hostUs, tbps, sameCacheUs: tSame.us };
   rows.push([`full 1 x ${unionTokens} (the moba union's tokens), ${envs.length} caches in turn`, pageSize, t.us.toFixed(1), tbps.toFixed(2),
