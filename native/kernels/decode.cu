@@ -1125,9 +1125,9 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   // start while the kernel before it (gateKernel, or the previous op) ends,
   // reading the plan's metadata and, behind gateKernel, the query rows before
   // it waits (decodeKernel). Full decode at 1 x 128K: 3% faster. Clusters
-  // too: the moba step at 1 x 128K with a new query each step 18.2-18.5 ->
-  // 16.9-17.9 us, 16 x 32K 85-87 -> 83-85 us (a step repeating one query,
-  // whose blocks stay in L2, 0.2-0.6 us slower). Not with a cooperative
+  // too: the moba step at 1 x 128K with a new query each step 18.1-18.8 ->
+  // 16.8-17.9 us, 16 x 32K 85-87 -> 83-85 us (a step repeating one query,
+  // whose blocks stay in L2, 0.1-0.9 us slower). Not with a cooperative
   // launch, whose CTAs must all be resident at once.
   LaunchMode mode;
   mode.cooperative = a.fusedGate && !a.cluster;
