@@ -182,7 +182,10 @@ __device__ __noinline__ void patchNewRows(const DecodeArgs& a, uint16_t* kStage,
 // (decode_stream.cuh) with its own online softmax; the warps meet only at the
 // start (query rows, moba selection) and once at the end (the merge).
 // kTma: K/V tiles by tensor copies (sm_90; every tile 16 keys of one page).
-template <int D, int M, bool kBf16, bool kTma>
+// kRuns (with kTma): the fused gate adds up blocks of several key-sum runs,
+// in an instance of its own, so that the adder's registers and code do not
+// shape the kernel of the other steps.
+template <int D, int M, bool kBf16, bool kTma, bool kRuns>
 __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __grid_constant__ DecodeArgs a) {
 #if !MOBA_DECODE_BULK
   if constexpr (kTma) return;  // never launched: tensor copies are sm_90 only
@@ -225,7 +228,7 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   // the selection waits). Every CTA waits once, so that this grid never
   // completes ahead of it.
   const bool gateKernelBefore = a.moba && !a.fusedGate;
-  const bool sumPagesKnown = a.moba && a.fusedGate && live && fusedGateEarlyPages<D>(a, s, h, slot, region);
+  const bool sumPagesKnown = !kRuns && a.moba && a.fusedGate && live && fusedGateEarlyPages<D>(a, s, h, slot, region);
   if (!gateKernelBefore || !live) waitForPrimaryGrid();
   if (!live) return;
   const bool cluster = kTma && a.cluster;
@@ -264,8 +267,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
   bool gateCounted = false;  // this CTA already counted itself in counters[item] (fused gate)
   if (a.moba) {
     if (a.fusedGate) {
-      gateCounted = fusedGate<D, kBf16, kTma>(a, s, h, item, slot, row0, rowsHere, Qs, region, bars + kWarps * kStages,
-                                              unionList, unionRows, &unionSize, sumPagesKnown);
+      gateCounted = fusedGate<D, kBf16, kTma, kRuns>(a, s, h, item, slot, row0, rowsHere, Qs, region,
+                                                     bars + kWarps * kStages, unionList, unionRows, &unionSize,
+                                                     sumPagesKnown);
     } else {
       // The item's selection, written by gateKernel.
       waitForPrimaryGrid();
@@ -685,15 +689,17 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
 struct Kernels {
   const void* decode;
   const void* decodeTma;
+  const void* decodeTmaRuns;
   const void* scores;
   const void* gate;
 };
 
 template <int D, int M, bool kBf16>
 Kernels kernelsOf() {
-  return {reinterpret_cast<const void*>(decodeKernel<D, M, kBf16, false>),
-          reinterpret_cast<const void*>(decodeKernel<D, M, kBf16, true>), reinterpret_cast<const void*>(scoresKernel<D, kBf16>),
-          reinterpret_cast<const void*>(gateKernel<D, kBf16>)};
+  return {reinterpret_cast<const void*>(decodeKernel<D, M, kBf16, false, false>),
+          reinterpret_cast<const void*>(decodeKernel<D, M, kBf16, true, false>),
+          reinterpret_cast<const void*>(decodeKernel<D, M, kBf16, true, true>),
+          reinterpret_cast<const void*>(scoresKernel<D, kBf16>), reinterpret_cast<const void*>(gateKernel<D, kBf16>)};
 }
 
 Kernels kernelsFor(int D, int M, bool bf16) {
@@ -1075,6 +1081,19 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   }
   if (coordinated && moba && !a.cluster && ctx.cooperativeLaunch && items * a.numSlots <= target) {
     a.fusedGate = fusedFits(a.numSlots) ? 1 : 0;
+  }
+  if (a.fusedGate && a.scoresReady) {
+    // The run adder's instance: the same shared memory and threads, so the
+    // same CTAs per SM and clusters (asked again all the same: the cluster
+    // size is an attribute of each kernel). Should it differ, scoresKernel
+    // and gateKernel add and select instead.
+    int perSmRuns = 0;
+    MOBA_RETURN_IF_ERROR(prepareKernel(kernels.decodeTmaRuns, smemBytes, kThreads, &perSmRuns));
+    if (perSmRuns == perSm && (!a.cluster || clusterFits(kernels.decodeTmaRuns, a.cluster, smemBytes, ctx))) {
+      attention = kernels.decodeTmaRuns;
+    } else {
+      a.fusedGate = 0;
+    }
   }
   if (a.fusedGate) a.gatePer = sharePerCta(a.numSlots);
   a.bySlots = FastDiv(a.numSlots);

@@ -196,12 +196,14 @@ __device__ __forceinline__ int runPage(const DecodeArgs& a, const int32_t* pages
 // fusedGate, blocks of several key-sum runs: the key sums of blocks
 // [c0, c0 + n) into `sumTile` (rows of sumRowFloats), as scoresKernel adds
 // them. The page indices of all their runs come first (`runPages`, n * runs
-// entries), then each thread adds up (block, column) pairs. Out of line: its
-// loads in flight need many registers, which the attention kernel around
-// it should not be compiled for (inlined, it made the steps that do not use
-// it 2.5 us slower).
+// entries), then each thread adds up (block, column) pairs. Only the run
+// adder's instance of the attention kernel has it: its loads in flight need
+// many registers, which the other steps' code should not be compiled for
+// (inlined into an instance they share, it made them 2.5 us slower; inlined
+// in its own instance, the 1 x 128K step with pages of 64 went 27.0-27.5 ->
+// 24.4-24.8 us, where out of line there it took 29.5-29.9).
 template <int D>
-__device__ __noinline__ void sumRunsTile(const DecodeArgs& a, const int32_t* pages, int h, int c0, int n, int runs,
+__device__ __forceinline__ void sumRunsTile(const DecodeArgs& a, const int32_t* pages, int h, int c0, int n, int runs,
                                             int* runPages, float* sumTile) {
   constexpr int kCols = D / 4;
   const int tid = threadIdx.x;
@@ -555,10 +557,11 @@ __device__ __forceinline__ bool fusedGateEarlyPages(const DecodeArgs& a, const S
 // scores, and a share's top-(k-1) holds every one of its blocks in the row's
 // top-(k-1). Fills unionList / unionRows / unionSize; scratch is the rings'
 // region. Returns whether the CTA counted itself in counters[item]. kTma:
-// the tensor-copy instance (sm_90), the only one compiled with the cluster
-// exchange and the run adder (the host asks for them only there).
+// the tensor-copy instances (sm_90), the only ones compiled with the cluster
+// exchange. kRuns: blocks of several key-sum runs, added up here; only that
+// instance has the run adder (the host launches it only for them).
 // sumPagesKnown: fusedGateEarlyPages filled sumPage for the first tile.
-template <int D, bool kBf16, bool kTma>
+template <int D, bool kBf16, bool kTma, bool kRuns>
 __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t item, int slot, int row0, int rowsHere,
                           const uint16_t* Qs, unsigned char* scratch, uint64_t* exchangeBar, int32_t* unionList,
                           uint32_t* unionRows, int* unionSize, bool sumPagesKnown) {
@@ -605,12 +608,11 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
     const float inv = 1.f / static_cast<float>(a.chunkSize);
     // Key-sum runs per block: one (a read per block), or several (added up
     // here as scoresKernel adds them).
-    const int runs = kTma ? a.sumRuns : 1;
-    const int chunk = kTma ? a.fusedChunk : kFusedChunk;
+    const int chunk = kRuns ? a.fusedChunk : kFusedChunk;
     for (int c0 = jb; c0 < je; c0 += chunk) {
       const int n = min(chunk, je - c0);
-      if (runs > 1) {
-        sumRunsTile<D>(a, s.pages, h, c0, n, runs, sumPage, sumTile);
+      if constexpr (kRuns) {
+        sumRunsTile<D>(a, s.pages, h, c0, n, a.sumRuns, sumPage, sumTile);
       } else {
         copySumTile<D>(a, s, h, c0, n, sumPage, sumTile, sumPagesKnown && c0 == jb);
       }
