@@ -30,11 +30,12 @@ constexpr int kSelectBatch = 8;
 // Fused gate (see fusedGate): key sums of up to kFusedChunk blocks in flight
 // per CTA. When a block spans several key-sum runs, a CTA adds up at most
 // kFusedRuns runs in all; more go to scoresKernel, whose grid spreads them
-// over the whole GPU (1 x 128K, blocks of 512: 16 blocks of 8 runs per CTA,
-// pages of 64, took 2.8 us less fused than through scoresKernel; 16 of 32
-// runs, pages of 16, 6 us more).
+// over the whole GPU. Blocks of 512, each step a new query: 1 x 128K, 16
+// blocks of 8 runs per CTA (pages of 64) took 2.8 us less fused than through
+// scoresKernel, 16 of 32 runs (pages of 16) 6.5 us more (31.5 -> 38.1 us);
+// 16 x 32K, 32 blocks of 8 runs, 6 us less (108 -> 101 us).
 constexpr int kFusedChunk = 64;
-constexpr int kFusedRuns = 128;
+constexpr int kFusedRuns = 256;
 static_assert(kFusedRuns >= kFusedChunk, "the page-index scratch serves both");
 // A block's key sum in the gates' shared tiles: padded so that the eight
 // lanes reading one block stay conflict-free next to the other blocks.

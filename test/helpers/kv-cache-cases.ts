@@ -345,7 +345,8 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
   // size sets how many CTAs share an item (16, 6, 3, or one without a split).
   // Key sums per block (one read per block) or per page: the fused gate adds
   // a block's pages up itself, or, when its CTAs would have too many (blocks
-  // of 512 over pages of 16 at 34K tokens), scoresKernel does first.
+  // of 512 over pages of 16 at 70K tokens: 9 blocks of 32 runs per CTA),
+  // scoresKernel does first.
   it('moba decode split over clusters of several sizes (the fused gate with blocks of 16-key multiples)', async () => {
     using device = open();
     for (const [shape, dtype, batch, maxTokens, sumBlock, chunkSize, maxLen] of [
@@ -354,7 +355,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       [{ numQHeads: 8, numKVHeads: 2, headDim: 128 }, 'bf16', 20, 1, 32, 32, 700],
       [{ numQHeads: 4, numKVHeads: 2, headDim: 64 }, 'f16', 40, 8, undefined, 32, 700],
       [{ numQHeads: 8, numKVHeads: 2, headDim: 64 }, 'bf16', 150, 2, 32, 32, 700],
-      [{ numQHeads: 4, numKVHeads: 1, headDim: 64 }, 'f16', 1, 2, undefined, 512, 34000],
+      [{ numQHeads: 4, numKVHeads: 1, headDim: 64 }, 'f16', 1, 2, undefined, 512, 70000],
     ] as const) {
       const name = `batch ${batch}, ${shape.numQHeads}/${shape.numKVHeads} heads, d${shape.headDim}, ${dtype}, ` +
         `blocks of ${chunkSize}, key sums per ${sumBlock ?? 16}`;
