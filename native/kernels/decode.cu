@@ -782,10 +782,11 @@ cudaLaunchConfig_t launchConfig(dim3 grid, int threads, size_t smem, LaunchMode 
     attr[n].val.clusterDim.x = static_cast<unsigned>(mode.cluster);
     attr[n].val.clusterDim.y = 1;
     attr[n++].val.clusterDim.z = 1;
-    // Not cudaClusterSchedulingPolicyLoadBalancing: it made the H200's 8
+    // The default scheduling policy: load-balancing once made the H200's 8
     // clusters of 16 place better (moba (512, 3) at 1 x 128K 17.5 -> 16.5
-    // us) but the cluster tests then failed now and then with "illegal
-    // instruction" (1 of 5 runs, 0 of 5 without it, same binary).
+    // us, one query repeated) while the cluster tests failed now and then
+    // with "illegal instruction"; on the current kernels, with a new query
+    // each step, spread and load-balancing measure the same as the default.
   }
   cfg.attrs = attr;
   cfg.numAttrs = n;
