@@ -7,14 +7,21 @@
 
 namespace moba {
 
-DeviceCore::DeviceCore(Napi::Env env, std::unique_ptr<Backend> b) : backend(std::move(b)) {
-  tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function(), "moba-cuda completion", 0, 1);
+DeviceCore::DeviceCore(Napi::Env env, std::unique_ptr<Backend> b)
+    : backend(std::move(b)), tsfnAlive(std::make_shared<std::atomic<bool>>(true)) {
+  // The finalizer runs just before Node frees the TSFN: after our Release(),
+  // or at environment teardown, when Node closes every TSFN itself.
+  tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function(), "moba-cuda completion", 0, 1,
+                                       [alive = tsfnAlive](Napi::Env) { alive->store(false); });
   tsfn.Unref(env);
 }
 
 DeviceCore::~DeviceCore() {
   backend.reset();
-  tsfn.Release();
+  // At teardown a device may be collected after Node has already freed its
+  // TSFN (another device's TSFN finalizer can run the collection); releasing
+  // it then would touch freed memory and abort the process.
+  if (tsfnAlive->load()) tsfn.Release();
 }
 
 void DeviceCore::shutdown() {

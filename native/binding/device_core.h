@@ -4,6 +4,7 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <unordered_set>
@@ -45,6 +46,7 @@ struct DeviceCore : std::enable_shared_from_this<DeviceCore> {
   std::unique_ptr<Backend> backend;  // null once shut down
   std::unordered_set<BufferWrap*> buffers;
   Napi::ThreadSafeFunction tsfn;
+  std::shared_ptr<std::atomic<bool>> tsfnAlive;  // false once Node has finalized tsfn
   int pendingCount = 0;  // JS thread only; the TSFN keeps the loop alive while > 0
 };
 

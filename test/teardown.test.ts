@@ -1,0 +1,51 @@
+/**
+ * A process ends cleanly however many devices it opened. At exit Node frees
+ * every device's completion channel itself, and a device collected after that
+ * must not touch its channel (that used to abort the process with SIGABRT as
+ * soon as two devices had existed). Each case runs in a child process.
+ */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { expect, it } from 'vitest';
+
+const entry = pathToFileURL(fileURLToPath(new URL('../dist/index.js', import.meta.url))).href;
+
+function runModule(body: string) {
+  const source = `import { openDevice } from ${JSON.stringify(entry)};\n${body}\nconsole.log('end of script');\n`;
+  return spawnSync(process.execPath, ['--input-type=module', '-e', source], { encoding: 'utf8', timeout: 60_000 });
+}
+
+const cases: [string, string][] = [
+  ['two devices alive at exit', `
+    const a = openDevice({ backend: 'cpu' });
+    const b = openDevice({ backend: 'cpu' });
+    const t = b.tensor(new Float32Array([1, 2, 3, 4]), { dtype: 'f32', shape: [4] });`],
+  ['a device disposed, then a second one opened and disposed', `
+    openDevice({ backend: 'cpu' }).dispose();
+    openDevice({ backend: 'cpu' }).dispose();`],
+  ['three devices, one with work still queued at exit', `
+    const devices = [0, 1, 2].map(() => openDevice({ backend: 'cpu' }));
+    const t = devices[1].tensor(new Float32Array(1 << 16).fill(1.5), { dtype: 'f32', shape: [1 << 16] });
+    void t.toArray();
+    devices[0].dispose();`],
+  ['a worker with two devices and queued work, terminated', `
+    const { Worker } = await import('node:worker_threads');
+    const w = new Worker(\`
+      import { parentPort } from 'node:worker_threads';
+      import { openDevice } from ${JSON.stringify(entry)};
+      const a = openDevice({ backend: 'cpu' });
+      const b = openDevice({ backend: 'cpu' });
+      const t = b.tensor(new Float32Array(1 << 16).fill(2), { dtype: 'f32', shape: [1 << 16] });
+      void t.toArray();
+      parentPort.postMessage('queued');
+      setInterval(() => {}, 1000);\`, { eval: true, execArgv: ['--input-type=module'] });
+    await new Promise((resolve) => w.once('message', resolve));
+    await w.terminate();
+    void openDevice;`],
+];
+
+it.each(cases)('%s: the process exits with code 0', (_, body) => {
+  const r = runModule(body);
+  expect(r.stdout, r.stderr).toContain('end of script');
+  expect({ status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ status: 0, signal: null, stderr: '' });
+});
