@@ -18,6 +18,7 @@
 import type { Device } from './device.js';
 import { DTYPE_BYTES, DTYPE_CODE } from './dtype.js';
 import { invalidArgument, MobaError } from './errors.js';
+import { FreePages } from './free-pages.js';
 import type { Tensor } from './tensor.js';
 import { checkOptions, checkPositiveInt, checkTensor, CUDA_HEAD_DIMS } from './validate.js';
 
@@ -200,6 +201,15 @@ function checkDtype16(value: unknown, arg: string): 'bf16' | 'f16' {
   return value;
 }
 
+/** One reference count per page; a host allocation failure is EOOM like the device's. */
+function pageCounts(numPages: number): Int32Array {
+  try {
+    return new Int32Array(numPages);
+  } catch {
+    throw new MobaError('EOOM', `Out of host memory for the reference counts of ${numPages} pages (numPages)`);
+  }
+}
+
 /**
  * The paged KV cache. Sequences are integer ids; `addSequence()` makes an
  * empty one, `fork(seq)` one that shares `seq`'s pages (copy on write of the
@@ -224,7 +234,7 @@ export class KVCache {
   /** @internal Pages per key-sum block. */
   readonly sumPages: number;
   #refs: Int32Array;
-  #free: number[] = [];
+  #free: FreePages;
   #seqs = new Map<number, Sequence>();
   #nextId = 0;
   #generation = 0;
@@ -258,16 +268,20 @@ export class KVCache {
       throw invalidArgument('numPages * pageSize', 'fewer than 2^31 tokens', tokensPerLayer);
     }
     this.sumPages = this.chunkSize / this.pageSize;
-    this.#refs = new Int32Array(this.numPages);
-    for (let p = this.numPages - 1; p >= 0; p--) this.#free.push(p);
-    this.pool = device.output(
+    this.#free = new FreePages(this.numPages);
+    const pool = device.output(
       [this.numPages, this.numLayers, 2, this.numKVHeads, this.pageSize, this.headDim], this.dtype);
+    let keySums: Tensor | undefined;
     try {
-      this.keySums = device.output([this.numPages, this.numLayers, this.numKVHeads, this.headDim], 'f32');
+      keySums = device.output([this.numPages, this.numLayers, this.numKVHeads, this.headDim], 'f32');
+      this.#refs = pageCounts(this.numPages);
     } catch (err) {
-      this.pool.dispose();
+      keySums?.dispose();
+      pool.dispose();
       throw err;
     }
+    this.pool = pool;
+    this.keySums = keySums;
   }
 
   get disposed(): boolean {
