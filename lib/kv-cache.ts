@@ -147,6 +147,9 @@ export class KVPlan {
   readonly generation: number;
   #workspace = new Map<string, Tensor>();
   #disposed = false;
+  // Layers that hold this plan's new K/V: a second append would write the
+  // same tokens again and add their keys to the page key sums twice.
+  #appended: Uint8Array;
 
   /** @internal */
   constructor(
@@ -162,6 +165,23 @@ export class KVPlan {
     this.decode = decode;
     this.prefill = prefill;
     this.generation = generation;
+    this.#appended = new Uint8Array(cache.numLayers);
+  }
+
+  /** @internal Throws EINVAL if layer `layer` already holds this plan's new K/V. */
+  checkNotAppended(layer: number): void {
+    if (this.#appended[layer]) {
+      throw new MobaError(
+        'EINVAL',
+        `Expected a plan whose new K/V are not yet in layer ${layer} for plan but received one already appended ` +
+          "there (a layer takes a plan's K/V once, by append() or forward(); attend() may then run any number of times)",
+      );
+    }
+  }
+
+  /** @internal */
+  markAppended(layer: number): void {
+    this.#appended[layer] = 1;
   }
 
   get disposed(): boolean {
@@ -495,7 +515,9 @@ export class KVCache {
     this.checkLayer(layer);
     this.checkRows(k, 'k', plan.numRows);
     this.checkRows(v, 'v', plan.numRows);
+    plan.checkNotAppended(layer);
     this.enqueueAppend(layer, plan, k, v);
+    plan.markAppended(layer);
   }
 
   /** Frees the pool and the current plan's metadata. Idempotent. */

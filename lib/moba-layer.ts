@@ -88,15 +88,23 @@ export class MobaAttention {
   /**
    * Appends k, v ([plan.numRows, numKVHeads, headDim]) to layer `layerIndex`
    * of the cache, then attends q ([plan.numRows, numQHeads, headDim]).
-   * Returns [plan.numRows, numQHeads, headDim] in the input row order.
+   * Returns [plan.numRows, numQHeads, headDim] in the input row order. A
+   * layer takes a plan's K/V once: a second forward() or append() of the same
+   * plan on the same layer is EINVAL.
    */
   forward(cache: KVCache, layerIndex: number, plan: KVPlan, q: Tensor, k: Tensor, v: Tensor): Tensor {
     this.check(cache, layerIndex, plan, q);
     const kt = cache.checkRows(k, 'k', plan.numRows);
     const vt = cache.checkRows(v, 'v', plan.numRows);
+    plan.checkNotAppended(layerIndex);
     // Decode-only batches append inside the decode op: one op per layer and step.
-    if (plan.decode && !plan.prefill) return this.run(cache, layerIndex, plan, q, kt, vt);
+    if (plan.decode && !plan.prefill) {
+      const out = this.run(cache, layerIndex, plan, q, kt, vt);
+      plan.markAppended(layerIndex);
+      return out;
+    }
     cache.enqueueAppend(layerIndex, plan, k, v);
+    plan.markAppended(layerIndex);
     return this.run(cache, layerIndex, plan, q);
   }
 

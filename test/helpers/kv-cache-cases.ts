@@ -798,6 +798,57 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     expect(cache.usage().freePages).toBe(0);
   });
 
+  it('a layer takes a plan\'s K/V once: a second append() or forward() is EINVAL and changes no byte', async () => {
+    const rng = rngFor('append once');
+    using device = open();
+    // Key sums per 8 tokens over pages of 4: tokens that start mid-page add to a running sum.
+    using cache = new KVCache(device, { numLayers: 2, numPages: 16, pageSize: 4, chunkSize: 8, numKVHeads: 1, headDim: 64, dtype: 'bf16' });
+    using layer = new MobaAttention(device, {
+      numQHeads: 2, numKVHeads: 1, headDim: 64, chunkSize: 8, topK: 2, dtype: 'bf16', decode: 'moba',
+    });
+    const kv = (rows: number): Tensor => device.tensor(randn(rows * 64, rng), { dtype: 'bf16', shape: [rows, 1, 64] });
+    const qOf = (rows: number): Tensor => device.tensor(randn(rows * 2 * 64, rng), { dtype: 'bf16', shape: [rows, 2, 64] });
+    const expectEinval = (fn: () => unknown): void => {
+      let err: unknown;
+      try {
+        fn();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(MobaError);
+      expect((err as MobaError).code).toBe('EINVAL');
+      expect((err as MobaError).message).toMatch(/not yet in layer \d+ for plan but received one already appended there/);
+    };
+    const snapshot = async (): Promise<[Float32Array | Int32Array, Float32Array | Int32Array]> =>
+      [await cache.pool.toArray(), await cache.keySums.toArray()];
+    const s = cache.addSequence();
+    const first = cache.plan([{ seq: s, newTokens: 3 }], { maxDecodeTokens: 0 });
+    for (const l of [0, 1]) {
+      using k = kv(3);
+      using v = kv(3);
+      cache.append(l, first, k, v);
+    }
+    // Decode rows (appended inside the decode op), then prefill rows (a separate append).
+    for (const [n, maxDecodeTokens] of [[2, 8], [6, 0]] as const) {
+      const plan = cache.plan([{ seq: s, newTokens: n }], { maxDecodeTokens });
+      using q = qOf(n);
+      using k = kv(n);
+      using v = kv(n);
+      layer.forward(cache, 0, plan, q, k, v).dispose();
+      const before = await snapshot();
+      expectEinval(() => layer.forward(cache, 0, plan, q, k, v));
+      expectEinval(() => cache.append(0, plan, k, v));
+      layer.attend(cache, 0, plan, q).dispose();
+      layer.attend(cache, 0, plan, q).dispose();
+      const after = await snapshot();
+      expect(after[0]).toEqual(before[0]);
+      expect(after[1]).toEqual(before[1]);
+      // The other layer still takes the plan, once.
+      cache.append(1, plan, k, v);
+      expectEinval(() => layer.forward(cache, 1, plan, q, k, v));
+    }
+  });
+
   it('plans go stale, and bad arguments are EINVAL naming the argument', async () => {
     using device = open();
     using cache = new KVCache(device, { numLayers: 2, numPages: 8, pageSize: 4, numKVHeads: 1, headDim: 64, dtype: 'bf16' });
