@@ -32,6 +32,10 @@ export function checkSoftmaxScale(value: unknown, headDim: number): number {
   if (typeof value !== 'number' || !Number.isFinite(value)) {
     throw invalidArgument('softmaxScale', 'a finite number', value);
   }
+  // The kernels scale in fp32: a larger magnitude would become Infinity there.
+  if (!Number.isFinite(Math.fround(value))) {
+    throw invalidArgument('softmaxScale', 'a number finite in fp32 (magnitude below 3.4028235677973366e38)', value);
+  }
   return value;
 }
 

@@ -193,6 +193,8 @@ describe('op arguments', () => {
           expectError(() => op(q, k, v2, base), 'EINVAL', 'Expected the shape of k [12, 2, 8] for v.shape but received [11, 2, 8]');
           expectError(() => op(q, k, v, { ...base, softmaxScale: NaN }), 'EINVAL',
             'Expected a finite number for softmaxScale but received NaN');
+          expectError(() => op(q, k, v, { ...base, softmaxScale: -1e39 }), 'EINVAL',
+            'Expected a number finite in fp32 (magnitude below 3.4028235677973366e38) for softmaxScale but received -1e+39');
           expectError(() => op(q, k, v, { ...base, returnLse: 1 }), 'EINVAL',
             'Expected a boolean for returnLse but received 1');
           if (name === 'flashAttention') {
