@@ -9,6 +9,7 @@ import {
   checkQKV,
   checkSoftmaxScale,
   checkVarlen,
+  MAX_CHUNK_SIZE,
   type QKVShape,
   type Varlen,
 } from './validate.js';
@@ -70,7 +71,7 @@ export function mobaAttention(q: Tensor, k: Tensor, v: Tensor, options: MobaAtte
   const shape = checkQKV(q, k, v, true);
   const o = checkOptions<MobaAttentionOptions>(options);
   const varlen = checkVarlen(o, shape.totalQ, shape.totalK);
-  const chunkSize = checkPositiveInt(o.chunkSize, 'chunkSize');
+  const chunkSize = checkPositiveInt(o.chunkSize, 'chunkSize', MAX_CHUNK_SIZE);
   const topK = checkPositiveInt(o.topK, 'topK', MAX_TOP_K);
   const softmaxScale = checkSoftmaxScale(o.softmaxScale, shape.headDim);
   const returnLse = checkBoolean(o.returnLse, 'returnLse', false);

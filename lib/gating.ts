@@ -1,6 +1,6 @@
 import { DTYPE_CODE } from './dtype.js';
 import type { Tensor } from './tensor.js';
-import { checkIndexRange, checkOptions, checkPositiveInt, checkQKV, checkVarlen } from './validate.js';
+import { checkIndexRange, checkOptions, checkPositiveInt, checkQKV, checkVarlen, MAX_CHUNK_SIZE } from './validate.js';
 
 export interface MobaGateOptions {
   /** [batch+1] prefix sums of query lengths. */
@@ -24,7 +24,7 @@ export function mobaGate(q: Tensor, k: Tensor, options: MobaGateOptions): Tensor
   const shape = checkQKV(q, k, undefined, false);
   const o = checkOptions<MobaGateOptions>(options);
   const varlen = checkVarlen(o, shape.totalQ, shape.totalK);
-  const chunkSize = checkPositiveInt(o.chunkSize, 'chunkSize');
+  const chunkSize = checkPositiveInt(o.chunkSize, 'chunkSize', MAX_CHUNK_SIZE);
   const topK = checkPositiveInt(o.topK, 'topK', MAX_TOP_K);
   checkIndexRange(shape.totalQ * shape.numQHeads * topK, 'the gate output');
   checkIndexRange(shape.totalK * shape.numKVHeads * shape.headDim, 'k');

@@ -57,6 +57,11 @@ export interface QKVShape {
   headDim: number;
 }
 
+/** Limits the native ops enforce too; checked here so the messages come from one place. */
+export const MAX_CHUNK_SIZE = 2 ** 30;
+const MAX_HEADS = 4096;
+const MAX_HEAD_DIM = 1024;
+
 /** Head dims the CUDA kernels are instantiated for. */
 export const CUDA_HEAD_DIMS: readonly number[] = [64, 128];
 
@@ -75,8 +80,13 @@ export function checkQKV(qv: unknown, kv: unknown, vv: unknown | undefined, with
   const [totalQ, numQHeads, headDim] = q.shape as [number, number, number];
   const [totalK, numKVHeads, kDim] = k.shape as [number, number, number];
   if (kDim !== headDim) throw invalidArgument('k.shape[2]', `the head dim of q (${headDim})`, kDim);
-  if (headDim < 1) throw invalidArgument('q.shape[2]', 'a positive head dim', headDim);
-  if (numKVHeads < 1 || numQHeads < 1 || numQHeads % numKVHeads !== 0) {
+  if (headDim < 1 || headDim > MAX_HEAD_DIM) {
+    throw invalidArgument('q.shape[2]', `a head dim in [1, ${MAX_HEAD_DIM}]`, headDim);
+  }
+  if (numQHeads < 1 || numQHeads > MAX_HEADS) {
+    throw invalidArgument('q.shape[1]', `a number of query heads in [1, ${MAX_HEADS}]`, numQHeads);
+  }
+  if (numKVHeads < 1 || numQHeads % numKVHeads !== 0) {
     throw invalidArgument(
       'k.shape[1]',
       `a positive number of KV heads dividing the ${numQHeads} query heads of q`,

@@ -143,6 +143,15 @@ describe('op arguments', () => {
         using k3 = device.tensor(new Float32Array(12 * 3 * 8), { dtype: 'bf16', shape: [12, 3, 8] });
         expectError(() => op(q, k3, v, base), 'EINVAL',
           'Expected a positive number of KV heads dividing the 4 query heads of q for k.shape[1] but received 3');
+        using q0 = device.tensor(new Float32Array(0), { dtype: 'bf16', shape: [12, 0, 8] });
+        expectError(() => op(q0, k, v, base), 'EINVAL', 'Expected a number of query heads in [1, 4096] for q.shape[1] but received 0');
+        using qw = device.tensor(new Float32Array(2 * 1 * 1032), { dtype: 'bf16', shape: [2, 1, 1032] });
+        using kw = device.tensor(new Float32Array(2 * 1 * 1032), { dtype: 'bf16', shape: [2, 1, 1032] });
+        expectError(() => op(qw, kw, kw, base), 'EINVAL', 'Expected a head dim in [1, 1024] for q.shape[2] but received 1032');
+        if (name !== 'flashAttention') {
+          expectError(() => op(q, k, v, { ...base, chunkSize: 2 ** 30 + 1 }), 'EINVAL',
+            'Expected a positive integer <= 1073741824 for chunkSize but received 1073741825');
+        }
         using kf = device.tensor(new Float32Array(12 * 2 * 8), { dtype: 'f16', shape: [12, 2, 8] });
         expectError(() => op(q, kf, v, base), 'EINVAL', 'Expected the dtype of q ("bf16") for k.dtype but received "f16"');
         using ko = other.tensor(new Float32Array(12 * 2 * 8), { dtype: 'bf16', shape: [12, 2, 8] });
@@ -172,11 +181,11 @@ describe('op arguments', () => {
       if (name !== 'flashAttention') {
         it('checks chunkSize and topK', () => {
           expectError(() => op(q, k, v, { ...base, chunkSize: 0 }), 'EINVAL',
-            'Expected a positive integer for chunkSize but received 0');
+            'Expected a positive integer <= 1073741824 for chunkSize but received 0');
           expectError(() => op(q, k, v, { ...base, chunkSize: 2.5 }), 'EINVAL',
-            'Expected a positive integer for chunkSize but received 2.5');
+            'Expected a positive integer <= 1073741824 for chunkSize but received 2.5');
           expectError(() => op(q, k, v, { ...base, chunkSize: undefined }), 'EINVAL',
-            'Expected a positive integer for chunkSize but received undefined');
+            'Expected a positive integer <= 1073741824 for chunkSize but received undefined');
           expectError(() => op(q, k, v, { ...base, topK: 0 }), 'EINVAL',
             'Expected a positive integer <= 256 for topK but received 0');
           expectError(() => op(q, k, v, { ...base, topK: 257 }), 'EINVAL',
