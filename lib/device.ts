@@ -156,12 +156,15 @@ function toTypedArray(data: TensorData, dtype: DType): Float32Array | Float64Arr
     if (dtype === 'i32') return int32From(data as readonly number[]);
     return Float64Array.from(data as readonly number[]);
   }
+  // A Proxy of a typed array passes instanceof but is no view: its elements
+  // cannot be read as one, so it is refused like any other non-array.
+  const isView = ArrayBuffer.isView(data);
   if (dtype === 'i32') {
-    if (data instanceof Int32Array) return data;
+    if (isView && data instanceof Int32Array) return data;
     throw invalidArgument('data', 'an Int32Array or number[] for dtype "i32"', data);
   }
-  if (data instanceof Float32Array || data instanceof Float64Array) return data;
-  if (data instanceof Uint16Array && dtype !== 'f32') return data;
+  if (isView && (data instanceof Float32Array || data instanceof Float64Array)) return data;
+  if (isView && data instanceof Uint16Array && dtype !== 'f32') return data;
   throw invalidArgument(
     'data',
     `a Float32Array, Float64Array, number[]${dtype === 'f32' ? '' : ' or Uint16Array (raw bits)'} for dtype "${dtype}"`,

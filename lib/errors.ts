@@ -43,7 +43,7 @@ export function describeValue(value: unknown): string {
   if (typeof value === 'function') return 'a function';
   if (typeof value === 'object') {
     const ctor = (value as object).constructor?.name;
-    return ctor && ctor !== 'Object' ? `a ${ctor}` : 'an object';
+    return ctor && ctor !== 'Object' ? `${/^[AEIOU]/.test(ctor) ? 'an' : 'a'} ${ctor}` : 'an object';
   }
   return String(value);
 }

@@ -557,6 +557,9 @@ export class KVCache {
   checkPlan(plan: unknown, arg = 'plan'): KVPlan {
     this.assertLive('a plan');
     if (!(plan instanceof KVPlan) || plan.cache !== this) throw invalidArgument(arg, 'a KVPlan of this cache', plan);
+    if (plan.disposed && plan === this.#plan) {
+      throw new MobaError('EINVAL', `Expected a live plan for ${arg} but received a disposed one`);
+    }
     if (plan.disposed || plan !== this.#plan || plan.generation !== this.#generation) {
       throw new MobaError(
         'EINVAL',

@@ -82,6 +82,10 @@ describe('Device.tensor and Device.empty', () => {
     expectError(() => device.tensor(new Uint16Array(2), { dtype: 'f32' }), 'EINVAL',
       'Expected a Float32Array, Float64Array, number[] for dtype "f32" for data but received Uint16Array(2)');
     expectError(() => device.tensor('abc' as never, { dtype: 'f32' }), 'EINVAL', /for data but received "abc"$/);
+    expectError(() => device.tensor(new ArrayBuffer(16) as never, { dtype: 'f32' }), 'EINVAL',
+      /for data but received an ArrayBuffer$/);
+    expectError(() => device.tensor(new Proxy(new Float32Array(4), {}), { dtype: 'f32', shape: [4] }), 'EINVAL',
+      /^Expected a Float32Array, Float64Array, number\[\] for dtype "f32" for data but received/);
     expectError(() => device.tensor([1], { dtype: 'f32', shape: [1, -1] as never }), 'EINVAL',
       'Expected an array of non-negative integers for shape but received [1, -1]');
   });

@@ -900,6 +900,9 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     einval(() => layer.forward(cache, 0, p1, q, k, k), /stale/);
     cache.fork(s);
     einval(() => layer.forward(cache, 0, p2, q, k, k), /stale/);
-    expect(cache.length(s)).toBe(4);
+    const p3 = cache.plan([{ seq: s, newTokens: 1 }]);
+    p3.dispose();
+    einval(() => layer.forward(cache, 0, p3, q, k, k), /^Expected a live plan for plan but received a disposed one$/);
+    expect(cache.length(s)).toBe(5);
   });
 }
