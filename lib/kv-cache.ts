@@ -254,6 +254,7 @@ export class KVCache {
   /** @internal Pages per key-sum block. */
   readonly sumPages: number;
   #refs: Int32Array;
+  #sharedPages = 0;  // pages with more than one reference
   #free: FreePages;
   #seqs = new Map<number, Sequence>();
   #nextId = 0;
@@ -331,7 +332,7 @@ export class KVCache {
     this.assertLive('fork()');
     const s = this.sequence(seq, 'seq');
     const id = this.#nextId++;
-    for (const p of s.pages) this.#refs[p]!++;
+    for (const p of s.pages) if (++this.#refs[p]! === 2) this.#sharedPages++;
     this.#seqs.set(id, { pages: [...s.pages], length: s.length });
     this.invalidatePlan();
     return id;
@@ -363,8 +364,7 @@ export class KVCache {
 
   usage(): KVCacheUsage {
     const usedPages = this.numPages - this.#free.length;
-    let sharedPages = 0;
-    for (let p = 0; p < this.numPages; p++) if (this.#refs[p]! > 1) sharedPages++;
+    const sharedPages = this.#sharedPages;
     let numTokens = 0;
     for (const s of this.#seqs.values()) numTokens += s.length;
     const bytesPerPage =
@@ -613,7 +613,7 @@ export class KVCache {
     const old = s.pages[s.pages.length - 1]!;
     const p = this.#free.pop()!;
     this.#refs[p] = 1;
-    this.#refs[old]!--;
+    if (--this.#refs[old]! === 1) this.#sharedPages--;
     s.pages[s.pages.length - 1] = p;
     const kvBytes = this.pool.byteLength / this.numPages;
     const sumBytes = this.keySums.byteLength / this.numPages;
@@ -622,7 +622,9 @@ export class KVCache {
   }
 
   private releasePage(p: number): void {
-    if (--this.#refs[p]! === 0) this.#free.push(p);
+    const left = --this.#refs[p]!;
+    if (left === 1) this.#sharedPages--;
+    else if (left === 0) this.#free.push(p);
   }
 
   private invalidatePlan(): void {

@@ -798,6 +798,36 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     expect(cache.usage().freePages).toBe(0);
   });
 
+  it('usage() counts pages and shared pages as the page tables show them, through forks, frees and copies', () => {
+    const rng = rngFor('usage accounting');
+    using device = open();
+    using cache = new KVCache(device, { numLayers: 1, numPages: 40, pageSize: 4, numKVHeads: 1, headDim: 64, dtype: 'bf16' });
+    const live: number[] = [];
+    for (let step = 0; step < 300; step++) {
+      const r = rng.next();
+      if (live.length === 0 || r < 0.2) {
+        live.push(cache.addSequence());
+      } else if (r < 0.4) {
+        live.push(cache.fork(rng.pick(live)));
+      } else if (r < 0.55) {
+        cache.free(live.splice(rng.int(0, live.length - 1), 1)[0]!);
+      } else {
+        const seqs = shuffle([...live], rng).slice(0, rng.int(1, Math.min(3, live.length)));
+        try {
+          cache.plan(seqs.map((seq) => ({ seq, newTokens: rng.int(1, 6) })));
+        } catch (e) {
+          expect((e as MobaError).code).toBe('ECAPACITY');
+        }
+      }
+      const holders = new Map<number, number>();
+      for (const seq of live) for (const p of cache.pageTable(seq)) holders.set(p, (holders.get(p) ?? 0) + 1);
+      const u = cache.usage();
+      expect(u.usedPages).toBe(holders.size);
+      expect(u.freePages).toBe(40 - holders.size);
+      expect(u.sharedPages).toBe([...holders.values()].filter((n) => n > 1).length);
+    }
+  });
+
   it('a layer takes a plan\'s K/V once: a second append() or forward() is EINVAL and changes no byte', async () => {
     const rng = rngFor('append once');
     using device = open();
