@@ -41,6 +41,8 @@ export function checkShape(shape: unknown, arg = 'shape'): number[] {
   return [...shape] as number[];
 }
 
+let devicesOpened = 0;
+
 /** A compute device: a CUDA GPU or the CPU, with its own in-order stream of work. */
 export class Device {
   readonly backend: Backend;
@@ -52,6 +54,8 @@ export class Device {
   /** @internal */
   readonly poisonOutputs: boolean;
   #disposed = false;
+  // Tells apart devices of one backend in messages ("... for k.device").
+  readonly #ordinal = ++devicesOpened;
 
   /** @internal use openDevice() */
   constructor(native: NativeDevice, poisonOutputs: boolean) {
@@ -142,7 +146,7 @@ export class Device {
   }
 
   toString(): string {
-    return `Device(${this.backend}: ${this.name})`;
+    return `Device(${this.backend}: ${this.name}, #${this.#ordinal})`;
   }
 }
 

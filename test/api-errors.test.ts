@@ -159,7 +159,8 @@ describe('op arguments', () => {
         using kf = device.tensor(new Float32Array(12 * 2 * 8), { dtype: 'f16', shape: [12, 2, 8] });
         expectError(() => op(q, kf, v, base), 'EINVAL', 'Expected the dtype of q ("bf16") for k.dtype but received "f16"');
         using ko = other.tensor(new Float32Array(12 * 2 * 8), { dtype: 'bf16', shape: [12, 2, 8] });
-        expectError(() => op(q, ko, v, base), 'EINVAL', /^Expected the device of q \(Device\(cpu: .*\)\) for k.device/);
+        expectError(() => op(q, ko, v, base), 'EINVAL',
+          /^Expected the device of q \(Device\(cpu: .*, #(\d+)\)\) for k.device but received "Device\(cpu: .*, #(?!\1\))\d+\)"$/);
       });
 
       it('checks cuSeqlensQ and cuSeqlensK', () => {
