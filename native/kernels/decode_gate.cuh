@@ -587,6 +587,10 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
   int32_t* wordPrefix = reinterpret_cast<int32_t*>(scratch + at.wordPrefix);
   for (int i = tid; i < a.bitmapWords; i += kThreads) bitmap[i] = 0;
   for (int i = tid; i < a.unionCap; i += kThreads) unionRows[i] = 0u;
+  // The picks below set bitmap bits from other threads: without this barrier
+  // a word could be cleared after a pick (topK 1, where no exchange barrier
+  // comes between, lost the current block of rows in a second block).
+  __syncthreads();
   auto curOf = [&](int lr) { return a.byChunk(rowPosition(a, s, row0 + lr)); };
 
   // Identical in every CTA of the item, so they all wait or none does.

@@ -542,6 +542,25 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
+  it('moba decode with topK 1: rows of one step in two blocks each keep their own block', async () => {
+    // topK 1 selects only each row's current block, so a step whose new tokens
+    // cross a block boundary has rows in two blocks and a union of both.
+    using device = open();
+    const shape = { numQHeads: 8, numKVHeads: 8, headDim: 128 };
+    for (const pageSize of [2, 8]) {
+      const env = makeEnv(device, rngFor(`topK 1 across blocks, page ${pageSize}`), shape, 'bf16', { numPages: 1024, pageSize, chunkSize: 8 });
+      using cache = env.cache;
+      const a = cache.addSequence();
+      const b = cache.addSequence();
+      fill(env, [{ seq: a, newTokens: 1525 }, { seq: b, newTokens: 20 }]);
+      using layer = layerFor(device, env, { chunkSize: 8, topK: 1, decode: 'moba' });
+      for (const [na, nb] of [[4, 5], [8, 1], [3, 8], [6, 2]]) {
+        const results = await step(env, layer, [{ seq: a, newTokens: na }, { seq: b, newTokens: nb }], [0], { maxDecodeTokens: 8 });
+        checkStep(env, layer, results, `page ${pageSize}, +${na} / +${nb}`);
+      }
+    }
+  });
+
   it('forward() of a decode batch appends inside the decode op: the same output bits and cache bytes as append() then attend()', async () => {
     // Two caches get the same tokens; one steps with forward(), the other with
     // KVCache.append() then attend(). Lengths put new tokens at the start, the
