@@ -163,6 +163,10 @@ function toTypedArray(data: TensorData, dtype: DType): Float32Array | Float64Arr
   // A Proxy of a typed array passes instanceof but is no view: its elements
   // cannot be read as one, so it is refused like any other non-array.
   const isView = ArrayBuffer.isView(data);
+  // Data on a SharedArrayBuffer is copied first: the upload reads a plain buffer.
+  if (isView && (data as ArrayBufferView).buffer instanceof SharedArrayBuffer) {
+    data = (data as Float32Array | Float64Array | Int32Array | Uint16Array).slice();
+  }
   if (dtype === 'i32') {
     if (isView && data instanceof Int32Array) return data;
     throw invalidArgument('data', 'an Int32Array or number[] for dtype "i32"', data);

@@ -27,14 +27,18 @@ export function checkBoolean(value: unknown, arg: string, fallback: boolean): bo
   return value;
 }
 
+/** The largest |softmaxScale| whose product with log2(e) stays finite in fp32, rounded down. */
+const MAX_SOFTMAX_SCALE = 2.35e38;
+
 export function checkSoftmaxScale(value: unknown, headDim: number): number {
   if (value === undefined) return 1 / Math.sqrt(headDim);
   if (typeof value !== 'number' || !Number.isFinite(value)) {
     throw invalidArgument('softmaxScale', 'a finite number', value);
   }
-  // The kernels scale in fp32: a larger magnitude would become Infinity there.
-  if (!Number.isFinite(Math.fround(value))) {
-    throw invalidArgument('softmaxScale', 'a number finite in fp32 (magnitude below 3.4028235677973366e38)', value);
+  // The kernels scale by softmaxScale * log2(e) in fp32: a larger magnitude
+  // would become Infinity there.
+  if (!(Math.abs(value) <= MAX_SOFTMAX_SCALE)) {
+    throw invalidArgument('softmaxScale', `a number of magnitude at most ${MAX_SOFTMAX_SCALE}`, value);
   }
   return value;
 }
@@ -115,8 +119,14 @@ export interface Varlen {
   maxSeqlenK: number;
 }
 
-function checkPrefixSums(value: unknown, arg: string, total: number, totalName: string, length?: number): Int32Array {
-  if (!(value instanceof Int32Array)) throw invalidArgument(arg, 'an Int32Array of prefix sums [batch+1]', value);
+function checkPrefixSums(input: unknown, arg: string, total: number, totalName: string, length?: number): Int32Array {
+  if (!(input instanceof Int32Array) || !ArrayBuffer.isView(input)) {
+    throw invalidArgument(arg, 'an Int32Array of prefix sums [batch+1]', input);
+  }
+  // Checked and used as a private copy: the caller's array (on a
+  // SharedArrayBuffer, another thread may write it) could otherwise change
+  // between this check and the kernels' reads.
+  const value = input.slice();
   if (value.length < 2) throw invalidArgument(`${arg}.length`, 'at least 2 (batch + 1 with batch >= 1)', value.length);
   if (length !== undefined && value.length !== length) {
     throw invalidArgument(`${arg}.length`, `${length} (the length of cuSeqlensQ)`, value.length);

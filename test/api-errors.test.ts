@@ -208,7 +208,9 @@ describe('op arguments', () => {
           expectError(() => op(q, k, v, { ...base, softmaxScale: NaN }), 'EINVAL',
             'Expected a finite number for softmaxScale but received NaN');
           expectError(() => op(q, k, v, { ...base, softmaxScale: -1e39 }), 'EINVAL',
-            'Expected a number finite in fp32 (magnitude below 3.4028235677973366e38) for softmaxScale but received -1e+39');
+            'Expected a number of magnitude at most 2.35e+38 for softmaxScale but received -1e+39');
+          expectError(() => op(q, k, v, { ...base, softmaxScale: 3e38 }), 'EINVAL',
+            'Expected a number of magnitude at most 2.35e+38 for softmaxScale but received 3e+38');
           expectError(() => op(q, k, v, { ...base, returnLse: 1 }), 'EINVAL',
             'Expected a boolean for returnLse but received 1');
           if (name === 'flashAttention') {
