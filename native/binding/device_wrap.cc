@@ -1,5 +1,6 @@
 #include "device_wrap.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "addon_data.h"
@@ -52,7 +53,12 @@ DeviceWrap::DeviceWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Device
   name_ = backend->name();
   cc_ = backend->computeCapability();
   core_ = std::make_shared<DeviceCore>(env, std::move(backend));
-  AddonData::get(env)->devices.push_back(core_);
+  // Entries of devices already gone are dropped here: each would otherwise
+  // keep its device's allocation (make_shared) for the life of the process.
+  auto& devices = AddonData::get(env)->devices;
+  devices.erase(std::remove_if(devices.begin(), devices.end(), [](const std::weak_ptr<DeviceCore>& w) { return w.expired(); }),
+                devices.end());
+  devices.push_back(core_);
 }
 
 DeviceWrap::~DeviceWrap() {
