@@ -8,23 +8,15 @@ import {
   flashAttention,
   mobaAttention,
   mobaGate,
-  MobaError,
   openDevice,
   type Device,
   type Tensor,
 } from '../lib/index.js';
 import { cudaReason, cudaUsable } from './helpers/backends.js';
+import { expectMobaError } from './helpers/errors.js';
 
 function expectError(fn: () => unknown, code: string, message: RegExp | string): void {
-  let thrown: unknown;
-  try {
-    fn();
-  } catch (err) {
-    thrown = err;
-  }
-  expect(thrown, 'expected a throw').toBeInstanceOf(MobaError);
-  const e = thrown as MobaError;
-  expect(e.code).toBe(code);
+  const e = expectMobaError(fn, code);
   if (typeof message === 'string') expect(e.message).toBe(message);
   else expect(e.message).toMatch(message);
 }

@@ -5,7 +5,6 @@
  * invariants of DESIGN.md section 1.
  */
 import { describe, expect, it } from 'vitest';
-import { MobaError } from '../lib/errors.js';
 import {
   blockCentroids,
   decodeAttention,
@@ -15,6 +14,7 @@ import {
   mobaGate,
   type RefAttentionResult,
 } from '../lib/reference/index.js';
+import { expectMobaError } from './helpers/errors.js';
 import {
   lengthsOf,
   makeRng,
@@ -712,15 +712,7 @@ describe('argument checks', () => {
   const k = new Float32Array(4 * 1 * 2).fill(0.25);
   const base = { numQHeads: 2, numKVHeads: 1, headDim: 2, cuSeqlensQ: new Int32Array([0, 4]), chunkSize: 2, topK: 2 };
   const einval = (f: () => unknown, message: string) => {
-    let err: unknown;
-    try {
-      f();
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(MobaError);
-    expect((err as MobaError).code).toBe('EINVAL');
-    expect((err as MobaError).message).toBe(message);
+    expect(expectMobaError(f, 'EINVAL').message).toBe(message);
   };
   it('rejects bad arguments with EINVAL', () => {
     einval(() => mobaGate(q, k, { ...base, topK: 0 }), 'Expected positive integer for topK but received 0');

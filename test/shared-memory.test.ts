@@ -5,12 +5,11 @@
  * copy; a change between the check and the kernels' reads used to crash the
  * process). The race runs in a child process.
  */
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expect, it } from 'vitest';
-import { flashAttention, MobaError, openDevice } from '../lib/index.js';
 
-const entry = pathToFileURL(fileURLToPath(new URL('../dist/index.js', import.meta.url))).href;
+import { flashAttention, openDevice } from '../lib/index.js';
+import { distEntry as entry, runModule } from './helpers/child-process.js';
+import { expectMobaError } from './helpers/errors.js';
 
 it('tensor data on a SharedArrayBuffer uploads like any other array', async () => {
   using device = openDevice({ backend: 'cpu' });
@@ -63,7 +62,7 @@ it('cuSeqlensQ rewritten by another thread while ops are enqueued: EINVAL or a c
     await new Promise((r) => w.on('exit', r));
     console.log('end of script', ran, refused);
   `;
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', source], { encoding: 'utf8', timeout: 60_000 });
+  const r = runModule(source);
   expect(r.stdout, r.stderr).toContain('end of script');
   expect({ status: r.status, signal: r.signal }).toEqual({ status: 0, signal: null });
 });
@@ -71,12 +70,6 @@ it('cuSeqlensQ rewritten by another thread while ops are enqueued: EINVAL or a c
 it('a Proxy of an Int32Array is refused as cuSeqlens', () => {
   using device = openDevice({ backend: 'cpu' });
   using q = device.tensor(new Float32Array(4 * 8).fill(0.5), { dtype: 'bf16', shape: [4, 1, 8] });
-  let err: unknown;
-  try {
-    flashAttention(q, q, q, { cuSeqlensQ: new Proxy(new Int32Array([0, 4]), {}) });
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(MobaError);
-  expect((err as MobaError).message).toMatch(/^Expected an Int32Array of prefix sums \[batch\+1\] for cuSeqlensQ/);
+  const err = expectMobaError(() => flashAttention(q, q, q, { cuSeqlensQ: new Proxy(new Int32Array([0, 4]), {}) }), 'EINVAL');
+  expect(err.message).toMatch(/^Expected an Int32Array of prefix sums \[batch\+1\] for cuSeqlensQ/);
 });

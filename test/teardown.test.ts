@@ -4,16 +4,9 @@
  * must not touch its channel (that used to abort the process with SIGABRT as
  * soon as two devices had existed). Each case runs in a child process.
  */
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expect, it } from 'vitest';
 
-const entry = pathToFileURL(fileURLToPath(new URL('../dist/index.js', import.meta.url))).href;
-
-function runModule(body: string) {
-  const source = `import { openDevice } from ${JSON.stringify(entry)};\n${body}\nconsole.log('end of script');\n`;
-  return spawnSync(process.execPath, ['--input-type=module', '-e', source], { encoding: 'utf8', timeout: 60_000 });
-}
+import { distEntry as entry, runModule } from './helpers/child-process.js';
 
 const cases: [string, string][] = [
   ['two devices alive at exit', `
@@ -45,7 +38,7 @@ const cases: [string, string][] = [
 ];
 
 it.each(cases)('%s: the process exits with code 0', (_, body) => {
-  const r = runModule(body);
+  const r = runModule(`import { openDevice } from ${JSON.stringify(entry)};\n${body}\nconsole.log('end of script');\n`);
   expect(r.stdout, r.stderr).toContain('end of script');
   expect({ status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ status: 0, signal: null, stderr: '' });
 });

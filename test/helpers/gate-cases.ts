@@ -11,7 +11,8 @@
  */
 import { expect, it } from 'vitest';
 
-import { mobaGate, MobaError, openDevice, reference, type Device, type Tensor } from '../../lib/index.js';
+import { mobaGate, openDevice, reference, type Device, type Tensor } from '../../lib/index.js';
+import { expectMobaError } from './errors.js';
 import { lengthsOf, randn, randomSeqlens, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, shuffle, type Rng } from './random.js';
 
 type Dtype = 'bf16' | 'f16';
@@ -341,15 +342,7 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     using kf = device.tensor(new Float32Array(4 * 1 * D), { dtype: 'f16', shape: [4, 1, D] });
     const cu = new Int32Array([0, 4]);
     const expectInval = (fn: () => unknown, arg: string): void => {
-      let err: unknown;
-      try {
-        fn();
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(MobaError);
-      expect((err as MobaError).code).toBe('EINVAL');
-      expect((err as MobaError).message).toContain(arg);
+      expect(expectMobaError(fn, 'EINVAL').message).toContain(arg);
     };
     expectInval(() => mobaGate(q, k, { cuSeqlensQ: cu, chunkSize: 0, topK: 2 }), 'chunkSize');
     expectInval(() => mobaGate(q, k, { cuSeqlensQ: cu, chunkSize: 2.5, topK: 2 }), 'chunkSize');

@@ -19,6 +19,7 @@ import {
   type KVPlan,
   type Tensor,
 } from '../../lib/index.js';
+import { expectMobaError } from './errors.js';
 import { randn, relL2, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, shuffle, type Rng } from './random.js';
 
 type Dtype = 'bf16' | 'f16';
@@ -772,15 +773,8 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     const plan = cache.plan([{ seq: a, newTokens: 1 }, { seq: b, newTokens: 1 }]);
     const tables = [cache.pageTable(a), cache.pageTable(b)];
     // b's 36 tokens fill its 5 pages; one more token for both needs 2 pages, 1 is free.
-    let err: unknown;
-    try {
-      cache.plan([{ seq: a, newTokens: 3 }, { seq: b, newTokens: 8 }]);
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(MobaError);
-    expect((err as MobaError).code).toBe('ECAPACITY');
-    expect((err as MobaError).message).toMatch(/needs 2 free pages but only 1 of 10/);
+    const full = expectMobaError(() => cache.plan([{ seq: a, newTokens: 3 }, { seq: b, newTokens: 8 }]), 'ECAPACITY');
+    expect(full.message).toMatch(/needs 2 free pages but only 1 of 10/);
     expect(cache.usage()).toEqual({ ...usage, usedPages: 9, numTokens: 67 });
     expect(Array.from(cache.pageTable(a))).toEqual(Array.from(tables[0]!));
     expect(Array.from(cache.pageTable(b))).toEqual(Array.from(tables[1]!));
@@ -858,15 +852,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     const kv = (rows: number): Tensor => device.tensor(randn(rows * 64, rng), { dtype: 'bf16', shape: [rows, 1, 64] });
     const qOf = (rows: number): Tensor => device.tensor(randn(rows * 2 * 64, rng), { dtype: 'bf16', shape: [rows, 2, 64] });
     const expectEinval = (fn: () => unknown): void => {
-      let err: unknown;
-      try {
-        fn();
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(MobaError);
-      expect((err as MobaError).code).toBe('EINVAL');
-      expect((err as MobaError).message).toMatch(/not yet in layer \d+ for plan but received one already appended there/);
+      expect(expectMobaError(fn, 'EINVAL').message).toMatch(/not yet in layer \d+ for plan but received one already appended there/);
     };
     const snapshot = async (): Promise<[Float32Array | Int32Array, Float32Array | Int32Array]> =>
       [await cache.pool.toArray(), await cache.keySums.toArray()];
@@ -907,15 +893,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     using q = device.tensor(new Float32Array(2 * 2 * 64).fill(1), { dtype: 'bf16', shape: [2, 2, 64] });
     using k = device.tensor(new Float32Array(2 * 64).fill(1), { dtype: 'bf16', shape: [2, 1, 64] });
     const einval = (fn: () => unknown, message: RegExp): void => {
-      let err: unknown;
-      try {
-        fn();
-      } catch (e) {
-        err = e;
-      }
-      expect(err, String(message)).toBeInstanceOf(MobaError);
-      expect((err as MobaError).code).toBe('EINVAL');
-      expect((err as MobaError).message).toMatch(message);
+      expect(expectMobaError(fn, 'EINVAL').message).toMatch(message);
     };
     einval(() => layer.forward(cache, 2, p1, q, k, k), /Expected an integer in \[0, 1\] for layerIndex but received 2/);
     einval(() => layer.forward(cache, 0, p1, k, k, k), /Expected \[2, 2, 64\] \(\[plan\.numRows, numQHeads, headDim\]\) for q\.shape/);
