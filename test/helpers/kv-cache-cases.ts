@@ -811,6 +811,50 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     expect(cache.usage().freePages).toBe(0);
   });
 
+  // A freed page keeps its bytes: the slots a new owner has not written yet
+  // still hold the old sequence's keys and values, here NaN and Inf. No kernel
+  // may let them reach an output (a masked score times an Inf value is NaN).
+  it('pages freed with NaN/Inf keys and values are reused: the stale slots never reach an output', async (ctx) => {
+    using device = open();
+    await needAttention(ctx, device);
+    for (const [pageSize, chunkSize, sumBlock] of [[16, 64, 64], [64, 128, undefined]] as const) {
+      const rng = rngFor(`stale pages ${pageSize}`);
+      const shape = { numQHeads: 8, numKVHeads: 2, headDim: 128 };
+      const numPages = 48;
+      const env = makeEnv(device, rng, shape, 'bf16', { numPages, pageSize, chunkSize: sumBlock });
+      using cache = env.cache;
+      // One sequence fills the whole pool with non-finite keys and values, then goes.
+      const old = cache.addSequence();
+      const plan = cache.plan([{ seq: old, newTokens: numPages * pageSize }], { maxDecodeTokens: 0 });
+      const n = plan.numRows * shape.numKVHeads * shape.headDim;
+      const k = new Float32Array(n).map((_, i) => [NaN, Infinity, -Infinity][i % 3]!);
+      const v = new Float32Array(n).map((_, i) => [Infinity, NaN, -Infinity][i % 3]!);
+      using kt = device.tensor(k, { dtype: 'bf16', shape: [plan.numRows, shape.numKVHeads, shape.headDim] });
+      using vt = device.tensor(v, { dtype: 'bf16', shape: [plan.numRows, shape.numKVHeads, shape.headDim] });
+      cache.append(0, plan, kt, vt);
+      cache.free(old);
+      expect(cache.usage().freePages).toBe(numPages);
+      // New sequences end inside pages, in the middle of key-sum blocks.
+      const lengths = new Map<number, number>();
+      for (const len of [3 * pageSize + 5, pageSize - 1, 1, 2 * chunkSize + 7]) lengths.set(cache.addSequence(), len);
+      fillInterleaved(env, lengths, 3 * pageSize);
+      // The test means something only while stale slots are still in the pool.
+      expect((await cache.pool.toArray()).some((x) => !Number.isFinite(x)), 'stale non-finite slots in the pool').toBe(true);
+      const seqs = [...lengths.keys()];
+      const fork = cache.fork(seqs[0]!);
+      env.truth.fork(seqs[0]!, fork);
+      for (const decode of ['full', 'moba'] as const) {
+        using layer = layerFor(device, env, { chunkSize, topK: 2, decode });
+        const what = `page ${pageSize}, ${decode} decode over stale pages`;
+        // Decode rows (1 and 4 tokens) and, in the second step, a chunked prefill row.
+        const entries = [...seqs, fork].map((seq, i) => ({ seq, newTokens: i % 2 ? 4 : 1 }));
+        checkStep(env, layer, await step(env, layer, entries), what);
+        entries[3]!.newTokens = pageSize + 9;
+        checkStep(env, layer, await step(env, layer, entries, [0], { maxDecodeTokens: 8 }), `${what}, with a prefill row`);
+      }
+    }
+  });
+
   it('usage() counts pages and shared pages as the page tables show them, through forks, frees and copies', () => {
     const rng = rngFor('usage accounting');
     using device = open();
