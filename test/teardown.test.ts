@@ -2,7 +2,9 @@
  * A process ends cleanly however many devices it opened. At exit Node frees
  * every device's completion channel itself, and a device collected after that
  * must not touch its channel (that used to abort the process with SIGABRT as
- * soon as two devices had existed). Each case runs in a child process.
+ * soon as two devices had existed), and work completing while a worker's
+ * environment is torn down must not throw out of its callback (that aborted
+ * too). Each case runs in a child process.
  */
 import { expect, it } from 'vitest';
 
@@ -34,6 +36,25 @@ const cases: [string, string][] = [
       setInterval(() => {}, 1000);\`, { eval: true, execArgv: ['--input-type=module'] });
     await new Promise((resolve) => w.once('message', resolve));
     await w.terminate();
+    void openDevice;`],
+  // Completions that reach a worker's environment while it is torn down, when
+  // settling their promises fails, used to abort the process.
+  ['workers terminated while 64 reads each complete', `
+    const { Worker } = await import('node:worker_threads');
+    for (let round = 0; round < 8; round++) {
+      const w = new Worker(\`
+        import { parentPort } from 'node:worker_threads';
+        import { openDevice } from ${JSON.stringify(entry)};
+        const devices = [openDevice({ backend: 'cpu' }), openDevice({ backend: 'cpu' })];
+        for (let i = 0; i < 64; i++) {
+          const n = 1 << (8 + (i % 8));
+          void devices[i % 2].tensor(new Float32Array(n).fill(i), { dtype: 'f32', shape: [n] }).toArray();
+        }
+        parentPort.postMessage('queued');
+        setInterval(() => {}, 1000);\`, { eval: true, execArgv: ['--input-type=module'] });
+      await new Promise((resolve) => w.once('message', resolve));
+      await w.terminate();
+    }
     void openDevice;`],
 ];
 

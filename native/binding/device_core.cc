@@ -1,5 +1,6 @@
 #include "device_core.h"
 
+#include <memory>
 #include <vector>
 
 #include "buffer_wrap.h"
@@ -39,20 +40,28 @@ DeviceCore::Pending DeviceCore::newPending(Napi::Env env) {
   auto settle = [completion, channel](const Status& status, ResultMaker make) mutable {
     completion->status = status;
     completion->make = std::move(make);
-    napi_status st = channel.BlockingCall(completion, [](Napi::Env env, Napi::Function, Completion* c) {
-      Napi::HandleScope scope(env);
+    napi_status st = channel.BlockingCall(completion, [](Napi::Env env, Napi::Function, Completion* raw) {
+      std::unique_ptr<Completion> c(raw);
       DeviceCore& core = *c->core;
-      if (--core.pendingCount == 0) core.tsfn.Unref(env);
-      if (!c->status.ok()) {
-        c->deferred.Reject(makeError(env, c->status).Value());
-      } else {
-        try {
-          c->deferred.Resolve(c->make ? c->make(env) : env.Undefined());
-        } catch (const Napi::Error& e) {
-          c->deferred.Reject(e.Value());
+      const bool last = --core.pendingCount == 0;
+      // A terminated worker's environment can still run this while it tears
+      // down, when no JavaScript may run: every call below then fails and
+      // throws. Nothing can observe the promise any more, so that is
+      // swallowed; letting it out of this callback would abort the process.
+      try {
+        Napi::HandleScope scope(env);
+        if (last) core.tsfn.Unref(env);
+        if (!c->status.ok()) {
+          c->deferred.Reject(makeError(env, c->status).Value());
+        } else {
+          try {
+            c->deferred.Resolve(c->make ? c->make(env) : env.Undefined());
+          } catch (const Napi::Error& e) {
+            c->deferred.Reject(e.Value());
+          }
         }
+      } catch (...) {
       }
-      delete c;
     });
     // On failure the environment is tearing down: the completion is leaked on
     // purpose, since dropping its core reference here could destroy the
