@@ -3,7 +3,7 @@ import { MAX_TOP_K } from './gating.js';
 import type { Tensor } from './tensor.js';
 import {
   checkBoolean,
-  checkIndexRange,
+  checkSelections,
   checkOptions,
   checkPositiveInt,
   checkQKV,
@@ -44,8 +44,6 @@ function run(
   q: Tensor, k: Tensor, v: Tensor, shape: QKVShape, varlen: Varlen,
   softmaxScale: number, causal: boolean, chunkSize: number, topK: number, returnLse: boolean,
 ): Tensor | AttentionWithLse {
-  checkIndexRange(shape.totalQ * shape.numQHeads * shape.headDim, 'q');
-  checkIndexRange(shape.totalK * shape.numKVHeads * shape.headDim, 'k');
   const device = shape.device;
   const out = device.output([shape.totalQ, shape.numQHeads, shape.headDim], shape.dtype);
   const lse = returnLse ? device.output([shape.numQHeads, shape.totalQ], 'f32') : null;
@@ -77,6 +75,7 @@ export function mobaAttention(q: Tensor, k: Tensor, v: Tensor, options: MobaAtte
   const returnLse = checkBoolean(o.returnLse, 'returnLse', false);
   const maxBlocks = Math.ceil(varlen.maxSeqlenK / chunkSize);
   const dense = topK >= maxBlocks;
+  if (!dense) checkSelections(shape.totalQ, shape.numQHeads, topK);
   return run(q, k, v, shape, varlen, softmaxScale, true, dense ? 0 : chunkSize, dense ? 0 : topK, returnLse);
 }
 

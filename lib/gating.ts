@@ -1,6 +1,6 @@
 import { DTYPE_CODE } from './dtype.js';
 import type { Tensor } from './tensor.js';
-import { checkIndexRange, checkOptions, checkPositiveInt, checkQKV, checkVarlen, MAX_CHUNK_SIZE } from './validate.js';
+import { checkOptions, checkPositiveInt, checkSelections, checkQKV, checkVarlen, MAX_CHUNK_SIZE } from './validate.js';
 
 export interface MobaGateOptions {
   /** [batch+1] prefix sums of query lengths. */
@@ -26,9 +26,7 @@ export function mobaGate(q: Tensor, k: Tensor, options: MobaGateOptions): Tensor
   const varlen = checkVarlen(o, shape.totalQ, shape.totalK);
   const chunkSize = checkPositiveInt(o.chunkSize, 'chunkSize', MAX_CHUNK_SIZE);
   const topK = checkPositiveInt(o.topK, 'topK', MAX_TOP_K);
-  checkIndexRange(shape.totalQ * shape.numQHeads * topK, 'the gate output');
-  checkIndexRange(shape.totalK * shape.numKVHeads * shape.headDim, 'k');
-  checkIndexRange(shape.totalQ * shape.numQHeads * shape.headDim, 'q');
+  checkSelections(shape.totalQ, shape.numQHeads, topK);
   const out = shape.device.output([shape.numQHeads, shape.totalQ, topK], 'i32');
   if (shape.totalQ > 0) {
     shape.device.native.mobaGate(

@@ -169,9 +169,20 @@ export function checkVarlen(
   return { cuSeqlensQ, cuSeqlensK, batch, maxSeqlenK };
 }
 
-/** Index arithmetic in the kernels is 32-bit: keep every flat index below 2^31. */
-export function checkIndexRange(count: number, what: string): void {
-  if (count >= 2 ** 31) {
-    throw new MobaError('EINVAL', `Expected fewer than 2^31 elements for ${what} but received ${describeValue(count)}`);
+/**
+ * The kernels' element offsets are 64-bit, so tensors may hold 2^31 elements
+ * and more; what stays 32-bit is the count of (query row, head, block slot)
+ * selections, which the gate's output and the sparse attention's lists of
+ * query-head rows index. A batch past it can be split: its queries in chunks
+ * (cuSeqlensK longer than cuSeqlensQ), each against the same keys.
+ */
+export function checkSelections(totalQ: number, numQHeads: number, topK: number): void {
+  const count = totalQ * numQHeads * topK;
+  if (count >= 2 ** 31 - 1) {
+    throw new MobaError(
+      'EINVAL',
+      `Expected totalQ * numQHeads * topK below 2^31 - 1 (gate selections) but received ${describeValue(count)} ` +
+        `(${totalQ} * ${numQHeads} * ${topK}); split the queries into chunks with cuSeqlensK`,
+    );
   }
 }
