@@ -25,6 +25,9 @@ import { checkOptions, checkPositiveInt, checkTensor, CUDA_HEAD_DIMS } from './v
 /** Most new tokens of one sequence that the decode kernels take (speculative decoding). */
 export const MAX_DECODE_TOKENS = 8;
 
+/** Decode sequences one CUDA decode op takes (its grid's sequence dimension). */
+const MAX_CUDA_DECODE_SEQUENCES = 65535;
+
 export interface KVCacheOptions {
   /** Layers whose K/V live in the pool (each plan serves all of them). */
   numLayers: number;
@@ -442,6 +445,12 @@ export class KVCache {
       seqs.push(s);
     }
     if (numDecode > 0) metaInts += 1;
+    // Checked here, while nothing has changed: the decode op would refuse the
+    // plan after it had already advanced the sequences.
+    if (this.device.backend === 'cuda' && numDecode > MAX_CUDA_DECODE_SEQUENCES) {
+      throw invalidArgument('batch', `at most ${MAX_CUDA_DECODE_SEQUENCES} decode entries (newTokens <= maxDecodeTokens) ` +
+        'per plan on CUDA (plan the rest as another step)', numDecode);
+    }
     // A shared partial page written by k sequences of the batch needs k copies,
     // or k - 1 when they are all of its sharers (the last one keeps it).
     for (const [page, k] of sharedWriters) needPages += k < this.#refs[page]! ? k : k - 1;

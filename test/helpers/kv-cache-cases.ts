@@ -928,6 +928,36 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
+  // One CUDA decode op takes at most 65535 sequences (its grid's sequence
+  // dimension). plan() refuses more before it changes anything: the op would
+  // refuse them only after plan() had advanced every sequence.
+  it('a step of more decode entries than one CUDA decode op takes: EINVAL from plan() with nothing changed (CUDA), planned and run (CPU)', async () => {
+    using device = open();
+    const n = 65536;
+    const D = 64;
+    using cache = new KVCache(device, { numLayers: 1, numPages: n, pageSize: 1, numKVHeads: 1, headDim: D, dtype: 'bf16' });
+    using layer = new MobaAttention(device, { numQHeads: 1, numKVHeads: 1, headDim: D, chunkSize: 1, topK: 1, dtype: 'bf16' });
+    const entries = Array.from({ length: n }, () => ({ seq: cache.addSequence(), newTokens: 1 }));
+    const rng = rngFor('decode entries per op');
+    // Each sequence's only key: its output is its value row, exactly.
+    const step = async (count: number): Promise<void> => {
+      const plan = cache.plan(entries.slice(0, count));
+      const [q, k, v] = [0, 1, 2].map(() => roundToBf16(randn(count * D, rng)));
+      using qt = device.tensor(q!, { dtype: 'bf16', shape: [count, 1, D] });
+      using kt = device.tensor(k!, { dtype: 'bf16', shape: [count, 1, D] });
+      using vt = device.tensor(v!, { dtype: 'bf16', shape: [count, 1, D] });
+      using out = layer.forward(cache, 0, plan, qt, kt, vt);
+      expect(Buffer.compare(Buffer.from((await out.toArray()).buffer), Buffer.from(v!.buffer)), `${count} decode entries`).toBe(0);
+    };
+    if (device.backend !== 'cuda') return step(n);
+    const before = cache.usage();
+    const err = expectMobaError(() => cache.plan(entries), 'EINVAL');
+    expect(err.message).toMatch(/at most 65535 decode entries .* for batch but received 65536$/);
+    expect(cache.usage()).toEqual(before);
+    expect(cache.length(entries[0]!.seq)).toBe(0);
+    await step(n - 1);
+  });
+
   it('plans go stale, and bad arguments are EINVAL naming the argument', async () => {
     using device = open();
     using cache = new KVCache(device, { numLayers: 2, numPages: 8, pageSize: 4, numKVHeads: 1, headDim: 64, dtype: 'bf16' });
