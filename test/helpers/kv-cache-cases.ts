@@ -855,6 +855,40 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
+  // A pool of many GB is the normal case on a GPU; every page offset must be
+  // 64-bit. With 64 layers, pages of 16 tokens are 2^21 elements apart, so
+  // page 1024 starts at element 2^31 of the pool; pages of one token put the
+  // key sums of page 32768 at element 2^31 of theirs (an 8.6 GB pool: CUDA only).
+  it('pages past element 2^31 of the pool and of the key sums: append, fork, decode (full and moba) and chunked prefill equal the reference', async (ctx) => {
+    using device = open();
+    await needAttention(ctx, device);
+    const shape = { numQHeads: 16, numKVHeads: 8, headDim: 128 };
+    const numLayers = 64;
+    for (const pageSize of device.backend === 'cuda' ? [16, 1] : [16]) {
+      const rng = rngFor(`pool past 2^31, pages of ${pageSize}`);
+      const sumsPerPage = numLayers * shape.numKVHeads * shape.headDim;
+      const firstFar = Math.max(2 ** 31 / (sumsPerPage * 2 * pageSize), pageSize === 1 ? 2 ** 31 / sumsPerPage : 0);
+      const env = makeEnv(device, rng, shape, 'bf16', { numLayers, numPages: firstFar + Math.ceil(600 / pageSize), pageSize });
+      using cache = env.cache;
+      // A sequence that only holds pages (its tokens are never written nor read).
+      cache.plan([{ seq: cache.addSequence(), newTokens: firstFar * pageSize }], { maxDecodeTokens: 0 });
+      const a = cache.addSequence();
+      const b = cache.addSequence();
+      fill(env, [{ seq: a, newTokens: 53 }, { seq: b, newTokens: 37 }]);
+      const fork = cache.fork(a);
+      env.truth.fork(a, fork);
+      for (const seq of [a, b]) expect(Math.min(...cache.pageTable(seq)), 'pages past element 2^31').toBeGreaterThanOrEqual(firstFar);
+      for (const decode of ['full', 'moba'] as const) {
+        using layer = layerFor(device, env, { chunkSize: 32, topK: 2, decode });
+        const what = `pages of ${pageSize} past 2^31, ${decode} decode`;
+        const entries = [{ seq: a, newTokens: 1 }, { seq: b, newTokens: 3 }, { seq: fork, newTokens: 2 }];
+        checkStep(env, layer, await step(env, layer, entries, [numLayers - 1, 0]), what);
+        entries[1]!.newTokens = 19;
+        checkStep(env, layer, await step(env, layer, entries, [numLayers - 1, 0], { maxDecodeTokens: 8 }), `${what} and a chunked prefill`);
+      }
+    }
+  });
+
   it('usage() counts pages and shared pages as the page tables show them, through forks, frees and copies', () => {
     const rng = rngFor('usage accounting');
     using device = open();
