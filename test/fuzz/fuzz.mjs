@@ -21,6 +21,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { hashLabel, makeRng } from '../helpers/rng.mjs';
+
 const SELF = fileURLToPath(import.meta.url);
 const PKG = new URL('../../dist/index.js', import.meta.url);
 const BACKEND = process.env.MOBA_FUZZ_BACKEND || 'cpu';
@@ -35,44 +37,6 @@ const REF_BUDGET = Number(process.env.MOBA_FUZZ_REF_BUDGET || 1.2e8);
 // ---------------------------------------------------------------------------------------------
 // Randomness and rounding
 // ---------------------------------------------------------------------------------------------
-
-function hashLabel(label) {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < label.length; i++) {
-    h ^= label.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
-
-function makeRng(seed) {
-  let a = seed >>> 0;
-  let spare;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (lo, hi) => lo + Math.floor(next() * (hi - lo + 1)),
-    pick: (xs) => xs[Math.floor(next() * xs.length)],
-    normal() {
-      if (spare !== undefined) {
-        const s = spare;
-        spare = undefined;
-        return s;
-      }
-      const u = 1 - next();
-      const w = next();
-      const r = Math.sqrt(-2 * Math.log(u));
-      spare = r * Math.sin(2 * Math.PI * w);
-      return r * Math.cos(2 * Math.PI * w);
-    },
-  };
-}
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);

@@ -12,6 +12,10 @@
 import { randomBytes } from 'node:crypto';
 import { beforeEach } from 'vitest';
 
+import { hashLabel, makeRng, type Rng } from './rng.mjs';
+
+export { makeRng, type Rng };
+
 function parseSeed(text: string | undefined): number {
   if (text === undefined || text.trim() === '') return randomBytes(4).readUInt32LE(0);
   const n = Number(text.trim());
@@ -34,66 +38,6 @@ export function reportSeedOnFailure(): void {
       console.error(`[${task.name}] failed with ${seedNote}; rerun with ${seedNote} npx vitest run -t ${JSON.stringify(task.name)}`);
     });
   });
-}
-
-export interface Rng {
-  /** The seed this stream started from (for messages). */
-  readonly seed: number;
-  /** Uniform in [0, 1). */
-  next(): number;
-  /** Uniform integer in [lo, hi] (inclusive). */
-  int(lo: number, hi: number): number;
-  /** Standard normal. */
-  normal(): number;
-  /** A random element of a non-empty array. */
-  pick<T>(items: readonly T[]): T;
-}
-
-/** mulberry32: small, fast, good enough for test inputs. */
-export function makeRng(seed: number): Rng {
-  let a = seed >>> 0;
-  let spare: number | undefined;
-  const next = (): number => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    seed: seed >>> 0,
-    next,
-    int(lo, hi) {
-      return lo + Math.floor(next() * (hi - lo + 1));
-    },
-    normal() {
-      if (spare !== undefined) {
-        const s = spare;
-        spare = undefined;
-        return s;
-      }
-      // Box-Muller; 1 - u is in (0, 1], so the log is finite.
-      const u = 1 - next();
-      const w = next();
-      const r = Math.sqrt(-2 * Math.log(u));
-      spare = r * Math.sin(2 * Math.PI * w);
-      return r * Math.cos(2 * Math.PI * w);
-    },
-    pick(items) {
-      if (items.length === 0) throw new Error('pick from an empty array');
-      return items[Math.floor(next() * items.length)]!;
-    },
-  };
-}
-
-/** FNV-1a of a label, to derive per-test streams. */
-function hashLabel(label: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < label.length; i++) {
-    h ^= label.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
 }
 
 /** A stream of its own for one test: derived from SEED and the label. */

@@ -10,18 +10,11 @@
 // runs only the cases whose name contains it. Exits 1 if any op differs
 // between its runs or gives an unexpected non-finite value.
 import { KVCache, MobaAttention, flashAttention, mobaAttention, mobaGate, openDevice } from '../../dist/index.js';
+import { makeRng } from '../helpers/rng.mjs';
 
 const device = openDevice({ backend: process.env.MOBA_SANITIZE_BACKEND || 'cuda' });
-let state = Number(process.env.MOBA_SEED || 12345) >>> 0;
-const uniform = () => {
-  state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-  return (state + 0.5) / 2 ** 32;
-};
-const randn = (n) => {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
-  return a;
-};
+const rng = makeRng(Number(process.env.MOBA_SEED || 12345));
+const randn = (n) => Float32Array.from({ length: n }, () => rng.normal());
 const prefix = (lens) => Int32Array.from([0, ...lens.map((_, i) => lens.slice(0, i + 1).reduce((x, y) => x + y, 0))]);
 const only = process.env.MOBA_SANITIZE_ONLY ?? '';
 const upload = (data, dtype, shape) => device.tensor(data, { dtype, shape });
