@@ -6,9 +6,9 @@
  * environment is torn down must not throw out of its callback (that aborted
  * too). Each case runs in a child process.
  */
-import { expect, it } from 'vitest';
+import { it } from 'vitest';
 
-import { distEntry as entry, runModule } from './helpers/child-process.js';
+import { distEntry as entry, expectCleanExit, terminatedWorkers } from './helpers/child-process.js';
 
 const cases: [string, string][] = [
   ['two devices alive at exit', `
@@ -39,27 +39,7 @@ const cases: [string, string][] = [
     void openDevice;`],
   // Completions that reach a worker's environment while it is torn down, when
   // settling their promises fails, used to abort the process.
-  ['workers terminated while 64 reads each complete', `
-    const { Worker } = await import('node:worker_threads');
-    for (let round = 0; round < 8; round++) {
-      const w = new Worker(\`
-        import { parentPort } from 'node:worker_threads';
-        import { openDevice } from ${JSON.stringify(entry)};
-        const devices = [openDevice({ backend: 'cpu' }), openDevice({ backend: 'cpu' })];
-        for (let i = 0; i < 64; i++) {
-          const n = 1 << (8 + (i % 8));
-          void devices[i % 2].tensor(new Float32Array(n).fill(i), { dtype: 'f32', shape: [n] }).toArray();
-        }
-        parentPort.postMessage('queued');
-        setInterval(() => {}, 1000);\`, { eval: true, execArgv: ['--input-type=module'] });
-      await new Promise((resolve) => w.once('message', resolve));
-      await w.terminate();
-    }
-    void openDevice;`],
+  ['workers terminated while 64 reads each complete', terminatedWorkers('cpu', 8, 8, 8)],
 ];
 
-it.each(cases)('%s: the process exits with code 0', (_, body) => {
-  const r = runModule(`import { openDevice } from ${JSON.stringify(entry)};\n${body}\nconsole.log('end of script');\n`);
-  expect(r.stdout, r.stderr).toContain('end of script');
-  expect({ status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ status: 0, signal: null, stderr: '' });
-});
+it.each(cases)('%s: the process exits with code 0', (_, body) => expectCleanExit(body));

@@ -1,9 +1,47 @@
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 
+import { expect } from 'vitest';
+
 /** The built package's entry, as a URL a child's `import` takes. */
 export const distEntry = new URL('../../dist/index.js', import.meta.url).href;
 
 /** Runs ES-module `source` in a fresh Node.js process (60 s at most). */
 export function runModule(source: string): SpawnSyncReturns<string> {
   return spawnSync(process.execPath, ['--input-type=module', '-e', source], { encoding: 'utf8', timeout: 60_000 });
+}
+
+/**
+ * Runs `body` after `import { openDevice }` from the package in a fresh
+ * process, and expects it to reach its end and exit with code 0, silently.
+ */
+export function expectCleanExit(body: string): void {
+  const r = runModule(`import { openDevice } from ${JSON.stringify(distEntry)};\n${body}\nconsole.log('end of script');\n`);
+  expect(r.stdout, r.stderr).toContain('end of script');
+  expect({ status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ status: 0, signal: null, stderr: '' });
+}
+
+/**
+ * A script body that, `rounds` times, starts a worker holding two devices of
+ * `backend` with 64 reads queued (of 2^minLog2 .. 2^(minLog2 + sizes - 1)
+ * floats) and terminates it: their completions reach an environment being
+ * torn down.
+ */
+export function terminatedWorkers(backend: 'cpu' | 'cuda', rounds: number, minLog2: number, sizes: number): string {
+  return `
+    const { Worker } = await import('node:worker_threads');
+    for (let round = 0; round < ${rounds}; round++) {
+      const w = new Worker(\`
+        import { parentPort } from 'node:worker_threads';
+        import { openDevice } from ${JSON.stringify(distEntry)};
+        const devices = [openDevice({ backend: '${backend}' }), openDevice({ backend: '${backend}' })];
+        for (let i = 0; i < 64; i++) {
+          const n = 1 << (${minLog2} + (i % ${sizes}));
+          void devices[i % 2].tensor(new Float32Array(n).fill(i), { dtype: 'f32', shape: [n] }).toArray();
+        }
+        parentPort.postMessage('queued');
+        setInterval(() => {}, 1000);\`, { eval: true, execArgv: ['--input-type=module'] });
+      await new Promise((resolve) => w.once('message', resolve));
+      await w.terminate();
+    }
+    void openDevice;`;
 }
