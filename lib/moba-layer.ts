@@ -21,7 +21,7 @@ import { invalidArgument } from './errors.js';
 import { MAX_TOP_K } from './gating.js';
 import { KVCache, type KVPlan } from './kv-cache.js';
 import { Tensor } from './tensor.js';
-import { checkOptions, checkPositiveInt, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS } from './validate.js';
+import { checkOptions, checkPositiveInt, checkSelections, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS } from './validate.js';
 
 export type DecodePolicy = 'full' | 'moba';
 
@@ -151,6 +151,15 @@ export class MobaAttention {
       throw invalidArgument(
         'q.shape', `[${p.numRows}, ${this.numQHeads}, ${this.headDim}] ([plan.numRows, numQHeads, headDim])`, sh);
     }
+    // Refused here, before forward() appends anything: the attention op would
+    // refuse it only after the plan's K/V were in the cache.
+    const pre = p.prefill;
+    if (pre && !this.prefillIsDense(pre)) checkSelections(pre.cuSeqlensQ[pre.batch]!, this.numQHeads, this.topK);
+  }
+
+  /** topK covering every block of every prefill sequence is exactly dense causal attention. */
+  private prefillIsDense(pre: NonNullable<KVPlan['prefill']>): boolean {
+    return Math.ceil(pre.maxSeqlenK / this.chunkSize) <= this.topK;
   }
 
   /** 1 when a decode sequence's new tokens lie in two blocks (the decode op then appends before it gates). */
@@ -209,8 +218,7 @@ export class MobaAttention {
           this.device.native.copy(qP.buffer, runs[i + 1]! * rowBytes, q.buffer, runs[i]! * rowBytes, runs[i + 2]! * rowBytes);
         }
       }
-      // topK covering every block of every prefill sequence is exactly dense causal attention.
-      const dense = Math.ceil(pre.maxSeqlenK / this.chunkSize) <= this.topK;
+      const dense = this.prefillIsDense(pre);
       this.device.native.attention(
         qP.buffer, k.buffer, v.buffer, oP.buffer, null, pre.cuSeqlensQ, pre.cuSeqlensK, DTYPE_CODE[this.dtype],
         Hq, this.numKVHeads, D, this.softmaxScale, true, dense ? 0 : this.chunkSize, dense ? 0 : this.topK,

@@ -19,6 +19,7 @@ import {
   type KVPlan,
   type Tensor,
 } from '../../lib/index.js';
+import { DTYPE_CODE } from '../../lib/dtype.js';
 import { expectMobaError } from './errors.js';
 import { randn, relL2, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, shuffle, type Rng } from './random.js';
 
@@ -959,6 +960,61 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       // The other layer still takes the plan, once.
       cache.append(1, plan, k, v);
       expectEinval(() => layer.forward(cache, 1, plan, q, k, v));
+    }
+  });
+
+  // The gate's selections (prefill rows x query heads x topK) are counted in
+  // 32 bits. forward() must refuse a prefill past that before it appends: the
+  // attention op alone would refuse it with the plan's K/V already written.
+  it('a prefill past the gate\'s selection limit: EINVAL from forward() and attend() before any byte changes; dense prefill and a smaller step still run', async () => {
+    using device = open();
+    const D = device.backend === 'cuda' ? 64 : 8;
+    const Hq = 4096;
+    const topK = 256;
+    const rows = 2048; // 2048 * 4096 * 256 = 2^31 selections
+    using cache = new KVCache(device, { numLayers: 1, numPages: rows + 8, pageSize: 1, numKVHeads: 1, headDim: D, dtype: 'bf16' });
+    using layer = new MobaAttention(device, { numQHeads: Hq, numKVHeads: 1, headDim: D, chunkSize: 1, topK, dtype: 'bf16' });
+    const rng = rngFor('selection limit');
+    const kv = (n: number): Tensor => device.tensor(randn(n * D, rng), { dtype: 'bf16', shape: [n, 1, D] });
+    const snapshot = async (): Promise<[Float32Array | Int32Array, Float32Array | Int32Array]> =>
+      [await cache.pool.toArray(), await cache.keySums.toArray()];
+    const s = cache.addSequence();
+    const plan = cache.plan([{ seq: s, newTokens: rows }], { maxDecodeTokens: 0 });
+    const before = await snapshot();
+    {
+      using q = device.empty([rows, Hq, D], 'bf16');
+      using k = kv(rows);
+      using v = kv(rows);
+      for (const call of [() => layer.forward(cache, 0, plan, q, k, v), () => layer.attend(cache, 0, plan, q)]) {
+        const err = expectMobaError(call, 'EINVAL');
+        expect(err.message).toMatch(/totalQ \* numQHeads \* topK below 2\^31 - 1 .* but received 2147483648 \(2048 \* 4096 \* 256\)/);
+      }
+      const after = await snapshot();
+      expect(Buffer.compare(Buffer.from(after[0].buffer), Buffer.from(before[0].buffer)), 'pool').toBe(0);
+      expect(Buffer.compare(Buffer.from(after[1].buffer), Buffer.from(before[1].buffer)), 'key sums').toBe(0);
+      // The native ops refuse it too, whoever calls them, before they look at their buffers
+      // (a gate output of 2^31 indices would be 8 GB).
+      const cu = new Int32Array([0, rows]);
+      using out = device.empty([1], 'i32');
+      using idx = device.empty([1], 'i32');
+      const limit = /totalQ \* numQHeads \* topK below 2\^31 - 1 \(gate selections\) but received 2147483648 \(2048 \* 4096 \* 256\)/;
+      expect(expectMobaError(() => device.native.attention(
+        q.buffer, k.buffer, v.buffer, out.buffer, null, cu, cu, DTYPE_CODE.bf16, Hq, 1, D, 1, true, 1, topK), 'EINVAL').message).toMatch(limit);
+      expect(expectMobaError(() => device.native.mobaGate(
+        q.buffer, k.buffer, idx.buffer, cu, cu, DTYPE_CODE.bf16, Hq, 1, D, 1, topK), 'EINVAL').message).toMatch(limit);
+      // The plan was not taken: its K/V can still go in, once.
+      cache.append(0, plan, k, v);
+    }
+    // The same cache runs on: a layer whose topK covers every block is dense (no gate, no limit).
+    const small = cache.plan([{ seq: s, newTokens: 4 }], { maxDecodeTokens: 0 });
+    {
+      using dense = new MobaAttention(device, { numQHeads: Hq, numKVHeads: 1, headDim: D, chunkSize: 16, topK: 256, dtype: 'bf16' });
+      using q = device.tensor(randn(4 * Hq * D, rng), { dtype: 'bf16', shape: [4, Hq, D] });
+      using k = kv(4);
+      using v = kv(4);
+      using out = dense.forward(cache, 0, small, q, k, v);
+      const o = (await out.toArray()) as Float32Array;
+      expect(o.every(Number.isFinite), 'dense prefill output is written').toBe(true);
     }
   });
 
