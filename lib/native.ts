@@ -31,6 +31,7 @@ export interface NativeDevice {
   write(buffer: NativeBuffer, data: Float32Array | Float64Array | Int32Array | Uint16Array, dtypeCode: number): void;
   read(buffer: NativeBuffer, dtypeCode: number, count: number): Promise<Float32Array | Int32Array>;
   fill(buffer: NativeBuffer, count: number, elemBytes: 1 | 2 | 4, pattern: number): void;
+  /** Byte copy between disjoint ranges (on CUDA a cudaMemcpyAsync). */
   copy(dst: NativeBuffer, dstOffset: number, src: NativeBuffer, srcOffset: number, bytes: number): void;
   synchronize(): Promise<void>;
   dispose(): void;

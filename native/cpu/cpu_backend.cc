@@ -4,9 +4,11 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -31,6 +33,33 @@ void* hostAlloc(size_t bytes) {
   void* p = std::aligned_alloc(align, rounded);
   if (p && align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
   return p;
+}
+
+// Fills and copies of many MiB run over the pool: both the first touch of
+// fresh memory (page faults) and the bandwidth grow with the cores.
+// fn(begin, end) gets element ranges, each piece at least 1 MiB.
+void forEachPiece(ThreadPool& pool, size_t count, size_t elemBytes, const std::function<void(size_t, size_t)>& fn) {
+  const size_t perPiece = std::max<size_t>(1, (size_t(1) << 20) / elemBytes);
+  const int64_t pieces = static_cast<int64_t>((count + perPiece - 1) / perPiece);
+  pool.parallelFor(pieces, [&](int64_t b, int64_t e) {
+    fn(static_cast<size_t>(b) * perPiece, std::min(count, static_cast<size_t>(e) * perPiece));
+  }, 4);
+}
+
+template <typename T>
+void fillWith(ThreadPool& pool, void* dst, size_t count, T value) {
+  auto* d = static_cast<T*>(dst);
+  forEachPiece(pool, count, sizeof(T), [&](size_t b, size_t e) { std::fill(d + b, d + e, value); });
+}
+
+void copyBytes(ThreadPool& pool, void* dst, const void* src, size_t bytes) {
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  if (d < s + bytes && s < d + bytes) {  // overlapping ranges keep memmove's order
+    std::memmove(dst, src, bytes);
+    return;
+  }
+  forEachPiece(pool, bytes, 1, [&](size_t b, size_t e) { std::memcpy(d + b, s + b, e - b); });
 }
 
 class HostStaging final : public Staging {
@@ -101,8 +130,8 @@ class CpuBackend final : public Backend {
 
   Status enqueueUpload(void* dst, std::unique_ptr<Staging> staged) override {
     std::shared_ptr<Staging> s(std::move(staged));
-    stream_.enqueue([dst, s] {
-      std::memcpy(dst, s->data(), s->size());
+    stream_.enqueue([this, dst, s] {
+      copyBytes(pool_, dst, s->data(), s->size());
       return Status::Ok();
     });
     return Status::Ok();
@@ -114,15 +143,13 @@ class CpuBackend final : public Backend {
   }
 
   Status enqueueFill(void* dst, size_t count, int elemBytes, uint32_t pattern) override {
-    stream_.enqueue([=] {
+    stream_.enqueue([=, this] {
       if (elemBytes == 1) {
-        std::memset(dst, static_cast<int>(pattern & 0xff), count);
+        fillWith(pool_, dst, count, static_cast<uint8_t>(pattern));
       } else if (elemBytes == 2) {
-        auto* d = static_cast<uint16_t*>(dst);
-        std::fill(d, d + count, static_cast<uint16_t>(pattern));
+        fillWith(pool_, dst, count, static_cast<uint16_t>(pattern));
       } else {
-        auto* d = static_cast<uint32_t*>(dst);
-        std::fill(d, d + count, pattern);
+        fillWith(pool_, dst, count, pattern);
       }
       return Status::Ok();
     });
@@ -130,8 +157,8 @@ class CpuBackend final : public Backend {
   }
 
   Status enqueueCopy(void* dst, const void* src, size_t bytes) override {
-    stream_.enqueue([=] {
-      std::memmove(dst, src, bytes);
+    stream_.enqueue([=, this] {
+      copyBytes(pool_, dst, src, bytes);
       return Status::Ok();
     });
     return Status::Ok();

@@ -130,6 +130,41 @@ export function defineTensorTests(open: () => Device): void {
     expect((await z.toArray()).length).toBe(0);
   });
 
+  // Fills and copies of many MiB are split over threads (CPU) or blocks (CUDA):
+  // every element up to an odd tail must be written.
+  it('fills and copies of several MiB with odd tails write every element (and overlapping copies on the CPU keep memmove semantics)', async () => {
+    using device = open();
+    const n = (5 << 20) + 3; // 16-bit elements: 10 MiB + 6 bytes
+    for (const [dtype, bytes, pattern] of [['bf16', 2, 0x3f80], ['f32', 4, 0x40490fdb], ['i32', 4, 0x12345678]] as const) {
+      using t = device.empty([n], dtype);
+      device.native.fill(t.buffer, n, bytes, pattern);
+      const got = await t.toArray();
+      const want = dtype === 'bf16' ? 1 : dtype === 'f32' ? new Float32Array(new Uint32Array([pattern]).buffer)[0]! : pattern;
+      let bad = -1;
+      for (let i = 0; i < n && bad < 0; i++) if (got[i] !== want) bad = i;
+      expect(bad, `${dtype}: first element not filled`).toBe(-1);
+    }
+    const rng = rngFor('large copies');
+    const src = new Int32Array(n);
+    for (let i = 0; i < n; i++) src[i] = Math.floor(rng.next() * 2 ** 31);
+    using a = device.tensor(src, { dtype: 'i32' });
+    using b = device.empty([n], 'i32');
+    device.native.copy(b.buffer, 0, a.buffer, 0, n * 4);
+    expect(Buffer.compare(Buffer.from((await b.toArray()).buffer), Buffer.from(src.buffer)), 'disjoint copy').toBe(0);
+    // The op's callers copy between disjoint ranges (cudaMemcpyAsync requires it); the CPU
+    // backend also keeps memmove's result for overlapping ones, forward and backward.
+    if (device.backend !== 'cpu') return;
+    const shift = 777_777;
+    const bytes = (n - shift) * 4;
+    device.native.copy(a.buffer, shift * 4, a.buffer, 0, bytes);
+    const fwd = src.slice();
+    fwd.copyWithin(shift, 0, n - shift);
+    expect(Buffer.compare(Buffer.from((await a.toArray()).buffer), Buffer.from(fwd.buffer)), 'overlapping copy, forward').toBe(0);
+    device.native.copy(a.buffer, 0, a.buffer, shift * 4, bytes);
+    fwd.copyWithin(0, shift, n);
+    expect(Buffer.compare(Buffer.from((await a.toArray()).buffer), Buffer.from(fwd.buffer)), 'overlapping copy, backward').toBe(0);
+  });
+
   it('dispose() frees memory once; later use rejects with EDISPOSED', async () => {
     using device = open();
     await device.synchronize();
