@@ -128,9 +128,13 @@ export class Device {
 
   /** @internal A fresh output tensor, poisoned if asked. */
   output(shape: readonly number[], dtype: DType): Tensor {
-    const t = this.allocate(shape, dtype);
+    return this.poison(this.allocate(shape, dtype));
+  }
+
+  /** @internal Poisons `t` before an op writes it, when the device was opened with poisonOutputs. */
+  poison(t: Tensor): Tensor {
     if (this.poisonOutputs && t.numel > 0) {
-      this.native.fill(t.buffer, t.numel, DTYPE_BYTES[dtype] as 2 | 4, POISON_PATTERN[dtype]);
+      this.native.fill(t.buffer, t.numel, DTYPE_BYTES[t.dtype] as 2 | 4, POISON_PATTERN[t.dtype]);
     }
     return t;
   }

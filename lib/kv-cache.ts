@@ -25,8 +25,20 @@ import { checkOptions, checkPositiveInt, checkTensor, CUDA_HEAD_DIMS } from './v
 /** Most new tokens of one sequence that the decode kernels take (speculative decoding). */
 export const MAX_DECODE_TOKENS = 8;
 
-/** Decode sequences one CUDA decode op takes (its grid's sequence dimension). */
-const MAX_CUDA_DECODE_SEQUENCES = 65535;
+/** Decode sequences one decode op takes: on CUDA its grid's sequence dimension. */
+const MAX_DECODE_SEQUENCES = { cuda: 65535, cpu: 2 ** 24 } as const;
+
+/** Page segments one append or gather op takes (native/binding/ops_kv.cc). */
+const MAX_SEGMENTS = 2 ** 29;
+
+/** Largest device allocation (native/binding, bytes). */
+const MAX_ALLOCATION_BYTES = 2 ** 50;
+
+/**
+ * Sequence ids come from one counter for every cache of the process, so the
+ * id of another cache's sequence (or of a freed one) is never live here.
+ */
+let nextSequenceId = 0;
 
 export interface KVCacheOptions {
   /** Layers whose K/V live in the pool (each plan serves all of them). */
@@ -234,8 +246,9 @@ function pageCounts(numPages: number): Int32Array {
 }
 
 /**
- * The paged KV cache. Sequences are integer ids; `addSequence()` makes an
- * empty one, `fork(seq)` one that shares `seq`'s pages (copy on write of the
+ * The paged KV cache. Sequences are integer ids, unique in the process (an
+ * id of another cache, or a freed one, is never live here); `addSequence()`
+ * makes an empty one, `fork(seq)` one that shares `seq`'s pages (copy on write of the
  * partly filled last page), `free(seq)` returns pages no sequence uses.
  */
 export class KVCache {
@@ -260,7 +273,6 @@ export class KVCache {
   #sharedPages = 0;  // pages with more than one reference
   #free: FreePages;
   #seqs = new Map<number, Sequence>();
-  #nextId = 0;
   #generation = 0;
   #plan: KVPlan | null = null;
   #disposed = false;
@@ -291,6 +303,15 @@ export class KVCache {
     if (tokensPerLayer > 2 ** 31 - 1) {
       throw invalidArgument('numPages * pageSize', 'fewer than 2^31 tokens', tokensPerLayer);
     }
+    if (this.chunkSize > tokensPerLayer) {
+      throw invalidArgument('chunkSize', `at most numPages * pageSize (${tokensPerLayer}), a key-sum block the pool can hold`,
+        this.chunkSize);
+    }
+    const poolBytes = this.numPages * this.numLayers * 2 * this.numKVHeads * this.pageSize * this.headDim * DTYPE_BYTES[this.dtype];
+    if (poolBytes > MAX_ALLOCATION_BYTES) {
+      throw invalidArgument('numPages * numLayers * numKVHeads * pageSize * headDim',
+        `a pool of at most 2^50 bytes (${MAX_ALLOCATION_BYTES})`, `${poolBytes} bytes`);
+    }
     this.sumPages = this.chunkSize / this.pageSize;
     this.#free = new FreePages(this.numPages);
     const pool = device.output(
@@ -320,7 +341,7 @@ export class KVCache {
   /** A new empty sequence; returns its id. */
   addSequence(): number {
     this.assertLive('addSequence()');
-    const id = this.#nextId++;
+    const id = nextSequenceId++;
     this.#seqs.set(id, { pages: [], length: 0 });
     return id;
   }
@@ -334,7 +355,7 @@ export class KVCache {
   fork(seq: number): number {
     this.assertLive('fork()');
     const s = this.sequence(seq, 'seq');
-    const id = this.#nextId++;
+    const id = nextSequenceId++;
     for (const p of s.pages) if (++this.#refs[p]! === 2) this.#sharedPages++;
     this.#seqs.set(id, { pages: [...s.pages], length: s.length });
     this.invalidatePlan();
@@ -352,20 +373,24 @@ export class KVCache {
 
   /** Whether `seq` is a live sequence of this cache. */
   has(seq: number): boolean {
+    this.assertLive('has()');
     return this.#seqs.has(seq);
   }
 
   /** Tokens cached for `seq` (new tokens of a plan count from plan()). */
   length(seq: number): number {
+    this.assertLive('length()');
     return this.sequence(seq, 'seq').length;
   }
 
   /** The page of each pageSize tokens of `seq`, in order (a copy). */
   pageTable(seq: number): Int32Array {
+    this.assertLive('pageTable()');
     return Int32Array.from(this.sequence(seq, 'seq').pages);
   }
 
   usage(): KVCacheUsage {
+    this.assertLive('usage()');
     const usedPages = this.numPages - this.#free.length;
     const sharedPages = this.#sharedPages;
     let numTokens = 0;
@@ -404,6 +429,10 @@ export class KVCache {
     }
     const S = this.pageSize;
     const seen = new Set<number>();
+    // Each entry is read once: what is checked is what gets committed.
+    const numEntries = batch.length;
+    const ids: number[] = [];
+    const counts: number[] = [];
     const seqs: Sequence[] = [];
     let needPages = 0;
     let numRows = 0;
@@ -412,15 +441,18 @@ export class KVCache {
     let metaInts = 0;
     let numDecode = 0;
     let prefillTokens = 0;
+    let appendSegments = 0;
+    let gatherSegments = 0;
     const sharedWriters = new Map<number, number>();
-    for (let i = 0; i < batch.length; i++) {
-      const e = batch[i];
+    for (let i = 0; i < numEntries; i++) {
+      const e: unknown = batch[i];
       if (e === null || typeof e !== 'object') throw invalidArgument(`batch[${i}]`, 'an object { seq, newTokens }', e);
-      const s = typeof e.seq === 'number' ? this.#seqs.get(e.seq) : undefined;
-      if (!s) throw invalidArgument(`batch[${i}].seq`, 'the id of a live sequence of this cache', e.seq);
-      if (seen.has(e.seq)) throw invalidArgument(`batch[${i}].seq`, 'a sequence not already in the batch', e.seq);
-      seen.add(e.seq);
-      const n = e.newTokens;
+      const id: unknown = (e as PlanEntry).seq;
+      const n: unknown = (e as PlanEntry).newTokens;
+      const s = typeof id === 'number' ? this.#seqs.get(id) : undefined;
+      if (!s) throw invalidArgument(`batch[${i}].seq`, 'the id of a live sequence of this cache', id);
+      if (seen.has(id as number)) throw invalidArgument(`batch[${i}].seq`, 'a sequence not already in the batch', id);
+      seen.add(id as number);
       if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) {
         throw invalidArgument(`batch[${i}].newTokens`, 'a positive integer', n);
       }
@@ -434,22 +466,30 @@ export class KVCache {
         sharedWriters.set(last, (sharedWriters.get(last) ?? 0) + 1);
       }
       numRows += n;
-      metaInts += (pagesAfter - Math.floor(s.length / S)) * SEGMENT_INTS;
+      appendSegments += pagesAfter - Math.floor(s.length / S);
       if (n <= maxDecode) {
         numDecode++;
         metaInts += 4 + pagesAfter;
       } else {
         prefillTokens += s.length + n;
-        metaInts += pagesAfter * SEGMENT_INTS;
+        gatherSegments += pagesAfter;
       }
+      ids.push(id as number);
+      counts.push(n);
       seqs.push(s);
     }
+    metaInts += (appendSegments + gatherSegments) * SEGMENT_INTS;
     if (numDecode > 0) metaInts += 1;
-    // Checked here, while nothing has changed: the decode op would refuse the
-    // plan after it had already advanced the sequences.
-    if (this.device.backend === 'cuda' && numDecode > MAX_CUDA_DECODE_SEQUENCES) {
-      throw invalidArgument('batch', `at most ${MAX_CUDA_DECODE_SEQUENCES} decode entries (newTokens <= maxDecodeTokens) ` +
-        'per plan on CUDA (plan the rest as another step)', numDecode);
+    // Checked here, while nothing has changed: the ops would refuse the plan
+    // after it had already advanced the sequences.
+    const maxDecodeSeqs = MAX_DECODE_SEQUENCES[this.device.backend === 'cuda' ? 'cuda' : 'cpu'];
+    if (numDecode > maxDecodeSeqs) {
+      throw invalidArgument('batch', `at most ${maxDecodeSeqs} decode entries (newTokens <= maxDecodeTokens) ` +
+        `per plan on ${this.device.backend === 'cuda' ? 'CUDA' : 'the CPU'} (plan the rest as another step)`, numDecode);
+    }
+    if (appendSegments > MAX_SEGMENTS || gatherSegments > MAX_SEGMENTS || metaInts > 2 ** 31 - 1) {
+      throw invalidArgument('batch', `at most ${MAX_SEGMENTS} pages of new tokens and ${MAX_SEGMENTS} pages of prefill ` +
+        'sequences per plan (plan the rest as another step)', `${appendSegments} and ${gatherSegments}`);
     }
     // A shared partial page written by k sequences of the batch needs k copies,
     // or k - 1 when they are all of its sharers (the last one keeps it).
@@ -465,19 +505,19 @@ export class KVCache {
           `${this.numPages} are free; nothing was changed (free sequences or make a larger cache)`,
       );
     }
+    const meta = new Int32Array(metaInts);
     const metaTensor = this.device.output([metaInts], 'i32');
-    // From here on nothing can fail: commit.
+    // From here on nothing can fail but the metadata's upload: commit.
     this.invalidatePlan();
     for (const s of seqs) {
       if (this.needsCopy(s)) this.copyLastPage(s);
     }
     const planned: PlannedSequence[] = [];
-    const meta = new Int32Array(metaInts);
     let at = 0;
     let row = 0;
-    for (let i = 0; i < batch.length; i++) {
+    for (let i = 0; i < numEntries; i++) {
       const s = seqs[i]!;
-      const n = batch[i]!.newTokens;
+      const n = counts[i]!;
       const start = s.length;
       while (s.pages.length * S < start + n) {
         const p = this.#free.pop()!;
@@ -506,27 +546,32 @@ export class KVCache {
         pos += count;
       }
       s.length = start + n;
-      planned.push({ seq: batch[i]!.seq, start, newTokens: n, row, decode: n <= maxDecode });
+      planned.push({ seq: ids[i]!, start, newTokens: n, row, decode: n <= maxDecode });
       row += n;
     }
-    return this.buildPlan(planned, seqs, meta, at / SEGMENT_INTS, numRows, metaTensor);
+    try {
+      return this.buildPlan(planned, seqs, meta, at / SEGMENT_INTS, numRows, metaTensor);
+    } catch (err) {
+      metaTensor.dispose();
+      throw err;
+    }
   }
 
   /**
-   * Writes the new K/V of a plan's rows into layer `layer` (k, v:
+   * Writes the new K/V of a plan's rows into layer `layerIndex` (k, v:
    * [plan.numRows, numKVHeads, headDim]) and updates that layer's page key
    * sums, as MobaAttention.forward() does (for a batch without prefill rows,
    * inside its decode op); call it directly when attention runs separately
    * (MobaAttention.attend()).
    */
-  append(layer: number, plan: KVPlan, k: Tensor, v: Tensor): void {
+  append(layerIndex: number, plan: KVPlan, k: Tensor, v: Tensor): void {
     this.checkPlan(plan);
-    this.checkLayer(layer);
+    this.checkLayer(layerIndex);
     this.checkRows(k, 'k', plan.numRows);
     this.checkRows(v, 'v', plan.numRows);
-    plan.checkNotAppended(layer);
-    this.enqueueAppend(layer, plan, k, v);
-    plan.markAppended(layer);
+    plan.checkNotAppended(layerIndex);
+    this.enqueueAppend(layerIndex, plan, k, v);
+    plan.markAppended(layerIndex);
   }
 
   /** Frees the pool and the current plan's metadata. Idempotent. */

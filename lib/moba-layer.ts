@@ -17,11 +17,13 @@
  */
 import type { Device } from './device.js';
 import { DTYPE_CODE } from './dtype.js';
-import { invalidArgument } from './errors.js';
+import { invalidArgument, MobaError } from './errors.js';
 import { MAX_TOP_K } from './gating.js';
 import { KVCache, type KVPlan } from './kv-cache.js';
 import { Tensor } from './tensor.js';
-import { checkOptions, checkPositiveInt, checkSelections, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS } from './validate.js';
+import {
+  checkOptions, checkPositiveInt, checkSelections, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS, MAX_CHUNK_SIZE,
+} from './validate.js';
 
 export type DecodePolicy = 'full' | 'moba';
 
@@ -58,6 +60,7 @@ export class MobaAttention {
   readonly softmaxScale: number;
   /** Split-KV completion counters of the CUDA decode kernel: all zero between ops. */
   #counters: Tensor | null = null;
+  #disposed = false;
 
   constructor(device: Device, options: MobaAttentionLayerOptions) {
     if (device === null || typeof device !== 'object' || typeof (device as Device).assertLive !== 'function') {
@@ -75,7 +78,7 @@ export class MobaAttention {
     if (device.backend === 'cuda' && !CUDA_HEAD_DIMS.includes(this.headDim)) {
       throw invalidArgument('headDim', `a head dim of ${CUDA_HEAD_DIMS.join(' or ')} on CUDA`, this.headDim);
     }
-    this.chunkSize = checkPositiveInt(o.chunkSize, 'chunkSize');
+    this.chunkSize = checkPositiveInt(o.chunkSize, 'chunkSize', MAX_CHUNK_SIZE);
     this.topK = checkPositiveInt(o.topK, 'topK', MAX_TOP_K);
     const policy = o.decode ?? 'full';
     if (policy !== 'full' && policy !== 'moba') throw invalidArgument('decode', '"full" or "moba"', policy);
@@ -90,32 +93,42 @@ export class MobaAttention {
    * of the cache, then attends q ([plan.numRows, numQHeads, headDim]).
    * Returns [plan.numRows, numQHeads, headDim] in the input row order. A
    * layer takes a plan's K/V once: a second forward() or append() of the same
-   * plan on the same layer is EINVAL.
+   * plan on the same layer is EINVAL. `out`, when given, receives the result
+   * and is returned (no allocation per step); it must not be q, k or v.
    */
-  forward(cache: KVCache, layerIndex: number, plan: KVPlan, q: Tensor, k: Tensor, v: Tensor): Tensor {
+  forward(cache: KVCache, layerIndex: number, plan: KVPlan, q: Tensor, k: Tensor, v: Tensor, out?: Tensor): Tensor {
     this.check(cache, layerIndex, plan, q);
     const kt = cache.checkRows(k, 'k', plan.numRows);
     const vt = cache.checkRows(v, 'v', plan.numRows);
+    const o = this.checkOut(out, plan, [q, kt, vt]);
     plan.checkNotAppended(layerIndex);
     // Decode-only batches append inside the decode op: one op per layer and step.
     if (plan.decode && !plan.prefill) {
-      const out = this.run(cache, layerIndex, plan, q, kt, vt);
+      const result = this.run(cache, layerIndex, plan, q, o, kt, vt);
       plan.markAppended(layerIndex);
-      return out;
+      return result;
     }
-    cache.enqueueAppend(layerIndex, plan, k, v);
+    cache.enqueueAppend(layerIndex, plan, kt, vt);
     plan.markAppended(layerIndex);
-    return this.run(cache, layerIndex, plan, q);
+    return this.run(cache, layerIndex, plan, q, o);
   }
 
-  /** Attention only: the plan's new K/V must already be in the cache (KVCache.append). */
-  attend(cache: KVCache, layerIndex: number, plan: KVPlan, q: Tensor): Tensor {
+  /**
+   * Attention only: the plan's new K/V must already be in the cache
+   * (KVCache.append). `out` as in forward(); it must not be q.
+   */
+  attend(cache: KVCache, layerIndex: number, plan: KVPlan, q: Tensor, out?: Tensor): Tensor {
     this.check(cache, layerIndex, plan, q);
-    return this.run(cache, layerIndex, plan, q);
+    return this.run(cache, layerIndex, plan, q, this.checkOut(out, plan, [q]));
   }
 
-  /** Frees the layer's small device state. Idempotent. */
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Frees the layer's small device state; later calls are EDISPOSED. Idempotent. */
   dispose(): void {
+    this.#disposed = true;
     this.#counters?.dispose();
     this.#counters = null;
   }
@@ -125,6 +138,7 @@ export class MobaAttention {
   }
 
   private check(cache: unknown, layerIndex: unknown, plan: unknown, qv: unknown): void {
+    if (this.#disposed) throw new MobaError('EDISPOSED', 'Cannot use the MobaAttention layer: it has been disposed');
     if (!(cache instanceof KVCache)) throw invalidArgument('cache', 'a KVCache', cache);
     const p = cache.checkPlan(plan);
     cache.checkLayer(layerIndex);
@@ -162,6 +176,25 @@ export class MobaAttention {
     return Math.ceil(pre.maxSeqlenK / this.chunkSize) <= this.topK;
   }
 
+  /** The caller's output tensor, if any: the layer's device, dtype and [plan.numRows, numQHeads, headDim]. */
+  private checkOut(out: unknown, plan: KVPlan, inputs: readonly Tensor[]): Tensor | null {
+    if (out === undefined) return null;
+    const o = checkTensor(out, 'out');
+    if (o.device !== this.device) throw invalidArgument('out.device', `the layer's device (${this.device})`, o.device.toString());
+    if (o.dtype !== this.dtype) throw invalidArgument('out.dtype', `the layer's dtype ("${this.dtype}")`, o.dtype);
+    const sh = o.shape;
+    if (sh.length !== 3 || sh[0] !== plan.numRows || sh[1] !== this.numQHeads || sh[2] !== this.headDim) {
+      throw invalidArgument(
+        'out.shape', `[${plan.numRows}, ${this.numQHeads}, ${this.headDim}] ([plan.numRows, numQHeads, headDim])`, sh);
+    }
+    // The kernels read their inputs while they write out, in no fixed order.
+    const names = ['q', 'k', 'v'];
+    inputs.forEach((t, i) => {
+      if (t.buffer === o.buffer) throw invalidArgument('out', `a tensor other than ${names[i]}`, `${names[i]} itself`);
+    });
+    return o;
+  }
+
   /** 1 when a decode sequence's new tokens lie in two blocks (the decode op then appends before it gates). */
   private spansBlocks(plan: KVPlan): 0 | 1 {
     const B = this.chunkSize;
@@ -171,14 +204,15 @@ export class MobaAttention {
     return 0;
   }
 
-  private run(cache: KVCache, layer: number, plan: KVPlan, q: Tensor, newK?: Tensor, newV?: Tensor): Tensor {
+  private run(cache: KVCache, layer: number, plan: KVPlan, q: Tensor, given: Tensor | null, newK?: Tensor, newV?: Tensor): Tensor {
     const D = this.headDim;
     const Hq = this.numQHeads;
     const shape = [plan.numRows, Hq, D];
     const dec = plan.decode;
+    if (given) this.device.poison(given);
     // Decode allocates the output itself (one native call fewer per step),
     // unless outputs are poisoned first.
-    let out = dec && !this.device.poisonOutputs ? null : this.device.output(shape, this.dtype);
+    let out = given ?? (dec && !this.device.poisonOutputs ? null : this.device.output(shape, this.dtype));
     if (dec) {
       const group = Hq / this.numKVHeads;
       const need = dec.batch * this.numKVHeads * Math.ceil((dec.maxQLen * group) / DECODE_ROW_TILE);

@@ -583,34 +583,30 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       using cacheB = envs[1]!.cache;
       const { numQHeads, numKVHeads, headDim } = shape;
       const kvShape = (rows: number) => [rows, numKVHeads, headDim];
-      const seqs: number[] = [];
+      // The same sequences in both caches: seqs[e][i] is sequence i's id in cache e.
+      const seqs: [number[], number[]] = [[], []];
       for (const n of [63, 64, pageSize - 1, 31, 95, 200 + rng.int(0, 40)]) {
         const k = randomRows(envs[0]!, n, numKVHeads);
         const v = randomRows(envs[0]!, n, numKVHeads);
         using kt = device.tensor(k, { dtype: 'bf16', shape: kvShape(n) });
         using vt = device.tensor(v, { dtype: 'bf16', shape: kvShape(n) });
-        let seq = -1;
-        for (const { cache } of envs) {
-          seq = cache.addSequence();
+        envs.forEach(({ cache }, e) => {
+          const seq = cache.addSequence();
           const plan = cache.plan([{ seq, newTokens: n }], { maxDecodeTokens: 0 });
           for (let layer = 0; layer < 2; layer++) cache.append(layer, plan, kt, vt);
-        }
-        seqs.push(seq);
+          seqs[e].push(seq);
+        });
       }
-      for (const { cache } of envs) expect(cache.fork(seqs[1]!)).toBe(seqs.length);
-      seqs.push(seqs.length);
+      envs.forEach(({ cache }, e) => seqs[e].push(cache.fork(seqs[e][1]!)));
       using layer = layerFor(device, envs[0]!, { chunkSize, topK: 3, decode });
       for (let stepIndex = 0; stepIndex < 5; stepIndex++) {
         // Step 0: the 63-token sequence's new tokens cross into block 1; step 1:
         // as many tokens as fit in each sequence's current block (no crossing).
-        const entries = seqs.map((seq) => ({
-          seq,
-          newTokens: stepIndex === 1
-            ? Math.min(maxNew, chunkSize - (cacheA.length(seq) % chunkSize))
-            : rng.int(1, maxNew),
-        }));
-        if (stepIndex === 0) entries[0]!.newTokens = maxNew;
-        const plans = envs.map(({ cache }) => cache.plan(entries));
+        const counts = seqs[0].map((seq) => stepIndex === 1
+          ? Math.min(maxNew, chunkSize - (cacheA.length(seq) % chunkSize))
+          : rng.int(1, maxNew));
+        if (stepIndex === 0) counts[0] = maxNew;
+        const plans = envs.map(({ cache }, e) => cache.plan(seqs[e].map((seq, i) => ({ seq, newTokens: counts[i]! }))));
         const rows = plans[0]!.numRows;
         for (let li = 0; li < 2; li++) {
           using q = device.tensor(randomRows(envs[0]!, rows, numQHeads), { dtype: 'bf16', shape: [rows, numQHeads, headDim] });
@@ -630,6 +626,47 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       expect(poolA.findIndex((e, i) => !Object.is(e, poolB[i])), `${name}: first pool element that differs`).toBe(-1);
       const [sumsA, sumsB] = [await cacheA.keySums.toArray(), await cacheB.keySums.toArray()];
       expect(sumsA.findIndex((e, i) => !Object.is(e, sumsB[i])), `${name}: first key-sum element that differs`).toBe(-1);
+    }
+  });
+
+  it('forward() and attend() into a caller\'s out tensor: the same bits as a fresh output, for decode-only and mixed batches; out may not be q, k or v', async (ctx) => {
+    using device = open();
+    await needAttention(ctx, device);
+    const shape = { numQHeads: 4, numKVHeads: 2, headDim: 64 };
+    const rng = rngFor('out tensor');
+    const geometry = { numLayers: 1, numPages: 64, pageSize: 8 };
+    const envs = [makeEnv(device, rng, shape, 'bf16', geometry), makeEnv(device, rng, shape, 'bf16', geometry)];
+    using cacheA = envs[0]!.cache;
+    using cacheB = envs[1]!.cache;
+    using layer = layerFor(device, envs[0]!, { chunkSize: 16, topK: 2, decode: 'moba' });
+    const ids = envs.map(({ cache }) => [cache.addSequence(), cache.addSequence(), cache.addSequence()]);
+    const rows = (n: number, heads: number): Float32Array => roundToBf16(randn(n * heads * 64, rng));
+    // Prefill of three sequences, then a decode-only step, then decode rows beside a prefill row.
+    for (const counts of [[40, 23, 9], [1, 3, 2], [2, 30, 1]]) {
+      const plans = envs.map(({ cache }, e) => cache.plan(ids[e]!.map((seq, i) => ({ seq, newTokens: counts[i]! }))));
+      const n = plans[0]!.numRows;
+      using q = device.tensor(rows(n, 4), { dtype: 'bf16', shape: [n, 4, 64] });
+      using k = device.tensor(rows(n, 2), { dtype: 'bf16', shape: [n, 2, 64] });
+      using v = device.tensor(rows(n, 2), { dtype: 'bf16', shape: [n, 2, 64] });
+      const stale = rows(n, 4);
+      using out = device.tensor(stale, { dtype: 'bf16', shape: [n, 4, 64] });
+      using again = device.tensor(stale, { dtype: 'bf16', shape: [n, 4, 64] });
+      const where = `steps of ${counts.join(', ')}`;
+      for (const [bad, name] of [[q, 'q'], [k, 'k'], [v, 'v']] as const) {
+        expect(expectMobaError(() => layer.forward(cacheA, 0, plans[0]!, q, k, v, bad), 'EINVAL').message)
+          .toMatch(new RegExp(`^Expected (a tensor other than ${name} for out|\\[${n}, 4, 64\\] .* for out\\.shape) but received`));
+      }
+      using wrong = device.empty([n, 4, 32], 'bf16');
+      expect(expectMobaError(() => layer.forward(cacheA, 0, plans[0]!, q, k, v, wrong), 'EINVAL').message).toMatch(/for out\.shape/);
+      using f16 = device.empty([n, 4, 64], 'f16');
+      expect(expectMobaError(() => layer.attend(cacheA, 0, plans[0]!, q, f16), 'EINVAL').message).toMatch(/for out\.dtype/);
+      expect(layer.forward(cacheA, 0, plans[0]!, q, k, v, out)).toBe(out);
+      using fresh = layer.forward(cacheB, 0, plans[1]!, q, k, v);
+      expect(layer.attend(cacheA, 0, plans[0]!, q, again)).toBe(again);
+      const [x, y, z] = [await out.toArray(), await fresh.toArray(), await again.toArray()];
+      expect(x.some(Number.isNaN), `${where}: NaN (unwritten output)`).toBe(false);
+      expect(x.findIndex((e, i) => !Object.is(e, y[i])), `${where}: forward() into out, first element that differs`).toBe(-1);
+      expect(z.findIndex((e, i) => !Object.is(e, y[i])), `${where}: attend() into out, first element that differs`).toBe(-1);
     }
   });
 
@@ -1095,5 +1132,58 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     p3.dispose();
     einval(() => layer.forward(cache, 0, p3, q, k, k), /^Expected a live plan for plan but received a disposed one$/);
     expect(cache.length(s)).toBe(5);
+    // Configurations a later op would refuse are refused where they are made.
+    einval(() => new KVCache(device, { numLayers: 1, numPages: 2, pageSize: 4, chunkSize: 16, numKVHeads: 1, headDim: 64, dtype: 'bf16' }),
+      /Expected at most numPages \* pageSize \(8\), a key-sum block the pool can hold for chunkSize but received 16/);
+    einval(() => new KVCache(device, { numLayers: 65536, numPages: 2 ** 19, pageSize: 2048, numKVHeads: 4096, headDim: 1024, dtype: 'bf16' }),
+      /for numPages \* numLayers \* numKVHeads \* pageSize \* headDim but received/);
+    einval(() => new MobaAttention(device, { numQHeads: 2, numKVHeads: 1, headDim: 64, chunkSize: 2 ** 30 + 1, topK: 2, dtype: 'bf16' }),
+      /Expected a positive integer .*for chunkSize but received 1073741825/);
+  });
+
+  it('plan() reads each entry once; sequence ids of another cache are not live here; disposed caches and layers are EDISPOSED', async () => {
+    using device = open();
+    const opts = { numLayers: 1, numPages: 4, pageSize: 4, numKVHeads: 1, headDim: 64, dtype: 'bf16' } as const;
+    using cache = new KVCache(device, opts);
+    using other = new KVCache(device, opts);
+    const s = cache.addSequence();
+    const t = cache.addSequence();
+    // Getters that answer differently on a second read: the first answer is the one planned.
+    let reads = 0;
+    const changing = {
+      get seq() { return reads++ === 0 ? s : t; },
+      get newTokens() { return reads++ < 2 ? 1 : 100; },
+    };
+    const plan = cache.plan([changing as never]);
+    expect(reads).toBe(2);
+    expect(plan.numRows).toBe(1);
+    expect(plan.sequences.map((e) => [e.seq, e.newTokens])).toEqual([[s, 1]]);
+    expect([cache.length(s), cache.length(t)]).toEqual([1, 0]);
+    expect(cache.usage()).toMatchObject({ usedPages: 1, numTokens: 1 });
+    // A batch that grows while it is read is planned as it was when plan() started.
+    const growing: { seq: number; newTokens: number }[] = [{ seq: t, newTokens: 2 }];
+    Object.defineProperty(growing[0], 'newTokens', { get: () => { growing.push({ seq: s, newTokens: 1 }); return 2; } });
+    expect(cache.plan(growing).numRows).toBe(2);
+    expect([cache.length(s), cache.length(t)]).toEqual([1, 2]);
+
+    // Ids are unique across caches: another cache's sequence is not a sequence of this one.
+    const o = other.addSequence();
+    expect(cache.has(o)).toBe(false);
+    for (const fn of [() => cache.plan([{ seq: o, newTokens: 1 }]), () => cache.free(o), () => cache.fork(o), () => cache.length(o)]) {
+      expect(expectMobaError(fn, 'EINVAL').message).toMatch(new RegExp(`the id of a live sequence of this cache .*received ${o}$`));
+    }
+    expect(other.length(o)).toBe(0);
+
+    using layer = new MobaAttention(device, { numQHeads: 1, numKVHeads: 1, headDim: 64, chunkSize: 4, topK: 1, dtype: 'bf16' });
+    const p = other.plan([{ seq: o, newTokens: 1 }]);
+    using q = device.tensor(new Float32Array(64).fill(0.5), { dtype: 'bf16', shape: [1, 1, 64] });
+    layer.forward(other, 0, p, q, q, q).dispose();
+    layer.dispose();
+    expect(layer.disposed).toBe(true);
+    expect(expectMobaError(() => layer.attend(other, 0, p, q), 'EDISPOSED').message).toMatch(/layer: it has been disposed/);
+    other.dispose();
+    for (const fn of [() => other.usage(), () => other.length(o), () => other.pageTable(o), () => other.has(o), () => other.addSequence()]) {
+      expect(expectMobaError(fn, 'EDISPOSED').message).toMatch(/the KV cache has been disposed/);
+    }
   });
 }
