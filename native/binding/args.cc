@@ -68,16 +68,23 @@ Napi::Int32Array argInt32Array(const Napi::CallbackInfo& info, size_t i, const c
   return v.As<Napi::Int32Array>();
 }
 
-Varlen argVarlen(const Napi::CallbackInfo& info, size_t iq, size_t ik) {
+Varlen argVarlen(const Napi::CallbackInfo& info, size_t iq, size_t ik, VarlenCopy* copy) {
   Napi::Env env = info.Env();
-  Napi::Int32Array q = argInt32Array(info, iq, "cuSeqlensQ");
-  Napi::Int32Array k = argInt32Array(info, ik, "cuSeqlensK");
-  if (q.ElementLength() < 2) throwInvalid(env, "Expected at least 2 entries for cuSeqlensQ");
-  if (k.ElementLength() != q.ElementLength()) throwInvalid(env, "Expected cuSeqlensK and cuSeqlensQ of equal length");
+  Napi::Int32Array qa = argInt32Array(info, iq, "cuSeqlensQ");
+  Napi::Int32Array ka = argInt32Array(info, ik, "cuSeqlensK");
+  if (qa.ElementLength() < 2) throwInvalid(env, "Expected at least 2 entries for cuSeqlensQ");
+  if (ka.ElementLength() != qa.ElementLength()) throwInvalid(env, "Expected cuSeqlensK and cuSeqlensQ of equal length");
+  if (qa.ElementLength() > (size_t(1) << 30)) throwInvalid(env, "Expected at most 2^30 entries for cuSeqlensQ");
+  // Checked and used as copies: an array on a SharedArrayBuffer may change
+  // under another thread between the check and the op.
+  copy->q.assign(qa.Data(), qa.Data() + qa.ElementLength());
+  copy->k.assign(ka.Data(), ka.Data() + ka.ElementLength());
+  const std::vector<int32_t>& q = copy->q;
+  const std::vector<int32_t>& k = copy->k;
   Varlen v;
-  v.batch = static_cast<int>(q.ElementLength() - 1);
-  v.cuSeqlensQ = q.Data();
-  v.cuSeqlensK = k.Data();
+  v.batch = static_cast<int>(q.size() - 1);
+  v.cuSeqlensQ = q.data();
+  v.cuSeqlensK = k.data();
   if (q[0] != 0 || k[0] != 0) throwInvalid(env, "Expected cuSeqlensQ[0] and cuSeqlensK[0] to be 0");
   for (int b = 0; b < v.batch; ++b) {
     if (q[b + 1] < q[b] || k[b + 1] < k[b]) throwInvalid(env, "Expected monotone cuSeqlensQ and cuSeqlensK");
@@ -90,6 +97,15 @@ Varlen argVarlen(const Napi::CallbackInfo& info, size_t iq, size_t ik) {
   v.totalQ = q[v.batch];
   v.totalK = k[v.batch];
   return v;
+}
+
+void checkGateSelections(Napi::Env env, int64_t totalQ, int numQHeads, int topK) {
+  const int64_t count = totalQ * numQHeads * topK;
+  if (count >= INT32_MAX) {
+    throwInvalid(env, "Expected totalQ * numQHeads * topK below 2^31 - 1 (gate selections) but received " +
+                          std::to_string(count) + " (" + std::to_string(totalQ) + " * " + std::to_string(numQHeads) +
+                          " * " + std::to_string(topK) + ")");
+  }
 }
 
 }  // namespace moba

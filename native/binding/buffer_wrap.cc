@@ -14,8 +14,22 @@ Napi::Function BufferWrap::defineClass(Napi::Env env) {
                      });
 }
 
+namespace {
+// See DeviceWrap: accessors get no receiver check from N-API.
+constexpr napi_type_tag kBufferTag = {0x6d6f6261c0de0002ULL, 0x4e61746976654275ULL};
+
+void checkReceiver(const Napi::CallbackInfo& info) {
+  bool ok = false;
+  if (napi_check_object_type_tag(info.Env(), info.This(), &kBufferTag, &ok) != napi_ok || !ok) {
+    throwInvalid(info.Env(), "Expected a NativeBuffer as the receiver");
+  }
+}
+}  // namespace
+
 BufferWrap::BufferWrap(const Napi::CallbackInfo& info)
-    : Napi::ObjectWrap<BufferWrap>(info), env_(info.Env()) {}
+    : Napi::ObjectWrap<BufferWrap>(info), env_(info.Env()) {
+  NAPI_THROW_IF_FAILED_VOID(info.Env(), napi_type_tag_object(info.Env(), info.This(), &kBufferTag));
+}
 
 Napi::Object BufferWrap::create(Napi::Env env, std::shared_ptr<DeviceCore> core, size_t bytes, BufferWrap** wrap) {
   if (!core->backend) throwStatus(env, Status::Error(ErrorCode::Disposed, "the device has been disposed"));
@@ -69,10 +83,12 @@ Napi::Value BufferWrap::dispose(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value BufferWrap::getBytes(const Napi::CallbackInfo& info) {
+  checkReceiver(info);
   return Napi::Number::New(info.Env(), static_cast<double>(bytes_));
 }
 
 Napi::Value BufferWrap::getDisposed(const Napi::CallbackInfo& info) {
+  checkReceiver(info);
   return Napi::Boolean::New(info.Env(), ptr_ == nullptr);
 }
 

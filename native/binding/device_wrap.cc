@@ -34,8 +34,23 @@ Napi::Function DeviceWrap::defineClass(Napi::Env env) {
 }
 
 // new NativeDevice(kind: 'cpu' | 'cuda', index: number)
+namespace {
+// Accessors, unlike methods, get no receiver check from N-API: a getter
+// called on another object would read it as a DeviceWrap. The tag says what
+// the object was constructed as.
+constexpr napi_type_tag kDeviceTag = {0x6d6f6261c0de0001ULL, 0x4e6174697665446bULL};
+
+void checkReceiver(const Napi::CallbackInfo& info) {
+  bool ok = false;
+  if (napi_check_object_type_tag(info.Env(), info.This(), &kDeviceTag, &ok) != napi_ok || !ok) {
+    throwInvalid(info.Env(), "Expected a NativeDevice as the receiver");
+  }
+}
+}  // namespace
+
 DeviceWrap::DeviceWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DeviceWrap>(info) {
   Napi::Env env = info.Env();
+  NAPI_THROW_IF_FAILED_VOID(env, napi_type_tag_object(env, info.This(), &kDeviceTag));
   if (!info[0].IsString()) throwInvalid(env, "Expected \"cpu\" or \"cuda\" for backend");
   std::string kind = info[0].As<Napi::String>().Utf8Value();
   int index = static_cast<int>(argInt(info, 1, "index", 0, 1 << 20));
@@ -72,9 +87,16 @@ DeviceCore& DeviceWrap::core(const Napi::CallbackInfo& info) {
   return *core_;
 }
 
-Napi::Value DeviceWrap::getKind(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), kind_); }
-Napi::Value DeviceWrap::getName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
+Napi::Value DeviceWrap::getKind(const Napi::CallbackInfo& info) {
+  checkReceiver(info);
+  return Napi::String::New(info.Env(), kind_);
+}
+Napi::Value DeviceWrap::getName(const Napi::CallbackInfo& info) {
+  checkReceiver(info);
+  return Napi::String::New(info.Env(), name_);
+}
 Napi::Value DeviceWrap::getComputeCapability(const Napi::CallbackInfo& info) {
+  checkReceiver(info);
   if (cc_ < 0) return info.Env().Null();
   return Napi::String::New(info.Env(), std::to_string(cc_ / 10) + "." + std::to_string(cc_ % 10));
 }
@@ -91,7 +113,7 @@ Napi::Value DeviceWrap::memoryInfo(const Napi::CallbackInfo& info) {
 // alloc(bytes) -> NativeBuffer
 Napi::Value DeviceWrap::alloc(const Napi::CallbackInfo& info) {
   DeviceCore& c = core(info);
-  int64_t bytes = argInt(info, 0, "bytes", 0, int64_t(1) << 50);
+  int64_t bytes = argInt(info, 0, "bytes", 0, kMaxBufferBytes);
   return BufferWrap::create(info.Env(), c.shared_from_this(), static_cast<size_t>(bytes));
 }
 
@@ -115,7 +137,13 @@ Napi::Value DeviceWrap::write(const Napi::CallbackInfo& info) {
   if (count == 0) return env.Undefined();
   std::unique_ptr<Staging> staged = c.backend->stage(bytes);
   if (!staged) throwStatus(env, Status::Error(ErrorCode::Oom, "out of host memory staging an upload"));
-  const uint8_t* src = static_cast<const uint8_t*>(data.ArrayBuffer().Data()) + data.ByteOffset();
+  // The element pointer straight from the typed array: it may sit on a
+  // SharedArrayBuffer, which has no ArrayBuffer data to ask.
+  void* elements = nullptr;
+  if (napi_get_typedarray_info(env, data, nullptr, nullptr, &elements, nullptr, nullptr) != napi_ok || !elements) {
+    throwInvalid(env, "Expected a typed array with readable data for data");
+  }
+  const uint8_t* src = static_cast<const uint8_t*>(elements);
   if (type == napi_float32_array) {
     convertFromF32(reinterpret_cast<const float*>(src), staged->data(), count, dtype);
   } else if (type == napi_float64_array) {

@@ -32,17 +32,6 @@ size_t rows(int64_t tokens, int heads, int dim, DType t) {
   return static_cast<size_t>(tokens) * heads * dim * dtypeSize(t);
 }
 
-// The gate's selections are indexed in 32 bits on every backend (its output,
-// the sparse attention's lists); the same limit as lib/validate.ts.
-void checkSelections(Napi::Env env, int64_t totalQ, int numQHeads, int topK) {
-  const int64_t count = totalQ * numQHeads * topK;
-  if (count >= INT32_MAX) {
-    throwInvalid(env, "Expected totalQ * numQHeads * topK below 2^31 - 1 (gate selections) but received " +
-                          std::to_string(count) + " (" + std::to_string(totalQ) + " * " + std::to_string(numQHeads) +
-                          " * " + std::to_string(topK) + ")");
-  }
-}
-
 }  // namespace
 
 // mobaGate(q, k, out, cuSeqlensQ, cuSeqlensK, dtype, numQHeads, numKVHeads, headDim, chunkSize, topK)
@@ -50,13 +39,14 @@ Napi::Value DeviceWrap::mobaGate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
   GateParams p;
-  p.varlen = argVarlen(info, 3, 4);
+  VarlenCopy seqlens;
+  p.varlen = argVarlen(info, 3, 4, &seqlens);
   p.dtype = argFloatDType(info, 5);
   p.heads = argHeads(info, 6);
   p.chunkSize = static_cast<int>(argInt(info, 9, "chunkSize", 1, 1 << 30));
   p.topK = static_cast<int>(argInt(info, 10, "topK", 1, 1 << 20));
   const Varlen& v = p.varlen;
-  checkSelections(env, v.totalQ, p.heads.numQHeads, p.topK);
+  checkGateSelections(env, v.totalQ, p.heads.numQHeads, p.topK);
   p.q = argBuffer(info, 0, "q", c, rows(v.totalQ, p.heads.numQHeads, p.heads.headDim, p.dtype))->data();
   p.k = argBuffer(info, 1, "k", c, rows(v.totalK, p.heads.numKVHeads, p.heads.headDim, p.dtype))->data();
   size_t outBytes = static_cast<size_t>(v.totalQ) * p.heads.numQHeads * p.topK * 4;
@@ -73,7 +63,8 @@ Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
   AttentionParams p;
-  p.varlen = argVarlen(info, 5, 6);
+  VarlenCopy seqlens;
+  p.varlen = argVarlen(info, 5, 6, &seqlens);
   p.dtype = argFloatDType(info, 7);
   p.heads = argHeads(info, 8);
   double scale = argNumber(info, 11, "softmaxScale");
@@ -85,7 +76,7 @@ Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
   if (p.chunkSize > 0 && p.topK < 1) throwInvalid(env, "Expected topK >= 1 for MoBA attention");
   const Varlen& v = p.varlen;
   const HeadShape& h = p.heads;
-  if (p.chunkSize > 0) checkSelections(env, v.totalQ, h.numQHeads, p.topK);
+  if (p.chunkSize > 0) checkGateSelections(env, v.totalQ, h.numQHeads, p.topK);
   p.q = argBuffer(info, 0, "q", c, rows(v.totalQ, h.numQHeads, h.headDim, p.dtype))->data();
   p.k = argBuffer(info, 1, "k", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();
   p.v = argBuffer(info, 2, "v", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();

@@ -13,7 +13,8 @@ Napi::Value DeviceWrap::mobaGateLists(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
   GateParams p;
-  p.varlen = argVarlen(info, 3, 4);
+  VarlenCopy seqlens;
+  p.varlen = argVarlen(info, 3, 4, &seqlens);
   p.dtype = argDType(info, 5, "dtype");
   if (p.dtype != DType::BF16 && p.dtype != DType::F16) throwInvalid(env, "Expected bf16 or f16 for dtype");
   p.heads.numQHeads = static_cast<int>(argInt(info, 6, "numQHeads", 1, 4096));
@@ -26,6 +27,7 @@ Napi::Value DeviceWrap::mobaGateLists(const Napi::CallbackInfo& info) {
   p.topK = static_cast<int>(argInt(info, 10, "topK", 1, 1 << 20));
   const Varlen& v = p.varlen;
   const HeadShape& h = p.heads;
+  checkGateSelections(env, v.totalQ, h.numQHeads, p.topK);
   const size_t es = dtypeSize(p.dtype);
   p.q = argBuffer(info, 0, "q", c, static_cast<size_t>(v.totalQ) * h.numQHeads * h.headDim * es)->data();
   p.k = argBuffer(info, 1, "k", c, static_cast<size_t>(v.totalK) * h.numKVHeads * h.headDim * es)->data();

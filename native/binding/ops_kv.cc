@@ -34,11 +34,18 @@ PagedKV argPaged(const Napi::CallbackInfo& info, size_t i, size_t iPool, int iSu
   kv.headDim = static_cast<int>(argInt(info, i + 6, "headDim", 1, 1024));
   if (kv.headDim % 8 != 0) throwInvalid(info.Env(), "Expected a multiple of 8 for headDim");
   kv.sumPages = static_cast<int>(argInt(info, i + 7, "sumPages", 1, kv.numPages));
-  size_t poolBytes = static_cast<size_t>(kv.numPages) * static_cast<size_t>(kv.pageStride()) * dtypeSize(t);
-  kv.pool = argBuffer(info, iPool, "pool", c, poolBytes)->data();
+  // Each argument is in range, but their product may not fit 64 bits: a
+  // wrapped size would pass the buffer check below.
+  const unsigned __int128 poolBytes = static_cast<unsigned __int128>(kv.numPages) * kv.pageStride() * dtypeSize(t);
+  const unsigned __int128 sumsBytes = static_cast<unsigned __int128>(kv.numPages) * kv.sumsPageStride() * 4;
+  if (poolBytes > kMaxBufferBytes || sumsBytes > kMaxBufferBytes) {
+    throwInvalid(info.Env(), "Expected a KV cache geometry of at most 2^50 bytes (numPages * numLayers * numKVHeads * "
+                             "pageSize * headDim) but received a larger one");
+  }
+  kv.pool = argBuffer(info, iPool, "pool", c, static_cast<size_t>(poolBytes))->data();
   if (iSums >= 0) {
-    size_t sumsBytes = static_cast<size_t>(kv.numPages) * static_cast<size_t>(kv.sumsPageStride()) * 4;
-    kv.keySums = static_cast<float*>(argBuffer(info, static_cast<size_t>(iSums), "keySums", c, sumsBytes)->data());
+    kv.keySums = static_cast<float*>(
+        argBuffer(info, static_cast<size_t>(iSums), "keySums", c, static_cast<size_t>(sumsBytes))->data());
   }
   return kv;
 }

@@ -64,9 +64,7 @@ void copyBytes(ThreadPool& pool, void* dst, const void* src, size_t bytes) {
 
 class HostStaging final : public Staging {
  public:
-  explicit HostStaging(size_t bytes) : bytes_(bytes), data_(hostAlloc(bytes)) {
-    if (!data_) throw std::bad_alloc();
-  }
+  HostStaging(void* data, size_t bytes) : bytes_(bytes), data_(data) {}
   ~HostStaging() override { std::free(data_); }
   void* data() override { return data_; }
   size_t size() const override { return bytes_; }
@@ -126,7 +124,12 @@ class CpuBackend final : public Backend {
     });
   }
 
-  std::unique_ptr<Staging> stage(size_t bytes) override { return std::make_unique<HostStaging>(bytes); }
+  // nullptr when the host is out of memory (the binding reports EOOM).
+  std::unique_ptr<Staging> stage(size_t bytes) override {
+    void* p = hostAlloc(bytes);
+    if (!p) return nullptr;
+    return std::make_unique<HostStaging>(p, bytes);
+  }
 
   Status enqueueUpload(void* dst, std::unique_ptr<Staging> staged) override {
     std::shared_ptr<Staging> s(std::move(staged));

@@ -27,7 +27,9 @@ bool loadSeq(const DecodeParams& p, int b, SeqView* s) {
   const int qs = info[b], ql = info[p.batch + b], kl = info[2 * p.batch + b];
   const int p0 = info[3 * p.batch + b], p1 = info[3 * p.batch + b + 1];
   if (ql < 1 || ql > kMaxDecodeTokens || ql > p.maxQLen || qs < 0 || qs > p.numRows - ql) return false;
-  if (kl < ql || kl > p.maxKvLen) return false;
+  // Page indices may repeat, so a sequence longer than the pool would pass
+  // the page checks; its K/V copies could then exhaust host memory.
+  if (kl < ql || kl > p.maxKvLen || kl > static_cast<int64_t>(p.kv.numPages) * p.kv.pageSize) return false;
   if (p0 < 0 || p1 < p0 || p1 > p.numPageIndices) return false;
   if (static_cast<int64_t>(p1 - p0) * p.kv.pageSize < kl) return false;
   const int32_t* pages = p.pageIndices + p0;

@@ -23,7 +23,14 @@ void ThreadPool::runChunks() {
   for (;;) {
     int64_t begin = next_.fetch_add(chunk_, std::memory_order_relaxed);
     if (begin >= jobSize_) return;
-    (*job_)(begin, std::min(jobSize_, begin + chunk_));
+    try {
+      (*job_)(begin, std::min(jobSize_, begin + chunk_));
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+      next_.store(jobSize_, std::memory_order_relaxed);  // no new chunks
+      return;
+    }
   }
 }
 
@@ -55,6 +62,7 @@ void ThreadPool::parallelFor(int64_t n, const std::function<void(int64_t, int64_
   }
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    error_ = nullptr;
     job_ = &fn;
     jobSize_ = n;
     chunk_ = chunk;
@@ -67,6 +75,12 @@ void ThreadPool::parallelFor(int64_t n, const std::function<void(int64_t, int64_
   std::unique_lock<std::mutex> lock(mutex_);
   done_.wait(lock, [&] { return busyWorkers_ == 0; });
   job_ = nullptr;
+  if (error_) {
+    std::exception_ptr e = error_;
+    error_ = nullptr;
+    lock.unlock();
+    std::rethrow_exception(e);
+  }
 }
 
 }  // namespace moba

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -22,6 +23,8 @@ class ThreadPool {
 
   // Calls fn(begin, end) over [0, n) in chunks of at least `grain` items, on
   // every worker and the calling thread; returns when all chunks are done.
+  // If a chunk throws, the chunks not yet started are skipped and the first
+  // exception is rethrown here, after every worker has left the job.
   void parallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
 
  private:
@@ -40,6 +43,7 @@ class ThreadPool {
   int64_t jobSize_ = 0;
   int64_t chunk_ = 1;
   std::atomic<int64_t> next_{0};
+  std::exception_ptr error_;  // the job's first exception (under mutex_)
 };
 
 }  // namespace moba

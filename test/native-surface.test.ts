@@ -1,0 +1,141 @@
+/**
+ * The native surface called directly (device.native.*), as no user of the
+ * public API can: its re-checks must keep any call from crashing the process.
+ * Receivers of the accessors, sizes whose product overflows 64 bits, typed
+ * arrays on SharedArrayBuffers, and host memory running out on the JavaScript
+ * thread or inside the CPU backend's thread pool. CPU backend; the
+ * out-of-memory cases run in a child process whose address space is capped
+ * (prlimit) after it has set up.
+ */
+import { execFileSync } from 'node:child_process';
+
+import { expect, it } from 'vitest';
+
+import { openDevice } from '../lib/index.js';
+import { expectMobaError } from './helpers/errors.js';
+import { expectCleanExit } from './helpers/child-process.js';
+
+let prlimitReason = '';
+try {
+  execFileSync('prlimit', ['--version'], { stdio: 'ignore' });
+} catch (err) {
+  prlimitReason = `prlimit is not available here (${String(err)})`;
+  console.warn(`[moba-cuda] skipping the out-of-memory cases of test/native-surface.test.ts: ${prlimitReason}`);
+}
+
+it('accessors of the native device and buffer classes refuse another object as their receiver', () => {
+  using device = openDevice({ backend: 'cpu' });
+  const n = device.native;
+  const b = n.alloc(64);
+  const getter = (proto: object, name: string): ((this: unknown) => unknown) =>
+    Object.getOwnPropertyDescriptor(proto, name)!.get! as (this: unknown) => unknown;
+  for (const name of ['kind', 'name', 'computeCapability']) {
+    expect(expectMobaError(() => getter(Object.getPrototypeOf(n), name).call(b), 'EINVAL').message)
+      .toBe('Expected a NativeDevice as the receiver');
+  }
+  for (const name of ['bytes', 'disposed']) {
+    expect(expectMobaError(() => getter(Object.getPrototypeOf(b), name).call(n), 'EINVAL').message)
+      .toBe('Expected a NativeBuffer as the receiver');
+  }
+  // Constructed as one class with the other's prototype.
+  const ND = n.constructor as new (...args: unknown[]) => object;
+  const NB = b.constructor as new (...args: unknown[]) => object;
+  const devAsBuf = Reflect.construct(ND, ['cpu', 0], NB) as { bytes: number };
+  expect(expectMobaError(() => devAsBuf.bytes, 'EINVAL').message).toBe('Expected a NativeBuffer as the receiver');
+  const bufAsDev = Reflect.construct(NB, [], ND) as { kind: string };
+  expect(expectMobaError(() => bufAsDev.kind, 'EINVAL').message).toBe('Expected a NativeDevice as the receiver');
+  // The real objects still answer.
+  expect([n.kind, b.bytes, b.disposed]).toEqual(['cpu', 64, false]);
+  b.dispose();
+});
+
+it('a KV cache geometry whose byte size overflows 64 bits is EINVAL, not a small pool that passes the size check', () => {
+  using device = openDevice({ backend: 'cpu' });
+  const n = device.native;
+  // 2^20 pages x (2^10 layers x 2 x 2^10 heads x 2^14 tokens x 2^8 dims) x 2 bytes = 2^64.
+  const [numPages, numLayers, heads, pageSize, D] = [2 ** 20, 2 ** 10, 2 ** 10, 2 ** 14, 2 ** 8];
+  const pool = n.alloc(64);
+  const sums = n.alloc(64);
+  const k = n.alloc(heads * D * 2);
+  const meta = n.alloc(6 * 4);
+  n.write(meta, new Int32Array([1000, 0, 0, 1, 1, -1]), 3);
+  const geometry = /^Expected a KV cache geometry of at most 2\^50 bytes .* but received a larger one$/;
+  expect(expectMobaError(() => n.kvGather(pool, k, k, meta, 0, 1, 1, 0, numPages, numLayers, 0, heads, pageSize, D, 1),
+    'EINVAL').message).toMatch(geometry);
+  expect(expectMobaError(() => n.kvAppend(pool, sums, k, k, meta, 0, 1, 1, 0, numPages, numLayers, 0, heads, pageSize, D, 1),
+    'EINVAL').message).toMatch(geometry);
+  for (const x of [pool, sums, k, meta]) x.dispose();
+});
+
+it('typed arrays on a SharedArrayBuffer: uploads read them, and cuSeqlens are taken as copies', async () => {
+  using device = openDevice({ backend: 'cpu' });
+  const n = device.native;
+  const b = n.alloc(16);
+  const data = new Float32Array(new SharedArrayBuffer(16));
+  data.set([1.5, -2, 3.25, 0.5]);
+  n.write(b, data, 2);
+  expect(Array.from((await n.read(b, 2, 4)) as Float32Array)).toEqual([1.5, -2, 3.25, 0.5]);
+  b.dispose();
+  // A gate whose cuSeqlens live on shared memory runs on what they held at the call
+  // (another thread may write them at any time; the op checks and keeps copies).
+  const cu = new Int32Array(new SharedArrayBuffer(8));
+  cu.set([0, 4]);
+  const q = device.tensor(new Float32Array(4 * 8).fill(1), { dtype: 'bf16', shape: [4, 1, 8] });
+  const out = device.empty([1, 4, 1], 'i32');
+  n.mobaGate(q.buffer, q.buffer, out.buffer, cu, cu, 0, 1, 1, 8, 2, 1);
+  cu[1] = 2 ** 26; // changed after the call: the queued op must not see it
+  expect(Array.from(await out.toArray())).toEqual([0, 0, 1, 1]);
+  q.dispose();
+  out.dispose();
+});
+
+// Caps the child's address space at its present size plus `headroomMiB`.
+const capAddressSpace = (headroomMiB: number): string => `
+  const { execFileSync } = await import('node:child_process');
+  const { readFileSync } = await import('node:fs');
+  const vmKiB = Number(/VmSize:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]);
+  execFileSync('prlimit', ['--pid', String(process.pid), '--as=' + (vmKiB * 1024 + ${headroomMiB} * 2 ** 20)]);`;
+
+it.skipIf(prlimitReason !== '')('out of host memory inside the CPU thread pool (decode scratch) rejects with EOOM; the process goes on', () => {
+  // A 1 GiB pool left untouched; one sequence of all its 2^25 tokens needs
+  // 1 GiB of fp32 keys and as much of values per worker, past the cap.
+  expectCleanExit(`
+    const d = openDevice({ backend: 'cpu' });
+    const n = d.native;
+    const [pageSize, numPages, D, Hq] = [2 ** 20, 32, 8, 2];
+    const pool = n.alloc(numPages * 2 * pageSize * D * 2);
+    const sums = n.alloc(numPages * D * 4);
+    const kvLen = numPages * pageSize;
+    const info = new Int32Array(5 + numPages);
+    info.set([0, 1, kvLen, 0, numPages]);
+    for (let i = 0; i < numPages; i++) info[5 + i] = i;
+    const meta = n.alloc(info.length * 4);
+    n.write(meta, info, 3);
+    const q = n.alloc(Hq * D * 2);
+    n.fill(q, Hq * D, 2, 0x3f80);
+    await n.synchronize();
+    ${capAddressSpace(512)}
+    const out = n.decodeAttention(q, null, pool, sums, meta, 0, 1, numPages, null, 1, Hq, 1, kvLen, kvLen, 0.35, 0, 0, 0,
+      0, numPages, 1, 0, 1, pageSize, D, 1);
+    let code = 'no error';
+    try { await n.synchronize(); } catch (e) { code = e.code; }
+    if (code !== 'EOOM') throw new Error('expected EOOM from the queued decode, got ' + code);
+    // The device still works.
+    const t = d.tensor(new Float32Array([1, 2, 3]), { dtype: 'f32', shape: [3] });
+    const back = Array.from(await t.toArray());
+    if (back.join() !== '1,2,3') throw new Error('device broken after EOOM: ' + back);
+    void out;`);
+});
+
+it.skipIf(prlimitReason !== '')('out of host memory staging an upload on the JavaScript thread is EOOM, not an abort', () => {
+  expectCleanExit(`
+    const d = openDevice({ backend: 'cpu' });
+    const n = d.native;
+    const bytes = 256 * 2 ** 20;
+    const target = n.alloc(bytes);
+    const data = new Float32Array(bytes / 4);
+    ${capAddressSpace(64)}
+    let code = 'no error';
+    try { n.write(target, data, 2); } catch (e) { code = e.code; }
+    if (code !== 'EOOM') throw new Error('expected EOOM from write(), got ' + code);`);
+});
