@@ -228,25 +228,33 @@ if (cases.has('host')) {
   let plan;
   for (let i = 0; i < n; i++) plan = cache.plan(entries);
   const planUs = Number(process.hrtime.bigint() - t0) / 1e3 / n;
-  const fwdGpu = [];
-  const fwdHost = [];
-  for (let r = -1; r < rounds; r++) {  // round -1 warms up
-    const step = cache.plan(entries);
-    await device.synchronize();
-    const t1 = process.hrtime.bigint();
-    for (let l = 0; l < layers; l++) full.forward(cache, l, step, q, kv, kv).dispose();
-    const t2 = process.hrtime.bigint();
-    await device.synchronize();
-    const t3 = process.hrtime.bigint();
-    if (r >= 0) {
-      fwdHost.push(Number(t2 - t1) / 1e3 / layers);
-      fwdGpu.push(Number(t3 - t1) / 1e3 / layers);
+  // forward() with a fresh output per call, and into one output tensor (no allocation per step).
+  const outTensor = device.empty([batch, HQ, D], 'bf16');
+  const timeForward = async (into) => {
+    const gpu = [];
+    const host = [];
+    for (let r = -1; r < rounds; r++) {  // round -1 warms up
+      const step = cache.plan(entries);
+      await device.synchronize();
+      const t1 = process.hrtime.bigint();
+      if (into) for (let l = 0; l < layers; l++) full.forward(cache, l, step, q, kv, kv, outTensor);
+      else for (let l = 0; l < layers; l++) full.forward(cache, l, step, q, kv, kv).dispose();
+      const t2 = process.hrtime.bigint();
+      await device.synchronize();
+      const t3 = process.hrtime.bigint();
+      if (r >= 0) {
+        host.push(Number(t2 - t1) / 1e3 / layers);
+        gpu.push(Number(t3 - t1) / 1e3 / layers);
+      }
     }
-  }
-  const fwd = { us: median(fwdGpu), hostUs: median(fwdHost) };
+    return { us: median(gpu), hostUs: median(host) };
+  };
+  const fwd = await timeForward(false);
+  const fwdOut = await timeForward(true);
   plan = cache.plan(entries);
   cache.append(0, plan, kv, kv);
   const att = await timeOp(() => full.attend(cache, 0, plan, q).dispose(), { iters: n, warmup: 5 });
+  const attOut = await timeOp(() => full.attend(cache, 0, plan, q, outTensor), { iters: n, warmup: 5 });
   // A step whose result the host waits for: enqueue to output on the host.
   const awaited = [];
   for (let i = 0; i < (quick ? 20 : 200); i++) {
@@ -258,11 +266,14 @@ if (cases.has('host')) {
   }
   const awaitedUs = median(awaited);
   results.host = { batch, context: 1024, planUs, forwardHostUs: fwd.hostUs, forwardUs: fwd.us, attendHostUs: att.hostUs, attendUs: att.us,
-    awaitedUs };
+    forwardIntoOutHostUs: fwdOut.hostUs, attendIntoOutHostUs: attOut.hostUs, awaitedUs };
   rows.push([`host: plan() of ${batch} seqs`, pageSize, '', '', '', planUs.toFixed(1)]);
   rows.push([`host: forward() (append and decode, one op)`, pageSize, fwd.us.toFixed(1), '', '', fwd.hostUs.toFixed(1)]);
+  rows.push([`host: forward(..., out) (into one output tensor)`, pageSize, fwdOut.us.toFixed(1), '', '', fwdOut.hostUs.toFixed(1)]);
   rows.push([`host: attend() (decode op)`, pageSize, att.us.toFixed(1), '', '', att.hostUs.toFixed(1)]);
+  rows.push([`host: attend(..., out) (into one output tensor)`, pageSize, attOut.us.toFixed(1), '', '', attOut.hostUs.toFixed(1)]);
   rows.push([`host: attend(), then await toArray() of its output`, pageSize, awaitedUs.toFixed(1), '', '', '']);
+  outTensor.dispose();
   kv.dispose();
   q.dispose();
   cache.dispose();

@@ -1135,7 +1135,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     // Configurations a later op would refuse are refused where they are made.
     einval(() => new KVCache(device, { numLayers: 1, numPages: 2, pageSize: 4, chunkSize: 16, numKVHeads: 1, headDim: 64, dtype: 'bf16' }),
       /Expected at most numPages \* pageSize \(8\), a key-sum block the pool can hold for chunkSize but received 16/);
-    einval(() => new KVCache(device, { numLayers: 65536, numPages: 2 ** 19, pageSize: 2048, numKVHeads: 4096, headDim: 1024, dtype: 'bf16' }),
+    einval(() => new KVCache(device, { numLayers: 65536, numPages: 2 ** 19, pageSize: 2048, numKVHeads: 4096, headDim: 128, dtype: 'bf16' }),
       /for numPages \* numLayers \* numKVHeads \* pageSize \* headDim but received/);
     einval(() => new MobaAttention(device, { numQHeads: 2, numKVHeads: 1, headDim: 64, chunkSize: 2 ** 30 + 1, topK: 2, dtype: 'bf16' }),
       /Expected a positive integer .*for chunkSize but received 1073741825/);
