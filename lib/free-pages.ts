@@ -26,6 +26,15 @@ export class FreePages {
     return this.#nextFresh++;
   }
 
+  /** The next `count` pages pop() would hand out, in that order; nothing is taken. */
+  peek(count: number): number[] {
+    if (count > this.length) throw new Error('FreePages.peek(): not enough free pages');
+    const out: number[] = [];
+    for (let i = this.#numReturned - 1; i >= 0 && out.length < count; i--) out.push(this.#returned[i]!);
+    for (let p = this.#nextFresh; out.length < count; p++) out.push(p);
+    return out;
+  }
+
   /** Gives page `p` back. */
   push(p: number): void {
     if (this.#numReturned === this.#returned.length) {

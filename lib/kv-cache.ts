@@ -506,24 +506,35 @@ export class KVCache {
       );
     }
     const meta = new Int32Array(metaInts);
-    const metaTensor = this.device.output([metaInts], 'i32');
-    // From here on nothing can fail but the metadata's upload: commit.
-    this.invalidatePlan();
-    for (const s of seqs) {
-      if (this.needsCopy(s)) this.copyLastPage(s);
-    }
+    // The step is built on copies of the sequences, with the pages it will
+    // take, and its metadata is uploaded; only then is the cache changed.
+    // Whatever fails before that (the allocation or upload of the metadata)
+    // leaves the cache and its current plan as they were.
+    const taking = this.#free.peek(needPages);
+    let took = 0;
+    const next: Sequence[] = seqs.map((s) => ({ pages: [...s.pages], length: s.length }));
+    // Copy on write, [shared page, its copy]: a shared page written by all of
+    // its sharers is copied for all but the last, which then owns it.
+    const copies: [number, number][] = [];
+    const copiesOf = new Map<number, number>();
+    next.forEach((t, i) => {
+      if (!this.needsCopy(seqs[i]!)) return;
+      const old = t.pages[t.pages.length - 1]!;
+      const made = copiesOf.get(old) ?? 0;
+      if (this.#refs[old]! - made <= 1) return;
+      copiesOf.set(old, made + 1);
+      const p = taking[took++]!;
+      copies.push([old, p]);
+      t.pages[t.pages.length - 1] = p;
+    });
     const planned: PlannedSequence[] = [];
     let at = 0;
     let row = 0;
     for (let i = 0; i < numEntries; i++) {
-      const s = seqs[i]!;
+      const s = next[i]!;
       const n = counts[i]!;
       const start = s.length;
-      while (s.pages.length * S < start + n) {
-        const p = this.#free.pop()!;
-        this.#refs[p] = 1;
-        s.pages.push(p);
-      }
+      while (s.pages.length * S < start + n) s.pages.push(taking[took++]!);
       // A piece: the new tokens of one key-sum block; its first segment
       // carries how many segments it spans and the page its sum continues.
       let pieceAt = -1;
@@ -549,12 +560,36 @@ export class KVCache {
       planned.push({ seq: ids[i]!, start, newTokens: n, row, decode: n <= maxDecode });
       row += n;
     }
+    if (took !== needPages) throw new Error(`internal: plan took ${took} pages, reserved ${needPages}`);
+    const numAppendSegments = at / SEGMENT_INTS;
+    const parts = this.writeStepMeta(planned, next, meta, numAppendSegments, numRows);
+    const metaTensor = this.device.output([metaInts], 'i32');
     try {
-      return this.buildPlan(planned, seqs, meta, at / SEGMENT_INTS, numRows, metaTensor);
+      this.device.native.write(metaTensor.buffer, meta, DTYPE_CODE.i32);
     } catch (err) {
       metaTensor.dispose();
       throw err;
     }
+    // Commit: nothing below can fail.
+    this.invalidatePlan();
+    for (const p of taking) {
+      this.#free.pop();
+      this.#refs[p] = 1;
+    }
+    const kvBytes = this.pool.byteLength / this.numPages;
+    const sumBytes = this.keySums.byteLength / this.numPages;
+    for (const [old, p] of copies) {
+      if (--this.#refs[old]! === 1) this.#sharedPages--;
+      this.device.native.copy(this.pool.buffer, p * kvBytes, this.pool.buffer, old * kvBytes, kvBytes);
+      this.device.native.copy(this.keySums.buffer, p * sumBytes, this.keySums.buffer, old * sumBytes, sumBytes);
+    }
+    seqs.forEach((s, i) => {
+      s.pages = next[i]!.pages;
+      s.length = next[i]!.length;
+    });
+    const plan = new KVPlan(this, numRows, planned, metaTensor, numAppendSegments, parts.decode, parts.prefill, this.#generation);
+    this.#plan = plan;
+    return plan;
   }
 
   /**
@@ -662,19 +697,6 @@ export class KVCache {
     return s.length % this.pageSize !== 0 && this.#refs[s.pages[s.pages.length - 1]!]! > 1;
   }
 
-  /** Copy on write: gives `s` its own copy of its last page (K, V and key sums of all layers). */
-  private copyLastPage(s: Sequence): void {
-    const old = s.pages[s.pages.length - 1]!;
-    const p = this.#free.pop()!;
-    this.#refs[p] = 1;
-    if (--this.#refs[old]! === 1) this.#sharedPages--;
-    s.pages[s.pages.length - 1] = p;
-    const kvBytes = this.pool.byteLength / this.numPages;
-    const sumBytes = this.keySums.byteLength / this.numPages;
-    this.device.native.copy(this.pool.buffer, p * kvBytes, this.pool.buffer, old * kvBytes, kvBytes);
-    this.device.native.copy(this.keySums.buffer, p * sumBytes, this.keySums.buffer, old * sumBytes, sumBytes);
-  }
-
   private releasePage(p: number): void {
     const left = --this.#refs[p]!;
     if (left === 1) this.#sharedPages--;
@@ -687,11 +709,10 @@ export class KVCache {
     this.#plan = null;
   }
 
-  /** Writes the decode and prefill parts of the metadata after the append segments, uploads it. */
-  private buildPlan(
+  /** Writes the decode and prefill parts of the metadata after the append segments (seqs: as after the step). */
+  private writeStepMeta(
     planned: PlannedSequence[], seqs: Sequence[], meta: Int32Array, numAppendSegments: number, numRows: number,
-    metaTensor: Tensor,
-  ): KVPlan {
+  ): { decode: DecodePart | null; prefill: PrefillPart | null } {
     const S = this.pageSize;
     let at = numAppendSegments * SEGMENT_INTS;
     const dec: number[] = [];
@@ -758,9 +779,6 @@ export class KVCache {
       prefill = { batch: n, gatherOffset, numGatherSegments, cuSeqlensQ, cuSeqlensK, maxSeqlenK, rowRuns, allRows };
     }
     if (at !== meta.length) throw new Error(`internal: plan metadata is ${at} ints, sized ${meta.length}`);
-    this.device.native.write(metaTensor.buffer, meta, DTYPE_CODE.i32);
-    const plan = new KVPlan(this, numRows, planned, metaTensor, numAppendSegments, decode, prefill, this.#generation);
-    this.#plan = plan;
-    return plan;
+    return { decode, prefill };
   }
 }

@@ -20,6 +20,8 @@ it('gives the same pages in the same order as a stack of every page', () => {
     for (let step = 0; step < 4000; step++) {
       expect(free.length).toBe(model.length);
       if (model.length > 0 && (held.length === 0 || rng.next() < 0.55)) {
+        const k = 1 + Math.floor(rng.next() * model.length);
+        expect(free.peek(k), 'peek: the next pages pop() gives').toEqual(model.slice(-k).reverse());
         const p = free.pop();
         expect(p).toBe(model.pop());
         held.push(p);
@@ -45,4 +47,6 @@ it('refuses to hand out a page it does not have', () => {
   const free = new FreePages(1);
   expect(free.pop()).toBe(0);
   expect(() => free.pop()).toThrow(/no free page/);
+  expect(() => free.peek(1)).toThrow(/not enough free pages/);
+  expect(free.peek(0)).toEqual([]);
 });

@@ -957,6 +957,39 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
+  it('plan() changes nothing when its metadata upload fails; a partial page written by all its sharers is copied for all but the last', async () => {
+    using device = open();
+    using cache = new KVCache(device, { numLayers: 1, numPages: 16, pageSize: 4, numKVHeads: 1, headDim: 64, dtype: 'bf16' });
+    const a = cache.addSequence();
+    const first = cache.plan([{ seq: a, newTokens: 6 }]);
+    const b = cache.fork(a);
+    const c = cache.fork(a);
+    const current = cache.plan([{ seq: b, newTokens: 1 }]); // b copies the shared partial page
+    const state = (): unknown => ({ usage: cache.usage(), tables: [a, b, c].map((s) => [cache.length(s), Array.from(cache.pageTable(s))]) });
+    const before = state();
+    // The upload of the step's metadata fails (as it would with the host out of memory).
+    const native = device.native as { write?: unknown };
+    Object.defineProperty(native, 'write', {
+      configurable: true,
+      value: () => { throw new MobaError('EOOM', 'out of host memory staging an upload'); },
+    });
+    try {
+      expectMobaError(() => cache.plan([{ seq: a, newTokens: 3 }, { seq: c, newTokens: 2 }]), 'EOOM');
+    } finally {
+      delete native.write;
+    }
+    expect(state()).toEqual(before);
+    expect(cache.checkPlan(current)).toBe(current); // still the current plan
+    expect(first.disposed).toBe(true);
+    // a and c are now the only sharers of a's partial page and both write it: one copy.
+    const pagesBefore = cache.usage().usedPages;
+    cache.plan([{ seq: a, newTokens: 1 }, { seq: c, newTokens: 1 }]);
+    const [ta, tc] = [cache.pageTable(a), cache.pageTable(c)];
+    expect(cache.usage().usedPages).toBe(pagesBefore + 1);
+    expect(ta[1]).not.toBe(tc[1]);
+    expect([ta[0], cache.usage().sharedPages]).toEqual([tc[0], 1]); // the full first page stays shared by a, b, c
+  });
+
   it('a layer takes a plan\'s K/V once: a second append() or forward() is EINVAL and changes no byte', async () => {
     const rng = rngFor('append once');
     using device = open();
