@@ -3,6 +3,7 @@ import { MAX_TOP_K } from './gating.js';
 import type { Tensor } from './tensor.js';
 import {
   checkBoolean,
+  checkBlockLists,
   checkSelections,
   checkOptions,
   checkPositiveInt,
@@ -75,7 +76,10 @@ export function mobaAttention(q: Tensor, k: Tensor, v: Tensor, options: MobaAtte
   const returnLse = checkBoolean(o.returnLse, 'returnLse', false);
   const maxBlocks = Math.ceil(varlen.maxSeqlenK / chunkSize);
   const dense = topK >= maxBlocks;
-  if (!dense) checkSelections(shape.totalQ, shape.numQHeads, topK);
+  if (!dense) {
+    checkSelections(shape.totalQ, shape.numQHeads, topK);
+    checkBlockLists(varlen.cuSeqlensK, chunkSize, shape.numQHeads);
+  }
   return run(q, k, v, shape, varlen, softmaxScale, true, dense ? 0 : chunkSize, dense ? 0 : topK, returnLse);
 }
 

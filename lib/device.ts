@@ -32,13 +32,17 @@ const MAX_ELEMENTS = 2 ** 46;
 
 export function checkShape(shape: unknown, arg = 'shape'): number[] {
   if (!Array.isArray(shape)) throw invalidArgument(arg, 'an array of non-negative integers', shape);
-  for (const d of shape) {
+  // Each entry is read once, into the copy that is checked and kept.
+  const dims: number[] = [];
+  for (let i = 0, n = shape.length; i < n; i++) dims.push(shape[i] as number);
+  for (const d of dims) {
     if (typeof d !== 'number' || !Number.isInteger(d) || d < 0) {
-      throw invalidArgument(arg, 'an array of non-negative integers', shape);
+      throw invalidArgument(arg, 'an array of non-negative integers', dims);
     }
   }
-  if (numelOf(shape) > MAX_ELEMENTS) throw invalidArgument(arg, `at most 2^46 elements`, shape);
-  return [...shape] as number[];
+  // Not "> MAX": huge dimensions times a zero one make NaN.
+  if (!(numelOf(dims) <= MAX_ELEMENTS)) throw invalidArgument(arg, `at most 2^46 elements`, dims);
+  return dims;
 }
 
 let devicesOpened = 0;
@@ -156,13 +160,14 @@ export class Device {
 
 function toTypedArray(data: TensorData, dtype: DType): Float32Array | Float64Array | Int32Array | Uint16Array {
   if (Array.isArray(data)) {
-    for (let i = 0; i < data.length; i++) {
-      if (typeof data[i] !== 'number') {
-        throw invalidArgument(`data[${i}]`, 'a number', data[i]);
-      }
+    // Each element is read once, by index (not through a user's iterator).
+    const values = new Float64Array(data.length);
+    for (let i = 0; i < values.length; i++) {
+      const v: unknown = data[i];
+      if (typeof v !== 'number') throw invalidArgument(`data[${i}]`, 'a number', v);
+      values[i] = v;
     }
-    if (dtype === 'i32') return int32From(data as readonly number[]);
-    return Float64Array.from(data as readonly number[]);
+    return dtype === 'i32' ? int32From(values) : values;
   }
   // A Proxy of a typed array passes instanceof but is no view: its elements
   // cannot be read as one, so it is refused like any other non-array.
@@ -184,7 +189,7 @@ function toTypedArray(data: TensorData, dtype: DType): Float32Array | Float64Arr
   );
 }
 
-function int32From(values: readonly number[]): Int32Array {
+function int32From(values: Float64Array): Int32Array {
   const out = new Int32Array(values.length);
   for (let i = 0; i < values.length; i++) {
     const v = values[i]!;

@@ -22,7 +22,7 @@ import { MAX_TOP_K } from './gating.js';
 import { KVCache, type KVPlan } from './kv-cache.js';
 import { Tensor } from './tensor.js';
 import {
-  checkOptions, checkPositiveInt, checkSelections, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS, MAX_CHUNK_SIZE,
+  checkBlockLists, checkOptions, checkPositiveInt, checkSelections, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS, MAX_CHUNK_SIZE,
 } from './validate.js';
 
 export type DecodePolicy = 'full' | 'moba';
@@ -168,7 +168,10 @@ export class MobaAttention {
     // Refused here, before forward() appends anything: the attention op would
     // refuse it only after the plan's K/V were in the cache.
     const pre = p.prefill;
-    if (pre && !this.prefillIsDense(pre)) checkSelections(pre.cuSeqlensQ[pre.batch]!, this.numQHeads, this.topK);
+    if (pre && !this.prefillIsDense(pre)) {
+      checkSelections(pre.cuSeqlensQ[pre.batch]!, this.numQHeads, this.topK);
+      checkBlockLists(pre.cuSeqlensK, this.chunkSize, this.numQHeads);
+    }
   }
 
   /** topK covering every block of every prefill sequence is exactly dense causal attention. */

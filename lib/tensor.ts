@@ -27,6 +27,9 @@ export class Tensor {
     this.buffer = buffer;
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
+    // readonly at run time too: a shape or dtype changed later would no
+    // longer describe the buffer.
+    Object.freeze(this);
     // No FinalizationRegistry here: the native buffer's own finalizer frees
     // the memory of a tensor dropped without dispose(), and registering every
     // output would add about 2 us of host time to each op.

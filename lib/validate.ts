@@ -176,6 +176,24 @@ export function checkVarlen(
  * query-head rows index. A batch past it can be split: its queries in chunks
  * (cuSeqlensK longer than cuSeqlensQ), each against the same keys.
  */
+/**
+ * The sparse attention's lists have one segment per (key block, query head):
+ * fewer than 2^31 - 1 of them (the CUDA lists' offsets are 32-bit; the CPU
+ * backend keeps the same limit).
+ */
+export function checkBlockLists(cuSeqlensK: Int32Array, chunkSize: number, numQHeads: number): void {
+  let blocks = 0;
+  for (let b = 0; b + 1 < cuSeqlensK.length; b++) blocks += Math.ceil((cuSeqlensK[b + 1]! - cuSeqlensK[b]!) / chunkSize);
+  const pairs = blocks * numQHeads;
+  if (pairs >= 2 ** 31 - 1) {
+    throw new MobaError(
+      'EINVAL',
+      `Expected (key blocks of all sequences) * numQHeads below 2^31 - 1 but received ${describeValue(pairs)} ` +
+        `(${blocks} * ${numQHeads}); use a larger chunkSize or split the batch`,
+    );
+  }
+}
+
 export function checkSelections(totalQ: number, numQHeads: number, topK: number): void {
   const count = totalQ * numQHeads * topK;
   if (count >= 2 ** 31 - 1) {

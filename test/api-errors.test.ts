@@ -94,6 +94,38 @@ describe('Device.tensor and Device.empty', () => {
   it('reports allocation failure as EOOM, not a crash', () => {
     expectError(() => device.empty([2 ** 45], 'f32'), 'EOOM', /out of host memory/);
   });
+
+  it('reads shapes and data once, and a tensor\'s fields cannot be changed afterwards', async () => {
+    // Index getters answering differently on each read: the first answers are what is checked and kept.
+    const changing = (first: number[], later: number[]): number[] => {
+      const reads = first.map(() => 0);
+      return new Proxy([...first], {
+        get: (target, prop, receiver) => {
+          const i = typeof prop === 'string' ? Number(prop) : NaN;
+          if (Number.isInteger(i) && i >= 0 && i < first.length) return reads[i]!++ === 0 ? first[i] : later[i];
+          return Reflect.get(target, prop, receiver);
+        },
+      });
+    };
+    using a = device.empty(changing([2, 3], [-1, 0.5]), 'f32');
+    expect(a.shape).toEqual([2, 3]);
+    using b = device.tensor([1, 2, 3, 4], { dtype: 'f32', shape: changing([2, 2], [8, 0.5]) });
+    expect(b.shape).toEqual([2, 2]);
+    expectError(() => device.empty(changing([-1, 2], [1, 2]), 'f32'), 'EINVAL',
+      'Expected an array of non-negative integers for shape but received [-1, 2]');
+    // Dimensions whose product is NaN (Infinity x 0).
+    expectError(() => device.empty([1e200, 1e200, 0], 'f32'), 'EINVAL', /^Expected at most 2\^46 elements for shape/);
+    // Elements are read by index, not through the array's iterator.
+    const data = [1, 2, 3];
+    Object.defineProperty(data, Symbol.iterator, { value: function* () { yield 'x'; yield 'y'; yield 7; } });
+    using c = device.tensor(data, { dtype: 'f32' });
+    expect(Array.from(await c.toArray())).toEqual([1, 2, 3]);
+    const fields = c as unknown as Record<string, unknown>;
+    for (const [field, value] of [['shape', [1, 1, 3]], ['dtype', 'i32'], ['device', {}], ['buffer', null]] as const) {
+      expect(() => { fields[field] = value; }, field).toThrow(TypeError);
+    }
+    expect([c.shape, c.dtype]).toEqual([[3], 'f32']);
+  });
 });
 
 describe('op arguments', () => {
@@ -189,6 +221,19 @@ describe('op arguments', () => {
             'Expected a positive integer <= 256 for topK but received 257');
           expectError(() => op(q, k, v, { ...base, topK: '3' }), 'EINVAL',
             'Expected a positive integer <= 256 for topK but received "3"');
+        });
+      }
+
+      if (name === 'mobaAttention') {
+        it('refuses more (key block, query head) pairs than the sparse lists index, dense attention aside', () => {
+          // One query over 2^19 keys in blocks of 1, 4096 query heads: 2^31 pairs.
+          const n = 2 ** 19;
+          using qq = device.empty([1, 4096, 8], 'bf16');
+          using kk = device.empty([n, 1, 8], 'bf16');
+          const opts = { cuSeqlensQ: new Int32Array([0, 1]), cuSeqlensK: new Int32Array([0, n]), chunkSize: 1, topK: 2 };
+          expectError(() => op(qq, kk, kk, opts), 'EINVAL',
+            'Expected (key blocks of all sequences) * numQHeads below 2^31 - 1 but received 2147483648 (524288 * 4096); ' +
+              'use a larger chunkSize or split the batch');
         });
       }
 

@@ -739,6 +739,18 @@ describe('argument checks', () => {
     );
     einval(() => decodeAttention(q, k, k, { ...base, policy: 'moba', topK: undefined }), 'Expected positive integer for topK but received undefined');
     einval(() => flashAttention(q, k, k, { ...base, softmaxScale: NaN }), 'Expected finite number for softmaxScale but received NaN');
+    // Options, given centroids and output sizes.
+    einval(() => blockCentroids(k, null as never), 'Expected an object for options but received null');
+    const other = blockCentroids(k, { cuSeqlensK: base.cuSeqlensQ, numKVHeads: 1, headDim: 2, chunkSize: 1 });
+    expect(expectMobaError(() => gateScores(q, k, { ...base, centroids: other }, 0, 3), 'EINVAL').message)
+      .toMatch(/^Expected the block centroids of these keys with chunkSize 2 for centroids but received /);
+    expect(expectMobaError(() => gateScores(q, k, { ...base, centroids: {} as never }, 0, 3), 'EINVAL').message)
+      .toMatch(/^Expected the result of reference\.blockCentroids for centroids but received /);
+    einval(() => mobaGate(q, k, { ...base, topK: 2 ** 30 }),
+      'Expected a value with numQHeads * totalQ * topK below 2^31 - 1 (here at most 268435455) for topK but received 1073741824');
+    // Centroids of the right keys and chunkSize are taken as given.
+    const own = blockCentroids(k, { cuSeqlensK: base.cuSeqlensQ, numKVHeads: 1, headDim: 2, chunkSize: 2 });
+    expect(Array.from(gateScores(q, k, { ...base, centroids: own }, 0, 3))).toEqual(Array.from(gateScores(q, k, base, 0, 3)));
   });
 });
 

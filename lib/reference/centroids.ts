@@ -3,6 +3,7 @@
  * Block j of a sequence holds key positions [j*B, (j+1)*B); the last block may
  * be short, its centroid is the mean over the keys it actually has.
  */
+import { invalidArgument } from '../errors.js';
 import { checkCuSeqlens, checkNumeric, checkPositiveInt, type Numeric } from './types.js';
 
 export interface CentroidResult {
@@ -16,6 +17,7 @@ export function blockCentroids(
   k: Numeric,
   o: { cuSeqlensK: Int32Array; numKVHeads: number; headDim: number; chunkSize: number },
 ): CentroidResult {
+  if (o === null || typeof o !== 'object') throw invalidArgument('options', 'an object', o);
   const numKVHeads = checkPositiveInt('numKVHeads', o.numKVHeads);
   const headDim = checkPositiveInt('headDim', o.headDim);
   const chunkSize = checkPositiveInt('chunkSize', o.chunkSize);

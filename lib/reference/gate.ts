@@ -78,7 +78,7 @@ export function gateScores(q: Numeric, k: Numeric, o: GateScoreOptions, head: nu
   if (!Number.isInteger(row) || row < 0 || row >= p.totalQ) {
     throw invalidArgument('row', `integer in [0, ${p.totalQ})`, row);
   }
-  const cen = o.centroids ?? centroidsOf(k, p, chunkSize);
+  const cen = o.centroids === undefined ? centroidsOf(k, p, chunkSize) : checkCentroids(o.centroids, p, chunkSize);
   return pastScores(q, p, cen, chunkSize, head, row);
 }
 
@@ -106,10 +106,30 @@ function selectBlocks(scores: Float64Array, topK: number, out: Int32Array, outOf
   for (let n = 0; n < chosen.length; n++) out[outOff + n] = chosen[n]!;
 }
 
+/** Centroids given by the caller must be those of this problem's keys and chunkSize (their layout, at least). */
+function checkCentroids(c: unknown, p: Problem, chunkSize: number): CentroidResult {
+  const r = c as CentroidResult;
+  if (c === null || typeof c !== 'object' || !(r.centroids instanceof Float64Array) || !(r.cuBlocks instanceof Int32Array)) {
+    throw invalidArgument('centroids', 'the result of reference.blockCentroids', c);
+  }
+  const cuBlocks = new Int32Array(p.batch + 1);
+  for (let b = 0; b < p.batch; b++) cuBlocks[b + 1] = cuBlocks[b]! + Math.ceil((p.cuK[b + 1]! - p.cuK[b]!) / chunkSize);
+  const same = r.cuBlocks.length === cuBlocks.length && r.cuBlocks.every((x, i) => x === cuBlocks[i]);
+  if (!same || r.centroids.length !== cuBlocks[p.batch]! * p.numKVHeads * p.headDim) {
+    throw invalidArgument('centroids', `the block centroids of these keys with chunkSize ${chunkSize}`, c);
+  }
+  return r;
+}
+
 /** Validated gate on a checked problem (shared with mobaAttention). */
 export function gateOf(q: Numeric, k: Numeric, p: Problem, chunkSize: number, topK: number): Int32Array {
+  const outLength = p.numQHeads * p.totalQ * topK;
+  if (outLength >= 2 ** 31 - 1) {
+    throw invalidArgument('topK', `a value with numQHeads * totalQ * topK below 2^31 - 1 (here at most ${
+      Math.floor((2 ** 31 - 2) / Math.max(1, p.numQHeads * p.totalQ))})`, topK);
+  }
   const cen = centroidsOf(k, p, chunkSize);
-  const out = new Int32Array(p.numQHeads * p.totalQ * topK);
+  const out = new Int32Array(outLength);
   for (let h = 0; h < p.numQHeads; h++) {
     for (let row = 0; row < p.totalQ; row++) {
       selectBlocks(pastScores(q, p, cen, chunkSize, h, row), topK, out, (h * p.totalQ + row) * topK);

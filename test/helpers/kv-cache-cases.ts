@@ -1088,6 +1088,30 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     }
   });
 
+  it('a prefill row over more (key block, query head) pairs than the sparse lists index: EINVAL before its K/V are appended', async () => {
+    using device = open();
+    const D = device.backend === 'cuda' ? 64 : 8;
+    const n = 2 ** 19; // blocks of 1 token: 2^19 blocks x 4096 query heads = 2^31 pairs
+    using cache = new KVCache(device, { numLayers: 1, numPages: n, pageSize: 1, numKVHeads: 1, headDim: D, dtype: 'bf16' });
+    using layer = new MobaAttention(device, { numQHeads: 4096, numKVHeads: 1, headDim: D, chunkSize: 1, topK: 2, dtype: 'bf16' });
+    const rng = rngFor('block pairs limit');
+    const s = cache.addSequence();
+    {
+      const prefix = cache.plan([{ seq: s, newTokens: n - 1 }], { maxDecodeTokens: 0 });
+      using k = device.tensor(randn((n - 1) * D, rng), { dtype: 'bf16', shape: [n - 1, 1, D] });
+      cache.append(0, prefix, k, k);
+    }
+    const plan = cache.plan([{ seq: s, newTokens: 1 }], { maxDecodeTokens: 0 }); // one prefill row
+    using q = device.empty([1, 4096, D], 'bf16');
+    using k = device.tensor(randn(D, rng), { dtype: 'bf16', shape: [1, 1, D] });
+    const before = await cache.pool.toArray();
+    expect(expectMobaError(() => layer.forward(cache, 0, plan, q, k, k), 'EINVAL').message)
+      .toMatch(/^Expected \(key blocks of all sequences\) \* numQHeads below 2\^31 - 1 but received 2147483648 \(524288 \* 4096\)/);
+    const after = await cache.pool.toArray();
+    expect(Buffer.compare(Buffer.from(after.buffer), Buffer.from(before.buffer)), 'pool').toBe(0);
+    cache.append(0, plan, k, k); // the plan's K/V were not taken
+  });
+
   // One CUDA decode op takes at most 65535 sequences (its grid's sequence
   // dimension). plan() refuses more before it changes anything: the op would
   // refuse them only after plan() had advanced every sequence.
