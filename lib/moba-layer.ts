@@ -45,9 +45,6 @@ export interface MobaAttentionLayerOptions {
   softmaxScale?: number;
 }
 
-/** Rows of the decode tiles the CUDA kernel groups per CTA (its smallest tile). */
-const DECODE_ROW_TILE = 16;
-
 export class MobaAttention {
   readonly device: Device;
   readonly numQHeads: number;
@@ -58,8 +55,6 @@ export class MobaAttention {
   readonly decode: DecodePolicy;
   readonly dtype: 'bf16' | 'f16';
   readonly softmaxScale: number;
-  /** Split-KV completion counters of the CUDA decode kernel: all zero between ops. */
-  #counters: Tensor | null = null;
   #disposed = false;
 
   constructor(device: Device, options: MobaAttentionLayerOptions) {
@@ -126,11 +121,9 @@ export class MobaAttention {
     return this.#disposed;
   }
 
-  /** Frees the layer's small device state; later calls are EDISPOSED. Idempotent. */
+  /** Later calls are EDISPOSED (the layer holds no device memory of its own). Idempotent. */
   dispose(): void {
     this.#disposed = true;
-    this.#counters?.dispose();
-    this.#counters = null;
   }
 
   [Symbol.dispose](): void {
@@ -167,6 +160,12 @@ export class MobaAttention {
     }
     // Refused here, before forward() appends anything: the attention op would
     // refuse it only after the plan's K/V were in the cache.
+    const dec = p.decode;
+    const lastSpan = this.decode === 'moba' ? Math.max(this.chunkSize, 64) : 64;
+    if (dec && dec.maxKvLen > 2 ** 31 - 1 - lastSpan) {
+      throw invalidArgument('plan', `decode sequences of at most ${2 ** 31 - 1 - lastSpan} tokens for this layer`,
+        `one of ${dec.maxKvLen}`);
+    }
     const pre = p.prefill;
     if (pre && !this.prefillIsDense(pre)) {
       checkSelections(pre.cuSeqlensQ[pre.batch]!, this.numQHeads, this.topK);
@@ -217,16 +216,10 @@ export class MobaAttention {
     // unless outputs are poisoned first.
     let out = given ?? (dec && !this.device.poisonOutputs ? null : this.device.output(shape, this.dtype));
     if (dec) {
-      const group = Hq / this.numKVHeads;
-      const need = dec.batch * this.numKVHeads * Math.ceil((dec.maxQLen * group) / DECODE_ROW_TILE);
-      if (!this.#counters || this.#counters.numel < need) {
-        this.#counters?.dispose();
-        this.#counters = this.device.tensor(new Int32Array(Math.max(need, 256)), { dtype: 'i32' });
-      }
       const moba = this.decode === 'moba';
       const made = this.device.native.decodeAttention(
         q.buffer, out ? out.buffer : null, cache.pool.buffer, cache.keySums.buffer,
-        plan.meta.buffer, dec.infoOffset, dec.batch, dec.numPageIndices, this.#counters.buffer,
+        plan.meta.buffer, dec.infoOffset, dec.batch, dec.numPageIndices,
         plan.numRows, Hq, dec.maxQLen, dec.maxKvLen, dec.sumKvLen,
         this.softmaxScale, moba ? 1 : 0, moba ? this.chunkSize : 0, moba ? this.topK : 0,
         cache.dtypeCode, cache.numPages, cache.numLayers, layer, cache.numKVHeads, cache.pageSize, cache.headDim,

@@ -81,7 +81,7 @@ export interface NativeDevice {
   /**
    * Decode over the cache; meta at infoOffset holds qStart[batch], qLen[batch],
    * kvLen[batch], pageIndptr[batch+1], then numPageIndices page indices.
-   * policy: 0 full, 1 moba. counters: zeroed i32 buffer for split-KV (CUDA).
+   * policy: 0 full, 1 moba.
    * out: null to have the op allocate the output (one call fewer per step);
    * returns that buffer, or undefined when out was given or batch is 0.
    * With k and v, the op first appends the plan's new K/V (as kvAppend);
@@ -89,7 +89,7 @@ export interface NativeDevice {
    */
   decodeAttention(
     q: NativeBuffer, out: NativeBuffer | null, pool: NativeBuffer, keySums: NativeBuffer,
-    meta: NativeBuffer, infoOffset: number, batch: number, numPageIndices: number, counters: NativeBuffer | null,
+    meta: NativeBuffer, infoOffset: number, batch: number, numPageIndices: number,
     numRows: number, numQHeads: number, maxQLen: number, maxKvLen: number, sumKvLen: number,
     softmaxScale: number, policy: number, chunkSize: number, topK: number,
     dtypeCode: number, numPages: number, numLayers: number, layer: number,

@@ -12,8 +12,10 @@ import { execFileSync } from 'node:child_process';
 import { expect, it } from 'vitest';
 
 import { openDevice } from '../lib/index.js';
-import { expectMobaError } from './helpers/errors.js';
+import { cudaUsable } from './helpers/backends.js';
 import { expectCleanExit } from './helpers/child-process.js';
+import { expectMobaError } from './helpers/errors.js';
+import { randn, rngFor, roundToBf16 } from './helpers/random.js';
 
 let prlimitReason = '';
 try {
@@ -89,6 +91,51 @@ it('typed arrays on a SharedArrayBuffer: uploads read them, and cuSeqlens are ta
   out.dispose();
 });
 
+// Metadata is device memory the host cannot check: the kernels bound what it
+// can make them do. Run on every backend there is.
+const backends: ('cpu' | 'cuda')[] = cudaUsable ? ['cpu', 'cuda'] : ['cpu'];
+for (const backend of backends) {
+  it(`${backend}: append segments claiming whole-batch key-sum pieces sum only their own block (no quadratic work)`, async () => {
+    using device = openDevice({ backend, poisonOutputs: true });
+    const n = device.native;
+    const [pages, pageSize, D] = [256, 4, 64];
+    const rng = rngFor(`${backend} piece bound`);
+    const k = roundToBf16(randn(pages * pageSize * D, rng));
+    using kt = device.tensor(k, { dtype: 'bf16', shape: [pages * pageSize, 1, D] });
+    using pool = device.empty([pages, 1, 2, 1, pageSize, D], 'bf16');
+    using sums = device.empty([pages, 1, 1, D], 'f32');
+    // Segment i: page i, its pageSize rows, a new piece (no carry) that claims all segments after it.
+    const meta = new Int32Array(pages * 6);
+    for (let i = 0; i < pages; i++) meta.set([i, 0, i * pageSize, pageSize, pages, -1], i * 6);
+    using mt = device.tensor(meta, { dtype: 'i32' });
+    n.kvAppend(pool.buffer, sums.buffer, kt.buffer, kt.buffer, mt.buffer, 0, pages, pages * pageSize, 0, pages, 1, 0, 1, pageSize, D, 1);
+    const got = (await sums.toArray()) as Float32Array;
+    let worst = 0;
+    for (let i = 0; i < pages; i++) {
+      for (let d = 0; d < D; d++) {
+        let want = 0;
+        for (let t = 0; t < pageSize; t++) want += k[(i * pageSize + t) * D + d]!;
+        worst = Math.max(worst, Math.abs(got[i * D + d]! - want));
+      }
+    }
+    expect(worst, 'largest key-sum error').toBeLessThan(1e-4);
+  });
+
+  it(`${backend}: decode refuses a maxKvLen whose last block would end past 2^31`, () => {
+    using device = openDevice({ backend });
+    const n = device.native;
+    const q = n.alloc(64 * 2);
+    const pool = n.alloc(2 * 64 * 2 * 64);
+    const sums = n.alloc(64 * 4);
+    const meta = n.alloc(64);
+    for (const [policy, chunk, limit] of [[0, 0, 2 ** 31 - 1 - 64], [1, 2 ** 20, 2 ** 31 - 1 - 2 ** 20]] as const) {
+      expect(expectMobaError(() => n.decodeAttention(q, null, pool, sums, meta, 0, 1, 1, 1, 1, 1, limit + 1, limit + 1, 0.125,
+        policy, chunk, 2, 0, 1, 1, 0, 1, 64, 64, 1), 'EINVAL').message).toBe(`Expected maxKvLen at most ${limit} but received ${limit + 1}`);
+    }
+    for (const b of [q, pool, sums, meta]) b.dispose();
+  });
+}
+
 // Caps the child's address space at its present size plus `headroomMiB`.
 const capAddressSpace = (headroomMiB: number): string => `
   const { execFileSync } = await import('node:child_process');
@@ -115,7 +162,7 @@ it.skipIf(prlimitReason !== '')('out of host memory inside the CPU thread pool (
     n.fill(q, Hq * D, 2, 0x3f80);
     await n.synchronize();
     ${capAddressSpace(512)}
-    const out = n.decodeAttention(q, null, pool, sums, meta, 0, 1, numPages, null, 1, Hq, 1, kvLen, kvLen, 0.35, 0, 0, 0,
+    const out = n.decodeAttention(q, null, pool, sums, meta, 0, 1, numPages, 1, Hq, 1, kvLen, kvLen, 0.35, 0, 0, 0,
       0, numPages, 1, 0, 1, pageSize, D, 1);
     let code = 'no error';
     try { await n.synchronize(); } catch (e) { code = e.code; }

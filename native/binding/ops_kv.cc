@@ -3,6 +3,7 @@
 // re-check that every buffer is large enough for what the op may touch.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 #include "args.h"
@@ -99,7 +100,7 @@ Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// decodeAttention(q, out | null, pool, keySums, meta, infoOffset, batch, numPageIndices, counters | null,
+// decodeAttention(q, out | null, pool, keySums, meta, infoOffset, batch, numPageIndices,
 //                 numRows, numQHeads, maxQLen, maxKvLen, sumKvLen, softmaxScale, policy, chunkSize, topK,
 //                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages
 //                 [, k, v, appendMeta, segOffset, numSegments, numRows, spansBlocks])
@@ -110,27 +111,33 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
   DecodeParams p;
-  p.kv = argPaged(info, 18, 2, 3, c);
+  p.kv = argPaged(info, 17, 2, 3, c);
   int64_t infoOffset = argInt(info, 5, "infoOffset", 0, (int64_t(1) << 31) - 1);
   p.batch = static_cast<int>(argInt(info, 6, "batch", 0, 1 << 24));
   p.numPageIndices = static_cast<int>(argInt(info, 7, "numPageIndices", 0, (int64_t(1) << 31) - 1));
   p.seqInfo = metaInts(info, 4, c, infoOffset, int64_t(4) * p.batch + 1 + p.numPageIndices);
   p.pageIndices = p.seqInfo + 4 * p.batch + 1;
-  p.numRows = static_cast<int>(argInt(info, 9, "numRows", 0, (int64_t(1) << 31) - 1));
-  p.numQHeads = static_cast<int>(argInt(info, 10, "numQHeads", 1, 4096));
+  p.numRows = static_cast<int>(argInt(info, 8, "numRows", 0, (int64_t(1) << 31) - 1));
+  p.numQHeads = static_cast<int>(argInt(info, 9, "numQHeads", 1, 4096));
   if (p.numQHeads % p.kv.numKVHeads != 0) {
     throwInvalid(env, "Expected numQHeads to be a multiple of numKVHeads but received " + std::to_string(p.numQHeads) +
                           " and " + std::to_string(p.kv.numKVHeads));
   }
-  p.maxQLen = static_cast<int>(argInt(info, 11, "maxQLen", 1, kMaxDecodeTokens));
-  p.maxKvLen = static_cast<int>(argInt(info, 12, "maxKvLen", 1, (int64_t(1) << 31) - 1));
-  p.sumKvLen = argInt(info, 13, "sumKvLen", 0, int64_t(1) << 50);
-  double scale = argNumber(info, 14, "softmaxScale");
+  p.maxQLen = static_cast<int>(argInt(info, 10, "maxQLen", 1, kMaxDecodeTokens));
+  p.maxKvLen = static_cast<int>(argInt(info, 11, "maxKvLen", 1, (int64_t(1) << 31) - 1));
+  p.sumKvLen = argInt(info, 12, "sumKvLen", 0, int64_t(1) << 50);
+  double scale = argNumber(info, 13, "softmaxScale");
   if (!std::isfinite(scale)) throwInvalid(env, "Expected a finite number for softmaxScale");
   p.softmaxScale = static_cast<float>(scale);
-  p.policy = static_cast<DecodePolicy>(argInt(info, 15, "policy", 0, 1));
-  p.chunkSize = static_cast<int>(argInt(info, 16, "chunkSize", 0, 1 << 30));
-  p.topK = static_cast<int>(argInt(info, 17, "topK", 0, 1 << 20));
+  p.policy = static_cast<DecodePolicy>(argInt(info, 14, "policy", 0, 1));
+  p.chunkSize = static_cast<int>(argInt(info, 15, "chunkSize", 0, 1 << 30));
+  p.topK = static_cast<int>(argInt(info, 16, "topK", 0, 1 << 20));
+  // Key positions up to the end of the last block (or 64-key tile) stay in 32 bits.
+  const int64_t lastSpan = p.policy == DecodePolicy::Moba ? std::max(p.chunkSize, 64) : 64;
+  if (p.maxKvLen > INT32_MAX - lastSpan) {
+    throwInvalid(env, "Expected maxKvLen at most " + std::to_string(INT32_MAX - lastSpan) + " but received " +
+                          std::to_string(p.maxKvLen));
+  }
   if (p.policy == DecodePolicy::Moba) {
     if (p.chunkSize < 1 || p.topK < 1) throwInvalid(env, "Expected chunkSize >= 1 and topK >= 1 for moba decode");
     const int64_t sumBlock = static_cast<int64_t>(p.kv.pageSize) * p.kv.sumPages;
@@ -143,21 +150,16 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   p.q = argBuffer(info, 0, "q", c, qBytes)->data();
   // out null: the op allocates it (after every check) and returns it.
   BufferWrap* out = argOptionalBuffer(info, 1, "out", c, qBytes);
-  BufferWrap* counters = argOptionalBuffer(info, 8, "counters", c, 0);
-  if (counters) {
-    p.counters = static_cast<int32_t*>(counters->data());
-    p.numCounters = static_cast<int>(std::min<size_t>(counters->bytes() / 4, (size_t(1) << 31) - 1));
-  }
-  if (info.Length() > 26 && !info[26].IsNull() && !info[26].IsUndefined()) {
+  if (info.Length() > 25 && !info[25].IsNull() && !info[25].IsUndefined()) {
     KVAppendParams& ap = p.append;
     ap.kv = p.kv;
-    argSegmentedRows(info, 26, c, &ap);
+    argSegmentedRows(info, 25, c, &ap);
     if (ap.numRows != p.numRows) {
       throwInvalid(env, "Expected the appended rows (" + std::to_string(ap.numRows) + ") to be the query rows (" +
                             std::to_string(p.numRows) + ")");
     }
     if (ap.numSegments == 0) ap.k = ap.v = nullptr;
-    if (info.Length() > 32 && !info[32].IsUndefined()) p.appendSpansBlocks = argInt(info, 32, "spansBlocks", 0, 1) != 0;
+    if (info.Length() > 31 && !info[31].IsUndefined()) p.appendSpansBlocks = argInt(info, 31, "spansBlocks", 0, 1) != 0;
   }
   if (p.batch == 0) return env.Undefined();
   Napi::Value made = env.Undefined();

@@ -152,9 +152,6 @@ struct DecodeParams {
   DecodePolicy policy = DecodePolicy::Full;
   int chunkSize = 0;  // moba: block size, a multiple of pageSize
   int topK = 0;       // moba
-  // Split-KV completion counters (CUDA): zero before the op, zero after it.
-  int32_t* counters = nullptr;
-  int numCounters = 0;
   // MobaAttention.forward() of a batch without prefill rows: the new tokens'
   // K/V (append.k, append.v: [numRows, numKVHeads, headDim], the rows of q)
   // go into the cache in this op, as kvAppend would write them (same bytes,

@@ -48,9 +48,10 @@ void sumPiece(const KVAppendParams& p, int first, int h, float* run, float* key)
   } else {
     std::fill(run, run + D, 0.f);
   }
-  const int n = std::min(g.pieceSegments, p.numSegments - first);
+  // As on CUDA: a piece spans at most sumPages segments and ends where the next begins.
+  const int n = std::min({g.pieceSegments, kv.sumPages, p.numSegments - first});
   for (int e = 0; e < n; ++e) {
-    if (e > 0 && (!readSegment(p.segments, first + e, kv, p.numRows, &g) || g.slot != 0)) return;
+    if (e > 0 && (!readSegment(p.segments, first + e, kv, p.numRows, &g) || g.slot != 0 || g.pieceSegments != 0)) return;
     for (int i = 0; i < g.count; ++i) {
       loadRow(p.k, kv.dtype, (static_cast<size_t>(g.row + i) * H + h) * D, D, key);
       for (int d = 0; d < D; ++d) run[d] += key[d];

@@ -208,6 +208,7 @@ class CudaBackend final : public Backend, public CudaContext {
     waiter_.reset();  // runs the remaining callbacks
     smallBlocks_.drain([](void* p) { cudaFree(p); });
     if (scratch_) cudaFree(scratch_);
+    if (counters_) cudaFree(counters_);
     if (meta_) cudaFree(meta_);
     if (metaPinned_) cudaFreeHost(metaPinned_);
     for (auto& r : metaInFlight_) cudaEventDestroy(r.event);
@@ -232,7 +233,7 @@ class CudaBackend final : public Backend, public CudaContext {
     }
     info.total = totalB;
     info.free = freeB + (reserved > inUse ? reserved - inUse : 0) + smallBlocks_.cachedBytes();
-    info.used = used_.load() + scratchBytes_ + metaBytes_;
+    info.used = used_.load() + scratchBytes_ + metaBytes_ + countersCount_ * 4;
     return info;
   }
 
@@ -372,6 +373,21 @@ class CudaBackend final : public Backend, public CudaContext {
 
   Status uploadMeta(const void* host, size_t bytes, void** devicePtr) override;
 
+  Status counters(size_t count, int32_t** ptr) override {
+    if (count > countersCount_) {
+      if (counters_) cudaFreeAsync(counters_, stream);
+      counters_ = nullptr;
+      countersCount_ = 0;
+      const size_t grown = alignUp(count + count / 4, 1024);
+      MOBA_RETURN_IF_ERROR(cudaStatus(cudaMallocAsync(reinterpret_cast<void**>(&counters_), grown * 4, stream),
+                                      "counters allocation"));
+      MOBA_RETURN_IF_ERROR(cudaStatus(cudaMemsetAsync(counters_, 0, grown * 4, stream), "counters clear"));
+      countersCount_ = grown;
+    }
+    *ptr = counters_;
+    return Status::Ok();
+  }
+
  private:
   explicit CudaBackend(int device) : device_(device) {}
 
@@ -411,6 +427,8 @@ class CudaBackend final : public Backend, public CudaContext {
   std::unique_ptr<Waiter> waiter_;
   void* scratch_ = nullptr;
   size_t scratchBytes_ = 0;
+  int32_t* counters_ = nullptr;
+  size_t countersCount_ = 0;
   void* meta_ = nullptr;
   size_t metaBytes_ = 0;
   char* metaPinned_ = nullptr;

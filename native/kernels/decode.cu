@@ -309,9 +309,12 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) decodeKernel(const __gri
     if (a.moba) {
       const int vt = t / kWarps, quarter = t - vt * kWarps;
       const int u = a.byTilesPerBlock(vt), w = vt - u * a.tilesPerBlock;
+      // In 64 bits, clamped to the sequence: a block's end may pass 2^31.
       const int j = unionList[u];
-      r.p0 = j * a.chunkSize + w * kTile + quarter * decode::kWarpKeys;
-      r.end = min(j * a.chunkSize + a.chunkSize, s.kvLen);
+      const int64_t first = static_cast<int64_t>(max(j, 0)) * a.chunkSize;
+      const int64_t end = j >= 0 ? min(first + a.chunkSize, static_cast<int64_t>(s.kvLen)) : 0;
+      r.p0 = static_cast<int>(min(first + w * kTile + quarter * decode::kWarpKeys, end));
+      r.end = static_cast<int>(end);
       r.rows = unionRows[u];
     } else {
       r.p0 = t * decode::kWarpKeys;
@@ -916,27 +919,37 @@ bool plainLaunchesOnly() {
 // *refused: the device turned the attention grid's coordinated launch down
 // (it did not run; gate kernels enqueued ahead of it only wrote the
 // workspace), and the caller goes again without.
-Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated, bool* refused) {
+// What the kernels cannot take, refused before anything is enqueued (the op
+// may append its new tokens before the attention launch).
+Status checkDecode(const DecodeParams& p) {
   const PagedKV& kv = p.kv;
-  const int D = kv.headDim;
-  if (D != 64 && D != 128) return Status::Invalid("unsupported head_dim for decode: " + std::to_string(D));
+  if (kv.headDim != 64 && kv.headDim != 128) return Status::Invalid("unsupported head_dim for decode: " + std::to_string(kv.headDim));
   if (kv.dtype != DType::BF16 && kv.dtype != DType::F16) {
     return Status::Invalid(std::string("unsupported dtype for decode: ") + dtypeName(kv.dtype));
   }
-  if (p.batch == 0) return Status::Ok();
   if (p.batch > 65535) return Status::Invalid("decode takes at most 65535 sequences per op, received " + std::to_string(p.batch));
-  const bool moba = p.policy == DecodePolicy::Moba;
-  if (moba && (p.chunkSize < 1 || p.topK < 1 || p.chunkSize % kv.pageSize != 0)) {
+  if (p.policy == DecodePolicy::Moba && (p.chunkSize < 1 || p.topK < 1 || p.chunkSize % kv.pageSize != 0)) {
     return Status::Invalid("moba decode needs chunkSize >= 1, topK >= 1 and pageSize dividing chunkSize");
   }
+  const int64_t R = static_cast<int64_t>(p.maxQLen) * (p.numQHeads / kv.numKVHeads);
+  const int64_t rowTiles = ceilDiv(R, R <= 16 ? int64_t{16} : int64_t{32});
+  if (kv.numKVHeads * rowTiles > 65535) {
+    return Status::Invalid("decode: too many KV heads x row tiles (" + std::to_string(kv.numKVHeads * rowTiles) + ")");
+  }
+  return Status::Ok();
+}
+
+Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated, bool* refused) {
+  const PagedKV& kv = p.kv;
+  const int D = kv.headDim;
+  MOBA_RETURN_IF_ERROR(checkDecode(p));
+  if (p.batch == 0) return Status::Ok();
+  const bool moba = p.policy == DecodePolicy::Moba;
   const int group = p.numQHeads / kv.numKVHeads;
   const int R = p.maxQLen * group;
   const int M = R <= 16 ? 1 : 2;
   const int RT = 16 * M;
   const int rowTiles = static_cast<int>(ceilDiv(R, RT));
-  if (static_cast<int64_t>(kv.numKVHeads) * rowTiles > 65535) {
-    return Status::Invalid("decode: too many KV heads x row tiles (" + std::to_string(kv.numKVHeads * rowTiles) + ")");
-  }
   const int64_t items = static_cast<int64_t>(p.batch) * kv.numKVHeads * rowTiles;
   const Kernels kernels = kernelsFor(D, M, kv.dtype == DType::BF16);
 
@@ -1098,10 +1111,8 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   }
   if (a.fusedGate) a.gatePer = sharePerCta(a.numSlots);
   a.bySlots = FastDiv(a.numSlots);
-  if (a.numSlots > 1 && !a.cluster && (p.counters == nullptr || p.numCounters < items)) {
-    return Status::Invalid("decode: split-KV needs a counters buffer of " + std::to_string(items) + " ints");
-  }
-  a.counters = p.counters;
+  a.counters = nullptr;
+  if (a.numSlots > 1 && !a.cluster) MOBA_RETURN_IF_ERROR(ctx.counters(static_cast<size_t>(items), &a.counters));
 
   // Workspace: the gate's scores and selections, then the partial outputs and their lse.
   // (fused gate: its candidates in place of both).
@@ -1169,6 +1180,7 @@ Status decodeLaunch(const DecodeParams& params, CudaContext& ctx) {
   // The attention appends the new tokens itself (one launch), unless a moba
   // gate might read a key sum they change: when a sequence's new tokens lie
   // in two blocks, one may complete a block that a later one's row scores.
+  MOBA_RETURN_IF_ERROR(checkDecode(params));
   const DecodeParams* use = &params;
   DecodeParams appended;
   if (params.append.k != nullptr && params.policy == DecodePolicy::Moba && params.maxQLen > 1 &&

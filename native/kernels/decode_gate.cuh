@@ -674,7 +674,9 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
     int got = 0;
     for (; got < want; ++got) {
       const uint64_t best = warpBestBelow(cand + lr * nc, nc, prev);
-      if (best == 0) break;  // never, as the shares cover every past block; kept so a pick is always in range
+      // Never, as the shares cover every past block; kept so that a pick is
+      // always a past block (the bitmap has a bit per block, no more).
+      if (best == 0 || blockOfKey(best) < 0 || blockOfKey(best) >= cur) break;
       if (lane == 0) pick(sel, bitmap, a.topK, lr, got, blockOfKey(best));
       prev = best;
     }

@@ -140,8 +140,8 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
     std::copy(v.cuSeqlensK, v.cuSeqlensK + n1, m + plan->metaK);
     m[plan->metaBlocks] = 0;
     for (int b = 0; b < v.batch; ++b) {
-      int lk = v.cuSeqlensK[b + 1] - v.cuSeqlensK[b];
-      m[plan->metaBlocks + b + 1] = m[plan->metaBlocks + b] + (lk + p.chunkSize - 1) / p.chunkSize;
+      const int64_t lk = v.cuSeqlensK[b + 1] - v.cuSeqlensK[b];
+      m[plan->metaBlocks + b + 1] = m[plan->metaBlocks + b] + static_cast<int32_t>((lk + p.chunkSize - 1) / p.chunkSize);
     }
     if (plan->numTiles > 0) buildTiles(v, plan->tileRows, plan->meta, plan->metaTiles, plan->numTiles);
   }

@@ -45,6 +45,7 @@ struct KvArgs {
   float* sums;             // keySums + layer offset
   int64_t sumsPageStride;  // floats between pages
   int numPages, numKVHeads, pageSize, headDim;
+  int sumPages;            // pages per key-sum block: the most segments one piece spans
   uint16_t* rowsK;         // [numRows, numKVHeads, headDim]
   uint16_t* rowsV;
   int numRows;
@@ -64,6 +65,7 @@ KvArgs kvArgs(const PagedKV& kv, const void* k, const void* v, int numRows, cons
   a.numKVHeads = kv.numKVHeads;
   a.pageSize = kv.pageSize;
   a.headDim = kv.headDim;
+  a.sumPages = kv.sumPages;
   a.rowsK = static_cast<uint16_t*>(const_cast<void*>(k));
   a.rowsV = static_cast<uint16_t*>(const_cast<void*>(v));
   a.numRows = numRows;
@@ -114,7 +116,10 @@ __global__ void __launch_bounds__(kThreads) copySegmentsKernel(const KvArgs a) {
   // continues, storing the running sum into each of its pages. They come
   // from the rows, so no order against the copies is needed.
   auto sumsOf = [&](int page) { return a.sums + page * a.sumsPageStride + static_cast<int64_t>(h) * D; };
-  const int n = min(g.pieceSegments, a.numSegments - static_cast<int>(blockIdx.x));
+  // A piece lies in one key-sum block, so it spans at most sumPages segments,
+  // and the next piece's first segment ends it: metadata claiming more cannot
+  // make one thread add up the whole batch.
+  const int n = min(min(g.pieceSegments, a.sumPages), a.numSegments - static_cast<int>(blockIdx.x));
   for (int d = threadIdx.x; d < D; d += kThreads) {
     Segment e = g;
     float s = 0.f;
@@ -124,7 +129,10 @@ __global__ void __launch_bounds__(kThreads) copySegmentsKernel(const KvArgs a) {
       s = sumsOf(g.carryPage)[d];
     }
     for (int i = 0; i < n; ++i) {
-      if (i > 0 && (!loadSegment(a.segments, blockIdx.x + i, a.numPages, a.pageSize, a.numRows, &e) || e.slot != 0)) break;
+      if (i > 0 && (!loadSegment(a.segments, blockIdx.x + i, a.numPages, a.pageSize, a.numRows, &e) || e.slot != 0 ||
+                    e.pieceSegments != 0)) {
+        break;
+      }
       const uint16_t* key = a.rowsK + static_cast<int64_t>(e.row) * rowStride + static_cast<int64_t>(h) * D + d;
 #pragma unroll 8
       for (int t = 0; t < e.count; ++t) s += widen(key[t * rowStride], a.bf16);

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "../../common/status.h"
@@ -28,14 +29,23 @@ class CudaContext {
   // kernels (until the next uploadMeta of a later op). The host memory may be
   // reused as soon as this returns.
   virtual Status uploadMeta(const void* host, size_t bytes, void** devicePtr) = 0;
+  // At least `count` int32 counters, zero when an op's kernels start: every
+  // op that counts arrivals in them leaves them at zero again (kernels of
+  // later ops touch them only after the grid before has completed). Owned
+  // here, not passed in, so that no caller can hand the kernels a buffer
+  // whose counts never reach their targets.
+  virtual Status counters(size_t count, int32_t** ptr) = 0;
   // Several metadata arrays in one copy: offsets into the returned block are
   // the caller's choice (use alignUp to 256).
   static size_t alignUp(size_t n, size_t a = 256) { return (n + a - 1) / a * a; }
 };
 
 // Turns a CUDA error into the package's Status (ECUDA, or EOOM for allocation).
+// A failed runtime call also leaves its error as the thread's last error;
+// it is cleared here, or the next op's checkLaunch would report it as its own.
 inline Status cudaStatus(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return Status::Ok();
+  cudaGetLastError();
   std::string msg = std::string(what) + ": " + cudaGetErrorString(err);
   if (err == cudaErrorMemoryAllocation) return Status::Error(ErrorCode::Oom, msg, cudaGetErrorName(err));
   return Status::Error(ErrorCode::Cuda, msg, cudaGetErrorName(err));
