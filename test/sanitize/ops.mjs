@@ -96,20 +96,21 @@ for (const [name, pageSize, sumChunk, chunkSize, topK] of kvCases) {
   const layers = ['full', 'moba'].map((decode) => new MobaAttention(device, { numQHeads: Hq, numKVHeads: Hkv, headDim: D, chunkSize, topK, decode, dtype }));
   const seqs = [cache.addSequence(), cache.addSequence(), cache.addSequence()];
   const rows = (n, H) => upload(randn(n * H * D), dtype, [n, H, D]);
-  // Prefill in two chunks (the second mixed with decode rows), forks, then decode steps.
+  // Prefill in two chunks (the second mixed with decode rows), forks, then decode steps
+  // (entries: [index into seqs, new tokens]; seqs[3] is the fork).
   const steps = [
-    [[seqs[0], 3000], [seqs[1], 1100], [seqs[2], 37]],
-    [[seqs[0], 333], [seqs[1], 1], [seqs[2], 1]],
+    [[0, 3000], [1, 1100], [2, 37]],
+    [[0, 333], [1, 1], [2, 1]],
     'fork',
-    [[seqs[0], 1], [seqs[1], 4], [seqs[2], 1], [3, 1]],
-    [[seqs[0], 4], [seqs[1], 1], [seqs[2], 2], [3, 1]],
+    [[0, 1], [1, 4], [2, 1], [3, 1]],
+    [[0, 4], [1, 1], [2, 2], [3, 1]],
   ];
   for (let s = 0; s < steps.length; s++) {
     if (steps[s] === 'fork') {
       seqs.push(cache.fork(seqs[1]));
       continue;
     }
-    const plan = cache.plan(steps[s].map(([seq, newTokens]) => ({ seq, newTokens })));
+    const plan = cache.plan(steps[s].map(([i, newTokens]) => ({ seq: seqs[i], newTokens })));
     const n = plan.numRows;
     const q = rows(n, Hq);
     for (let l = 0; l < layers.length; l++) {
