@@ -207,21 +207,24 @@ function int32From(values: Float64Array): Int32Array {
  */
 export function openDevice(options: OpenDeviceOptions = {}): Device {
   if (options === null || typeof options !== 'object') throw invalidArgument('options', 'an object', options);
+  // Each option is read once.
   const backend = options.backend ?? 'auto';
   if (backend !== 'auto' && backend !== 'cuda' && backend !== 'cpu') {
     throw invalidArgument('backend', '"auto", "cuda" or "cpu"', backend);
   }
-  const index = options.index ?? 0;
+  const givenIndex = options.index;
+  const index = givenIndex ?? 0;
   if (typeof index !== 'number' || !Number.isInteger(index) || index < 0) {
     throw invalidArgument('index', 'a non-negative integer', index);
   }
+  if (index > 2 ** 20) throw invalidArgument('index', 'a device index of at most 2^20', index);
   const poison = options.poisonOutputs ?? false;
   if (typeof poison !== 'boolean') throw invalidArgument('poisonOutputs', 'a boolean', poison);
   const addon = loadNative();
   let kind: Backend;
   if (backend === 'auto') {
     kind = addon.probeCuda().usable ? 'cuda' : 'cpu';
-    if (kind === 'cpu' && options.index !== undefined && index !== 0) {
+    if (kind === 'cpu' && givenIndex !== undefined && index !== 0) {
       throw invalidArgument('index', `0 for the CPU backend (no CUDA device: ${addon.probeCuda().reason})`, index);
     }
   } else {

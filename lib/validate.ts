@@ -126,7 +126,7 @@ function checkPrefixSums(input: unknown, arg: string, total: number, totalName: 
   // Checked and used as a private copy: the caller's array (on a
   // SharedArrayBuffer, another thread may write it) could otherwise change
   // between this check and the kernels' reads.
-  const value = input.slice();
+  const value = new Int32Array(input); // a plain copy, whatever subclass or species the input has
   if (value.length < 2) throw invalidArgument(`${arg}.length`, 'at least 2 (batch + 1 with batch >= 1)', value.length);
   if (length !== undefined && value.length !== length) {
     throw invalidArgument(`${arg}.length`, `${length} (the length of cuSeqlensQ)`, value.length);

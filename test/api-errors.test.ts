@@ -31,6 +31,8 @@ describe('openDevice', () => {
       'Expected a non-negative integer for index but received 1.5');
     expectError(() => openDevice({ backend: 'cpu', index: 2 }), 'EINVAL',
       'Expected 0 for the CPU backend for index but received 2');
+    expectError(() => openDevice({ backend: 'cuda', index: 2 ** 40 }), 'EINVAL',
+      'Expected a device index of at most 2^20 for index but received 1099511627776');
     expectError(() => openDevice({ poisonOutputs: 'yes' as never }), 'EINVAL',
       'Expected a boolean for poisonOutputs but received "yes"');
     expectError(() => openDevice(null as never), 'EINVAL', 'Expected an object for options but received null');
