@@ -150,14 +150,7 @@ export class MobaAttention {
       throw invalidArgument('cache.chunkSize', `a divisor of the moba-decode layer's chunkSize (${this.chunkSize})`,
         cache.chunkSize);
     }
-    const q = checkTensor(qv, 'q');
-    if (q.device !== this.device) throw invalidArgument('q.device', `the layer's device (${this.device})`, q.device.toString());
-    if (q.dtype !== this.dtype) throw invalidArgument('q.dtype', `the layer's dtype ("${this.dtype}")`, q.dtype);
-    const sh = q.shape;
-    if (sh.length !== 3 || sh[0] !== p.numRows || sh[1] !== this.numQHeads || sh[2] !== this.headDim) {
-      throw invalidArgument(
-        'q.shape', `[${p.numRows}, ${this.numQHeads}, ${this.headDim}] ([plan.numRows, numQHeads, headDim])`, sh);
-    }
+    this.checkQueryRows(qv, 'q', p.numRows);
     // Refused here, before forward() appends anything: the attention op would
     // refuse it only after the plan's K/V were in the cache.
     const dec = p.decode;
@@ -178,17 +171,23 @@ export class MobaAttention {
     return Math.ceil(pre.maxSeqlenK / this.chunkSize) <= this.topK;
   }
 
-  /** The caller's output tensor, if any: the layer's device, dtype and [plan.numRows, numQHeads, headDim]. */
+  /** A tensor of the layer's device and dtype, [numRows, numQHeads, headDim] (q, or an output). */
+  private checkQueryRows(value: unknown, arg: string, numRows: number): Tensor {
+    const t = checkTensor(value, arg);
+    if (t.device !== this.device) throw invalidArgument(`${arg}.device`, `the layer's device (${this.device})`, t.device.toString());
+    if (t.dtype !== this.dtype) throw invalidArgument(`${arg}.dtype`, `the layer's dtype ("${this.dtype}")`, t.dtype);
+    const sh = t.shape;
+    if (sh.length !== 3 || sh[0] !== numRows || sh[1] !== this.numQHeads || sh[2] !== this.headDim) {
+      throw invalidArgument(
+        `${arg}.shape`, `[${numRows}, ${this.numQHeads}, ${this.headDim}] ([plan.numRows, numQHeads, headDim])`, sh);
+    }
+    return t;
+  }
+
+  /** The caller's output tensor, if any: as q, and not one of the op's inputs. */
   private checkOut(out: unknown, plan: KVPlan, inputs: readonly Tensor[]): Tensor | null {
     if (out === undefined) return null;
-    const o = checkTensor(out, 'out');
-    if (o.device !== this.device) throw invalidArgument('out.device', `the layer's device (${this.device})`, o.device.toString());
-    if (o.dtype !== this.dtype) throw invalidArgument('out.dtype', `the layer's dtype ("${this.dtype}")`, o.dtype);
-    const sh = o.shape;
-    if (sh.length !== 3 || sh[0] !== plan.numRows || sh[1] !== this.numQHeads || sh[2] !== this.headDim) {
-      throw invalidArgument(
-        'out.shape', `[${plan.numRows}, ${this.numQHeads}, ${this.headDim}] ([plan.numRows, numQHeads, headDim])`, sh);
-    }
+    const o = this.checkQueryRows(out, 'out', plan.numRows);
     // The kernels read their inputs while they write out, in no fixed order.
     const names = ['q', 'k', 'v'];
     inputs.forEach((t, i) => {

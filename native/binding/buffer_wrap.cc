@@ -1,6 +1,7 @@
 #include "buffer_wrap.h"
 
 #include "addon_data.h"
+#include "args.h"
 #include "errors.h"
 
 namespace moba {
@@ -15,20 +16,12 @@ Napi::Function BufferWrap::defineClass(Napi::Env env) {
 }
 
 namespace {
-// See DeviceWrap: accessors get no receiver check from N-API.
 constexpr napi_type_tag kBufferTag = {0x6d6f6261c0de0002ULL, 0x4e61746976654275ULL};
-
-void checkReceiver(const Napi::CallbackInfo& info) {
-  bool ok = false;
-  if (napi_check_object_type_tag(info.Env(), info.This(), &kBufferTag, &ok) != napi_ok || !ok) {
-    throwInvalid(info.Env(), "Expected a NativeBuffer as the receiver");
-  }
-}
 }  // namespace
 
 BufferWrap::BufferWrap(const Napi::CallbackInfo& info)
     : Napi::ObjectWrap<BufferWrap>(info), env_(info.Env()) {
-  NAPI_THROW_IF_FAILED_VOID(info.Env(), napi_type_tag_object(info.Env(), info.This(), &kBufferTag));
+  tagReceiver(info, kBufferTag);
 }
 
 Napi::Object BufferWrap::create(Napi::Env env, std::shared_ptr<DeviceCore> core, size_t bytes, BufferWrap** wrap) {
@@ -83,12 +76,12 @@ Napi::Value BufferWrap::dispose(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value BufferWrap::getBytes(const Napi::CallbackInfo& info) {
-  checkReceiver(info);
+  checkReceiver(info, kBufferTag, "NativeBuffer");
   return Napi::Number::New(info.Env(), static_cast<double>(bytes_));
 }
 
 Napi::Value BufferWrap::getDisposed(const Napi::CallbackInfo& info) {
-  checkReceiver(info);
+  checkReceiver(info, kBufferTag, "NativeBuffer");
   return Napi::Boolean::New(info.Env(), ptr_ == nullptr);
 }
 
