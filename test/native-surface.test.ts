@@ -2,10 +2,10 @@
  * The native surface called directly (device.native.*), as no user of the
  * public API can: its re-checks must keep any call from crashing the process.
  * Receivers of the accessors, sizes whose product overflows 64 bits, typed
- * arrays on SharedArrayBuffers, and host memory running out on the JavaScript
- * thread or inside the CPU backend's thread pool. CPU backend; the
- * out-of-memory cases run in a child process whose address space is capped
- * (prlimit) after it has set up.
+ * arrays on SharedArrayBuffers, host memory running out on the JavaScript
+ * thread, and the CPU decode's memory per thread. CPU backend; the memory
+ * cases run in a child process whose address space is capped (prlimit)
+ * after it has set up.
  */
 import { execFileSync } from 'node:child_process';
 
@@ -143,9 +143,10 @@ const capAddressSpace = (headroomMiB: number): string => `
   const vmKiB = Number(/VmSize:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]);
   execFileSync('prlimit', ['--pid', String(process.pid), '--as=' + (vmKiB * 1024 + ${headroomMiB} * 2 ** 20)]);`;
 
-it.skipIf(prlimitReason !== '')('out of host memory inside the CPU thread pool (decode scratch) rejects with EOOM; the process goes on', () => {
-  // A 1 GiB pool left untouched; one sequence of all its 2^25 tokens needs
-  // 1 GiB of fp32 keys and as much of values per worker, past the cap.
+it.skipIf(prlimitReason !== '')('CPU decode over a 1 GiB pool with the address space capped 512 MiB above its start: keys a tile at a time, not the whole sequence per thread', () => {
+  // One sequence of all the pool's 2^25 tokens (never written: zero keys and
+  // values). Widening it whole would take 1 GiB of fp32 keys and as much of
+  // values per thread.
   expectCleanExit(`
     const d = openDevice({ backend: 'cpu' });
     const n = d.native;
@@ -164,14 +165,8 @@ it.skipIf(prlimitReason !== '')('out of host memory inside the CPU thread pool (
     ${capAddressSpace(512)}
     const out = n.decodeAttention(q, null, pool, sums, meta, 0, 1, numPages, 1, Hq, 1, kvLen, kvLen, 0.35, 0, 0, 0,
       0, numPages, 1, 0, 1, pageSize, D, 1);
-    let code = 'no error';
-    try { await n.synchronize(); } catch (e) { code = e.code; }
-    if (code !== 'EOOM') throw new Error('expected EOOM from the queued decode, got ' + code);
-    // The device still works.
-    const t = d.tensor(new Float32Array([1, 2, 3]), { dtype: 'f32', shape: [3] });
-    const back = Array.from(await t.toArray());
-    if (back.join() !== '1,2,3') throw new Error('device broken after EOOM: ' + back);
-    void out;`);
+    const o = Array.from(await n.read(out, 0, Hq * D));
+    if (!o.every((x) => x === 0)) throw new Error('expected zeros (zero values) but got ' + o);`);
 });
 
 it.skipIf(prlimitReason !== '')('out of host memory staging an upload on the JavaScript thread is EOOM, not an abort', () => {

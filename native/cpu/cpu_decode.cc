@@ -1,7 +1,9 @@
-// Decode attention over the paged KV cache on the CPU: one (sequence, query
-// head) per work item; its K/V rows are widened to fp32 once through the
-// page table and reused by the sequence's 1..8 query tokens. 'moba' gates
-// over the cache with block centroids built from the cache's key sums.
+// Decode attention over the paged KV cache on the CPU. One (sequence, KV
+// head) is the unit: its rows (1..8 new tokens x the query heads of the KV
+// head) share each tile of keys widened to fp32 through the page table, and
+// a long sequence is split into slices of keys whose partial softmax results
+// are merged. 'moba' gates over the cache with block centroids built from the
+// cache's key sums.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -40,20 +42,22 @@ bool loadSeq(const DecodeParams& p, int b, SeqView* s) {
   return true;
 }
 
-// Online softmax of one query row over key ranges, in log2 units.
+// Online softmax of one query row over keys, in log2 units.
 struct Softmax {
   float max = -std::numeric_limits<float>::infinity();
   float sum = 0.f;
-  std::vector<float> acc;
+  float* acc = nullptr;  // [d]
 
-  void reset(int d) {
+  void reset(float* accumulator, int d) {
     max = -std::numeric_limits<float>::infinity();
     sum = 0.f;
-    acc.assign(d, 0.f);
+    acc = accumulator;
+    std::fill(acc, acc + d, 0.f);
   }
-  void attend(const float* q2, const float* k, const float* v, int d, int64_t first, int64_t last) {
-    for (int64_t s = first; s < last; ++s) {
-      const float x = dotF32(q2, k + s * d, d);
+  // n consecutive keys and values (rows of d floats).
+  void attend(const float* q2, const float* k, const float* v, int d, int n) {
+    for (int s = 0; s < n; ++s) {
+      const float x = dotF32(q2, k + static_cast<size_t>(s) * d, d);
       if (x > max) {
         const float corr = std::exp2(max - x);
         sum *= corr;
@@ -62,15 +66,34 @@ struct Softmax {
       }
       const float w = x == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(x - max);
       sum += w;
-      const float* vr = v + s * d;
+      const float* vr = v + static_cast<size_t>(s) * d;
       for (int i = 0; i < d; ++i) acc[i] += w * vr[i];
     }
   }
 };
 
-}  // namespace
+// Keys are widened to fp32 a tile at a time (never a whole sequence per
+// thread), and one tile serves every query row of its KV head.
+constexpr int kTileKeys = 64;
+// A (sequence, KV head) is split into slices of at least this many keys when
+// there are fewer items than threads; the slices' partial results are merged.
+constexpr int64_t kMinSliceKeys = 2048;
+// Partial results of all slices together stay under this many bytes.
+constexpr size_t kMaxPartialBytes = size_t(256) << 20;
 
-Status cpuDecodeAttention(const DecodeParams& p, ThreadPool& pool) {
+// One (sequence, KV head): its rows (new tokens x query heads of the group)
+// and the key ranges they read, ascending.
+struct Item {
+  int b = 0, kvh = 0;
+  SeqView s{};
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // [first, end) key positions
+  int64_t keys = 0;                                 // total length of the ranges
+  int firstSlice = 0, numSlices = 0;
+  std::vector<int32_t> selected;                    // moba: [rows, topK] blocks, ascending, -1 padded
+};
+
+// Decodes sequences [bBegin, bEnd) of the batch.
+void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bEnd) {
   const PagedKV& kv = p.kv;
   const int D = kv.headDim, S = kv.pageSize;
   const int Hq = p.numQHeads, group = Hq / kv.numKVHeads;
@@ -79,64 +102,195 @@ Status cpuDecodeAttention(const DecodeParams& p, ThreadPool& pool) {
   const bool moba = p.policy == DecodePolicy::Moba;
   const int B = p.chunkSize;
 
-  pool.parallelFor(static_cast<int64_t>(p.batch) * Hq, [&](int64_t begin, int64_t end) {
-    std::vector<float> k, v, cent, q(D), q2(D), o(D);
+  // Live items, in (sequence, KV head) order.
+  std::vector<Item> items;
+  for (int b = bBegin; b < bEnd; ++b) {
+    SeqView s;
+    if (!loadSeq(p, b, &s)) continue;
+    for (int kvh = 0; kvh < kv.numKVHeads; ++kvh) {
+      Item it;
+      it.b = b;
+      it.kvh = kvh;
+      it.s = s;
+      items.push_back(std::move(it));
+    }
+  }
+  if (items.empty()) return;
+  auto rowsOf = [&](const Item& it) { return it.s.qLen * group; };
+  // Row r of an item: token i = r / group, query head kvh * group + r % group.
+  auto qOffset = [&](const Item& it, int r) {
+    return (static_cast<size_t>(it.s.qStart + r / group) * Hq + it.kvh * group + r % group) * D;
+  };
+  auto positionOf = [&](const Item& it, int r) { return static_cast<int64_t>(it.s.kvLen) - it.s.qLen + r / group; };
+  auto keyRow = [&](const Item& it, int64_t pos, int64_t extra) {
+    return static_cast<size_t>(it.s.pages[pos / S] * kv.pageStride() + kv.layerOffset() +
+                               (static_cast<int64_t>(it.kvh) * S + pos % S) * D + extra);
+  };
+
+  // Moba: each row's blocks, from centroids built out of the cache's key
+  // sums (a complete block's centroid: the sum of its key-sum runs, each read
+  // at the run's last page, / chunkSize); then the ranges the item reads.
+  pool.parallelFor(static_cast<int64_t>(items.size()), [&](int64_t begin, int64_t end) {
+    std::vector<float> cent, q(D);
     std::vector<ScoredBlock> scratch;
-    std::vector<int32_t> blocks(moba ? p.topK : 0);
-    Softmax st;
-    for (int64_t item = begin; item < end; ++item) {
-      const int b = static_cast<int>(item / Hq), hq = static_cast<int>(item % Hq), kvh = hq / group;
-      SeqView s;
-      if (!loadSeq(p, b, &s)) continue;
-      k.resize(static_cast<size_t>(s.kvLen) * D);
-      v.resize(static_cast<size_t>(s.kvLen) * D);
-      for (int pos = 0; pos < s.kvLen; ++pos) {
-        const int64_t off = s.pages[pos / S] * kv.pageStride() + kv.layerOffset() +
-                            (static_cast<int64_t>(kvh) * S + pos % S) * D;
-        loadRow(kv.pool, kv.dtype, static_cast<size_t>(off), D, k.data() + static_cast<size_t>(pos) * D);
-        loadRow(kv.pool, kv.dtype, static_cast<size_t>(off + kv.vOffset()), D, v.data() + static_cast<size_t>(pos) * D);
+    for (int64_t n = begin; n < end; ++n) {
+      Item& it = items[n];
+      const int rows = rowsOf(it);
+      if (!moba) {
+        it.ranges.push_back({0, it.s.kvLen});
+        it.keys = it.s.kvLen;
+        continue;
       }
-      if (moba) {
-        // Centroid of a complete block: the sum of its key-sum runs (each
-        // read at the run's last page) / chunkSize.
-        const int complete = s.kvLen / B;
-        const int runPages = kv.sumPages;
-        const int runsPerBlock = B / (S * runPages);
-        cent.assign(static_cast<size_t>(complete) * D, 0.f);
-        for (int j = 0; j < complete; ++j) {
-          float* c = cent.data() + static_cast<size_t>(j) * D;
-          for (int r = 0; r < runsPerBlock; ++r) {
-            const int last = (j * runsPerBlock + r + 1) * runPages - 1;
-            const float* sums = kv.keySums + s.pages[last] * kv.sumsPageStride() +
-                                kv.sumsLayerOffset() + static_cast<int64_t>(kvh) * D;
-            for (int d = 0; d < D; ++d) c[d] += sums[d];
-          }
-          const float inv = 1.f / static_cast<float>(B);
-          for (int d = 0; d < D; ++d) c[d] *= inv;
+      const int complete = it.s.kvLen / B;
+      const int runPages = kv.sumPages;
+      const int runsPerBlock = B / (S * runPages);
+      cent.assign(static_cast<size_t>(complete) * D, 0.f);
+      for (int j = 0; j < complete; ++j) {
+        float* c = cent.data() + static_cast<size_t>(j) * D;
+        for (int r = 0; r < runsPerBlock; ++r) {
+          const int last = (j * runsPerBlock + r + 1) * runPages - 1;
+          const float* sums = kv.keySums + it.s.pages[last] * kv.sumsPageStride() + kv.sumsLayerOffset() +
+                              static_cast<int64_t>(it.kvh) * D;
+          for (int d = 0; d < D; ++d) c[d] += sums[d];
+        }
+        const float inv = 1.f / static_cast<float>(B);
+        for (int d = 0; d < D; ++d) c[d] *= inv;
+      }
+      it.selected.assign(static_cast<size_t>(rows) * p.topK, -1);
+      std::vector<int32_t> blocks;
+      for (int r = 0; r < rows; ++r) {
+        loadRow(p.q, kv.dtype, qOffset(it, r), D, q.data());
+        int32_t* sel = it.selected.data() + static_cast<size_t>(r) * p.topK;
+        selectBlocks(q.data(), cent.data(), static_cast<size_t>(D), D, positionOf(it, r), B, p.topK, scratch, sel);
+        for (int m = 0; m < p.topK && sel[m] >= 0; ++m) blocks.push_back(sel[m]);
+      }
+      std::sort(blocks.begin(), blocks.end());
+      blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+      for (int32_t j : blocks) {
+        const int64_t first = static_cast<int64_t>(j) * B;
+        const int64_t last = std::min<int64_t>(first + B, it.s.kvLen);
+        if (first < last) {
+          it.ranges.push_back({first, last});
+          it.keys += last - first;
         }
       }
-      for (int i = 0; i < s.qLen; ++i) {
-        const int row = s.qStart + i;
-        const int64_t t = s.kvLen - s.qLen + i;
-        const size_t qOff = (static_cast<size_t>(row) * Hq + hq) * D;
-        loadRow(p.q, kv.dtype, qOff, D, q.data());
-        for (int d = 0; d < D; ++d) q2[d] = q[d] * scaleLog2;
-        st.reset(D);
-        if (!moba) {
-          st.attend(q2.data(), k.data(), v.data(), D, 0, t + 1);
-        } else {
-          selectBlocks(q.data(), cent.data(), static_cast<size_t>(D), D, t, B, p.topK, scratch, blocks.data());
-          for (int n = 0; n < p.topK && blocks[n] >= 0; ++n) {
-            const int64_t first = static_cast<int64_t>(blocks[n]) * B;
-            st.attend(q2.data(), k.data(), v.data(), D, first, std::min<int64_t>(first + B, t + 1));
+    }
+  });
+
+  // Slices: enough for every thread when the items are few, within the memory for partial results.
+  size_t rowsTotal = 0;
+  for (const Item& it : items) rowsTotal += static_cast<size_t>(rowsOf(it));
+  const int64_t want = (2 * static_cast<int64_t>(pool.size()) + static_cast<int64_t>(items.size()) - 1) /
+                       static_cast<int64_t>(items.size());
+  const int64_t byMemory = std::max<int64_t>(
+      1, static_cast<int64_t>(kMaxPartialBytes / (rowsTotal * (static_cast<size_t>(D) + 2) * sizeof(float))));
+  int numSlices = 0;
+  for (Item& it : items) {
+    const int64_t byKeys = std::max<int64_t>(1, it.keys / kMinSliceKeys);
+    it.numSlices = static_cast<int>(std::max<int64_t>(1, std::min({want, byKeys, byMemory})));
+    it.firstSlice = numSlices;
+    numSlices += it.numSlices;
+  }
+  struct SliceRef {
+    int item, index;
+  };
+  std::vector<SliceRef> slices;
+  slices.reserve(numSlices);
+  std::vector<size_t> rowBase(items.size());  // first partial row of each item's slice 0
+  size_t partialRows = 0;
+  for (size_t n = 0; n < items.size(); ++n) {
+    rowBase[n] = partialRows;
+    partialRows += static_cast<size_t>(items[n].numSlices) * rowsOf(items[n]);
+    for (int i = 0; i < items[n].numSlices; ++i) slices.push_back({static_cast<int>(n), i});
+  }
+  std::vector<float> partAcc(partialRows * D), partMax(partialRows), partSum(partialRows);
+
+  // Each slice: its share of the item's keys, a tile at a time, into every row's partial softmax.
+  pool.parallelFor(static_cast<int64_t>(slices.size()), [&](int64_t begin, int64_t end) {
+    std::vector<float> kt(static_cast<size_t>(kTileKeys) * D), vt(static_cast<size_t>(kTileKeys) * D), q2;
+    std::vector<Softmax> st;
+    for (int64_t n = begin; n < end; ++n) {
+      const Item& it = items[slices[n].item];
+      const int rows = rowsOf(it);
+      const int64_t from = it.keys * slices[n].index / it.numSlices;
+      const int64_t to = it.keys * (slices[n].index + 1) / it.numSlices;
+      q2.resize(static_cast<size_t>(rows) * D);
+      st.resize(rows);
+      const size_t base = rowBase[slices[n].item] + static_cast<size_t>(slices[n].index) * rows;
+      for (int r = 0; r < rows; ++r) {
+        float* q = q2.data() + static_cast<size_t>(r) * D;
+        loadRow(p.q, kv.dtype, qOffset(it, r), D, q);
+        for (int d = 0; d < D; ++d) q[d] *= scaleLog2;
+        st[r].reset(partAcc.data() + (base + r) * D, D);
+      }
+      int64_t at = 0;  // keys of the ranges before the current one
+      for (const auto& [first, last] : it.ranges) {
+        const int64_t lo = std::max(first, first + (from - at)), hi = std::min(last, first + (to - at));
+        at += last - first;
+        for (int64_t p0 = lo; p0 < hi; p0 += kTileKeys) {
+          const int n1 = static_cast<int>(std::min<int64_t>(kTileKeys, hi - p0));
+          for (int i = 0; i < n1; ++i) {
+            loadRow(kv.pool, kv.dtype, keyRow(it, p0 + i, 0), D, kt.data() + static_cast<size_t>(i) * D);
+            loadRow(kv.pool, kv.dtype, keyRow(it, p0 + i, kv.vOffset()), D, vt.data() + static_cast<size_t>(i) * D);
+          }
+          const int32_t block = moba ? static_cast<int32_t>(p0 / B) : 0;
+          for (int r = 0; r < rows; ++r) {
+            if (moba) {
+              const int32_t* sel = it.selected.data() + static_cast<size_t>(r) * p.topK;
+              if (!std::binary_search(sel, sel + p.topK, block, [](int32_t a, int32_t b) {
+                    // -1 padding sorts after every block
+                    return static_cast<uint32_t>(a) < static_cast<uint32_t>(b);
+                  })) {
+                continue;
+              }
+            }
+            // Causal: row r sees positions up to its own.
+            const int n2 = static_cast<int>(std::min<int64_t>(n1, positionOf(it, r) + 1 - p0));
+            if (n2 > 0) st[r].attend(q2.data() + static_cast<size_t>(r) * D, kt.data(), vt.data(), D, n2);
           }
         }
-        const float inv = st.sum > 0.f ? 1.f / st.sum : 0.f;
-        for (int d = 0; d < D; ++d) o[d] = st.acc[d] * inv;
-        convertFromF32(o.data(), static_cast<char*>(p.out) + qOff * es, D, kv.dtype);
+      }
+      for (int r = 0; r < rows; ++r) {
+        partMax[base + r] = st[r].max;
+        partSum[base + r] = st[r].sum;
       }
     }
   }, 1);
+
+  // Each row: its slices merged in order, normalized, written in the output dtype.
+  pool.parallelFor(static_cast<int64_t>(rowsTotal), [&](int64_t begin, int64_t end) {
+    std::vector<float> o(D);
+    size_t n = 0, first = 0;  // the item of row `begin`, and its first row's global index
+    for (int64_t g = begin; g < end; ++g) {
+      while (g >= static_cast<int64_t>(first + rowsOf(items[n]))) first += rowsOf(items[n++]);
+      const Item& it = items[n];
+      const int rows = rowsOf(it), r = static_cast<int>(g - first);
+      float m = -std::numeric_limits<float>::infinity();
+      for (int i = 0; i < it.numSlices; ++i) m = std::max(m, partMax[rowBase[n] + static_cast<size_t>(i) * rows + r]);
+      float sum = 0.f;
+      std::fill(o.begin(), o.end(), 0.f);
+      for (int i = 0; i < it.numSlices; ++i) {
+        const size_t at = rowBase[n] + static_cast<size_t>(i) * rows + r;
+        // A slice with no key for this row (max -inf) weighs nothing.
+        const float w = partMax[at] == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(partMax[at] - m);
+        sum += w * partSum[at];
+        const float* acc = partAcc.data() + at * D;
+        for (int d = 0; d < D; ++d) o[d] += w * acc[d];
+      }
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      for (int d = 0; d < D; ++d) o[d] *= inv;
+      convertFromF32(o.data(), static_cast<char*>(p.out) + qOffset(it, r) * es, D, kv.dtype);
+    }
+  });
+}
+
+}  // namespace
+
+Status cpuDecodeAttention(const DecodeParams& p, ThreadPool& pool) {
+  // Sequences in groups of at most about 2^16 (sequence, KV head) items, so
+  // that the per-item state stays small for any batch.
+  const int perGroup = std::max(1, 65536 / p.kv.numKVHeads);
+  for (int b = 0; b < p.batch; b += perGroup) decodeSequences(p, pool, b, std::min(p.batch, b + perGroup));
   return Status::Ok();
 }
 
