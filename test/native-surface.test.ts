@@ -121,6 +121,21 @@ for (const backend of backends) {
     expect(worst, 'largest key-sum error').toBeLessThan(1e-4);
   });
 
+  it(`${backend}: attention and decode refuse a softmaxScale that overflows a float`, () => {
+    using device = openDevice({ backend });
+    const n = device.native;
+    const b = n.alloc(1 << 16);
+    const cu = new Int32Array([0, 4]);
+    const message = /^Expected a number of magnitude at most 2\.35e\+38 for softmaxScale but received /;
+    for (const scale of [1e300, -3e38, NaN, Infinity]) {
+      expect(expectMobaError(() => n.attention(b, b, b, b, null, cu, cu, 0, 1, 1, 64, scale, true, 0, 0), 'EINVAL').message)
+        .toMatch(message);
+      expect(expectMobaError(() => n.decodeAttention(b, null, b, b, b, 0, 1, 1, 1, 1, 1, 4, 4, scale,
+        0, 0, 0, 0, 1, 1, 0, 1, 64, 64, 1), 'EINVAL').message).toMatch(message);
+    }
+    b.dispose();
+  });
+
   it(`${backend}: decode refuses a maxKvLen whose last block would end past 2^31`, () => {
     using device = openDevice({ backend });
     const n = device.native;

@@ -30,6 +30,15 @@ double argNumber(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return d;
 }
 
+float argSoftmaxScale(const Napi::CallbackInfo& info, size_t i) {
+  const double scale = argNumber(info, i, "softmaxScale");
+  if (!(std::fabs(scale) <= 2.35e38)) {
+    throwInvalid(info.Env(), "Expected a number of magnitude at most 2.35e+38 for softmaxScale but received " +
+                                 std::to_string(scale));
+  }
+  return static_cast<float>(scale);
+}
+
 bool argBool(const Napi::CallbackInfo& info, size_t i, const char* name) {
   Napi::Value v = info[i];
   if (!v.IsBoolean()) throwInvalid(info.Env(), std::string("Expected a boolean for ") + name);

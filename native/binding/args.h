@@ -20,6 +20,8 @@ constexpr int64_t kMaxBufferBytes = int64_t(1) << 50;
 
 int64_t argInt(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t min, int64_t max);
 double argNumber(const Napi::CallbackInfo& info, size_t i, const char* name);
+// A softmax scale that stays finite as a float (lib/validate.ts: at most 2.35e38 in magnitude).
+float argSoftmaxScale(const Napi::CallbackInfo& info, size_t i);
 bool argBool(const Napi::CallbackInfo& info, size_t i, const char* name);
 DType argDType(const Napi::CallbackInfo& info, size_t i, const char* name);
 // A live buffer of `core` holding at least `minBytes`.

@@ -67,9 +67,7 @@ Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
   p.varlen = argVarlen(info, 5, 6, &seqlens);
   p.dtype = argFloatDType(info, 7);
   p.heads = argHeads(info, 8);
-  double scale = argNumber(info, 11, "softmaxScale");
-  if (!std::isfinite(scale)) throwInvalid(env, "Expected a finite number for softmaxScale");
-  p.softmaxScale = static_cast<float>(scale);
+  p.softmaxScale = argSoftmaxScale(info, 11);
   p.causal = argBool(info, 12, "causal");
   p.chunkSize = static_cast<int>(argInt(info, 13, "chunkSize", 0, 1 << 30));
   p.topK = static_cast<int>(argInt(info, 14, "topK", 0, 1 << 20));

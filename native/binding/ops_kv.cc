@@ -126,9 +126,7 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   p.maxQLen = static_cast<int>(argInt(info, 10, "maxQLen", 1, kMaxDecodeTokens));
   p.maxKvLen = static_cast<int>(argInt(info, 11, "maxKvLen", 1, (int64_t(1) << 31) - 1));
   p.sumKvLen = argInt(info, 12, "sumKvLen", 0, int64_t(1) << 50);
-  double scale = argNumber(info, 13, "softmaxScale");
-  if (!std::isfinite(scale)) throwInvalid(env, "Expected a finite number for softmaxScale");
-  p.softmaxScale = static_cast<float>(scale);
+  p.softmaxScale = argSoftmaxScale(info, 13);
   p.policy = static_cast<DecodePolicy>(argInt(info, 14, "policy", 0, 1));
   p.chunkSize = static_cast<int>(argInt(info, 15, "chunkSize", 0, 1 << 30));
   p.topK = static_cast<int>(argInt(info, 16, "topK", 0, 1 << 20));

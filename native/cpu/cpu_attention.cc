@@ -17,7 +17,7 @@ namespace {
 std::vector<float> widen(const void* x, DType dtype, size_t count, ThreadPool& pool) {
   std::vector<float> out(count);
   pool.parallelFor(static_cast<int64_t>(count), [&](int64_t b, int64_t e) {
-    loadRow(x, dtype, static_cast<size_t>(b), static_cast<int>(e - b), out.data() + b);
+    loadRow(x, dtype, static_cast<size_t>(b), static_cast<size_t>(e - b), out.data() + b);
   }, 1 << 16);
   return out;
 }
@@ -104,8 +104,10 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
       void* outRow = static_cast<char*>(p.out) + qOff * dtypeSize(p.dtype);
       convertFromF32(o.data(), outRow, d, p.dtype);
       if (p.lse) {
+        // No key: -inf; a NaN score (the row's output is NaN too): NaN.
         float lse = st.sum > 0.f ? (st.max + std::log2(st.sum)) * 0.6931471805599453f
-                                 : -std::numeric_limits<float>::infinity();
+                    : st.sum == 0.f ? -std::numeric_limits<float>::infinity()
+                                    : st.sum;
         p.lse[static_cast<size_t>(head) * vl.totalQ + row] = lse;
       }
     }

@@ -6,12 +6,12 @@
 
 namespace moba {
 
-void loadRow(const void* base, DType dtype, size_t offset, int count, float* dst) {
+void loadRow(const void* base, DType dtype, size_t offset, size_t count, float* dst) {
   const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
   if (dtype == DType::BF16) {
-    for (int i = 0; i < count; ++i) dst[i] = bf16BitsToFloat(src[i]);
+    for (size_t i = 0; i < count; ++i) dst[i] = bf16BitsToFloat(src[i]);
   } else if (dtype == DType::F16) {
-    for (int i = 0; i < count; ++i) dst[i] = f16BitsToFloat(src[i]);
+    for (size_t i = 0; i < count; ++i) dst[i] = f16BitsToFloat(src[i]);
   } else {
     const float* f = static_cast<const float*>(base) + offset;
     std::copy(f, f + count, dst);

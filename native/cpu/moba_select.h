@@ -34,7 +34,7 @@ void selectBlocks(const float* q, const float* centroids, size_t blockStride, in
 std::vector<int32_t> sequenceOfRows(const Varlen& v);
 
 // Widens `count` elements of a bf16/f16 row to fp32.
-void loadRow(const void* base, DType dtype, size_t offset, int count, float* dst);
+void loadRow(const void* base, DType dtype, size_t offset, size_t count, float* dst);
 
 inline float dotF32(const float* a, const float* b, int n) {
   // Eight independent partial sums let the compiler vectorize without -ffast-math.

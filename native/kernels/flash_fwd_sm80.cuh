@@ -122,7 +122,8 @@ __global__ void __launch_bounds__(256, 1) attnFwdSm80(const FwdArgs a) {
     inv[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;
     const int i = rowBase + (lane >> 2) + 8 * r;
     if (a.lse != nullptr && (lane & 3) == 0 && i < job.rows) {
-      a.lse[lseIndex<M>(a, job, i)] = l[r] > 0.f ? (m[r] + __log2f(l[r])) * kLn2 : negInf();
+      // No key: -inf; a NaN score (the row's output is NaN too): NaN.
+      a.lse[lseIndex<M>(a, job, i)] = l[r] > 0.f ? (m[r] + __log2f(l[r])) * kLn2 : l[r] == 0.f ? negInf() : l[r];
     }
   }
   stageOutput<T, BM>(sQ, o, inv, rowBase, lane);

@@ -341,6 +341,42 @@ export function defineAttentionTests(open: () => Device, scale: Scale, only?: 'd
       await checkAttentionCase(device, c, rngFor(`${scale} ${c.name}`));
     });
   }
+
+  // A NaN in a query row makes that row's scores NaN: its out and its lse are
+  // NaN, as in the reference (lse -inf would claim the row attended to no key);
+  // every other row is as without it.
+  it(`a NaN query element: that row's out and lse are NaN, the others unchanged (${only ?? 'dense and moba'})`, async () => {
+    using device = open();
+    const r = rngFor(`${scale} NaN query row`);
+    const base = { dtype: 'bf16' as const, headDim: 64, numQHeads: 2, numKVHeads: 1 };
+    const cu = Int32Array.from([0, 300, 700]);
+    const kinds: AttentionCase[] = [
+      { ...base, name: 'dense causal', cuSeqlensQ: cu, cuSeqlensK: cu, causal: true },
+      { ...base, name: 'moba', cuSeqlensQ: cu, cuSeqlensK: cu, moba: { chunkSize: 64, topK: 3 } },
+    ];
+    for (const c of kinds) {
+      if (only && !c.name.startsWith(only)) continue;
+      const x = makeInputs(c, r);
+      const clean = await runOnDevice(device, c, x);
+      const bad = 555; // row 555, head 1
+      x.q[(bad * 2 + 1) * 64 + 7] = NaN;
+      const got = await runOnDevice(device, c, x);
+      for (let row = 0; row < 700; row++) {
+        for (let h = 0; h < 2; h++) {
+          const isBad = row === bad && h === 1;
+          const o = got.out.subarray((row * 2 + h) * 64, (row * 2 + h + 1) * 64);
+          const want = clean.out.subarray((row * 2 + h) * 64, (row * 2 + h + 1) * 64);
+          const lse = got.lse[h * 700 + row]!;
+          if (isBad) {
+            expect(o.every(Number.isNaN), `${c.name}: the NaN row's out`).toBe(true);
+            expect(lse, `${c.name}: the NaN row's lse`).toBeNaN();
+          } else if (!o.every((v, i) => Object.is(v, want[i])) || !Object.is(lse, clean.lse[h * 700 + row])) {
+            throw new Error(`${c.name}: row ${row} head ${h} changed by another row's NaN`);
+          }
+        }
+      }
+    }
+  });
 }
 
 export type { Tensor };
