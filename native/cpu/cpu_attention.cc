@@ -1,6 +1,10 @@
-// Attention forward on the CPU (dense causal/non-causal and MoBA): one
-// (query row, head) per work item, K and V widened to fp32 once, an online
-// softmax over the allowed key ranges.
+// Attention forward on the CPU (dense causal/non-causal and MoBA). K and V
+// are widened to fp32 once. A work item is a tile of consecutive query
+// positions of one sequence with every query head of one KV head: its rows
+// walk the keys they may read a tile at a time, so each tile of K and V is
+// loaded once for all of them (a key tile stays in cache while up to
+// kQueryTile x group rows use it), with an online softmax per row whose
+// arithmetic is the same as one row walking its keys alone.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -14,6 +18,9 @@ namespace moba {
 
 namespace {
 
+constexpr int kQueryTile = 16;  // query positions per item (times the KV head's query heads)
+constexpr int kKeyTile = 64;    // keys per tile
+
 std::vector<float> widen(const void* x, DType dtype, size_t count, ThreadPool& pool) {
   std::vector<float> out(count);
   pool.parallelFor(static_cast<int64_t>(count), [&](int64_t b, int64_t e) {
@@ -22,29 +29,42 @@ std::vector<float> widen(const void* x, DType dtype, size_t count, ThreadPool& p
   return out;
 }
 
-// Running softmax state of one query row over key ranges, in log2 units.
+// Running softmax state of one query row, in log2 units.
 struct RowState {
   float max = -std::numeric_limits<float>::infinity();
   float sum = 0.f;
-  std::vector<float> acc;
+  float* acc = nullptr;  // [d]
 };
 
-void attendRange(const float* q2, const float* k, const float* v, size_t kvStride, int d, int64_t first,
-                 int64_t last, RowState& st) {
-  for (int64_t s = first; s < last; ++s) {
-    float x = dotF32(q2, k + s * kvStride, d);
+// Row `st` over n consecutive keys (rows `kvStride` floats apart): the
+// tile's scores first, then the keys in order, each as one step of the online
+// softmax. A row's result thus depends only on which keys it reads, not on
+// how they are tiled (chunked prefill equals one-shot prefill bit for bit,
+// and dense attention equals MoBA whose blocks cover every key).
+void attendTile(const float* q2, const float* k, const float* v, size_t kvStride, int d, int n, float* scores,
+                RowState& st) {
+  for (int s = 0; s < n; ++s) scores[s] = dotF32(q2, k + s * kvStride, d);
+  for (int s = 0; s < n; ++s) {
+    const float x = scores[s];
     if (x > st.max) {
-      float corr = std::exp2(st.max - x);
+      const float corr = std::exp2(st.max - x);
       st.sum *= corr;
       for (int i = 0; i < d; ++i) st.acc[i] *= corr;
       st.max = x;
     }
-    float w = x == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(x - st.max);
+    const float w = x == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(x - st.max);
     st.sum += w;
     const float* vr = v + s * kvStride;
     for (int i = 0; i < d; ++i) st.acc[i] += w * vr[i];
   }
 }
+
+// A query tile: sequence b, KV head kvh, query positions [row0, row0 + rows / group) of the batch.
+struct Tile {
+  int b, kvh;
+  int64_t row0;
+  int positions;
+};
 
 }  // namespace
 
@@ -60,58 +80,109 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
   const bool moba = p.chunkSize > 0;
   Centroids cent;
   if (moba) cent = computeCentroids(p.k, p.dtype, vl, h, p.chunkSize, pool);
-  std::vector<int32_t> seqOf = sequenceOfRows(vl);
   // Scores are kept in log2 units: exp2 of (scale * log2 e) * q.k.
   const float scaleLog2 = p.softmaxScale * 1.4426950408889634f;
 
-  pool.parallelFor(static_cast<int64_t>(vl.totalQ) * h.numQHeads, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(d), q2(d);
-    std::vector<ScoredBlock> scratch;
-    std::vector<int32_t> blocks(moba ? p.topK : 0);
-    RowState st;
-    st.acc.resize(d);
-    for (int64_t item = begin; item < end; ++item) {
-      int64_t row = item / h.numQHeads;
-      int head = static_cast<int>(item % h.numQHeads);
-      int b = seqOf[row];
-      int64_t lq = vl.cuSeqlensQ[b + 1] - vl.cuSeqlensQ[b];
-      int64_t lk = vl.cuSeqlensK[b + 1] - vl.cuSeqlensK[b];
-      int64_t t = lk - lq + (row - vl.cuSeqlensQ[b]);
-      size_t qOff = (static_cast<size_t>(row) * h.numQHeads + head) * d;
-      loadRow(p.q, p.dtype, qOff, d, q.data());
-      for (int i = 0; i < d; ++i) q2[i] = q[i] * scaleLog2;
-      const size_t kvHeadOff = static_cast<size_t>(vl.cuSeqlensK[b]) * kvStride + static_cast<size_t>(head / group) * d;
-      const float* ks = k.data() + kvHeadOff;
-      const float* vs = v.data() + kvHeadOff;
-      st.max = -std::numeric_limits<float>::infinity();
-      st.sum = 0.f;
-      std::fill(st.acc.begin(), st.acc.end(), 0.f);
-      if (!moba) {
-        attendRange(q2.data(), ks, vs, kvStride, d, 0, p.causal ? t + 1 : lk, st);
-      } else {
-        const float* c = cent.data.data() + static_cast<size_t>(cent.cuBlocks[b]) * kvStride +
-                         static_cast<size_t>(head / group) * d;
-        selectBlocks(q.data(), c, kvStride, d, t, p.chunkSize, p.topK, scratch, blocks.data());
-        for (int i = 0; i < p.topK && blocks[i] >= 0; ++i) {
-          int64_t first = static_cast<int64_t>(blocks[i]) * p.chunkSize;
-          int64_t last = std::min<int64_t>(first + p.chunkSize, t + 1);
-          attendRange(q2.data(), ks, vs, kvStride, d, first, last, st);
-        }
-      }
-      float inv = st.sum > 0.f ? 1.f / st.sum : 0.f;
-      std::vector<float>& o = q;  // reuse as the fp32 output row
-      for (int i = 0; i < d; ++i) o[i] = st.acc[i] * inv;
-      void* outRow = static_cast<char*>(p.out) + qOff * dtypeSize(p.dtype);
-      convertFromF32(o.data(), outRow, d, p.dtype);
-      if (p.lse) {
-        // No key: -inf; a NaN score (the row's output is NaN too): NaN.
-        float lse = st.sum > 0.f ? (st.max + std::log2(st.sum)) * 0.6931471805599453f
-                    : st.sum == 0.f ? -std::numeric_limits<float>::infinity()
-                                    : st.sum;
-        p.lse[static_cast<size_t>(head) * vl.totalQ + row] = lse;
+  std::vector<Tile> tiles;
+  for (int b = 0; b < vl.batch; ++b) {
+    const int64_t q0 = vl.cuSeqlensQ[b], lq = vl.cuSeqlensQ[b + 1] - q0;
+    for (int64_t r = 0; r < lq; r += kQueryTile) {
+      for (int kvh = 0; kvh < h.numKVHeads; ++kvh) {
+        tiles.push_back({b, kvh, q0 + r, static_cast<int>(std::min<int64_t>(kQueryTile, lq - r))});
       }
     }
-  }, 4);
+  }
+
+  pool.parallelFor(static_cast<int64_t>(tiles.size()), [&](int64_t begin, int64_t end) {
+    std::vector<float> q(d), q2, acc, scores(kKeyTile), o(d);
+    std::vector<RowState> st;
+    std::vector<int64_t> pos;
+    std::vector<int32_t> sel, blocks;
+    std::vector<ScoredBlock> scratch;
+    for (int64_t n = begin; n < end; ++n) {
+      const Tile& tile = tiles[n];
+      const int b = tile.b;
+      const int64_t lq = vl.cuSeqlensQ[b + 1] - vl.cuSeqlensQ[b];
+      const int64_t lk = vl.cuSeqlensK[b + 1] - vl.cuSeqlensK[b];
+      const int rows = tile.positions * group;  // row r: position r / group, head kvh * group + r % group
+      q2.resize(static_cast<size_t>(rows) * d);
+      acc.assign(static_cast<size_t>(rows) * d, 0.f);
+      st.assign(rows, RowState{});
+      pos.resize(rows);
+      const size_t kvHeadOff = static_cast<size_t>(vl.cuSeqlensK[b]) * kvStride + static_cast<size_t>(tile.kvh) * d;
+      const float* ks = k.data() + kvHeadOff;
+      const float* vs = v.data() + kvHeadOff;
+      auto qOffset = [&](int r) {
+        return (static_cast<size_t>(tile.row0 + r / group) * h.numQHeads + tile.kvh * group + r % group) * d;
+      };
+      if (moba) sel.assign(static_cast<size_t>(rows) * p.topK, -1);
+      blocks.clear();
+      int64_t lastPos = 0;
+      for (int r = 0; r < rows; ++r) {
+        st[r].acc = acc.data() + static_cast<size_t>(r) * d;
+        pos[r] = lk - lq + (tile.row0 - vl.cuSeqlensQ[b]) + r / group;
+        lastPos = std::max(lastPos, pos[r]);
+        loadRow(p.q, p.dtype, qOffset(r), d, q.data());
+        float* qs = q2.data() + static_cast<size_t>(r) * d;
+        for (int i = 0; i < d; ++i) qs[i] = q[i] * scaleLog2;
+        if (moba) {
+          const float* c = cent.data.data() + static_cast<size_t>(cent.cuBlocks[b]) * kvStride +
+                           static_cast<size_t>(tile.kvh) * d;
+          int32_t* mine = sel.data() + static_cast<size_t>(r) * p.topK;
+          selectBlocks(q.data(), c, kvStride, d, pos[r], p.chunkSize, p.topK, scratch, mine);
+          for (int m = 0; m < p.topK && mine[m] >= 0; ++m) blocks.push_back(mine[m]);
+        }
+      }
+      // The key ranges the tile's rows read, ascending: every key (dense), or
+      // the union of the rows' blocks (MoBA; a range never spans two blocks).
+      std::vector<std::pair<int64_t, int64_t>> ranges;
+      const int64_t keyEnd = p.causal || moba ? std::min(lk, lastPos + 1) : lk;
+      if (!moba) {
+        ranges.push_back({0, keyEnd});
+      } else {
+        std::sort(blocks.begin(), blocks.end());
+        blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+        for (int32_t j : blocks) {
+          const int64_t first = static_cast<int64_t>(j) * p.chunkSize;
+          ranges.push_back({first, std::min<int64_t>(first + p.chunkSize, keyEnd)});
+        }
+      }
+      for (const auto& [first, last] : ranges) {
+        const int32_t block = moba ? static_cast<int32_t>(first / p.chunkSize) : 0;
+        for (int64_t p0 = first; p0 < last; p0 += kKeyTile) {
+          const int n1 = static_cast<int>(std::min<int64_t>(kKeyTile, last - p0));
+          const float* kt = ks + p0 * kvStride;
+          const float* vt = vs + p0 * kvStride;
+          for (int r = 0; r < rows; ++r) {
+            if (moba) {
+              const int32_t* mine = sel.data() + static_cast<size_t>(r) * p.topK;
+              // -1 padding sorts after every block.
+              if (!std::binary_search(mine, mine + p.topK, block, [](int32_t x, int32_t y) {
+                    return static_cast<uint32_t>(x) < static_cast<uint32_t>(y);
+                  })) {
+                continue;
+              }
+            }
+            // Causal (and MoBA): row r sees positions up to its own.
+            const int n2 = p.causal || moba ? static_cast<int>(std::min<int64_t>(n1, pos[r] + 1 - p0)) : n1;
+            if (n2 > 0) attendTile(q2.data() + static_cast<size_t>(r) * d, kt, vt, kvStride, d, n2, scores.data(), st[r]);
+          }
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        const float inv = st[r].sum > 0.f ? 1.f / st[r].sum : 0.f;
+        for (int i = 0; i < d; ++i) o[i] = st[r].acc[i] * inv;
+        convertFromF32(o.data(), static_cast<char*>(p.out) + qOffset(r) * dtypeSize(p.dtype), d, p.dtype);
+        if (p.lse) {
+          // No key: -inf; a NaN score (the row's output is NaN too): NaN.
+          const float lse = st[r].sum > 0.f ? (st[r].max + std::log2(st[r].sum)) * 0.6931471805599453f
+                            : st[r].sum == 0.f ? -std::numeric_limits<float>::infinity()
+                                               : st[r].sum;
+          p.lse[static_cast<size_t>(tile.kvh * group + r % group) * vl.totalQ + tile.row0 + r / group] = lse;
+        }
+      }
+    }
+  }, 1);
   return Status::Ok();
 }
 
