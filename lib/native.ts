@@ -9,8 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { MobaError } from './errors.js';
 
 export interface NativeBuffer {
-  readonly bytes: number;
-  readonly disposed: boolean;
+  bytes(): number;
+  disposed(): boolean;
   dispose(): void;
 }
 

@@ -45,7 +45,7 @@ export class Tensor {
   }
 
   get disposed(): boolean {
-    return this.buffer.disposed;
+    return this.buffer.disposed();
   }
 
   /**
@@ -73,7 +73,7 @@ export class Tensor {
 
   /** @internal */
   assertLive(what: string): void {
-    if (this.buffer.disposed) {
+    if (this.buffer.disposed()) {
       throw new MobaError('EDISPOSED', `Cannot use ${what}: the tensor ${this.describe()} has been disposed`);
     }
   }

@@ -42,7 +42,8 @@ Varlen argVarlen(const Napi::CallbackInfo& info, size_t iq, size_t ik, VarlenCop
 
 // Accessors, unlike methods, get no receiver check from N-API: a getter
 // called on another class's object would read it as its own. Constructors
-// tag what they make; accessors check the tag first.
+// tag what they make; accessors check the tag first (NativeDevice's; the
+// NativeBuffer's are methods).
 void tagReceiver(const Napi::CallbackInfo& info, const napi_type_tag& tag);
 void checkReceiver(const Napi::CallbackInfo& info, const napi_type_tag& tag, const char* className);
 

@@ -10,19 +10,16 @@ Napi::Function BufferWrap::defineClass(Napi::Env env) {
   return DefineClass(env, "NativeBuffer",
                      {
                          InstanceMethod<&BufferWrap::dispose>("dispose"),
-                         InstanceAccessor<&BufferWrap::getBytes>("bytes"),
-                         InstanceAccessor<&BufferWrap::getDisposed>("disposed"),
+                         // Methods, not accessors: N-API checks a method's receiver (an
+                         // accessor would read any wrapped object as a BufferWrap), and
+                         // disposed() is on every op's path.
+                         InstanceMethod<&BufferWrap::getBytes>("bytes"),
+                         InstanceMethod<&BufferWrap::getDisposed>("disposed"),
                      });
 }
 
-namespace {
-constexpr napi_type_tag kBufferTag = {0x6d6f6261c0de0002ULL, 0x4e61746976654275ULL};
-}  // namespace
-
 BufferWrap::BufferWrap(const Napi::CallbackInfo& info)
-    : Napi::ObjectWrap<BufferWrap>(info), env_(info.Env()) {
-  tagReceiver(info, kBufferTag);
-}
+    : Napi::ObjectWrap<BufferWrap>(info), env_(info.Env()) {}
 
 Napi::Object BufferWrap::create(Napi::Env env, std::shared_ptr<DeviceCore> core, size_t bytes, BufferWrap** wrap) {
   if (!core->backend) throwStatus(env, Status::Error(ErrorCode::Disposed, "the device has been disposed"));
@@ -76,12 +73,10 @@ Napi::Value BufferWrap::dispose(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value BufferWrap::getBytes(const Napi::CallbackInfo& info) {
-  checkReceiver(info, kBufferTag, "NativeBuffer");
   return Napi::Number::New(info.Env(), static_cast<double>(bytes_));
 }
 
 Napi::Value BufferWrap::getDisposed(const Napi::CallbackInfo& info) {
-  checkReceiver(info, kBufferTag, "NativeBuffer");
   return Napi::Boolean::New(info.Env(), ptr_ == nullptr);
 }
 
