@@ -506,68 +506,81 @@ export class KVCache {
       );
     }
     const meta = new Int32Array(metaInts);
-    // The step is built on copies of the sequences, with the pages it will
-    // take, and its metadata is uploaded; only then is the cache changed.
-    // Whatever fails before that (the allocation or upload of the metadata)
-    // leaves the cache and its current plan as they were.
+    // The step's pages are known before any is taken (the free list's next
+    // ones). The sequences are changed in place to build the step's metadata
+    // and put back as they were if that fails (its allocation or upload):
+    // no page table is copied, and the cache and its current plan only change
+    // once the metadata is on its way.
     const taking = this.#free.peek(needPages);
     let took = 0;
-    const next: Sequence[] = seqs.map((s) => ({ pages: [...s.pages], length: s.length }));
-    // Copy on write, [shared page, its copy]: a shared page written by all of
-    // its sharers is copied for all but the last, which then owns it.
+    // Copy on write, decided on the unchanged sequences: [shared page, its
+    // copy]; a shared page written by all of its sharers is copied for all
+    // but the last, which then owns it.
     const copies: [number, number][] = [];
+    const copyOf = seqs.map(() => -1);
     const copiesOf = new Map<number, number>();
-    next.forEach((t, i) => {
-      if (!this.needsCopy(seqs[i]!)) return;
-      const old = t.pages[t.pages.length - 1]!;
+    seqs.forEach((s, i) => {
+      if (!this.needsCopy(s)) return;
+      const old = s.pages[s.pages.length - 1]!;
       const made = copiesOf.get(old) ?? 0;
       if (this.#refs[old]! - made <= 1) return;
       copiesOf.set(old, made + 1);
-      const p = taking[took++]!;
-      copies.push([old, p]);
-      t.pages[t.pages.length - 1] = p;
+      copyOf[i] = copies.length;
+      copies.push([old, taking[took++]!]);
     });
+    const saved = seqs.map((s) => ({ pages: s.pages.length, length: s.length }));
     const planned: PlannedSequence[] = [];
-    let at = 0;
-    let row = 0;
-    for (let i = 0; i < numEntries; i++) {
-      const s = next[i]!;
-      const n = counts[i]!;
-      const start = s.length;
-      while (s.pages.length * S < start + n) s.pages.push(taking[took++]!);
-      // A piece: the new tokens of one key-sum block; its first segment
-      // carries how many segments it spans and the page its sum continues.
-      let pieceAt = -1;
-      for (let pos = start; pos < start + n;) {
-        const slot = pos % S;
-        const count = Math.min(S - slot, start + n - pos);
-        const pi = Math.floor(pos / S);
-        meta[at + 4] = 0;
-        meta[at + 5] = -1;
-        if (pieceAt < 0 || pi % this.sumPages === 0) {
-          pieceAt = at;
-          if (slot === 0 && pi % this.sumPages !== 0) meta[at + 5] = s.pages[pi - 1]!;
-        }
-        meta[pieceAt + 4]!++;
-        meta[at] = s.pages[pi]!;
-        meta[at + 1] = slot;
-        meta[at + 2] = row + pos - start;
-        meta[at + 3] = count;
-        at += SEGMENT_INTS;
-        pos += count;
-      }
-      s.length = start + n;
-      planned.push({ seq: ids[i]!, start, newTokens: n, row, decode: n <= maxDecode });
-      row += n;
-    }
-    if (took !== needPages) throw new Error(`internal: plan took ${took} pages, reserved ${needPages}`);
-    const numAppendSegments = at / SEGMENT_INTS;
-    const parts = this.writeStepMeta(planned, next, meta, numAppendSegments, numRows);
-    const metaTensor = this.device.output([metaInts], 'i32');
+    let metaTensor: Tensor | null = null;
+    let numAppendSegments = 0;
+    let parts: ReturnType<KVCache['writeStepMeta']>;
     try {
+      seqs.forEach((s, i) => {
+        if (copyOf[i]! >= 0) s.pages[s.pages.length - 1] = copies[copyOf[i]!]![1];
+      });
+      let at = 0;
+      let row = 0;
+      for (let i = 0; i < numEntries; i++) {
+        const s = seqs[i]!;
+        const n = counts[i]!;
+        const start = s.length;
+        while (s.pages.length * S < start + n) s.pages.push(taking[took++]!);
+        // A piece: the new tokens of one key-sum block; its first segment
+        // carries how many segments it spans and the page its sum continues.
+        let pieceAt = -1;
+        for (let pos = start; pos < start + n;) {
+          const slot = pos % S;
+          const count = Math.min(S - slot, start + n - pos);
+          const pi = Math.floor(pos / S);
+          meta[at + 4] = 0;
+          meta[at + 5] = -1;
+          if (pieceAt < 0 || pi % this.sumPages === 0) {
+            pieceAt = at;
+            if (slot === 0 && pi % this.sumPages !== 0) meta[at + 5] = s.pages[pi - 1]!;
+          }
+          meta[pieceAt + 4]!++;
+          meta[at] = s.pages[pi]!;
+          meta[at + 1] = slot;
+          meta[at + 2] = row + pos - start;
+          meta[at + 3] = count;
+          at += SEGMENT_INTS;
+          pos += count;
+        }
+        s.length = start + n;
+        planned.push({ seq: ids[i]!, start, newTokens: n, row, decode: n <= maxDecode });
+        row += n;
+      }
+      if (took !== needPages) throw new Error(`internal: plan took ${took} pages, reserved ${needPages}`);
+      numAppendSegments = at / SEGMENT_INTS;
+      parts = this.writeStepMeta(planned, seqs, meta, numAppendSegments, numRows);
+      metaTensor = this.device.output([metaInts], 'i32');
       this.device.native.write(metaTensor.buffer, meta, DTYPE_CODE.i32);
     } catch (err) {
-      metaTensor.dispose();
+      seqs.forEach((s, i) => {
+        s.pages.length = saved[i]!.pages;
+        if (copyOf[i]! >= 0) s.pages[s.pages.length - 1] = copies[copyOf[i]!]![0];
+        s.length = saved[i]!.length;
+      });
+      metaTensor?.dispose();
       throw err;
     }
     // Commit: nothing below can fail.
@@ -583,10 +596,6 @@ export class KVCache {
       this.device.native.copy(this.pool.buffer, p * kvBytes, this.pool.buffer, old * kvBytes, kvBytes);
       this.device.native.copy(this.keySums.buffer, p * sumBytes, this.keySums.buffer, old * sumBytes, sumBytes);
     }
-    seqs.forEach((s, i) => {
-      s.pages = next[i]!.pages;
-      s.length = next[i]!.length;
-    });
     const plan = new KVPlan(this, numRows, planned, metaTensor, numAppendSegments, parts.decode, parts.prefill, this.#generation);
     this.#plan = plan;
     return plan;
