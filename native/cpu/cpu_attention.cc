@@ -13,6 +13,7 @@
 #include "../common/dtype.h"
 #include "cpu_ops.h"
 #include "moba_select.h"
+#include "online_softmax.h"
 
 namespace moba {
 
@@ -27,36 +28,6 @@ std::vector<float> widen(const void* x, DType dtype, size_t count, ThreadPool& p
     loadRow(x, dtype, static_cast<size_t>(b), static_cast<size_t>(e - b), out.data() + b);
   }, 1 << 16);
   return out;
-}
-
-// Running softmax state of one query row, in log2 units.
-struct RowState {
-  float max = -std::numeric_limits<float>::infinity();
-  float sum = 0.f;
-  float* acc = nullptr;  // [d]
-};
-
-// Row `st` over n consecutive keys (rows `kvStride` floats apart): the
-// tile's scores first, then the keys in order, each as one step of the online
-// softmax. A row's result thus depends only on which keys it reads, not on
-// how they are tiled (chunked prefill equals one-shot prefill bit for bit,
-// and dense attention equals MoBA whose blocks cover every key).
-void attendTile(const float* q2, const float* k, const float* v, size_t kvStride, int d, int n, float* scores,
-                RowState& st) {
-  for (int s = 0; s < n; ++s) scores[s] = dotF32(q2, k + s * kvStride, d);
-  for (int s = 0; s < n; ++s) {
-    const float x = scores[s];
-    if (x > st.max) {
-      const float corr = std::exp2(st.max - x);
-      st.sum *= corr;
-      for (int i = 0; i < d; ++i) st.acc[i] *= corr;
-      st.max = x;
-    }
-    const float w = x == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(x - st.max);
-    st.sum += w;
-    const float* vr = v + s * kvStride;
-    for (int i = 0; i < d; ++i) st.acc[i] += w * vr[i];
-  }
 }
 
 // A query tile: sequence b, KV head kvh, query positions [row0, row0 + rows / group) of the batch.
@@ -94,8 +65,8 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
   }
 
   pool.parallelFor(static_cast<int64_t>(tiles.size()), [&](int64_t begin, int64_t end) {
-    std::vector<float> q(d), q2, acc, scores(kKeyTile), o(d);
-    std::vector<RowState> st;
+    std::vector<float> q(d), q2, acc, o(d);
+    std::vector<OnlineSoftmax> st;
     std::vector<int64_t> pos;
     std::vector<int32_t> sel, blocks;
     std::vector<ScoredBlock> scratch;
@@ -106,8 +77,8 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
       const int64_t lk = vl.cuSeqlensK[b + 1] - vl.cuSeqlensK[b];
       const int rows = tile.positions * group;  // row r: position r / group, head kvh * group + r % group
       q2.resize(static_cast<size_t>(rows) * d);
-      acc.assign(static_cast<size_t>(rows) * d, 0.f);
-      st.assign(rows, RowState{});
+      acc.resize(static_cast<size_t>(rows) * d);
+      st.resize(rows);
       pos.resize(rows);
       const size_t kvHeadOff = static_cast<size_t>(vl.cuSeqlensK[b]) * kvStride + static_cast<size_t>(tile.kvh) * d;
       const float* ks = k.data() + kvHeadOff;
@@ -119,7 +90,7 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
       blocks.clear();
       int64_t lastPos = 0;
       for (int r = 0; r < rows; ++r) {
-        st[r].acc = acc.data() + static_cast<size_t>(r) * d;
+        st[r].reset(acc.data() + static_cast<size_t>(r) * d, d);
         pos[r] = lk - lq + (tile.row0 - vl.cuSeqlensQ[b]) + r / group;
         lastPos = std::max(lastPos, pos[r]);
         loadRow(p.q, p.dtype, qOffset(r), d, q.data());
@@ -135,18 +106,9 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
       }
       // The key ranges the tile's rows read, ascending: every key (dense), or
       // the union of the rows' blocks (MoBA; a range never spans two blocks).
-      std::vector<std::pair<int64_t, int64_t>> ranges;
       const int64_t keyEnd = p.causal || moba ? std::min(lk, lastPos + 1) : lk;
-      if (!moba) {
-        ranges.push_back({0, keyEnd});
-      } else {
-        std::sort(blocks.begin(), blocks.end());
-        blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
-        for (int32_t j : blocks) {
-          const int64_t first = static_cast<int64_t>(j) * p.chunkSize;
-          ranges.push_back({first, std::min<int64_t>(first + p.chunkSize, keyEnd)});
-        }
-      }
+      const std::vector<std::pair<int64_t, int64_t>> ranges =
+          moba ? blockRanges(blocks, p.chunkSize, keyEnd) : std::vector<std::pair<int64_t, int64_t>>{{0, keyEnd}};
       for (const auto& [first, last] : ranges) {
         const int32_t block = moba ? static_cast<int32_t>(first / p.chunkSize) : 0;
         for (int64_t p0 = first; p0 < last; p0 += kKeyTile) {
@@ -154,18 +116,10 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
           const float* kt = ks + p0 * kvStride;
           const float* vt = vs + p0 * kvStride;
           for (int r = 0; r < rows; ++r) {
-            if (moba) {
-              const int32_t* mine = sel.data() + static_cast<size_t>(r) * p.topK;
-              // -1 padding sorts after every block.
-              if (!std::binary_search(mine, mine + p.topK, block, [](int32_t x, int32_t y) {
-                    return static_cast<uint32_t>(x) < static_cast<uint32_t>(y);
-                  })) {
-                continue;
-              }
-            }
+            if (moba && !selectsBlock(sel.data() + static_cast<size_t>(r) * p.topK, p.topK, block)) continue;
             // Causal (and MoBA): row r sees positions up to its own.
             const int n2 = p.causal || moba ? static_cast<int>(std::min<int64_t>(n1, pos[r] + 1 - p0)) : n1;
-            if (n2 > 0) attendTile(q2.data() + static_cast<size_t>(r) * d, kt, vt, kvStride, d, n2, scores.data(), st[r]);
+            if (n2 > 0) st[r].attend(q2.data() + static_cast<size_t>(r) * d, kt, vt, kvStride, d, n2);
           }
         }
       }

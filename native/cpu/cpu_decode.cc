@@ -12,6 +12,7 @@
 #include "../common/dtype.h"
 #include "cpu_kv.h"
 #include "moba_select.h"
+#include "online_softmax.h"
 
 namespace moba {
 
@@ -41,36 +42,6 @@ bool loadSeq(const DecodeParams& p, int b, SeqView* s) {
   *s = {qs, ql, kl, pages};
   return true;
 }
-
-// Online softmax of one query row over keys, in log2 units.
-struct Softmax {
-  float max = -std::numeric_limits<float>::infinity();
-  float sum = 0.f;
-  float* acc = nullptr;  // [d]
-
-  void reset(float* accumulator, int d) {
-    max = -std::numeric_limits<float>::infinity();
-    sum = 0.f;
-    acc = accumulator;
-    std::fill(acc, acc + d, 0.f);
-  }
-  // n consecutive keys and values (rows of d floats).
-  void attend(const float* q2, const float* k, const float* v, int d, int n) {
-    for (int s = 0; s < n; ++s) {
-      const float x = dotF32(q2, k + static_cast<size_t>(s) * d, d);
-      if (x > max) {
-        const float corr = std::exp2(max - x);
-        sum *= corr;
-        for (int i = 0; i < d; ++i) acc[i] *= corr;
-        max = x;
-      }
-      const float w = x == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(x - max);
-      sum += w;
-      const float* vr = v + static_cast<size_t>(s) * d;
-      for (int i = 0; i < d; ++i) acc[i] += w * vr[i];
-    }
-  }
-};
 
 // Keys are widened to fp32 a tile at a time (never a whole sequence per
 // thread), and one tile serves every query row of its KV head.
@@ -164,16 +135,8 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
         selectBlocks(q.data(), cent.data(), static_cast<size_t>(D), D, positionOf(it, r), B, p.topK, scratch, sel);
         for (int m = 0; m < p.topK && sel[m] >= 0; ++m) blocks.push_back(sel[m]);
       }
-      std::sort(blocks.begin(), blocks.end());
-      blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
-      for (int32_t j : blocks) {
-        const int64_t first = static_cast<int64_t>(j) * B;
-        const int64_t last = std::min<int64_t>(first + B, it.s.kvLen);
-        if (first < last) {
-          it.ranges.push_back({first, last});
-          it.keys += last - first;
-        }
-      }
+      it.ranges = blockRanges(blocks, B, it.s.kvLen);
+      for (const auto& [first, last] : it.ranges) it.keys += last - first;
     }
   });
 
@@ -208,7 +171,7 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
   // Each slice: its share of the item's keys, a tile at a time, into every row's partial softmax.
   pool.parallelFor(static_cast<int64_t>(slices.size()), [&](int64_t begin, int64_t end) {
     std::vector<float> kt(static_cast<size_t>(kTileKeys) * D), vt(static_cast<size_t>(kTileKeys) * D), q2;
-    std::vector<Softmax> st;
+    std::vector<OnlineSoftmax> st;
     for (int64_t n = begin; n < end; ++n) {
       const Item& it = items[slices[n].item];
       const int rows = rowsOf(it);
@@ -235,18 +198,10 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
           }
           const int32_t block = moba ? static_cast<int32_t>(p0 / B) : 0;
           for (int r = 0; r < rows; ++r) {
-            if (moba) {
-              const int32_t* sel = it.selected.data() + static_cast<size_t>(r) * p.topK;
-              if (!std::binary_search(sel, sel + p.topK, block, [](int32_t a, int32_t b) {
-                    // -1 padding sorts after every block
-                    return static_cast<uint32_t>(a) < static_cast<uint32_t>(b);
-                  })) {
-                continue;
-              }
-            }
+            if (moba && !selectsBlock(it.selected.data() + static_cast<size_t>(r) * p.topK, p.topK, block)) continue;
             // Causal: row r sees positions up to its own.
             const int n2 = static_cast<int>(std::min<int64_t>(n1, positionOf(it, r) + 1 - p0));
-            if (n2 > 0) st[r].attend(q2.data() + static_cast<size_t>(r) * D, kt.data(), vt.data(), D, n2);
+            if (n2 > 0) st[r].attend(q2.data() + static_cast<size_t>(r) * D, kt.data(), vt.data(), D, D, n2);
           }
         }
       }
