@@ -108,17 +108,6 @@ Varlen argVarlen(const Napi::CallbackInfo& info, size_t iq, size_t ik, VarlenCop
   return v;
 }
 
-void tagReceiver(const Napi::CallbackInfo& info, const napi_type_tag& tag) {
-  NAPI_THROW_IF_FAILED_VOID(info.Env(), napi_type_tag_object(info.Env(), info.This(), &tag));
-}
-
-void checkReceiver(const Napi::CallbackInfo& info, const napi_type_tag& tag, const char* className) {
-  bool ok = false;
-  if (napi_check_object_type_tag(info.Env(), info.This(), &tag, &ok) != napi_ok || !ok) {
-    throwInvalid(info.Env(), std::string("Expected a ") + className + " as the receiver");
-  }
-}
-
 void checkGateSelections(Napi::Env env, int64_t totalQ, int numQHeads, int topK) {
   const int64_t count = totalQ * numQHeads * topK;
   if (count >= INT32_MAX) {

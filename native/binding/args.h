@@ -40,13 +40,6 @@ struct VarlenCopy {
 };
 Varlen argVarlen(const Napi::CallbackInfo& info, size_t iq, size_t ik, VarlenCopy* copy);
 
-// Accessors, unlike methods, get no receiver check from N-API: a getter
-// called on another class's object would read it as its own. Constructors
-// tag what they make; accessors check the tag first (NativeDevice's; the
-// NativeBuffer's are methods).
-void tagReceiver(const Napi::CallbackInfo& info, const napi_type_tag& tag);
-void checkReceiver(const Napi::CallbackInfo& info, const napi_type_tag& tag, const char* className);
-
 // The gate's selections (query rows x query heads x topK) are indexed in 32
 // bits on every backend: its output and the sparse attention's lists. The
 // same limit as lib/validate.ts, with the same message.

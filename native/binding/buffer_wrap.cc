@@ -1,7 +1,6 @@
 #include "buffer_wrap.h"
 
 #include "addon_data.h"
-#include "args.h"
 #include "errors.h"
 
 namespace moba {

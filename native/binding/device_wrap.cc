@@ -34,13 +34,23 @@ Napi::Function DeviceWrap::defineClass(Napi::Env env) {
 }
 
 namespace {
+// Accessors, unlike methods, get no receiver check from N-API: a getter
+// called on another class's object would read it as a DeviceWrap. The
+// constructor tags what it makes; the accessors check the tag first.
 constexpr napi_type_tag kDeviceTag = {0x6d6f6261c0de0001ULL, 0x4e6174697665446bULL};
+
+void checkReceiver(const Napi::CallbackInfo& info) {
+  bool ok = false;
+  if (napi_check_object_type_tag(info.Env(), info.This(), &kDeviceTag, &ok) != napi_ok || !ok) {
+    throwInvalid(info.Env(), "Expected a NativeDevice as the receiver");
+  }
+}
 }  // namespace
 
 // new NativeDevice(kind: 'cpu' | 'cuda', index: number)
 DeviceWrap::DeviceWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DeviceWrap>(info) {
   Napi::Env env = info.Env();
-  tagReceiver(info, kDeviceTag);
+  NAPI_THROW_IF_FAILED_VOID(env, napi_type_tag_object(env, info.This(), &kDeviceTag));
   if (!info[0].IsString()) throwInvalid(env, "Expected \"cpu\" or \"cuda\" for backend");
   std::string kind = info[0].As<Napi::String>().Utf8Value();
   int index = static_cast<int>(argInt(info, 1, "index", 0, 1 << 20));
@@ -78,15 +88,15 @@ DeviceCore& DeviceWrap::core(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value DeviceWrap::getKind(const Napi::CallbackInfo& info) {
-  checkReceiver(info, kDeviceTag, "NativeDevice");
+  checkReceiver(info);
   return Napi::String::New(info.Env(), kind_);
 }
 Napi::Value DeviceWrap::getName(const Napi::CallbackInfo& info) {
-  checkReceiver(info, kDeviceTag, "NativeDevice");
+  checkReceiver(info);
   return Napi::String::New(info.Env(), name_);
 }
 Napi::Value DeviceWrap::getComputeCapability(const Napi::CallbackInfo& info) {
-  checkReceiver(info, kDeviceTag, "NativeDevice");
+  checkReceiver(info);
   if (cc_ < 0) return info.Env().Null();
   return Napi::String::New(info.Env(), std::to_string(cc_ / 10) + "." + std::to_string(cc_ % 10));
 }
