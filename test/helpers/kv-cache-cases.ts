@@ -1146,6 +1146,9 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     using device = open();
     using cache = new KVCache(device, { numLayers: 2, numPages: 8, pageSize: 4, numKVHeads: 1, headDim: 64, dtype: 'bf16' });
     using layer = new MobaAttention(device, { numQHeads: 2, numKVHeads: 1, headDim: 64, chunkSize: 8, topK: 2, dtype: 'bf16' });
+    // An id that is not live here whatever ran before (ids are unique in the process): a freed one.
+    const gone = cache.addSequence();
+    cache.free(gone);
     const s = cache.addSequence();
     const p1 = cache.plan([{ seq: s, newTokens: 2 }]);
     using q = device.tensor(new Float32Array(2 * 2 * 64).fill(1), { dtype: 'bf16', shape: [2, 2, 64] });
@@ -1155,7 +1158,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     };
     einval(() => layer.forward(cache, 2, p1, q, k, k), /Expected an integer in \[0, 1\] for layerIndex but received 2/);
     einval(() => layer.forward(cache, 0, p1, k, k, k), /Expected \[2, 2, 64\] \(\[plan\.numRows, numQHeads, headDim\]\) for q\.shape/);
-    einval(() => cache.plan([{ seq: 99, newTokens: 1 }]), /for batch\[0\]\.seq but received 99/);
+    einval(() => cache.plan([{ seq: gone, newTokens: 1 }]), new RegExp(`for batch\\[0\\]\\.seq but received ${gone}$`));
     einval(() => cache.plan([{ seq: s, newTokens: 0 }]), /Expected a positive integer for batch\[0\]\.newTokens but received 0/);
     einval(() => cache.plan([{ seq: s, newTokens: 1 }, { seq: s, newTokens: 1 }]), /not already in the batch/);
     einval(() => cache.plan([], {}), /non-empty array/);
