@@ -1076,6 +1076,13 @@ function registerMisuseCases() {
   const rows = (rng, n, h, dev = device, dtype = 'bf16') => upload(randn(n * h * 64, rng, dtype), dtype, [n, h, 64], dev);
   const snapshot = async (cache) => [await cache.pool.toArray(), await cache.keySums.toArray()];
   const same = (a, b) => a.every((x, i) => Buffer.compare(Buffer.from(x.buffer), Buffer.from(b[i].buffer)) === 0);
+  // After refused calls the plan still runs on both layers (qkv() gives each call its q, k, v).
+  const forwardsOnBothLayers = async (cache, layer, plan, qkv) => {
+    for (const l of [0, 1]) {
+      const r = await layer.forward(cache, l, plan, ...qkv()).toArray();
+      ensure(r.every(Number.isFinite), 'forward after refused calls');
+    }
+  };
   /** A cache with two filled sequences and a plan ready (a decode step and a mixed step). */
   const setup = async (rng) => {
     const cache = smallCache();
@@ -1124,10 +1131,7 @@ function registerMisuseCases() {
     await expectError('EDISPOSED', 'forward(disposed k)', () => layer.forward(cache, 0, plan, rows(rng, 3, 4), k3, rows(rng, 3, 2)));
     await expectError('EDISPOSED', 'append(disposed v)', () => cache.append(0, plan, rows(rng, 3, 2), k3));
     // The plan is still usable on both layers.
-    for (const l of [0, 1]) {
-      const r = await layer.forward(cache, l, plan, rows(rng, 3, 4), rows(rng, 3, 2), rows(rng, 3, 2)).toArray();
-      ensure(r.every(Number.isFinite), 'forward after refused calls');
-    }
+    await forwardsOnBothLayers(cache, layer, plan, () => [rows(rng, 3, 4), rows(rng, 3, 2), rows(rng, 3, 2)]);
     cache.dispose();
     return 'ok';
   });
@@ -1301,10 +1305,7 @@ function registerMisuseCases() {
     await E('append k shape', () => cache.append(0, plan, rows(rng, 13, 3), k));
     ensure(same(before, await snapshot(cache)), 'cache bytes changed by refused forward/append');
     // The plan still works on every layer after all that.
-    for (const l of [0, 1]) {
-      const r = await layer.forward(cache, l, plan, q, k, rows(rng, 13, 2)).toArray();
-      ensure(r.every(Number.isFinite), 'forward after refused calls');
-    }
+    await forwardsOnBothLayers(cache, layer, plan, () => [q, k, rows(rng, 13, 2)]);
     // plan() argument errors: nothing reserved, nothing changed.
     const u0 = JSON.stringify(cache.usage());
     await E('empty batch', () => cache.plan([]));
@@ -1358,10 +1359,7 @@ function registerMisuseCases() {
     await expectError('EDISPOSED', 'tensor() on a disposed device', () => other.tensor(new Float32Array(4), { dtype: 'bf16', shape: [4] }));
     await expectError('EDISPOSED', 'synchronize() on a disposed device', () => other.synchronize());
     await expectError('EDISPOSED', 'new KVCache on a disposed device', () => new m.KVCache(other, { numLayers: 1, numPages: 4, pageSize: 4, numKVHeads: 2, headDim: 64, dtype: 'bf16' }));
-    for (const l of [0, 1]) {
-      const r = await layer.forward(cache, l, plan, rows(rng, 3, 4), rows(rng, 3, 2), rows(rng, 3, 2)).toArray();
-      ensure(r.every(Number.isFinite), 'forward after refused calls');
-    }
+    await forwardsOnBothLayers(cache, layer, plan, () => [rows(rng, 3, 4), rows(rng, 3, 2), rows(rng, 3, 2)]);
     cache.dispose();
     return 'ok';
   });
