@@ -1047,7 +1047,14 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   a.regionBytes = static_cast<int>(regionBytes);
   // (+ up to 1023 bytes that align the rings for tensor copies)
   const size_t smemBytes = kBarBytes + static_cast<size_t>(RT) * rowBytes + (tma ? 1024 : 0) + regionBytes + unionBytes;
-  const size_t worst = std::max({smemBytes, scoresSmem + scoresStatic, gateSmem + gateStatic});
+  const void* attention = tma ? kernels.decodeTma : kernels.decode;
+  // The attention instances' static shared memory (the warps' merge maxima);
+  // the run adder's instance may replace the tensor-copy one below.
+  size_t attentionStatic = 0, runsStatic = 0;
+  MOBA_RETURN_IF_ERROR(staticSharedBytes(attention, &attentionStatic));
+  if (tma) MOBA_RETURN_IF_ERROR(staticSharedBytes(kernels.decodeTmaRuns, &runsStatic));
+  attentionStatic = std::max(attentionStatic, runsStatic);
+  const size_t worst = std::max({smemBytes + attentionStatic, scoresSmem + scoresStatic, gateSmem + gateStatic});
   if (worst > ctx.maxSharedPerBlockOptin) {
     return Status::Invalid("decode: the batch needs " + std::to_string(worst) +
                            " bytes of shared memory per CTA (too many blocks or query rows)");
@@ -1055,7 +1062,6 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   // Slots per item: enough CTAs for one full wave (every SM holding as many
   // as fit), so that batch 1 at long context still keeps every SM streaming.
   int perSm = 1;
-  const void* attention = tma ? kernels.decodeTma : kernels.decode;
   MOBA_RETURN_IF_ERROR(prepareKernel(attention, smemBytes, kThreads, &perSm));
   const int64_t target = static_cast<int64_t>(ctx.smCount > 0 ? ctx.smCount : 132) * perSm;
   const int slotsWanted = static_cast<int>(std::min<int64_t>(kMaxSlots, std::max<int64_t>(1, target / items)));

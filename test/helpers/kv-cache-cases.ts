@@ -97,9 +97,12 @@ function randomRows(env: Env, rows: number, heads: number): Float32Array {
   return roundTo(randn(rows * heads * env.shape.headDim, env.rng), env.dtype);
 }
 
-/** Appends random K/V for `entries` to every layer through KVCache.append (no attention); editK may change the keys first. */
-function fill(env: Env, entries: { seq: number; newTokens: number }[], editK?: (k: Float32Array) => void): KVPlan {
-  const plan = env.cache.plan(entries, { maxDecodeTokens: 0 });
+/** Appends random K/V for `entries` to every layer through KVCache.append (no attention); editK may change the keys first. Prefill rows unless planOptions say otherwise. */
+function fill(
+  env: Env, entries: { seq: number; newTokens: number }[], editK?: (k: Float32Array) => void,
+  planOptions: { maxDecodeTokens?: number } = { maxDecodeTokens: 0 },
+): KVPlan {
+  const plan = env.cache.plan(entries, planOptions);
   const rowLen = env.shape.numKVHeads * env.shape.headDim;
   for (let layer = 0; layer < env.cache.numLayers; layer++) {
     const k = randomRows(env, plan.numRows, env.shape.numKVHeads);
@@ -1140,6 +1143,71 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     expect(cache.usage()).toEqual(before);
     expect(cache.length(entries[0]!.seq)).toBe(0);
     await step(n - 1);
+  });
+
+  // A moba decode CTA (and the gate's) keeps its rows' queries, a chunk of
+  // key sums, their selections and the union of their blocks in shared
+  // memory, so many query rows with a large topK over enough blocks cannot
+  // run on CUDA: that must be EINVAL wherever the limit falls (counting the
+  // kernels' static shared memory, not a driver error at launch), and the
+  // largest topK that fits must still be right. The CPU backend has no such limit.
+  it('moba decode whose selections overflow a CTA\'s shared memory: EINVAL (CUDA) at the limit, the largest topK below it equals the reference', async () => {
+    using device = open();
+    const shape = { numQHeads: 8, numKVHeads: 1, headDim: 128 };
+    const chunkSize = 16;
+    const rng = rngFor('moba decode shared-memory limit');
+    const env = makeEnv(device, rng, shape, 'bf16', { numPages: 6600, pageSize: 16 });
+    using cache = env.cache;
+    const seq = cache.addSequence();
+    fillInterleaved(env, new Map([[seq, 100000 + rng.int(0, 200)]]), 50000);
+    // Four new tokens of 8 query heads: 32 rows on the one KV head.
+    const plan = fill(env, [{ seq, newTokens: 4 }], undefined, {});
+    expect(plan.sequences[0]!.decode).toBe(true);
+    const rows = plan.numRows;
+    const q = randomRows(env, rows, shape.numQHeads);
+    using qt = device.tensor(q, { dtype: 'bf16', shape: [rows, shape.numQHeads, shape.headDim] });
+    const maxTopK = 256;  // MobaAttention's limit
+    const attend = async (topK: number): Promise<{ layer: MobaAttention; out: Float32Array } | MobaError> => {
+      const layer = layerFor(device, env, { chunkSize, topK, decode: 'moba' });
+      try {
+        using out = layer.attend(cache, 0, plan, qt);
+        return { layer, out: (await out.toArray()) as Float32Array };
+      } catch (err) {
+        layer.dispose();
+        if (err instanceof MobaError) return err;
+        throw err;
+      }
+    };
+    const check = (r: { layer: MobaAttention; out: Float32Array } | MobaError, what: string): void => {
+      if (r instanceof MobaError) throw r;
+      try {
+        checkStep(env, r.layer, new Map([[0, { plan, q, out: r.out }]]), what);
+      } finally {
+        r.layer.dispose();
+      }
+    };
+    if (device.backend !== 'cuda') return check(await attend(maxTopK), `moba decode, topK ${maxTopK}`);
+    const refused = (r: unknown, topK: number): boolean => {
+      if (!(r instanceof MobaError)) return false;
+      expect(r.code, `topK ${topK}: ${r.message}`).toBe('EINVAL');
+      expect(r.message).toMatch(/bytes of shared memory per CTA/);
+      return true;
+    };
+    // Bisect for the smallest topK that does not fit; every refusal met on the way is EINVAL.
+    let fits = 1;
+    let fails = maxTopK;
+    expect(refused(await attend(fails), fails), `topK ${fails}, 32 rows over ${cache.length(seq)} keys runs`).toBe(true);
+    while (fails - fits > 1) {
+      const mid = (fits + fails) >> 1;
+      const r = await attend(mid);
+      if (refused(r, mid)) {
+        fails = mid;
+      } else {
+        (r as { layer: MobaAttention }).layer.dispose();
+        fits = mid;
+      }
+    }
+    check(await attend(fits), `moba decode, topK ${fits} (the largest that fits)`);
   });
 
   it('plans go stale, and bad arguments are EINVAL naming the argument', async () => {
