@@ -5,7 +5,7 @@
 // the host awaits.
 //
 //   npm run bench -- decode [--page-size 16] [--moba-page-sizes 16,64] [--moba-sum-blocks page,512]
-//                           [--moba-shapes 1x131072,16x32768] [--cases full,moba,host] [--quick]
+//                           [--moba-shapes 1x131072,4x131072,16x32768] [--cases full,moba,host] [--quick]
 //
 // --moba-sum-blocks: the caches' key-sum blocks (KVCacheOptions.chunkSize) for
 // the moba rows: 'page' (the default cache, one sum per page) and/or a token
@@ -25,7 +25,7 @@ const quick = args.includes('--quick');
 const cases = new Set(opt('--cases', 'full,moba,host').split(','));
 const pageSize = Number(opt('--page-size', '16'));
 const mobaPageSizes = opt('--moba-page-sizes', '16,64').split(',').map(Number);
-const mobaShapes = opt('--moba-shapes', quick ? '1x8192' : '1x131072,16x32768').split(',').map((x) => x.split('x').map(Number));
+const mobaShapes = opt('--moba-shapes', quick ? '1x8192' : '1x131072,4x131072,16x32768').split(',').map((x) => x.split('x').map(Number));
 const mobaSumBlocks = opt('--moba-sum-blocks', 'page,512').split(',').map((x) => (x === 'page' ? undefined : Number(x)));
 const HQ = 32;
 const HKV = 8;

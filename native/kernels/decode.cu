@@ -804,39 +804,36 @@ cudaError_t launch(const void* kernel, dim3 grid, int threads, size_t smem, Deco
   return cudaLaunchKernelExC(&cfg, kernel, params);
 }
 
-// Whether clusters of `size` CTAs of `kernel` (with `smem` bytes each) fit on
-// the device: sizes above 8 are non-portable (allowed on sm_90 when asked
-// for), and a cluster's CTAs must fit in one GPC. Cached per (kernel, device,
-// size, smem); JavaScript thread only. Errors count as "no".
-bool clusterFits(const void* kernel, int size, size_t smem, CudaContext& ctx) {
+// How many clusters of `size` CTAs of `kernel` (with `smem` bytes each) can
+// be resident on the device at once (0: none, or the size is refused): sizes
+// above 8 are non-portable (allowed on sm_90 when asked for), and a cluster's
+// CTAs must fit in one GPC. Cached per (kernel, device, size, smem);
+// JavaScript thread only. Errors count as 0.
+int activeClusters(const void* kernel, int size, size_t smem, CudaContext& ctx) {
   struct Known {
     const void* kernel;
     int device, size;
     size_t smem;
-    bool fits;
+    int clusters;
   };
   static std::vector<Known> known;
   int dev = 0;
   cudaGetDevice(&dev);
   for (const Known& k : known) {
-    if (k.kernel == kernel && k.device == dev && k.size == size && k.smem == smem) return k.fits;
+    if (k.kernel == kernel && k.device == dev && k.size == size && k.smem == smem) return k.clusters;
   }
-  bool fits = true;
-  if (size > 8) {
-    fits = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
-  }
-  if (fits) {
+  int clusters = 0;
+  if (size <= 8 || cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) {
     cudaLaunchAttribute attr[2];
     LaunchMode mode;
     mode.cluster = size;
     cudaLaunchConfig_t cfg = launchConfig(dim3(size), kThreads, smem, mode, ctx.stream, attr);
-    int clusters = 0;
-    fits = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) clusters = 0;
   }
   cudaGetLastError();  // a refusal above is an answer, not a pending error
-  if (known.size() >= 64) known.erase(known.begin());
-  known.push_back({kernel, dev, size, smem, fits});
-  return fits;
+  if (known.size() >= 256) known.erase(known.begin());
+  known.push_back({kernel, dev, size, smem, clusters});
+  return clusters;
 }
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -1092,9 +1089,21 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
            FusedScratch(D, RT, per, slots, p.topK, a.bitmapWords).bytes <= regionBytes;
   };
   if (coordinated && moba && tma && a.numSlots > 1 && warpMergeBytes + static_cast<size_t>(RT) * D * 4 <= regionBytes) {
-    int size = std::min(a.numSlots, kMaxCluster);
-    if (size > 8 && !clusterFits(attention, size, smemBytes, ctx)) size = 8;
-    if (clusterFits(attention, size, smemBytes, ctx)) {
+    // The largest size at which every item's cluster is resident at once:
+    // one cluster more than fit waits for a whole cluster to finish, and the
+    // step takes two waves (2 x 128K, 16 clusters of 16 where 14 fit: 31 us
+    // against 17 us for one sequence).
+    const int most = std::min(a.numSlots, kMaxCluster);
+    int size = 0;
+    for (int c = most; c >= 2 && size == 0; --c) {
+      if (activeClusters(attention, c, smemBytes, ctx) >= items) size = c;
+    }
+    if (size == 0) {
+      // No size fits them all: the largest that fits at all, in waves.
+      size = most > 8 && activeClusters(attention, most, smemBytes, ctx) == 0 ? 8 : most;
+      if (activeClusters(attention, size, smemBytes, ctx) == 0) size = 0;
+    }
+    if (size > 0) {
       a.numSlots = a.cluster = size;
       a.fusedGate = fusedFits(size) ? 1 : 0;
     }
@@ -1109,7 +1118,7 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
     // and gateKernel add and select instead.
     int perSmRuns = 0;
     MOBA_RETURN_IF_ERROR(prepareKernel(kernels.decodeTmaRuns, smemBytes, kThreads, &perSmRuns));
-    if (perSmRuns == perSm && (!a.cluster || clusterFits(kernels.decodeTmaRuns, a.cluster, smemBytes, ctx))) {
+    if (perSmRuns == perSm && (!a.cluster || activeClusters(kernels.decodeTmaRuns, a.cluster, smemBytes, ctx) > 0)) {
       attention = kernels.decodeTmaRuns;
     } else {
       a.fusedGate = 0;
