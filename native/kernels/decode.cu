@@ -804,36 +804,45 @@ cudaError_t launch(const void* kernel, dim3 grid, int threads, size_t smem, Deco
   return cudaLaunchKernelExC(&cfg, kernel, params);
 }
 
-// How many clusters of `size` CTAs of `kernel` (with `smem` bytes each) can
-// be resident on the device at once (0: none, or the size is refused): sizes
-// above 8 are non-portable (allowed on sm_90 when asked for), and a cluster's
-// CTAs must fit in one GPC. Cached per (kernel, device, size, smem);
-// JavaScript thread only. Errors count as 0.
+// How many clusters of `size` (2..kMaxCluster) CTAs of `kernel` (with `smem`
+// bytes each) can be resident on the device at once (0: none, or the size is
+// refused): sizes above 8 are non-portable (allowed on sm_90 when asked for),
+// and a cluster's CTAs must fit in one GPC. Asked once per (kernel, device,
+// smem, size): an op may ask for several sizes. JavaScript thread only.
+// Errors count as 0.
 int activeClusters(const void* kernel, int size, size_t smem, CudaContext& ctx) {
   struct Known {
     const void* kernel;
-    int device, size;
+    int device;
     size_t smem;
-    int clusters;
+    int clusters[kMaxCluster + 1];  // -1: not asked yet
   };
   static std::vector<Known> known;
   int dev = 0;
   cudaGetDevice(&dev);
-  for (const Known& k : known) {
-    if (k.kernel == kernel && k.device == dev && k.size == size && k.smem == smem) return k.clusters;
+  Known* k = nullptr;
+  for (Known& e : known) {
+    if (e.kernel == kernel && e.device == dev && e.smem == smem) k = &e;
   }
-  int clusters = 0;
-  if (size <= 8 || cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) {
-    cudaLaunchAttribute attr[2];
-    LaunchMode mode;
-    mode.cluster = size;
-    cudaLaunchConfig_t cfg = launchConfig(dim3(size), kThreads, smem, mode, ctx.stream, attr);
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) clusters = 0;
+  if (k == nullptr) {
+    if (known.size() >= 64) known.erase(known.begin());
+    known.push_back({kernel, dev, smem, {}});
+    k = &known.back();
+    for (int& c : k->clusters) c = -1;
   }
-  cudaGetLastError();  // a refusal above is an answer, not a pending error
-  if (known.size() >= 256) known.erase(known.begin());
-  known.push_back({kernel, dev, size, smem, clusters});
-  return clusters;
+  if (k->clusters[size] < 0) {
+    int clusters = 0;
+    if (size <= 8 || cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) {
+      cudaLaunchAttribute attr[2];
+      LaunchMode mode;
+      mode.cluster = size;
+      cudaLaunchConfig_t cfg = launchConfig(dim3(size), kThreads, smem, mode, ctx.stream, attr);
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) clusters = 0;
+    }
+    cudaGetLastError();  // a refusal above is an answer, not a pending error
+    k->clusters[size] = clusters;
+  }
+  return k->clusters[size];
 }
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
