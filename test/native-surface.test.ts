@@ -193,7 +193,12 @@ it.skipIf(prlimitReason !== '')('out of host memory staging an upload on the Jav
     const bytes = 256 * 2 ** 20;
     const target = n.alloc(bytes);
     const data = new Float32Array(bytes / 4);
-    ${capAddressSpace(64)}
+    await n.synchronize();
+    // Staging takes 256 MiB; the rest of the process keeps 192 MiB of room:
+    // between reading its size and the cap, another thread may reserve a
+    // 64 MiB malloc arena, and execFileSync still allocates while the cap
+    // lands (with 64 MiB of room it aborted there under load).
+    ${capAddressSpace(192)}
     let code = 'no error';
     try { n.write(target, data, 2); } catch (e) { code = e.code; }
     if (code !== 'EOOM') throw new Error('expected EOOM from write(), got ' + code);`);
