@@ -921,10 +921,10 @@ bool plainLaunchesOnly() {
   return plain;
 }
 
-// One decode op. coordinated: cooperative and cluster launches allowed;
-// *refused: the device turned the attention grid's coordinated launch down
-// (it did not run; gate kernels enqueued ahead of it only wrote the
-// workspace), and the caller goes again without.
+// Row-tile MMA blocks (16 rows each) for R query rows per (sequence, KV head):
+// one up to 16 rows, else two (row tiles of 32).
+int rowTileBlocks(int64_t R) { return R <= 16 ? 1 : 2; }
+
 // What the kernels cannot take, refused before anything is enqueued (the op
 // may append its new tokens before the attention launch).
 Status checkDecode(const DecodeParams& p) {
@@ -938,22 +938,26 @@ Status checkDecode(const DecodeParams& p) {
     return Status::Invalid("moba decode needs chunkSize >= 1, topK >= 1 and pageSize dividing chunkSize");
   }
   const int64_t R = static_cast<int64_t>(p.maxQLen) * (p.numQHeads / kv.numKVHeads);
-  const int64_t rowTiles = ceilDiv(R, R <= 16 ? int64_t{16} : int64_t{32});
+  const int64_t rowTiles = ceilDiv(R, 16 * rowTileBlocks(R));
   if (kv.numKVHeads * rowTiles > 65535) {
     return Status::Invalid("decode: too many KV heads x row tiles (" + std::to_string(kv.numKVHeads * rowTiles) + ")");
   }
   return Status::Ok();
 }
 
+// One decode op, on parameters checkDecode has passed. coordinated:
+// cooperative and cluster launches allowed; *refused: the device turned the
+// attention grid's coordinated launch down (it did not run; gate kernels
+// enqueued ahead of it only wrote the workspace), and the caller goes again
+// without.
 Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated, bool* refused) {
   const PagedKV& kv = p.kv;
   const int D = kv.headDim;
-  MOBA_RETURN_IF_ERROR(checkDecode(p));
   if (p.batch == 0) return Status::Ok();
   const bool moba = p.policy == DecodePolicy::Moba;
   const int group = p.numQHeads / kv.numKVHeads;
   const int R = p.maxQLen * group;
-  const int M = R <= 16 ? 1 : 2;
+  const int M = rowTileBlocks(R);
   const int RT = 16 * M;
   const int rowTiles = static_cast<int>(ceilDiv(R, RT));
   const int64_t items = static_cast<int64_t>(p.batch) * kv.numKVHeads * rowTiles;
