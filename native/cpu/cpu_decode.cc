@@ -59,7 +59,7 @@ struct Item {
   SeqView s{};
   std::vector<std::pair<int64_t, int64_t>> ranges;  // [first, end) key positions
   int64_t keys = 0;                                 // total length of the ranges
-  int firstSlice = 0, numSlices = 0;
+  int numSlices = 0;
   std::vector<int32_t> selected;                    // moba: [rows, topK] blocks, ascending, -1 padded
 };
 
@@ -151,7 +151,6 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
   for (Item& it : items) {
     const int64_t byKeys = std::max<int64_t>(1, it.keys / kMinSliceKeys);
     it.numSlices = static_cast<int>(std::max<int64_t>(1, std::min({want, byKeys, byMemory})));
-    it.firstSlice = numSlices;
     numSlices += it.numSlices;
   }
   struct SliceRef {
