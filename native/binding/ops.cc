@@ -1,6 +1,5 @@
 // N-API entry points of the ops: read positional arguments (lib/native.ts
 // documents their order), re-check shapes against buffer sizes, enqueue.
-#include <cmath>
 #include <cstdint>
 
 #include "args.h"

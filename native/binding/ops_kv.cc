@@ -2,7 +2,6 @@
 // metadata (segments, page tables) and validates everything first; these
 // re-check that every buffer is large enough for what the op may touch.
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <string>
 
