@@ -170,13 +170,6 @@ export function checkVarlen(
 }
 
 /**
- * The kernels' element offsets are 64-bit, so tensors may hold 2^31 elements
- * and more; what stays 32-bit is the count of (query row, head, block slot)
- * selections, which the gate's output and the sparse attention's lists of
- * query-head rows index. A batch past it can be split: its queries in chunks
- * (cuSeqlensK longer than cuSeqlensQ), each against the same keys.
- */
-/**
  * The sparse attention's lists have one segment per (key block, query head):
  * fewer than 2^31 - 1 of them (the CUDA lists' offsets are 32-bit; the CPU
  * backend keeps the same limit).
@@ -194,6 +187,13 @@ export function checkBlockLists(cuSeqlensK: Int32Array, chunkSize: number, numQH
   }
 }
 
+/**
+ * The kernels' element offsets are 64-bit, so tensors may hold 2^31 elements
+ * and more; what stays 32-bit is the count of (query row, head, block slot)
+ * selections, which the gate's output and the sparse attention's lists of
+ * query-head rows index. A batch past it can be split: its queries in chunks
+ * (cuSeqlensK longer than cuSeqlensQ), each against the same keys.
+ */
 export function checkSelections(totalQ: number, numQHeads: number, topK: number): void {
   const count = totalQ * numQHeads * topK;
   if (count >= 2 ** 31 - 1) {
