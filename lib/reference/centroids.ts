@@ -26,11 +26,7 @@ export function blockCentroids(
   checkNumeric('k', k, totalK * numKVHeads * headDim);
   const batch = cuK.length - 1;
 
-  const cuBlocks = new Int32Array(batch + 1);
-  for (let b = 0; b < batch; b++) {
-    const lk = cuK[b + 1]! - cuK[b]!;
-    cuBlocks[b + 1] = cuBlocks[b]! + Math.ceil(lk / chunkSize);
-  }
+  const cuBlocks = blockOffsets(cuK, chunkSize);
 
   const rowStride = numKVHeads * headDim;
   const centroids = new Float64Array(cuBlocks[batch]! * rowStride);
@@ -48,4 +44,12 @@ export function blockCentroids(
     }
   }
   return { centroids, cuBlocks };
+}
+
+/** Prefix sums of each sequence's block count, ceil(Lk / chunkSize): [batch + 1]. */
+export function blockOffsets(cuSeqlensK: Int32Array, chunkSize: number): Int32Array {
+  const batch = cuSeqlensK.length - 1;
+  const cuBlocks = new Int32Array(batch + 1);
+  for (let b = 0; b < batch; b++) cuBlocks[b + 1] = cuBlocks[b]! + Math.ceil((cuSeqlensK[b + 1]! - cuSeqlensK[b]!) / chunkSize);
+  return cuBlocks;
 }

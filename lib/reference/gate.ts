@@ -8,7 +8,7 @@
  * never count. Output per (head, query): selected blocks ascending, -1 padded.
  */
 import { invalidArgument } from '../errors.js';
-import { blockCentroids, type CentroidResult } from './centroids.js';
+import { blockCentroids, blockOffsets, type CentroidResult } from './centroids.js';
 import {
   checkPositiveInt,
   checkProblem,
@@ -112,8 +112,7 @@ function checkCentroids(c: unknown, p: Problem, chunkSize: number): CentroidResu
   if (c === null || typeof c !== 'object' || !(r.centroids instanceof Float64Array) || !(r.cuBlocks instanceof Int32Array)) {
     throw invalidArgument('centroids', 'the result of reference.blockCentroids', c);
   }
-  const cuBlocks = new Int32Array(p.batch + 1);
-  for (let b = 0; b < p.batch; b++) cuBlocks[b + 1] = cuBlocks[b]! + Math.ceil((p.cuK[b + 1]! - p.cuK[b]!) / chunkSize);
+  const cuBlocks = blockOffsets(p.cuK, chunkSize);
   const same = r.cuBlocks.length === cuBlocks.length && r.cuBlocks.every((x, i) => x === cuBlocks[i]);
   if (!same || r.centroids.length !== cuBlocks[p.batch]! * p.numKVHeads * p.headDim) {
     throw invalidArgument('centroids', `the block centroids of these keys with chunkSize ${chunkSize}`, c);
