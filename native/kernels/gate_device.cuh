@@ -10,6 +10,7 @@
 
 #include "common/moba_rank.cuh"
 #include "common/ptx.cuh"
+#include "gate_internal.h"
 
 namespace moba {
 namespace gate {
@@ -90,6 +91,45 @@ __device__ __forceinline__ int sequenceOf(const int32_t* cu, int batch, int x) {
     else hi = mid - 1;
   }
   return lo;
+}
+
+// The query rows a CTA of the tiled kernels owns: tile blockIdx.x of
+// a.tiles (up to kRows consecutive rows of one sequence), query head blockIdx.y.
+struct RowTile {
+  int b;      // sequence
+  int h;      // query head
+  int kvh;    // its KV head
+  int nRows;  // rows in the tile (fewer at the end of a sequence)
+  int row0;   // the first row, as a global query row
+  int pos0;   // its position in the sequence
+  int pLast;  // past blocks of the tile's last row, the most of any of its rows
+};
+__device__ __forceinline__ RowTile rowTileOf(const GateArgs& a, int kRows) {
+  RowTile t;
+  t.b = a.tiles[2 * blockIdx.x];
+  const int local0 = a.tiles[2 * blockIdx.x + 1];
+  t.h = blockIdx.y;
+  t.kvh = t.h / a.group;
+  const int qBegin = a.cuQ[t.b];
+  const int lq = a.cuQ[t.b + 1] - qBegin;
+  const int lk = a.cuK[t.b + 1] - a.cuK[t.b];
+  t.nRows = min(kRows, lq - local0);
+  t.row0 = qBegin + local0;
+  t.pos0 = lk - lq + local0;
+  t.pLast = (t.pos0 + t.nRows - 1) / a.chunkSize;
+  return t;
+}
+
+// The end of a row that keeps `keep` past blocks: its own block c, then -1 padding.
+__device__ __forceinline__ void writeRowTail(int32_t* out, int keep, int c, int topK) {
+  out[keep] = c;
+  for (int m = keep + 1; m < topK; ++m) out[m] = -1;
+}
+
+// Writes the trivial selection of a query with c <= topK-1 past blocks: all
+// of them, its own block c, then -1 padding (this thread: m = from, from + step, ...).
+__device__ __forceinline__ void writeAllPast(int32_t* out, int c, int topK, int from, int step) {
+  for (int m = from; m < topK; m += step) out[m] = m <= c ? m : -1;
 }
 
 // ---- PTX (common/ptx.cuh) --------------------------------------------------

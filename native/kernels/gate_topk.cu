@@ -226,17 +226,6 @@ __device__ __forceinline__ int packedIndex(float v, uint32_t packMask) {
   return static_cast<int>(__float_as_uint(v) & packMask);
 }
 
-// The end of a row that keeps `keep` past blocks: its own block c, then -1 padding.
-__device__ __forceinline__ void writeRowTail(int32_t* out, int keep, int c, int topK) {
-  out[keep] = c;
-  for (int m = keep + 1; m < topK; ++m) out[m] = -1;
-}
-
-// Writes the trivial selection of a query with c <= topK-1 past blocks: all of them.
-__device__ __forceinline__ void writeAllPast(int32_t* out, int c, int topK, int from, int step) {
-  for (int m = from; m < topK; m += step) out[m] = m <= c ? m : -1;
-}
-
 template <typename T, int D, int KL, bool kPacked>
 __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCtasPerSm) fastKernel(GateArgs a) {
   using C = FastCfg<D, KL>;
@@ -273,19 +262,11 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
   const int ownG = (g & 4) | ((g & 1) << 1) | ((g >> 1) & 1);
   const int ownWarpRow = ownG + 8 * tq;       // row within the warp's 32
   const int ownRow = warp * 32 + ownWarpRow;  // row within the CTA
-  const int b = a.tiles[2 * blockIdx.x];
-  const int local0 = a.tiles[2 * blockIdx.x + 1];
-  const int h = blockIdx.y;
-  const int qBegin = a.cuQ[b];
-  const int lq = a.cuQ[b + 1] - qBegin;
-  const int lk = a.cuK[b + 1] - a.cuK[b];
-  const int nRows = min(kRows, lq - local0);
-  const int row0 = qBegin + local0;
-  const int pos0 = lk - lq + local0;
+  const RowTile tile = rowTileOf(a, kRows);
+  const int b = tile.b, h = tile.h, kvh = tile.kvh;
+  const int nRows = tile.nRows, row0 = tile.row0, pos0 = tile.pos0, pLast = tile.pLast;
   const int B = a.chunkSize;
   const int keepMax = a.topK - 1;
-  const int kvh = h / a.group;
-  const int pLast = (pos0 + nRows - 1) / B;
   const int numCTiles = pLast > keepMax ? (pLast + kBN - 1) / kBN : 0;
   const int pOwn = ownRow < nRows ? (pos0 + ownRow) / B : 0;
 
