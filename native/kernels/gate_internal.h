@@ -30,7 +30,7 @@ struct GateArgs {
   // score| per unit of ||q||, [kStatNorm] max over blocks of the centroid's
   // L2 norm, [kStatMaxAbs] the largest centroid magnitude (unscaled).
   uint32_t* stats = nullptr;
-  int32_t* fallbackCount = nullptr;  // [1] rows the fast kernel hands to the exact kernel
+  int32_t* fallbackCount = nullptr;  // [1] rows the fast or large-topK kernel hands to the exact kernel
   int32_t* fallback = nullptr;       // [nqh * totalQ] items h * totalQ + row
   int batch = 0, totalQ = 0, totalK = 0, totalBlocks = 0;
   int nqh = 0, nkvh = 0, group = 1, headDim = 0, chunkSize = 0, topK = 0;
@@ -55,14 +55,19 @@ inline int gateListCap(int topK) {
   if (keep <= 3) return 8;
   if (keep <= 7) return 12;
   if (keep <= 15) return 20;
-  return 0;  // exact kernel for every row
+  return 0;  // no register lists: gate_topk_large.cu up to kGateLargeMaxKeep, else the exact kernel
 }
-inline int gateTileRows(int listCap) { return listCap > 0 ? 128 : 0; }
+// Past blocks kept per row (topK - 1) that gate_topk_large.cu handles: its
+// per-row heaps in shared memory hold up to this many.
+constexpr int kGateLargeMaxKeep = 63;
+inline bool gateUsesLarge(int topK) { return topK - 1 > 15 && topK - 1 <= kGateLargeMaxKeep; }
+inline int gateTileRows(int listCap, bool large) { return listCap > 0 ? 128 : large ? 64 : 0; }
 
 struct GatePlan {
   int totalBlocks = 0;
   int packBits = 1;  // bits that hold any block index of a sequence (GateArgs::packBits)
   int listCap = 0;   // 0: no fast path
+  bool large = false;  // gate_topk_large.cu selects every row (gateUsesLarge)
   int tileRows = 0;
   int numTiles = 0;
   // Metadata uploaded once: cuQ, cuK, cuBlocks, tiles (int32, offsets in elements).
@@ -87,6 +92,9 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
 // for it before they read its results.
 Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream);
 Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream);
+// Every row by gate_topk_large.cu (plan.large); numTiles tiles of 64 rows.
+// Rows it cannot certify go to a.fallback for the exact kernel.
+Status launchGateLarge(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
 // allRows: every (head, row) item; else the items of a.fallback (count on the device).
 Status launchGateExact(const GateArgs& a, DType dtype, bool allRows, int smCount, bool dependent, cudaStream_t stream);
 

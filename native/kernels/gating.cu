@@ -84,6 +84,10 @@ Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, 
     MOBA_RETURN_IF_ERROR(launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, dependent, ctx.stream));
     return launchGateExact(a, p.dtype, false, ctx.smCount, dependent, ctx.stream);
   }
+  if (plan.large) {
+    MOBA_RETURN_IF_ERROR(launchGateLarge(a, p.dtype, plan.numTiles, dependent, ctx.stream));
+    return launchGateExact(a, p.dtype, false, ctx.smCount, dependent, ctx.stream);
+  }
   return launchGateExact(a, p.dtype, true, ctx.smCount, dependent, ctx.stream);
 }
 
@@ -119,9 +123,10 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
   plan->packBits = 1;
   while (plan->packBits < 31 && (int64_t{1} << plan->packBits) < maxBlocks) ++plan->packBits;
   plan->listCap = gateListCap(p.topK);
-  plan->tileRows = plan->listCap > 0 ? gateTileRows(plan->listCap) : 0;
+  plan->large = plan->listCap == 0 && gateUsesLarge(p.topK);
+  plan->tileRows = gateTileRows(plan->listCap, plan->large);
   plan->numTiles = 0;
-  if (plan->listCap > 0) {
+  if (plan->tileRows > 0) {
     for (int b = 0; b < v.batch; ++b) {
       int lq = v.cuSeqlensQ[b + 1] - v.cuSeqlensQ[b];
       plan->numTiles += (lq + plan->tileRows - 1) / plan->tileRows;
@@ -152,7 +157,7 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
   plan->offStats = align256(plan->offHi + centElems * 2);
   plan->offFbCount = align256(plan->offStats + static_cast<size_t>(v.batch) * hs.numKVHeads * kGateStats * 4);
   plan->offFb = align256(plan->offFbCount + 4);
-  plan->gateBytes = align256(plan->offFb + (plan->listCap > 0 ? static_cast<size_t>(v.totalQ) * hs.numQHeads * 4 : 0));
+  plan->gateBytes = align256(plan->offFb + (plan->listCap > 0 || plan->large ? static_cast<size_t>(v.totalQ) * hs.numQHeads * 4 : 0));
   plan->totalBytes = plan->gateBytes;
 
   if (withLists) {

@@ -192,7 +192,7 @@ function compareWithReference(c: GateCase, got: Int32Array, want: Int32Array): n
 }
 
 const CHUNKS = [16, 48, 64, 100, 128, 512];
-const TOPKS = [1, 2, 3, 8, 12, 16, 40];
+const TOPKS = [1, 2, 3, 8, 12, 16, 17, 40, 64];
 const GROUPS = [1, 2, 4, 8];
 
 /** The sweep: every (chunkSize, topK) pair, the other dimensions drawn so that each value recurs. */
@@ -282,8 +282,9 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
   it('returns well-formed indices for NaN and Inf inputs (NaN scores rank lowest)', async () => {
     using device = open();
     const rng = rngFor('gate nan inf');
-    for (const dtype of ['bf16', 'f16'] as const) {
-      const c = makeCase(rng, { dtype, batch: 3, maxLen: 600, group: 2, numKVHeads: 1, headDim: opts.headDims[0]!, chunkSize: 32, topK: 4, chunked: false });
+    // topK 4 takes the fast path; topK 24 the large-topK kernel (chunks of 8 give rows enough blocks).
+    for (const [dtype, topK, chunkSize] of [['bf16', 4, 32], ['f16', 4, 32], ['bf16', 24, 8], ['f16', 24, 8]] as const) {
+      const c = makeCase(rng, { dtype, batch: 3, maxLen: 600, group: 2, numKVHeads: 1, headDim: opts.headDims[0]!, chunkSize, topK, chunked: false });
       const D = c.headDim;
       const totalQ = c.cuQ[3]!;
       const nanRows = new Set<number>();
@@ -315,8 +316,9 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
   it('handles ties (identical keys) with the lower block index', async () => {
     using device = open();
     const rng = rngFor('gate ties');
-    for (const topK of [3, 8, 20]) {
-      const c = makeCase(rng, { dtype: 'bf16', batch: 2, maxLen: 900, group: 1, numKVHeads: 2, headDim: opts.headDims[0]!, chunkSize: 16, topK, chunked: false });
+    for (const topK of [3, 8, 20, 64]) {
+      const maxLen = topK > 16 ? 1600 : 900; // rows past 64 blocks for topK 64
+      const c = makeCase(rng, { dtype: 'bf16', batch: 2, maxLen, group: 1, numKVHeads: 2, headDim: opts.headDims[0]!, chunkSize: 16, topK, chunked: false });
       const row0 = c.k.slice(0, c.numKVHeads * c.headDim);
       for (let s = 0; s < c.cuK[2]!; s++) c.k.set(row0, s * row0.length);
       const got = await runGate(device, c);
@@ -389,6 +391,12 @@ function defineLongRowTests(open: () => Device): void {
       { dtype: 'f16', headDim: 128, topK: 8, trend: 0, scale: 2e-3 },
       { dtype: 'bf16', headDim: 128, topK: 3, trend: 0.01, scale: 3e5 },
       { dtype: 'f16', headDim: 64, topK: 16, trend: 0, scale: 300 },
+      // Past topK 16 (the large-topK kernel up to 64, the exact kernel beyond).
+      { dtype: 'bf16', headDim: 128, topK: 17, trend: 0.02, scale: 1 },
+      { dtype: 'f16', headDim: 64, topK: 33, trend: 0, scale: 1e-6 },
+      { dtype: 'bf16', headDim: 64, topK: 64, trend: -0.01, scale: 3e5 },
+      { dtype: 'f16', headDim: 128, topK: 64, trend: 0, scale: 1 },
+      { dtype: 'bf16', headDim: 128, topK: 100, trend: 0, scale: 1 },
     ] as const;
     for (const v of variants) {
       const chunkSize = 16;
@@ -424,7 +432,7 @@ function defineLongRowTests(open: () => Device): void {
     using cpu = openDevice({ backend: 'cpu' });
     const rng = rngFor('gate row norms');
     const chunkSize = 16;
-    for (const [D, topK, spread] of [[128, 8, 8e-3], [64, 3, 8e-3], [64, 16, 1.6e-2], [128, 5, 4e-3]] as const) {
+    for (const [D, topK, spread] of [[128, 8, 8e-3], [64, 3, 8e-3], [64, 16, 1.6e-2], [128, 5, 4e-3], [128, 24, 4e-3], [64, 40, 1e-3]] as const) {
       const lk = [rng.int(2000, 3000), rng.int(2000, 3000)];
       const lq = [rng.int(100, 200), rng.int(100, 200)];
       const cuK = new Int32Array([0, lk[0]!, lk[0]! + lk[1]!]);
@@ -469,7 +477,7 @@ function defineLongRowTests(open: () => Device): void {
       { dtype: 'bf16', chunkSize: 32, movedA: 1, movedB: 3, ratio: 3.5, keyUlp: 2 ** -7 },
     ] as const;
     for (const v of variants) {
-      for (const [D, topK] of [[64, 2], [128, 2], [128, 4], [64, 7], [128, 12]] as const) {
+      for (const [D, topK] of [[64, 2], [128, 2], [128, 4], [64, 7], [128, 12], [64, 21], [128, 24]] as const) {
         const B = v.chunkSize;
         const lk = rng.int(40, 60) * B + rng.int(1, B);
         const lq = rng.int(100, 200);
