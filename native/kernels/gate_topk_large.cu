@@ -17,7 +17,8 @@
 // gamma_D * sum_i |q_i c_i| of the exact dot product (gamma_D = D u / (1 - D
 // u), u = 2^-24), and the two scores of a block differ by at most
 //   eps = 2 gamma_D ||q||_1 max|c| (+ a term for underflow),
-// with max|c| the sequence's largest centroid element (gate_centroids.cu).
+// with max|c| the largest centroid element of the (sequence, KV head)
+// (gate_centroids.cu).
 //
 // Selection. A score and its block index become one 64-bit key that orders
 // exactly as ranksAbove (the score first, NaN lowest, -0 equal to +0, then
