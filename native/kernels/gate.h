@@ -19,12 +19,14 @@
 //     summation order). Rows whose candidates do not fit on chip, or whose
 //     data hold NaN/Inf, go to a list for the exact kernel.
 //  3. gate_topk_large.cu (16 < topK <= 64): tiles of query rows against
-//     tiles of fp32 centroids on the FP32 pipes, every score exact (the CPU
-//     backend's summation order), a heap of the best topK-1 per row in
-//     shared memory. Exact by construction: no bound, no fallback.
+//     tiles of fp32 centroids on the FP32 pipes (FMA, within a proven
+//     distance of the CPU backend's scores), a heap of each row's best
+//     blocks in shared memory; blocks too close to the boundary to order are
+//     re-scored in the CPU's summation order, and rows with too many such
+//     near-ties, or NaN/Inf data, go to the exact kernel's list.
 //  4. gate_topk.cu, exact kernel: one warp per query row, exact fp32 scores
-//     of every past block, exact top-(topK-1). Used for the fast path's
-//     fallback rows, and for every row when topK > 64.
+//     of every past block, exact top-(topK-1). Used for the fallback rows of
+//     steps 2 and 3, and for every row when topK > 64.
 //  5. gate_lists.cu: the CSR lists from the indices, on the GPU: keys
 //     (segment ids) per selected past block, a stable radix sort (CUB), then
 //     segment offsets by binary search and the reverse map entryOf.

@@ -42,26 +42,27 @@ __device__ __forceinline__ int operandScaleExp(float m) {
 
 // Score of one query row against one centroid, exactly as the CPU backend's
 // dotF32: eight interleaved partial sums, separate multiply and add (no FMA
-// contraction), then a fixed pairwise combination. `q` and `c` hold D floats.
-template <int D>
-__device__ __forceinline__ float exactDot(const float* q, const float* __restrict__ c) {
+// contraction), then a fixed pairwise combination. qAt(i) gives the row's
+// element i (wherever the row is kept); `c` holds D floats.
+template <int D, typename QAt>
+__device__ __forceinline__ float exactDotBy(QAt qAt, const float* __restrict__ c) {
   static_assert(D % 8 == 0, "head dim must be a multiple of 8");
   float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
   for (int i = 0; i < D; i += 8) {
-    float4 c0 = *reinterpret_cast<const float4*>(c + i);
-    float4 c1 = *reinterpret_cast<const float4*>(c + i + 4);
-    s[0] = __fadd_rn(s[0], __fmul_rn(q[i + 0], c0.x));
-    s[1] = __fadd_rn(s[1], __fmul_rn(q[i + 1], c0.y));
-    s[2] = __fadd_rn(s[2], __fmul_rn(q[i + 2], c0.z));
-    s[3] = __fadd_rn(s[3], __fmul_rn(q[i + 3], c0.w));
-    s[4] = __fadd_rn(s[4], __fmul_rn(q[i + 4], c1.x));
-    s[5] = __fadd_rn(s[5], __fmul_rn(q[i + 5], c1.y));
-    s[6] = __fadd_rn(s[6], __fmul_rn(q[i + 6], c1.z));
-    s[7] = __fadd_rn(s[7], __fmul_rn(q[i + 7], c1.w));
+    const float4 c0 = *reinterpret_cast<const float4*>(c + i);
+    const float4 c1 = *reinterpret_cast<const float4*>(c + i + 4);
+    const float cv[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+#pragma unroll
+    for (int k = 0; k < 8; ++k) s[k] = __fadd_rn(s[k], __fmul_rn(qAt(i + k), cv[k]));
   }
   return __fadd_rn(__fadd_rn(__fadd_rn(s[0], s[1]), __fadd_rn(s[2], s[3])),
                    __fadd_rn(__fadd_rn(s[4], s[5]), __fadd_rn(s[6], s[7])));
+}
+// The same for a row of D contiguous floats.
+template <int D>
+__device__ __forceinline__ float exactDot(const float* q, const float* __restrict__ c) {
+  return exactDotBy<D>([=](int i) { return q[i]; }, c);
 }
 
 // The fp16 centroid operand is stored with its dims permuted so that each

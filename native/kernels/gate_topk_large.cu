@@ -36,7 +36,7 @@
 // 2 eps below the keep-th best are out in the CPU's order as well, blocks
 // more than 2 eps above it are in. The rest, the zone around the keep-th
 // (on random data, a near-tie in about one row in six), are re-scored in
-// the CPU's order (exactDotTile) and ranked exactly. A row goes to the
+// the CPU's order (exactDotBy) and ranked exactly. A row goes to the
 // exact kernel's list when its zone may reach past the heap (more than
 // kExtraSlots near-ties below the keep-th), holds more than kZoneMax
 // blocks, or its q or centroids are non-finite or huge.
@@ -91,42 +91,6 @@ struct LargeCfg {
 __device__ __forceinline__ int qCol(int d, int r) { return r ^ (((d >> 3) & 7) << 2); }
 __device__ __forceinline__ int cCol(int d, int j) { return j ^ (((d >> 2) & 3) << 3); }
 __device__ __forceinline__ int sCol(int j, int r) { return r ^ (((j >> 2) & 7) << 2); }
-
-// The ranking key of (score s, block j): a larger key ranks above (ranksAbove).
-// 0 is never a key (j < 2^31), so it marks "no block".
-__device__ __forceinline__ uint64_t rankKey(float s, int j) {
-  uint32_t u = __float_as_uint(s);
-  if ((u << 1) == 0) u = 0;  // -0 ranks as +0
-  uint32_t o = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  if (isnan(s)) o = 0;
-  return (static_cast<uint64_t>(o) << 32) | static_cast<uint32_t>(~static_cast<uint32_t>(j));
-}
-__device__ __forceinline__ int keyBlock(uint64_t key) { return static_cast<int>(~static_cast<uint32_t>(key)); }
-// The score of a key (NaN for the NaN keys).
-__device__ __forceinline__ float keyScore(uint64_t key) {
-  const uint32_t o = static_cast<uint32_t>(key >> 32);
-  if (o == 0) return __int_as_float(0x7fc00000);
-  return __uint_as_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
-}
-
-// exactDot (gate_device.cuh) of row r of the q tile: the same eight
-// interleaved partial sums of separately rounded products and adds, the same
-// pairwise combination, so the score is the CPU backend's bit for bit.
-template <int D>
-__device__ __forceinline__ float exactDotTile(const float* qT, int r, const float* __restrict__ c) {
-  constexpr int kRows = 64;
-  float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll 4
-  for (int i = 0; i < D; i += 8) {
-    const float4 c0 = *reinterpret_cast<const float4*>(c + i);
-    const float4 c1 = *reinterpret_cast<const float4*>(c + i + 4);
-    const float cv[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-#pragma unroll
-    for (int k = 0; k < 8; ++k) s[k] = __fadd_rn(s[k], __fmul_rn(qT[(i + k) * kRows + qCol(i + k, r)], cv[k]));
-  }
-  return __fadd_rn(__fadd_rn(__fadd_rn(s[0], s[1]), __fadd_rn(s[2], s[3])),
-                   __fadd_rn(__fadd_rn(s[4], s[5]), __fadd_rn(s[6], s[7])));
-}
 
 // 4-ary min-heap of 64-bit keys, slot s of this row at h[s * rows]: the four
 // children of a slot are loaded at once, so a sift costs one shared-memory
@@ -218,10 +182,11 @@ __global__ void __launch_bounds__(LargeCfg<D>::kThreads, 2) largeKernel(GateArgs
   int heapSize = 0;
   uint64_t root = 0;  // the heap's worst key once full; 0 (any block enters) before
 
+  // Centroid j of this (sequence, KV head) at cBase + j * cStride.
+  const size_t cStride = static_cast<size_t>(a.nkvh) * D;
+  const float* cBase = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
   if (scoring) {
     const int ty = tid >> 4, tx = tid & 15;  // patch: rows 4 ty.., blocks 4 tx.. of the tile
-    const size_t cStride = static_cast<size_t>(a.nkvh) * D;
-    const float* cBase = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
     // Each warp reads 8 blocks x 16 dims per step: 64 contiguous bytes per
     // block. Blocks past pLast read as zero.
     float4 next[C::kLoadSteps];
@@ -388,12 +353,11 @@ __global__ void __launch_bounds__(LargeCfg<D>::kThreads, 2) largeKernel(GateArgs
   if (!scoring) return;
 
   // The zones' blocks, scored exactly as the CPU backend does.
-  const float* cZone = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
   for (int item = tid; item < kRows * kZoneMax; item += C::kThreads) {
     const int r = item % kRows, e = item / kRows;
     if (e >= zCount[r]) continue;
     const int j = zBlock[e * kRows + r];
-    zExact[e * kRows + r] = exactDotTile<D>(qT, r, cZone + static_cast<size_t>(j) * a.nkvh * D);
+    zExact[e * kRows + r] = exactDotBy<D>([=](int d) { return qT[d * kRows + qCol(d, r)]; }, cBase + static_cast<size_t>(j) * cStride);
   }
   __syncthreads();
   if (owner && rowVerdict[ownRow] == kContested) {

@@ -123,7 +123,7 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
   plan->packBits = 1;
   while (plan->packBits < 31 && (int64_t{1} << plan->packBits) < maxBlocks) ++plan->packBits;
   plan->listCap = gateListCap(p.topK);
-  plan->large = plan->listCap == 0 && gateUsesLarge(p.topK);
+  plan->large = gateUsesLarge(p.topK);
   plan->tileRows = gateTileRows(plan->listCap, plan->large);
   plan->numTiles = 0;
   if (plan->tileRows > 0) {
