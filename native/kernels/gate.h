@@ -18,7 +18,7 @@
 //     the contested blocks are re-scored exactly (fp32, in the CPU backend's
 //     summation order). Rows whose candidates do not fit on chip, or whose
 //     data hold NaN/Inf, go to a list for the exact kernel.
-//  3. gate_topk_large.cu (16 < topK <= 64): tiles of query rows against
+//  3. gate_topk_large.cu (topK 17 to 256): tiles of query rows against
 //     tiles of fp32 centroids on the FP32 pipes (FMA, within a proven
 //     distance of the CPU backend's scores), a heap of each row's best
 //     blocks in shared memory; blocks too close to the boundary to order are
@@ -26,7 +26,7 @@
 //     near-ties, or NaN/Inf data, go to the exact kernel's list.
 //  4. gate_topk.cu, exact kernel: one warp per query row, exact fp32 scores
 //     of every past block, exact top-(topK-1). Used for the fallback rows of
-//     steps 2 and 3, and for every row when topK > 64.
+//     steps 2 and 3, and for every row when topK is 1 (the current block).
 //  5. gate_lists.cu: the CSR lists from the indices, on the GPU: keys
 //     (segment ids) per selected past block, a stable radix sort (CUB), then
 //     segment offsets by binary search and the reverse map entryOf.

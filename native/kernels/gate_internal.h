@@ -55,11 +55,12 @@ inline int gateListCap(int topK) {
   if (keep <= 3) return 8;
   if (keep <= 7) return 12;
   if (keep <= 15) return 20;
-  return 0;  // no register lists: gate_topk_large.cu up to kGateLargeMaxKeep, else the exact kernel
+  return 0;  // no register lists: gate_topk_large.cu
 }
 // Past blocks kept per row (topK - 1) that gate_topk_large.cu handles: its
-// per-row heaps in shared memory hold up to this many.
-constexpr int kGateLargeMaxKeep = 63;
+// per-row heaps in shared memory hold up to this many, every topK the API
+// takes (MAX_TOP_K in lib/gating.ts is 256).
+constexpr int kGateLargeMaxKeep = 255;
 inline bool gateUsesLarge(int topK) { return topK - 1 > 15 && topK - 1 <= kGateLargeMaxKeep; }
 inline int gateTileRows(int listCap, bool large) { return listCap > 0 ? 128 : large ? 64 : 0; }
 

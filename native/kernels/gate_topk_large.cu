@@ -1,11 +1,12 @@
-// Gate scores and top-(k-1) selection for large topK (17..64), with rows
+// Gate scores and top-(k-1) selection for large topK (17..256), with rows
 // tiled so that they share every centroid they read, and a heap per row
 // in shared memory.
 //
 // Why a kernel of its own. The fast kernel (gate_topk.cu) keeps each row's
 // candidates in registers, at most 24 of them; past topK 16 every row used
 // to go to the exact kernel, one warp per row re-reading every past
-// centroid from L2 (about 0.6 s for the standard shape at 128K tokens).
+// centroid from L2 (about 0.6 s for the standard shape at 128K tokens, and
+// 7 s for (32, 256)).
 //
 // Scores. A CTA owns 64 consecutive query rows of one sequence and one
 // query head. Their q (converted to fp32, exact) stays in shared memory;
@@ -40,6 +41,7 @@
 // exact kernel's list when its zone may reach past the heap (more than
 // kExtraSlots near-ties below the keep-th), holds more than kZoneMax
 // blocks, or its q or centroids are non-finite or huge.
+#include <climits>
 #include <cstdint>
 
 #include "gate_device.cuh"
@@ -59,6 +61,15 @@ constexpr int kExtraSlots = 4;
 // Blocks within 2 eps of a row's keep-th that it re-scores exactly; more
 // (many near-ties) send the row to the exact kernel.
 constexpr int kZoneMax = 16;
+// How a CTA writes its rows' blocks in ascending order, and what it may use:
+//  - kRankOut: each (row, slot) counts the row's smaller blocks, keep^2
+//    compares per row; cheap up to keep 63, and the fewest registers;
+//  - kSortOut: a warp sorts each row (writeAscending), for keep up to 128,
+//    still two CTAs per SM while the heaps leave room for them;
+//  - kSortOutAlone: the same for any keep, one CTA per SM (the heaps take
+//    more than half the SM's shared memory), with the registers of two.
+constexpr int kRankOut = 0, kSortOut = 1, kSortOutAlone = 2;
+constexpr int kRankOutMaxKeep = 63;
 // Row verdicts after certification.
 constexpr int kNothing = 0, kCertain = 1, kContested = 2;
 
@@ -67,7 +78,6 @@ struct LargeCfg {
   static constexpr int kRows = 64;  // query rows per CTA
   static constexpr int kBN = 64;    // centroids per tile
   static constexpr int kThreads = 256;
-  static constexpr int kHeapSlots = kGateLargeMaxKeep + kExtraSlots;
   static constexpr int kQBytes = D * kRows * 4;
   static constexpr int kCBytes = D * kBN * 4;
   // After a tile's scores are done its centroid space holds the scores
@@ -75,12 +85,17 @@ struct LargeCfg {
   static constexpr int kSBytes = kBN * kRows * 4;
   static constexpr int kColBytes = kBN * kRows;
   static constexpr int kTileBytes = kCBytes > kSBytes + kColBytes ? kCBytes : kSBytes + kColBytes;
-  static constexpr int kHeapBytes = kHeapSlots * kRows * 8;
-  static constexpr int kSmemBytes = kQBytes + kTileBytes + kHeapBytes;
   static constexpr int kLoadSteps = kBN * D / 4 / kThreads;  // float4 of a centroid tile per thread
+  // The heaps take keep + kExtraSlots slots per row, so shared memory grows
+  // with topK: two CTAs per SM while it stays under kTwoPerSm.
+  static constexpr size_t smemBytes(int keep) {
+    return kQBytes + kTileBytes + static_cast<size_t>(keep + kExtraSlots) * kRows * 8;
+  }
   static_assert(kThreads == (kRows / 4) * (kBN / 4), "one 4 x 4 patch of scores per thread");
   static_assert(kZoneMax * kRows * 12 <= kTileBytes, "zones fit in the tiles' space");
-  static_assert(kSmemBytes <= 112 * 1024, "two CTAs per SM");
+  static constexpr size_t kTwoPerSm = 112 * 1024;
+  static_assert(smemBytes(kRankOutMaxKeep) <= kTwoPerSm, "two CTAs per SM up to kRankOutMaxKeep");
+  static_assert(smemBytes(kGateLargeMaxKeep) <= 220 * 1024, "one CTA per SM up to the largest keep");
 };
 
 // Tiles are stored dim-major ([d][row], [d][block]) so that a patch reads
@@ -132,8 +147,54 @@ __device__ __forceinline__ void heapSiftUp(uint64_t* h, int i, uint64_t k) {
   h[i * kRows] = k;
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(LargeCfg<D>::kThreads, 2) largeKernel(GateArgs a) {
+// Writes the blocks of a row's first keep heap slots to out[0, keep) in
+// ascending order, by a bitonic sort across the warp: lane l holds sort
+// positions l E .. l E + E - 1 (keep <= 32 E), so the cost grows as
+// keep log^2 keep over 32 lanes, not as keep^2 per row.
+template <int E, int kRows>
+__device__ __forceinline__ void writeAscending(const uint64_t* heapRow, int keep, int32_t* out, int lane) {
+  constexpr int kLogN = 5 + (E >= 2) + (E >= 4) + (E >= 8);
+  int x[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int i = lane * E + e;
+    x[e] = i < keep ? keyBlock(heapRow[i * kRows]) : INT_MAX;
+  }
+#pragma unroll
+  for (int ks = 1; ks <= kLogN; ++ks) {
+#pragma unroll
+    for (int js = ks - 1; js >= 0; --js) {
+      const int j = 1 << js;
+      if (j < E) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          if (e & j) continue;
+          const bool up = (((lane * E + e) >> ks) & 1) == 0;
+          const int lo = x[e], hi = x[e | j];
+          const bool swap = up ? lo > hi : lo < hi;
+          x[e] = swap ? hi : lo;
+          x[e | j] = swap ? lo : hi;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int i = lane * E + e;
+          const int y = __shfl_xor_sync(0xffffffffu, x[e], j / E);
+          const bool up = ((i >> ks) & 1) == 0, lower = (i & j) == 0;
+          x[e] = lower == up ? min(x[e], y) : max(x[e], y);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int i = lane * E + e;
+    if (i < keep) out[i] = x[e];
+  }
+}
+
+template <typename T, int D, int kOut>
+__global__ void __launch_bounds__(LargeCfg<D>::kThreads, kOut == kSortOutAlone ? 1 : 2) largeKernel(GateArgs a) {
   using C = LargeCfg<D>;
   constexpr int kRows = C::kRows, kBN = C::kBN;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -381,25 +442,39 @@ __global__ void __launch_bounds__(LargeCfg<D>::kThreads, 2) largeKernel(GateArgs
     }
   }
   __syncthreads();
-  // Each resolved row's top keep, ranked by block index (one (row, slot) per item).
-  for (int item = tid; item < kRows * keep; item += C::kThreads) {
-    const int r = item / keep, e = item % keep;
-    if (rowVerdict[r] == kNothing) continue;
-    const int j = keyBlock(heap[e * kRows + r]);
-    int rank = 0;
-    for (int f = 0; f < keep; ++f) rank += keyBlock(heap[f * kRows + r]) < j;
-    a.indices[(static_cast<size_t>(h) * a.totalQ + row0 + r) * a.topK + rank] = j;
+  // Each resolved row's top keep, ascending (see kRankOut).
+  if constexpr (kOut != kRankOut) {
+    const int warp = tid >> 5, lane = tid & 31;
+    for (int r = warp; r < kRows; r += C::kThreads / 32) {
+      if (rowVerdict[r] == kNothing) continue;
+      int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + r) * a.topK;
+      if (kOut == kSortOut || keep <= 128) writeAscending<4, kRows>(heap + r, keep, out, lane);
+      else writeAscending<8, kRows>(heap + r, keep, out, lane);
+    }
+  } else {
+    for (int item = tid; item < kRows * keep; item += C::kThreads) {
+      const int r = item / keep, e = item % keep;
+      if (rowVerdict[r] == kNothing) continue;
+      const int j = keyBlock(heap[e * kRows + r]);
+      int rank = 0;
+      for (int f = 0; f < keep; ++f) rank += keyBlock(heap[f * kRows + r]) < j;
+      a.indices[(static_cast<size_t>(h) * a.totalQ + row0 + r) * a.topK + rank] = j;
+    }
   }
 }
 
 template <typename T, int D>
 Status launchLargeTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
   using C = LargeCfg<D>;
-  auto kernel = largeKernel<T, D>;
+  const int keep = a.topK - 1;
+  const size_t smem = C::smemBytes(keep);
+  auto kernel = keep <= kRankOutMaxKeep                 ? largeKernel<T, D, kRankOut>
+                : keep <= 128 && smem <= C::kTwoPerSm ? largeKernel<T, D, kSortOut>
+                                                        : largeKernel<T, D, kSortOutAlone>;
   MOBA_RETURN_IF_ERROR(cudaStatus(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes), "gate smem limit"));
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), "gate smem limit"));
   dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(a.nqh));
-  return cudaStatus(launchInOrder(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, dependent, a), "gate large topK");
+  return cudaStatus(launchInOrder(kernel, grid, dim3(C::kThreads), smem, stream, dependent, a), "gate large topK");
 }
 
 template <typename T>

@@ -326,6 +326,8 @@ export function attentionCases(scale: Scale, rng: Rng): AttentionCase[] {
     moba('f16 d64 chunked odd chunk (257,2) scale 0.5', { dtype: 'f16', headDim: 64, numQHeads: 4, numKVHeads: 4, cuSeqlensQ: chunkQueries(cuK5, rng), cuSeqlensK: cuK5, moba: { chunkSize: small ? 65 : 257, topK: 2 }, softmaxScale: 0.5 });
     const cu6 = splitLengths(n(1500), 3, rng);
     moba('bf16 d128 topK 8 of many blocks (64,8)', { dtype: 'bf16', headDim: 128, numQHeads: 2, numKVHeads: 1, cuSeqlensQ: cu6, cuSeqlensK: cu6, moba: { chunkSize: small ? 16 : 64, topK: 8 } });
+    const cu7 = splitLengths(n(1800), 2, rng);
+    moba('f16 d64 topK 130 of many blocks (4,130)', { dtype: 'f16', headDim: 64, numQHeads: 4, numKVHeads: 2, cuSeqlensQ: cu7, cuSeqlensK: cu7, moba: { chunkSize: small ? 1 : 4, topK: 130 } });
   }
   return cases;
 }

@@ -192,7 +192,7 @@ function compareWithReference(c: GateCase, got: Int32Array, want: Int32Array): n
 }
 
 const CHUNKS = [16, 48, 64, 100, 128, 512];
-const TOPKS = [1, 2, 3, 8, 12, 16, 17, 40, 64];
+const TOPKS = [1, 2, 3, 8, 12, 16, 17, 40, 64, 100];
 const GROUPS = [1, 2, 4, 8];
 
 /** The sweep: every (chunkSize, topK) pair, the other dimensions drawn so that each value recurs. */
@@ -316,8 +316,8 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
   it('handles ties (identical keys) with the lower block index', async () => {
     using device = open();
     const rng = rngFor('gate ties');
-    for (const topK of [3, 8, 20, 64]) {
-      const maxLen = topK > 16 ? 1600 : 900; // rows past 64 blocks for topK 64
+    for (const topK of [3, 8, 20, 64, 150]) {
+      const maxLen = topK > 64 ? 3000 : topK > 16 ? 1600 : 900; // rows past topK blocks
       const c = makeCase(rng, { dtype: 'bf16', batch: 2, maxLen, group: 1, numKVHeads: 2, headDim: opts.headDims[0]!, chunkSize: 16, topK, chunked: false });
       const row0 = c.k.slice(0, c.numKVHeads * c.headDim);
       for (let s = 0; s < c.cuK[2]!; s++) c.k.set(row0, s * row0.length);
@@ -391,15 +391,19 @@ function defineLongRowTests(open: () => Device): void {
       { dtype: 'f16', headDim: 128, topK: 8, trend: 0, scale: 2e-3 },
       { dtype: 'bf16', headDim: 128, topK: 3, trend: 0.01, scale: 3e5 },
       { dtype: 'f16', headDim: 64, topK: 16, trend: 0, scale: 300 },
-      // Past topK 16 (the large-topK kernel up to 64, the exact kernel beyond).
+      // Past topK 16 (the large-topK kernel: two CTAs per SM up to 64, one beyond;
+      // its output sorted by 32 to 256 lanes' worth of positions).
       { dtype: 'bf16', headDim: 128, topK: 17, trend: 0.02, scale: 1 },
       { dtype: 'f16', headDim: 64, topK: 33, trend: 0, scale: 1e-6 },
       { dtype: 'bf16', headDim: 64, topK: 64, trend: -0.01, scale: 3e5 },
       { dtype: 'f16', headDim: 128, topK: 64, trend: 0, scale: 1 },
       { dtype: 'bf16', headDim: 128, topK: 100, trend: 0, scale: 1 },
+      { dtype: 'f16', headDim: 64, topK: 129, trend: 0.01, scale: 1, chunkSize: 8 },
+      { dtype: 'bf16', headDim: 64, topK: 200, trend: 0, scale: 3e5, chunkSize: 8 },
+      { dtype: 'bf16', headDim: 128, topK: 256, trend: -0.02, scale: 1, chunkSize: 8 },
     ] as const;
     for (const v of variants) {
-      const chunkSize = 16;
+      const chunkSize = 'chunkSize' in v ? v.chunkSize : 16;
       const c = makeCase(rng, { dtype: v.dtype, batch: 2, maxLen: 4200, group: 2, numKVHeads: 1, headDim: v.headDim, chunkSize, topK: v.topK, chunked: true });
       // Force long rows: every sequence at least 3000 keys, queries its last 200 or fewer.
       const D = v.headDim;
@@ -432,7 +436,7 @@ function defineLongRowTests(open: () => Device): void {
     using cpu = openDevice({ backend: 'cpu' });
     const rng = rngFor('gate row norms');
     const chunkSize = 16;
-    for (const [D, topK, spread] of [[128, 8, 8e-3], [64, 3, 8e-3], [64, 16, 1.6e-2], [128, 5, 4e-3], [128, 24, 4e-3], [64, 40, 1e-3]] as const) {
+    for (const [D, topK, spread] of [[128, 8, 8e-3], [64, 3, 8e-3], [64, 16, 1.6e-2], [128, 5, 4e-3], [128, 24, 4e-3], [64, 40, 1e-3], [128, 130, 1e-3]] as const) {
       const lk = [rng.int(2000, 3000), rng.int(2000, 3000)];
       const lq = [rng.int(100, 200), rng.int(100, 200)];
       const cuK = new Int32Array([0, lk[0]!, lk[0]! + lk[1]!]);
