@@ -94,8 +94,10 @@ __device__ __forceinline__ int sequenceOf(const int32_t* cu, int batch, int x) {
   return lo;
 }
 
-// The query rows a CTA of the tiled kernels owns: tile blockIdx.x of
-// a.tiles (up to kRows consecutive rows of one sequence), query head blockIdx.y.
+// The query rows a CTA of the tiled kernels owns: part blockIdx.x % parts of
+// tile blockIdx.x / parts of a.tiles (up to kRows consecutive rows of one
+// sequence; a tile holds parts x kRows), query head blockIdx.y. nRows may be
+// 0 or less for a part past the sequence's last query.
 struct RowTile {
   int b;      // sequence
   int h;      // query head
@@ -105,10 +107,11 @@ struct RowTile {
   int pos0;   // its position in the sequence
   int pLast;  // past blocks of the tile's last row, the most of any of its rows
 };
-__device__ __forceinline__ RowTile rowTileOf(const GateArgs& a, int kRows) {
+__device__ __forceinline__ RowTile rowTileOf(const GateArgs& a, int kRows, int parts = 1) {
   RowTile t;
-  t.b = a.tiles[2 * blockIdx.x];
-  const int local0 = a.tiles[2 * blockIdx.x + 1];
+  const int tileIdx = blockIdx.x / parts;
+  t.b = a.tiles[2 * tileIdx];
+  const int local0 = a.tiles[2 * tileIdx + 1] + static_cast<int>(blockIdx.x % parts) * kRows;
   t.h = blockIdx.y;
   t.kvh = t.h / a.group;
   const int qBegin = a.cuQ[t.b];

@@ -62,7 +62,9 @@ inline int gateListCap(int topK) {
 // takes (MAX_TOP_K in lib/gating.ts is 256).
 constexpr int kGateLargeMaxKeep = 255;
 inline bool gateUsesLarge(int topK) { return topK - 1 > 15 && topK - 1 <= kGateLargeMaxKeep; }
-inline int gateTileRows(int listCap, bool large) { return listCap > 0 ? 128 : large ? 64 : 0; }
+// Rows per plan tile of gate_topk_large.cu (its CTAs take a tile or half of one).
+constexpr int kGateLargeTileRows = 64;
+inline int gateTileRows(int listCap, bool large) { return listCap > 0 ? 128 : large ? kGateLargeTileRows : 0; }
 
 struct GatePlan {
   int totalBlocks = 0;
@@ -93,7 +95,7 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
 // for it before they read its results.
 Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream);
 Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream);
-// Every row by gate_topk_large.cu (plan.large); numTiles tiles of 64 rows.
+// Every row by gate_topk_large.cu (plan.large); numTiles tiles of kGateLargeTileRows rows.
 // Rows it cannot certify go to a.fallback for the exact kernel.
 Status launchGateLarge(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
 // allRows: every (head, row) item; else the items of a.fallback (count on the device).

@@ -9,7 +9,8 @@
 // 7 s for (32, 256)).
 //
 // Scores. A CTA owns 64 consecutive query rows of one sequence and one
-// query head. Their q (converted to fp32, exact) stays in shared memory;
+// query head (32 where the heaps of 64 rows would leave room for one CTA
+// per SM only; see kSortOutHalf). Their q (converted to fp32, exact) stays in shared memory;
 // centroid tiles of 64 blocks (fp32, gate_centroids.cu) pass through it
 // once per CTA, the next one loaded while the current one's scores are
 // being selected. Each thread computes a 4 x 4 patch of scores with fused
@@ -66,18 +67,21 @@ constexpr int kZoneMax = 16;
 //    compares per row; cheap up to keep 63, and the fewest registers;
 //  - kSortOut: a warp sorts each row (writeAscending), for keep up to 128,
 //    still two CTAs per SM while the heaps leave room for them;
-//  - kSortOutAlone: the same for any keep, one CTA per SM (the heaps take
-//    more than half the SM's shared memory), with the registers of two.
-constexpr int kRankOut = 0, kSortOut = 1, kSortOutAlone = 2;
+//  - kSortOutHalf: the same for any keep, in CTAs of 32 rows (half of a
+//    plan tile each), whose heaps leave room for two CTAs per SM up to the
+//    largest keep; each centroid tile then serves 32 rows instead of 64.
+constexpr int kRankOut = 0, kSortOut = 1, kSortOutHalf = 2;
+constexpr int kPlanTileRows = kGateLargeTileRows;
+constexpr int rowsPerCta(int out) { return out == kSortOutHalf ? kPlanTileRows / 2 : kPlanTileRows; }
 constexpr int kRankOutMaxKeep = 63;
 // Row verdicts after certification.
 constexpr int kNothing = 0, kCertain = 1, kContested = 2;
 
-template <int D>
+template <int D, int kRowsPerCta>
 struct LargeCfg {
-  static constexpr int kRows = 64;  // query rows per CTA
-  static constexpr int kBN = 64;    // centroids per tile
-  static constexpr int kThreads = 256;
+  static constexpr int kRows = kRowsPerCta;  // query rows per CTA
+  static constexpr int kBN = 64;             // centroids per tile
+  static constexpr int kThreads = (kRows / 4) * (kBN / 4);
   static constexpr int kQBytes = D * kRows * 4;
   static constexpr int kCBytes = D * kBN * 4;
   // After a tile's scores are done its centroid space holds the scores
@@ -93,9 +97,11 @@ struct LargeCfg {
   }
   static_assert(kThreads == (kRows / 4) * (kBN / 4), "one 4 x 4 patch of scores per thread");
   static_assert(kZoneMax * kRows * 12 <= kTileBytes, "zones fit in the tiles' space");
-  static constexpr size_t kTwoPerSm = 112 * 1024;
-  static_assert(smemBytes(kRankOutMaxKeep) <= kTwoPerSm, "two CTAs per SM up to kRankOutMaxKeep");
-  static_assert(smemBytes(kGateLargeMaxKeep) <= 220 * 1024, "one CTA per SM up to the largest keep");
+  // Two CTAs per SM: 228 KB of shared memory per SM, less 1 KB reserved and
+  // the static arrays (rowVerdict, zCount) per CTA.
+  static constexpr size_t kTwoPerSm = 114 * 1024 - 1024 - kRows * 8;
+  static_assert(kRows == 32 || smemBytes(kRankOutMaxKeep) <= kTwoPerSm, "two CTAs per SM up to kRankOutMaxKeep");
+  static_assert(kRows == 64 || smemBytes(kGateLargeMaxKeep) <= kTwoPerSm, "two CTAs per SM up to the largest keep");
 };
 
 // Tiles are stored dim-major ([d][row], [d][block]) so that a patch reads
@@ -194,8 +200,8 @@ __device__ __forceinline__ void writeAscending(const uint64_t* heapRow, int keep
 }
 
 template <typename T, int D, int kOut>
-__global__ void __launch_bounds__(LargeCfg<D>::kThreads, kOut == kSortOutAlone ? 1 : 2) largeKernel(GateArgs a) {
-  using C = LargeCfg<D>;
+__global__ void __launch_bounds__(LargeCfg<D, rowsPerCta(kOut)>::kThreads, 2) largeKernel(GateArgs a) {
+  using C = LargeCfg<D, rowsPerCta(kOut)>;
   constexpr int kRows = C::kRows, kBN = C::kBN;
   extern __shared__ __align__(16) uint8_t smem[];
   float* qT = reinterpret_cast<float*>(smem);                               // [D][kRows]
@@ -206,7 +212,11 @@ __global__ void __launch_bounds__(LargeCfg<D>::kThreads, kOut == kSortOutAlone ?
   __shared__ int rowVerdict[kRows];  // kNothing, kCertain or kContested
 
   const int tid = threadIdx.x;
-  const RowTile tile = rowTileOf(a, kRows);
+  const RowTile tile = rowTileOf(a, kRows, kPlanTileRows / kRows);
+  if (tile.nRows <= 0) {
+    waitForPrimaryGrid();  // no CTA ends before the grids it depends on
+    return;
+  }
   const int b = tile.b, h = tile.h, kvh = tile.kvh;
   const int nRows = tile.nRows, row0 = tile.row0, pos0 = tile.pos0, pLast = tile.pLast;
   const int B = a.chunkSize;
@@ -463,18 +473,24 @@ __global__ void __launch_bounds__(LargeCfg<D>::kThreads, kOut == kSortOutAlone ?
   }
 }
 
-template <typename T, int D>
-Status launchLargeTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
-  using C = LargeCfg<D>;
-  const int keep = a.topK - 1;
-  const size_t smem = C::smemBytes(keep);
-  auto kernel = keep <= kRankOutMaxKeep                 ? largeKernel<T, D, kRankOut>
-                : keep <= 128 && smem <= C::kTwoPerSm ? largeKernel<T, D, kSortOut>
-                                                        : largeKernel<T, D, kSortOutAlone>;
+template <typename T, int D, int kOut>
+Status launchLargeAs(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
+  using C = LargeCfg<D, rowsPerCta(kOut)>;
+  auto kernel = largeKernel<T, D, kOut>;
+  const size_t smem = C::smemBytes(a.topK - 1);
   MOBA_RETURN_IF_ERROR(cudaStatus(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), "gate smem limit"));
-  dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(a.nqh));
+  dim3 grid(static_cast<unsigned>(numTiles * (kPlanTileRows / C::kRows)), static_cast<unsigned>(a.nqh));
   return cudaStatus(launchInOrder(kernel, grid, dim3(C::kThreads), smem, stream, dependent, a), "gate large topK");
+}
+
+template <typename T, int D>
+Status launchLargeTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
+  const int keep = a.topK - 1;
+  if (keep <= kRankOutMaxKeep) return launchLargeAs<T, D, kRankOut>(a, numTiles, dependent, stream);
+  using Full = LargeCfg<D, kPlanTileRows>;
+  if (keep <= 128 && Full::smemBytes(keep) <= Full::kTwoPerSm) return launchLargeAs<T, D, kSortOut>(a, numTiles, dependent, stream);
+  return launchLargeAs<T, D, kSortOutHalf>(a, numTiles, dependent, stream);
 }
 
 template <typename T>

@@ -391,8 +391,8 @@ function defineLongRowTests(open: () => Device): void {
       { dtype: 'f16', headDim: 128, topK: 8, trend: 0, scale: 2e-3 },
       { dtype: 'bf16', headDim: 128, topK: 3, trend: 0.01, scale: 3e5 },
       { dtype: 'f16', headDim: 64, topK: 16, trend: 0, scale: 300 },
-      // Past topK 16 (the large-topK kernel: two CTAs per SM up to 64, one beyond;
-      // its output sorted by 32 to 256 lanes' worth of positions).
+      // Past topK 16 (the large-topK kernel: CTAs of 64 rows up to keep 128 while
+      // two fit per SM, of 32 rows beyond; past keep 63 its output sorted per warp).
       { dtype: 'bf16', headDim: 128, topK: 17, trend: 0.02, scale: 1 },
       { dtype: 'f16', headDim: 64, topK: 33, trend: 0, scale: 1e-6 },
       { dtype: 'bf16', headDim: 64, topK: 64, trend: -0.01, scale: 3e5 },

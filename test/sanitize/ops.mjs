@@ -52,7 +52,7 @@ const opCases = [
   ['chunked queries, (100, 12)', [300, 257], [1800, 1257], 4, 1, 128, 'bf16', 100, 12],
   ['topK 40 (large-topK kernel), D 64', [1500], null, 2, 2, 64, 'bf16', 48, 40],
   ['topK 64 (large-topK kernel), chunked, D 128', [200, 90], [1400, 1090], 4, 2, 128, 'f16', 16, 64],
-  ['topK 200 (large-topK kernel, one CTA per SM), D 128', [1400], null, 2, 1, 128, 'bf16', 4, 200],
+  ['topK 200 (large-topK kernel, 32-row CTAs), D 128', [1400], null, 2, 1, 128, 'bf16', 4, 200],
   ['f16, (512, 3)', [3000], null, 2, 1, 128, 'f16', 512, 3],
   ['blocks of 16, lengths 5 and 1', [900, 5, 1], null, 2, 2, 128, 'bf16', 16, 2],
 ];
