@@ -245,7 +245,7 @@ __global__ void __launch_bounds__(LargeCfg<D, rowsPerCta(kOut)>::kThreads, 2) la
   }
   waitForPrimaryGrid();  // the centroids and their statistics come from the grids before this one
 
-  const int ownRow = tid;  // threads 0..63 own one row each
+  const int ownRow = tid;  // threads 0..kRows-1 own one row each
   const bool owner = ownRow < kRows;
   const int ownC = owner && ownRow < nRows ? (pos0 + ownRow) / B : 0;
   const bool selects = ownC > keep;
