@@ -5,6 +5,7 @@
 // several key-sum runs); fusedGate lets the attention CTAs select
 // themselves. Included by decode.cu only.
 #pragma once
+#include "common/moba_rank.cuh"
 #include "common/sm90_sync.cuh"
 #include "decode_common.cuh"
 #include "decode_stream.cuh"
@@ -298,20 +299,6 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
   }
 }
 
-// The gate's ranking of (score, block) (common/moba_rank.cuh: higher score
-// first, NaN below every number, -0 equal to +0, ties to the lower block) as
-// one unsigned comparison: monotone score bits above the inverted block
-// index. 0 ranks below every entry and stands for "none".
-__device__ __forceinline__ uint64_t orderKey(float score, int j) {
-  uint32_t hi = 0u;  // NaN
-  if (!isnan(score)) {
-    const uint32_t f = score == 0.f ? 0u : __float_as_uint(score);
-    hi = (f & 0x80000000u) ? ~f : (f | 0x80000000u);
-  }
-  return (static_cast<uint64_t>(hi) << 32) | (0xffffffffu - static_cast<uint32_t>(j));
-}
-__device__ __forceinline__ int blockOfKey(uint64_t key) { return static_cast<int>(0xffffffffu - static_cast<uint32_t>(key)); }
-
 // The warp's largest key, in every lane: two single-instruction reductions.
 __device__ __forceinline__ uint64_t warpMaxKey(uint64_t key) {
   const uint32_t hi = __reduce_max_sync(0xffffffffu, static_cast<uint32_t>(key >> 32));
@@ -467,12 +454,12 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
 #pragma unroll
         for (int u = 0; u < kSelectBatch; ++u) {
           const int j = base + u * 32 + lane;
-          const uint64_t key = j < cur ? orderKey(v[u], j) : 0;
+          const uint64_t key = j < cur ? rankKey(v[u], j) : 0;
           if (key < prev && key > best) best = key;
         }
       }
       best = warpMaxKey(best);
-      if (lane == 0) pick(sel, bitmap, a.topK, lr, n, blockOfKey(best));
+      if (lane == 0) pick(sel, bitmap, a.topK, lr, n, keyBlock(best));
       prev = best;
     }
     if (lane == 0) {
@@ -626,7 +613,7 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
       scoreSumTile<D>(
           sumTile, n, rowsHere, inv,
           [&](int r, int d) { return widen4<kBf16>(*reinterpret_cast<const uint2*>(Qs + r * L::kRowHalves + d)); },
-          [&](int lr, int blk, float score) { stage[lr * a.gatePer + c0 - jb + blk] = orderKey(score, c0 + blk); });
+          [&](int lr, int blk, float score) { stage[lr * a.gatePer + c0 - jb + blk] = rankKey(score, c0 + blk); });
       __syncthreads();
     }
   }
@@ -676,8 +663,8 @@ __device__ bool fusedGate(const DecodeArgs& a, const SeqView& s, int h, int64_t 
       const uint64_t best = warpBestBelow(cand + lr * nc, nc, prev);
       // Never, as the shares cover every past block; kept so that a pick is
       // always a past block (the bitmap has a bit per block, no more).
-      if (best == 0 || blockOfKey(best) < 0 || blockOfKey(best) >= cur) break;
-      if (lane == 0) pick(sel, bitmap, a.topK, lr, got, blockOfKey(best));
+      if (best == 0 || keyBlock(best) < 0 || keyBlock(best) >= cur) break;
+      if (lane == 0) pick(sel, bitmap, a.topK, lr, got, keyBlock(best));
       prev = best;
     }
     if (lane == 0) {
