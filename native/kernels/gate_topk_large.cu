@@ -71,8 +71,7 @@ constexpr int kZoneMax = 16;
 //    plan tile each), whose heaps leave room for two CTAs per SM up to the
 //    largest keep; each centroid tile then serves 32 rows instead of 64.
 constexpr int kRankOut = 0, kSortOut = 1, kSortOutHalf = 2;
-constexpr int kPlanTileRows = kGateLargeTileRows;
-constexpr int rowsPerCta(int out) { return out == kSortOutHalf ? kPlanTileRows / 2 : kPlanTileRows; }
+constexpr int rowsPerCta(int out) { return out == kSortOutHalf ? kGateLargeTileRows / 2 : kGateLargeTileRows; }
 constexpr int kRankOutMaxKeep = 63;
 // Row verdicts after certification.
 constexpr int kNothing = 0, kCertain = 1, kContested = 2;
@@ -81,7 +80,7 @@ template <int D, int kRowsPerCta>
 struct LargeCfg {
   static constexpr int kRows = kRowsPerCta;  // query rows per CTA
   static constexpr int kBN = 64;             // centroids per tile
-  static constexpr int kThreads = (kRows / 4) * (kBN / 4);
+  static constexpr int kThreads = (kRows / 4) * (kBN / 4);  // one 4 x 4 patch of scores each
   static constexpr int kQBytes = D * kRows * 4;
   static constexpr int kCBytes = D * kBN * 4;
   // After a tile's scores are done its centroid space holds the scores
@@ -95,7 +94,7 @@ struct LargeCfg {
   static constexpr size_t smemBytes(int keep) {
     return kQBytes + kTileBytes + static_cast<size_t>(keep + kExtraSlots) * kRows * 8;
   }
-  static_assert(kThreads == (kRows / 4) * (kBN / 4), "one 4 x 4 patch of scores per thread");
+  static_assert(kBN / 4 == 16, "a patch's blocks are tid & 15, its rows tid >> 4");
   static_assert(kZoneMax * kRows * 12 <= kTileBytes, "zones fit in the tiles' space");
   // Two CTAs per SM: 228 KB of shared memory per SM, less 1 KB reserved and
   // the static arrays (rowVerdict, zCount) per CTA.
@@ -212,7 +211,7 @@ __global__ void __launch_bounds__(LargeCfg<D, rowsPerCta(kOut)>::kThreads, 2) la
   __shared__ int rowVerdict[kRows];  // kNothing, kCertain or kContested
 
   const int tid = threadIdx.x;
-  const RowTile tile = rowTileOf(a, kRows, kPlanTileRows / kRows);
+  const RowTile tile = rowTileOf(a, kRows, kGateLargeTileRows / kRows);
   if (tile.nRows <= 0) {
     waitForPrimaryGrid();  // no CTA ends before the grids it depends on
     return;
@@ -458,6 +457,7 @@ __global__ void __launch_bounds__(LargeCfg<D, rowsPerCta(kOut)>::kThreads, 2) la
     for (int r = warp; r < kRows; r += C::kThreads / 32) {
       if (rowVerdict[r] == kNothing) continue;
       int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + r) * a.topK;
+      // kSortOut has keep <= 128 by dispatch: naming it keeps the 8-per-lane sort out of its registers.
       if (kOut == kSortOut || keep <= 128) writeAscending<4, kRows>(heap + r, keep, out, lane);
       else writeAscending<8, kRows>(heap + r, keep, out, lane);
     }
@@ -480,7 +480,7 @@ Status launchLargeAs(const GateArgs& a, int numTiles, bool dependent, cudaStream
   const size_t smem = C::smemBytes(a.topK - 1);
   MOBA_RETURN_IF_ERROR(cudaStatus(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), "gate smem limit"));
-  dim3 grid(static_cast<unsigned>(numTiles * (kPlanTileRows / C::kRows)), static_cast<unsigned>(a.nqh));
+  dim3 grid(static_cast<unsigned>(numTiles * (kGateLargeTileRows / C::kRows)), static_cast<unsigned>(a.nqh));
   return cudaStatus(launchInOrder(kernel, grid, dim3(C::kThreads), smem, stream, dependent, a), "gate large topK");
 }
 
@@ -488,7 +488,7 @@ template <typename T, int D>
 Status launchLargeTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
   const int keep = a.topK - 1;
   if (keep <= kRankOutMaxKeep) return launchLargeAs<T, D, kRankOut>(a, numTiles, dependent, stream);
-  using Full = LargeCfg<D, kPlanTileRows>;
+  using Full = LargeCfg<D, kGateLargeTileRows>;
   if (keep <= 128 && Full::smemBytes(keep) <= Full::kTwoPerSm) return launchLargeAs<T, D, kSortOut>(a, numTiles, dependent, stream);
   return launchLargeAs<T, D, kSortOutHalf>(a, numTiles, dependent, stream);
 }
