@@ -737,7 +737,10 @@ Status prepareKernel(const void* kernel, size_t bytes, int threads, int* perSm) 
     MOBA_RETURN_IF_ERROR(cudaStatus(
         cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared),
         "cudaFuncSetAttribute(carveout)"));
-    prepared.push_back({kernel, dev, 48 * 1024, 0, 0});
+    // Nothing granted yet: without the attribute, static and dynamic shared
+    // memory together may not pass 48 KB (scoresKernel's 48 KB of rows plus
+    // its 2.6 KB of static tiles failed to launch).
+    prepared.push_back({kernel, dev, 0, 0, 0});
     e = &prepared.back();
   }
   if (bytes > e->granted) {
@@ -1034,12 +1037,23 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
     a.scoresReady = runsPerBlock > 1 ? 1 : 0;
     const size_t stageBytes = static_cast<size_t>(RT) * maxPast * 4;
     const size_t selectBytes = (static_cast<size_t>(a.bitmapWords) * 2 + static_cast<size_t>(RT) * p.topK + RT) * 4;
-    gateSmem = (static_cast<size_t>(RT) * D + (a.scoresReady ? 0 : static_cast<size_t>(kGateChunk) * sumRowFloats(D))) * 4 +
-               selectBytes + unionBytes;
+    // The key-sum tile takes what the rows' selections and union leave: up to
+    // kGateChunk blocks at once (halved while the CTA would not fit; at 32
+    // rows over 100K tokens in blocks of 16, topK 171 and up need it).
+    const size_t fixedGateBytes = static_cast<size_t>(RT) * D * 4 + selectBytes + unionBytes;
+    a.gateChunk = kGateChunk;
+    while (!a.scoresReady && a.gateChunk > kGateChunkMin &&
+           fixedGateBytes + static_cast<size_t>(a.gateChunk) * sumRowFloats(D) * 4 + gateStatic > ctx.maxSharedPerBlockOptin) {
+      a.gateChunk /= 2;
+    }
+    gateSmem = fixedGateBytes + (a.scoresReady ? 0 : static_cast<size_t>(a.gateChunk) * sumRowFloats(D) * 4);
     // The rows' scores stay in shared memory when they fit, else in the workspace.
     a.stageScores = !a.scoresReady && gateSmem + gateStatic + stageBytes <= ctx.maxSharedPerBlockOptin ? 1 : 0;
     if (a.stageScores) gateSmem += stageBytes;
-    if (a.scoresReady) scoresSmem = static_cast<size_t>(R) * D * 4;
+    // scoresKernel stages the rows of an item in turns of at most 48 KB (MQA
+    // with many query heads and 8 new tokens has thousands of rows).
+    a.scoresRows = std::min(R, std::max(1, kScoresStageBytes / (D * 4)));
+    if (a.scoresReady) scoresSmem = static_cast<size_t>(a.scoresRows) * D * 4;
   }
   a.rowTileRows = RT;
   // Tensor copies for moba, whose few tiles per warp wait on their issue: 4

@@ -64,6 +64,8 @@ struct DecodeArgs {
   FastDiv byGroup, byRowTiles, bySlots, byChunk, byTopK, byTilesPerBlock, bySumRuns;
   int sumRuns;          // moba: key-sum runs per block
   int fusedChunk;       // fusedGate: blocks whose key sums one tile holds
+  int scoresRows;       // scoresKernel: query rows whose fp32 copies its shared memory holds at once
+  int gateChunk;        // gateKernel: blocks whose key sums one tile holds (kGateChunk, less where its shared memory runs out)
   int maxPast;          // moba: row stride of `scores`
   int bitmapWords, unionCap;
   int scoresReady;      // moba: scoresKernel filled `scores` (a block spans several key-sum runs)

@@ -22,11 +22,17 @@ constexpr int kScoresCtasPerSm = 12;  // 1536 threads per SM
 #else
 constexpr int kScoresCtasPerSm = 16;  // 2048 threads per SM
 #endif
+// scoresKernel's staged query rows at most (their fp32 copies), so that any
+// number of query heads per KV head fits.
+constexpr int kScoresStageBytes = 48 * 1024;
 // gateKernel: 8 warps per item (1024 threads measured no faster: its phases
 // are latency chains); the key sums of up to kGateChunk blocks are copied in
-// at once.
+// at once. Where the rows' selections and union leave too little shared
+// memory for that tile (large topK over many blocks), the host halves it, down
+// to kGateChunkMin.
 constexpr int kGateThreads = 256;
 constexpr int kGateChunk = 256;  // blocks whose key sums are in flight at once
+constexpr int kGateChunkMin = 16;
 constexpr int kSelectBatch = 8;
 // Fused gate (see fusedGate): key sums of up to kFusedChunk blocks in flight
 // per CTA. When a block spans several key-sum runs, a CTA adds up at most
@@ -234,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
   constexpr int kGroups = kThreads / kCols;   // threads per column
   __shared__ float4 part[kThreads];
   __shared__ __align__(16) float cent[sumRowFloats(D)];
-  extern __shared__ float qf[];  // [qLen * group, D] fp32
+  extern __shared__ float qf[];  // [min(qLen * group, scoresRows), D] fp32
   SeqView s;
   if (!loadSeq(a, blockIdx.z, &s)) return;
   const int h = blockIdx.y;
@@ -242,10 +248,15 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
   if (j >= min(a.byChunk(s.kvLen - 1), a.maxPast)) return;
   const int tid = threadIdx.x;
   const int R = s.qLen * a.group;
-  for (int e = tid; e < R * D; e += kThreads) {
-    const int r = e / D, d = e - r * D;
-    qf[e] = widen<kBf16>(a.q[globalRowOf(a, s, h, r) * D + d]);
-  }
+  // The rows in turns of scoresRows (all of them at once unless many query
+  // heads share the KV head).
+  auto stageRows = [&](int r0, int n) {
+    for (int e = tid; e < n * D; e += kThreads) {
+      const int r = e / D, d = e - r * D;
+      qf[e] = widen<kBf16>(a.q[globalRowOf(a, s, h, r0 + r) * D + d]);
+    }
+  };
+  stageRows(0, min(R, a.scoresRows));
   // Thread (col, grp) adds the runs grp, grp + kGroups, ...: accumulator grp
   // of sumRunsColumn, which then adds the accumulators in order.
   const int col = tid % kCols, grp = tid / kCols;
@@ -280,22 +291,30 @@ __global__ void __launch_bounds__(kThreads, kScoresCtasPerSm) scoresKernel(const
   constexpr int kLanes = 8;
   const int lanePart = tid % kLanes;
   const float inv = 1.f / static_cast<float>(a.chunkSize);
-  for (int r0 = 0; r0 < R; r0 += kThreads / kLanes) {
-    const int r = r0 + tid / kLanes;
-    float dot = 0.f;
-#pragma unroll
-    for (int u = 0; u < D / kLanes / 4; ++u) {
-      const int d = u * 32 + lanePart * 4;
-      const float4 v = *reinterpret_cast<const float4*>(cent + d);
-      const float4 q = r < R ? *reinterpret_cast<const float4*>(qf + r * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
-      dot = fmaf(q.x, v.x * inv, dot);
-      dot = fmaf(q.y, v.y * inv, dot);
-      dot = fmaf(q.z, v.z * inv, dot);
-      dot = fmaf(q.w, v.w * inv, dot);
+  for (int rs = 0; rs < R; rs += a.scoresRows) {
+    const int n = min(R - rs, a.scoresRows);
+    if (rs > 0) {
+      __syncthreads();  // every row of the previous turn scored
+      stageRows(rs, n);
+      __syncthreads();
     }
+    for (int r0 = 0; r0 < n; r0 += kThreads / kLanes) {
+      const int r = r0 + tid / kLanes;
+      float dot = 0.f;
 #pragma unroll
-    for (int off = 1; off < kLanes; off <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-    if (r < R && lanePart == 0) a.scores[globalRowOf(a, s, h, r) * a.maxPast + j] = dot;
+      for (int u = 0; u < D / kLanes / 4; ++u) {
+        const int d = u * 32 + lanePart * 4;
+        const float4 v = *reinterpret_cast<const float4*>(cent + d);
+        const float4 q = r < n ? *reinterpret_cast<const float4*>(qf + r * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+        dot = fmaf(q.x, v.x * inv, dot);
+        dot = fmaf(q.y, v.y * inv, dot);
+        dot = fmaf(q.z, v.z * inv, dot);
+        dot = fmaf(q.w, v.w * inv, dot);
+      }
+#pragma unroll
+      for (int off = 1; off < kLanes; off <<= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      if (r < n && lanePart == 0) a.scores[globalRowOf(a, s, h, rs + r) * a.maxPast + j] = dot;
+    }
   }
 }
 
@@ -388,8 +407,8 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
   const int64_t item = (static_cast<int64_t>(b) * a.numKVHeads + h) * a.rowTiles + rt;
 
   float* qf = reinterpret_cast<float*>(smem);              // [RT][D]
-  float* sumTile = qf + RT * D;                            // [kGateChunk][sumRowFloats] unless scoresReady
-  float* stage = sumTile + (a.scoresReady ? 0 : kGateChunk * sumRowFloats(D));  // [RT][maxPast] when staged
+  float* sumTile = qf + RT * D;                            // [gateChunk][sumRowFloats] unless scoresReady
+  float* stage = sumTile + (a.scoresReady ? 0 : a.gateChunk * sumRowFloats(D));  // [RT][maxPast] when staged
   int32_t* bitmap = reinterpret_cast<int32_t*>(stage + (a.stageScores ? RT * a.maxPast : 0));
   int32_t* wordPrefix = bitmap + a.bitmapWords;
   int32_t* sel = wordPrefix + a.bitmapWords;               // [RT, topK]
@@ -411,8 +430,8 @@ __global__ void __launch_bounds__(kGateThreads, 1) gateKernel(const DecodeArgs a
 
   if (!a.scoresReady && maxCur > 0) {
     const float inv = 1.f / static_cast<float>(a.chunkSize);
-    for (int c0 = 0; c0 < maxCur; c0 += kGateChunk) {
-      const int n = min(kGateChunk, maxCur - c0);
+    for (int c0 = 0; c0 < maxCur; c0 += a.gateChunk) {
+      const int n = min(a.gateChunk, maxCur - c0);
       copySumTile<D>(a, s, h, c0, n, sumPage, sumTile);
       if (c0 == 0) {
         // The query rows, widened to fp32, while the first sums are in flight.
