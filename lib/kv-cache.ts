@@ -118,7 +118,7 @@ export interface DecodePart {
   sumKvLen: number;
 }
 
-/** @internal The prefill sub-batch: gathered into contiguous K/V, then attended like a one-shot prefill. */
+/** @internal The prefill sub-batch: attended over its pages (keyRows) like a one-shot prefill of the whole sequences. */
 export interface PrefillPart {
   batch: number;
   gatherOffset: number;
@@ -161,6 +161,7 @@ export class KVPlan {
   /** @internal */
   readonly generation: number;
   #workspace = new Map<string, Tensor>();
+  #keyRows: Tensor | null = null;
   #disposed = false;
   // Layers that hold this plan's new K/V: a second append would write the
   // same tokens again and add their keys to the page key sums twice.
@@ -217,10 +218,27 @@ export class KVPlan {
     return t;
   }
 
+  /**
+   * @internal Where each key of the prefill sequences lies in the pages (an
+   * int64 element offset per key of prefill.cuSeqlensK's packed order, for
+   * attention's keyRows): enqueued by the first layer that asks, then reused.
+   */
+  keyRows(): Tensor {
+    if (!this.#keyRows) {
+      const pre = this.prefill!;
+      const t = this.cache.device.output([2 * Math.max(1, pre.cuSeqlensK[pre.batch]!)], 'i32');
+      this.cache.enqueueKeyRows(this, t);
+      this.#keyRows = t;
+    }
+    return this.#keyRows;
+  }
+
   /** Frees the plan's device metadata and workspace (after queued work). Idempotent. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    this.#keyRows?.dispose();
+    this.#keyRows = null;
     this.meta.dispose();
     for (const t of this.#workspace.values()) t.dispose();
     this.#workspace.clear();
@@ -638,6 +656,16 @@ export class KVCache {
       this.pool.buffer, this.keySums.buffer, k.buffer, v.buffer,
       plan.meta.buffer, plan.appendOffset, plan.numAppendSegments, plan.numRows,
       this.dtypeCode, this.numPages, this.numLayers, layer, this.numKVHeads, this.pageSize, this.headDim, this.sumPages,
+    );
+  }
+
+  /** @internal The prefill keys' places in the pages (KVPlan.keyRows), into `keyRows` (i32 pairs, one int64 per key). */
+  enqueueKeyRows(plan: KVPlan, keyRows: Tensor): void {
+    const pre = plan.prefill!;
+    this.device.native.kvKeyRows(
+      this.pool.buffer, keyRows.buffer, plan.meta.buffer, pre.gatherOffset, pre.numGatherSegments,
+      pre.cuSeqlensK[pre.batch]!,
+      this.dtypeCode, this.numPages, this.numLayers, 0, this.numKVHeads, this.pageSize, this.headDim, this.sumPages,
     );
   }
 

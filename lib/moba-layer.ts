@@ -8,9 +8,10 @@
  *    choice) or 'moba' (the gate over the cache from its block key sums,
  *    reading only the selected blocks);
  *  - prefill rows to MoBA over the whole sequence (dense when every prefill
- *    sequence has at most topK blocks, which is the same result): the cached
- *    K/V are gathered through the page table and attended like a one-shot
- *    prefill, so chunked prefill equals prefill of the whole sequence.
+ *    sequence has at most topK blocks, which is the same result): the
+ *    attention reads the cached K/V in their pages, through the page table,
+ *    as a one-shot prefill reads contiguous ones, so chunked prefill equals
+ *    prefill of the whole sequence.
  * Outputs come back in the input row order. Like every op it only enqueues;
  * a batch without prefill rows is one op (the decode kernel writes the new
  * K/V itself).
@@ -231,11 +232,9 @@ export class MobaAttention {
     out ??= this.device.output(shape, this.dtype);
     const pre = plan.prefill;
     if (pre) {
-      const totalK = pre.cuSeqlensK[pre.batch]!;
       const prefillRows = pre.cuSeqlensQ[pre.batch]!;
-      const k = plan.workspace('k', [totalK, this.numKVHeads, D], this.dtype);
-      const v = plan.workspace('v', [totalK, this.numKVHeads, D], this.dtype);
-      cache.enqueueGather(layer, plan, k, v);
+      // K and V are read in place, through the plan's key offsets in the pages.
+      const keyRows = plan.keyRows();
       let qP = q;
       let oP = out;
       const rowBytes = Hq * D * 2;
@@ -249,8 +248,9 @@ export class MobaAttention {
       }
       const dense = this.prefillIsDense(pre);
       this.device.native.attention(
-        qP.buffer, k.buffer, v.buffer, oP.buffer, null, pre.cuSeqlensQ, pre.cuSeqlensK, DTYPE_CODE[this.dtype],
+        qP.buffer, cache.pool.buffer, cache.pool.buffer, oP.buffer, null, pre.cuSeqlensQ, pre.cuSeqlensK, DTYPE_CODE[this.dtype],
         Hq, this.numKVHeads, D, this.softmaxScale, true, dense ? 0 : this.chunkSize, dense ? 0 : this.topK,
+        keyRows.buffer, cache.numPages, cache.numLayers, layer, cache.pageSize,
       );
       if (!pre.allRows) {
         const runs = pre.rowRuns;

@@ -40,12 +40,18 @@ export interface NativeDevice {
     cuSeqlensQ: Int32Array, cuSeqlensK: Int32Array, dtypeCode: number,
     numQHeads: number, numKVHeads: number, headDim: number, chunkSize: number, topK: number,
   ): void;
-  /** chunkSize 0 selects dense attention (flashAttention). */
+  /**
+   * chunkSize 0 selects dense attention (flashAttention). With keyRows (from
+   * kvKeyRows: an int64 per key of cuSeqlensK's packed order) K and V are read
+   * from the KV cache's pages: k and v are then both the page pool, whose
+   * geometry the trailing arguments give.
+   */
   attention(
     q: NativeBuffer, k: NativeBuffer, v: NativeBuffer, out: NativeBuffer, lse: NativeBuffer | null,
     cuSeqlensQ: Int32Array, cuSeqlensK: Int32Array, dtypeCode: number,
     numQHeads: number, numKVHeads: number, headDim: number,
     softmaxScale: number, causal: boolean, chunkSize: number, topK: number,
+    keyRows?: NativeBuffer, numPages?: number, numLayers?: number, layer?: number, pageSize?: number,
   ): void;
   /**
    * Internal, for tests of the CUDA gate only (not part of the public API):
@@ -74,6 +80,13 @@ export interface NativeDevice {
   ): void;
   kvGather(
     pool: NativeBuffer, k: NativeBuffer, v: NativeBuffer,
+    meta: NativeBuffer, segOffset: number, numSegments: number, numRows: number,
+    dtypeCode: number, numPages: number, numLayers: number, layer: number,
+    numKVHeads: number, pageSize: number, headDim: number, sumPages: number,
+  ): void;
+  /** The gather's segments, but each row's key offset in the pages (int64, attention's keyRows) is written to keyRows instead of copying K and V. */
+  kvKeyRows(
+    pool: NativeBuffer, keyRows: NativeBuffer,
     meta: NativeBuffer, segOffset: number, numSegments: number, numRows: number,
     dtypeCode: number, numPages: number, numLayers: number, layer: number,
     numKVHeads: number, pageSize: number, headDim: number, sumPages: number,

@@ -3,9 +3,10 @@
  * public API can: its re-checks must keep any call from crashing the process.
  * Receivers of the accessors, sizes whose product overflows 64 bits, typed
  * arrays on SharedArrayBuffers, host memory running out on the JavaScript
- * thread, and the CPU decode's memory per thread. CPU backend; the memory
- * cases run in a child process whose address space is capped (prlimit)
- * after it has set up.
+ * thread, the CPU decode's memory per thread, and attention over the pages
+ * (keyRows). CPU backend (attention over the pages on CUDA too, where it
+ * exists); the memory cases run in a child process whose address space is
+ * capped (prlimit) after it has set up.
  */
 import { execFileSync } from 'node:child_process';
 
@@ -69,6 +70,60 @@ it('a KV cache geometry whose byte size overflows 64 bits is EINVAL, not a small
   expect(expectMobaError(() => n.kvAppend(pool, sums, k, k, meta, 0, 1, 1, 0, numPages, numLayers, 0, heads, pageSize, D, 1),
     'EINVAL').message).toMatch(geometry);
   for (const x of [pool, sums, k, meta]) x.dispose();
+});
+
+it('attention over the pages (keyRows): short buffers and oversized geometries are EINVAL; offsets outside the pool read its last row', async () => {
+  for (const backend of cudaUsable ? (['cpu', 'cuda'] as const) : (['cpu'] as const)) {
+    using device = openDevice({ backend });
+    const n = device.native;
+    const [numPages, pageSize, D] = [4, 4, 64];
+    const pageStride = 2 * pageSize * D;  // one layer, one KV head: K then V
+    const lastRow = (numPages - 1) * pageStride + (pageSize - 1) * D;
+    const rng = rngFor(`keyRows ${backend}`);
+    const poolData = roundToBf16(randn(numPages * pageStride, rng));
+    const pool = n.alloc(poolData.length * 2);
+    n.write(pool, poolData, 0);
+    // Six keys: in the pool, negative, far past it, the last row, and two more.
+    const offsets = [0, 2 * D, -5, 2 ** 40, lastRow, pageStride + D];
+    const readAt = offsets.map((o) => (o < 0 || o > lastRow ? lastRow : o));
+    const keyRows = n.alloc(offsets.length * 8);
+    n.write(keyRows, new Int32Array(offsets.flatMap((o) => [Number(BigInt.asUintN(32, BigInt(o))), Number(BigInt.asIntN(32, BigInt(o) >> 32n))])), 3);
+    const q = n.alloc(2 * D * 2);
+    n.write(q, roundToBf16(randn(2 * D, rng)), 0);
+    const cuQ = Int32Array.from([0, 2]);
+    const cuK = Int32Array.from([0, offsets.length]);
+    // The same keys and values, copied out into contiguous rows.
+    const kRows = new Float32Array(offsets.length * D);
+    const vRows = new Float32Array(offsets.length * D);
+    readAt.forEach((o, t) => {
+      kRows.set(poolData.subarray(o, o + D), t * D);
+      vRows.set(poolData.subarray(o + pageSize * D, o + pageSize * D + D), t * D);
+    });
+    const k = n.alloc(kRows.length * 2);
+    const v = n.alloc(vRows.length * 2);
+    n.write(k, kRows, 0);
+    n.write(v, vRows, 0);
+    const paged = n.alloc(2 * D * 2);
+    const contiguous = n.alloc(2 * D * 2);
+    n.attention(q, pool, pool, paged, null, cuQ, cuK, 0, 1, 1, D, 0.125, false, 0, 0, keyRows, numPages, 1, 0, pageSize);
+    n.attention(q, k, v, contiguous, null, cuQ, cuK, 0, 1, 1, D, 0.125, false, 0, 0);
+    const got = await n.read(paged, 0, 2 * D);
+    expect(got.every(Number.isFinite), backend).toBe(true);
+    expect(Array.from(got), backend).toEqual(Array.from(await n.read(contiguous, 0, 2 * D)));
+    // A keyRows buffer short of one int64 per key, a pool short of the geometry, a geometry past 2^50 bytes.
+    const short = n.alloc(offsets.length * 8 - 8);
+    expect(expectMobaError(() => n.attention(q, pool, pool, paged, null, cuQ, cuK, 0, 1, 1, D, 0.125, false, 0, 0,
+      short, numPages, 1, 0, pageSize), 'EINVAL').message, backend).toMatch(/keyRows/);
+    expect(expectMobaError(() => n.attention(q, pool, pool, paged, null, cuQ, cuK, 0, 1, 1, D, 0.125, false, 0, 0,
+      keyRows, numPages + 1, 1, 0, pageSize), 'EINVAL').message, backend).toMatch(/\bk\b/);
+    expect(expectMobaError(() => n.attention(q, pool, pool, paged, null, cuQ, cuK, 0, 1, 1, D, 0.125, false, 0, 0,
+      keyRows, 2 ** 30, 2 ** 10, 0, 2 ** 14), 'EINVAL').message, backend).toMatch(/at most 2\^50 bytes/);
+    const meta = n.alloc(6 * 4);
+    n.write(meta, new Int32Array([0, 0, 0, 1, 1, -1]), 3);
+    expect(expectMobaError(() => n.kvKeyRows(pool, short, meta, 0, 1, offsets.length, 0, numPages, 1, 0, 1, pageSize, D, 1),
+      'EINVAL').message, backend).toMatch(/keyRows/);
+    for (const x of [pool, keyRows, q, k, v, paged, contiguous, short, meta]) x.dispose();
+  }
 });
 
 it('typed arrays on a SharedArrayBuffer: uploads read them, and cuSeqlens are taken as copies', async () => {

@@ -29,6 +29,7 @@ Napi::Function DeviceWrap::defineClass(Napi::Env env) {
                          InstanceMethod<&DeviceWrap::mobaGateLists>("mobaGateLists"),
                          InstanceMethod<&DeviceWrap::kvAppend>("kvAppend"),
                          InstanceMethod<&DeviceWrap::kvGather>("kvGather"),
+                         InstanceMethod<&DeviceWrap::kvKeyRows>("kvKeyRows"),
                          InstanceMethod<&DeviceWrap::decodeAttention>("decodeAttention"),
                      });
 }

@@ -23,6 +23,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
   // Paged KV cache ops live in ops_kv.cc.
   Napi::Value kvAppend(const Napi::CallbackInfo& info);
   Napi::Value kvGather(const Napi::CallbackInfo& info);
+  Napi::Value kvKeyRows(const Napi::CallbackInfo& info);
   Napi::Value decodeAttention(const Napi::CallbackInfo& info);
 
  private:

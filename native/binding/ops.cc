@@ -57,7 +57,10 @@ Napi::Value DeviceWrap::mobaGate(const Napi::CallbackInfo& info) {
 }
 
 // attention(q, k, v, out, lse | null, cuSeqlensQ, cuSeqlensK, dtype, numQHeads, numKVHeads, headDim,
-//           softmaxScale, causal, chunkSize, topK); chunkSize 0 = dense attention.
+//           softmaxScale, causal, chunkSize, topK [, keyRows, numPages, numLayers, layer, pageSize]);
+// chunkSize 0 = dense attention. With keyRows (int64 [totalK], from kvKeyRows)
+// the keys and values are read from the KV cache's pages: k and v are then
+// both the pool, of that geometry (numKVHeads and headDim as above).
 Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
@@ -75,8 +78,30 @@ Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
   const HeadShape& h = p.heads;
   if (p.chunkSize > 0) checkGateSelections(env, v.totalQ, h.numQHeads, p.topK);
   p.q = argBuffer(info, 0, "q", c, rows(v.totalQ, h.numQHeads, h.headDim, p.dtype))->data();
-  p.k = argBuffer(info, 1, "k", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();
-  p.v = argBuffer(info, 2, "v", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();
+  if (info.Length() > 15 && !info[15].IsUndefined() && !info[15].IsNull()) {
+    PagedKV kv;
+    kv.dtype = p.dtype;
+    kv.numPages = static_cast<int>(argInt(info, 16, "numPages", 1, (int64_t(1) << 31) - 1));
+    kv.numLayers = static_cast<int>(argInt(info, 17, "numLayers", 1, 1 << 16));
+    kv.layer = static_cast<int>(argInt(info, 18, "layer", 0, kv.numLayers - 1));
+    kv.pageSize = static_cast<int>(argInt(info, 19, "pageSize", 1, 1 << 20));
+    kv.numKVHeads = h.numKVHeads;
+    kv.headDim = h.headDim;
+    const unsigned __int128 poolElems = static_cast<unsigned __int128>(kv.numPages) * kv.pageStride();
+    if (poolElems * dtypeSize(p.dtype) > kMaxBufferBytes) {
+      throwInvalid(env, "Expected a KV cache geometry of at most 2^50 bytes but received a larger one");
+    }
+    char* pool = static_cast<char*>(argBuffer(info, 1, "k", c, static_cast<size_t>(poolElems) * dtypeSize(p.dtype))->data());
+    p.k = pool + kv.layerOffset() * dtypeSize(p.dtype);
+    p.v = pool + (kv.layerOffset() + kv.vOffset()) * dtypeSize(p.dtype);
+    p.keyRows = static_cast<const int64_t*>(argBuffer(info, 15, "keyRows", c, static_cast<size_t>(v.totalK) * 8)->data());
+    p.keyHeadStride = static_cast<int64_t>(kv.pageSize) * kv.headDim;
+    // The last key row of the pool, counted from the layer's K of page 0.
+    p.keyRowsMax = (static_cast<int64_t>(kv.numPages) - 1) * kv.pageStride() + (static_cast<int64_t>(kv.pageSize) - 1) * kv.headDim;
+  } else {
+    p.k = argBuffer(info, 1, "k", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();
+    p.v = argBuffer(info, 2, "v", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();
+  }
   p.out = argBuffer(info, 3, "out", c, rows(v.totalQ, h.numQHeads, h.headDim, p.dtype))->data();
   BufferWrap* lse = argOptionalBuffer(info, 4, "lse", c, static_cast<size_t>(v.totalQ) * h.numQHeads * 4);
   p.lse = lse ? static_cast<float*>(lse->data()) : nullptr;

@@ -99,6 +99,26 @@ Napi::Value DeviceWrap::kvGather(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// kvKeyRows(pool, keyRows, meta, segOffset, numSegments, numRows,
+//           dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages)
+// The gather's segments, but each row's key offset (int64, for attention's
+// keyRows) is written instead of copying K and V.
+Napi::Value DeviceWrap::kvKeyRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceCore& c = core(info);
+  KVGatherParams p;
+  p.kv = argPaged(info, 6, 0, -1, c);
+  const int64_t segOffset = argInt(info, 3, "segOffset", 0, (int64_t(1) << 31) - 1);
+  p.numSegments = static_cast<int>(argInt(info, 4, "numSegments", 0, (int64_t(1) << 29)));
+  p.numRows = static_cast<int>(argInt(info, 5, "numRows", 0, (int64_t(1) << 31) - 1));
+  p.segments = metaInts(info, 2, c, segOffset, int64_t(p.numSegments) * kSegmentInts);
+  p.keyRows = static_cast<int64_t*>(argBuffer(info, 1, "keyRows", c, static_cast<size_t>(p.numRows) * 8)->data());
+  if (p.numRows == 0) return env.Undefined();
+  Status s = c.backend->kvGather(p);
+  if (!s.ok()) throwStatus(env, s);
+  return env.Undefined();
+}
+
 // decodeAttention(q, out | null, pool, keySums, meta, infoOffset, batch, numPageIndices,
 //                 numRows, numQHeads, maxQLen, maxKvLen, sumKvLen, softmaxScale, policy, chunkSize, topK,
 //                 dtype, numPages, numLayers, layer, numKVHeads, pageSize, headDim, sumPages

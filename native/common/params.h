@@ -37,6 +37,14 @@ struct GateParams {
   HeadShape heads;
   int chunkSize = 0;          // B, any positive value
   int topK = 0;               // >= 1
+  // Paged keys (chunked prefill over the KV cache): when set, k is the K of
+  // (page 0, KV head 0, slot 0) in one layer of the pool, and key T (the
+  // packed order of cuSeqlensK) of KV head h starts keyRows[T] + h *
+  // keyHeadStride elements past it; offsets past keyRowsMax (or below zero)
+  // read keyRowsMax: a bad table cannot reach outside the pool.
+  const int64_t* keyRows = nullptr;  // device [totalK]
+  int64_t keyHeadStride = 0;
+  int64_t keyRowsMax = 0;
 };
 
 // mobaAttention and flashAttention forward.
@@ -54,6 +62,11 @@ struct AttentionParams {
   // MoBA only: chunkSize == 0 means dense (flashAttention) semantics.
   int chunkSize = 0;
   int topK = 0;
+  // Paged K/V (chunked prefill over the KV cache), as GateParams: k and v
+  // point at (page 0, KV head 0, slot 0) of the layer's K and V.
+  const int64_t* keyRows = nullptr;  // device [totalK]
+  int64_t keyHeadStride = 0;
+  int64_t keyRowsMax = 0;
 };
 
 // The paged KV cache (lib/kv-cache.ts): one page pool shared by all layers.
@@ -116,8 +129,12 @@ struct KVGatherParams {
   void* k = nullptr;                 // [numRows, numKVHeads, headDim]
   void* v = nullptr;                 // [numRows, numKVHeads, headDim]
   int numRows = 0;
-  const int32_t* segments = nullptr; // [numSegments, 4] device metadata
+  const int32_t* segments = nullptr; // [numSegments, kSegmentInts] device metadata
   int numSegments = 0;
+  // When set, each row's key offset (AttentionParams::keyRows: element offset
+  // of its K in a layer's page, KV head 0) is written here instead of copying
+  // K and V; rows no segment covers get 0.
+  int64_t* keyRows = nullptr;        // [numRows]
 };
 
 // Most query tokens per sequence the decode kernels take (speculative decoding).

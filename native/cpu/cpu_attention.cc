@@ -7,6 +7,7 @@
 // arithmetic is the same as one row walking its keys alone.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -30,6 +31,27 @@ std::vector<float> widen(const void* x, DType dtype, size_t count, ThreadPool& p
   return out;
 }
 
+// Paged keys (chunked prefill over the KV cache): the K (or V) rows of every
+// key in [totalK, numKVHeads, headDim] order, gathered from the pages as
+// keyRows places them; the rest of the op reads them as contiguous rows.
+std::vector<uint16_t> gatherPaged(const void* base, const AttentionParams& p, ThreadPool& pool) {
+  const int d = p.heads.headDim, hk = p.heads.numKVHeads;
+  const int64_t totalK = p.varlen.totalK;
+  std::vector<uint16_t> rows(static_cast<size_t>(totalK) * hk * d);
+  const uint16_t* src = static_cast<const uint16_t*>(base);
+  pool.parallelFor(totalK, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      // As the CUDA kernels: past keyRowsMax, or below zero, reads keyRowsMax.
+      const int64_t row =
+          static_cast<int64_t>(std::min(static_cast<uint64_t>(p.keyRows[t]), static_cast<uint64_t>(p.keyRowsMax)));
+      for (int h = 0; h < hk; ++h) {
+        std::copy_n(src + row + h * p.keyHeadStride, d, rows.data() + (static_cast<size_t>(t) * hk + h) * d);
+      }
+    }
+  }, 256);
+  return rows;
+}
+
 // A query tile: sequence b, KV head kvh, query positions [row0, row0 + rows / group) of the batch.
 struct Tile {
   int b, kvh;
@@ -46,11 +68,18 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
   const int group = h.numQHeads / h.numKVHeads;
   const size_t kvStride = static_cast<size_t>(h.numKVHeads) * d;
   const size_t kvCount = static_cast<size_t>(vl.totalK) * kvStride;
-  std::vector<float> k = widen(p.k, p.dtype, kvCount, pool);
-  std::vector<float> v = widen(p.v, p.dtype, kvCount, pool);
+  std::vector<uint16_t> kPaged, vPaged;
+  if (p.keyRows) {
+    kPaged = gatherPaged(p.k, p, pool);
+    vPaged = gatherPaged(p.v, p, pool);
+  }
+  const void* kRows = p.keyRows ? static_cast<const void*>(kPaged.data()) : p.k;
+  const void* vRows = p.keyRows ? static_cast<const void*>(vPaged.data()) : p.v;
+  std::vector<float> k = widen(kRows, p.dtype, kvCount, pool);
+  std::vector<float> v = widen(vRows, p.dtype, kvCount, pool);
   const bool moba = p.chunkSize > 0;
   Centroids cent;
-  if (moba) cent = computeCentroids(p.k, p.dtype, vl, h, p.chunkSize, pool);
+  if (moba) cent = computeCentroids(kRows, p.dtype, vl, h, p.chunkSize, pool);
   // Scores are kept in log2 units: exp2 of (scale * log2 e) * q.k.
   const float scaleLog2 = p.softmaxScale * 1.4426950408889634f;
 

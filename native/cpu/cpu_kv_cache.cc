@@ -115,6 +115,15 @@ Status cpuKvAppend(const KVAppendParams& p, ThreadPool& pool) {
 }
 
 Status cpuKvGather(const KVGatherParams& p, ThreadPool& pool) {
+  if (p.keyRows) {
+    std::fill(p.keyRows, p.keyRows + p.numRows, int64_t{0});
+    for (int index = 0; index < p.numSegments; ++index) {
+      Segment g;
+      if (!readSegment(p.segments, index, p.kv, p.numRows, &g)) continue;
+      for (int i = 0; i < g.count; ++i) p.keyRows[g.row + i] = slotOffset(p.kv, g.page, 0, g.slot + i) - p.kv.layerOffset();
+    }
+    return Status::Ok();
+  }
   copySegments<false>(p.kv, p.segments, p.numSegments, p.numRows, static_cast<char*>(p.k), static_cast<char*>(p.v),
                       pool, 4, [](int, int, const Segment&) {});
   return Status::Ok();

@@ -94,6 +94,9 @@ FwdArgs baseArgs(const AttentionParams& p, const QueryTiles& qt) {
   a.causal = p.causal ? 1 : 0;
   a.chunkSize = p.chunkSize;
   a.topK = p.topK;
+  a.keyRows = p.keyRows;
+  a.keyHeadStride = p.keyHeadStride;
+  a.keyRowsMax = p.keyRowsMax;
   return a;
 }
 

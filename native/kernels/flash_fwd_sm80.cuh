@@ -43,9 +43,16 @@ __global__ void __launch_bounds__(256, 1) attnFwdSm80(const FwdArgs a) {
   auto loadKV = [&](int tile, int stage) {
     const int s0 = job.keyBegin + tile * BN;
     const int valid = min(BN, job.keyEnd - s0);
-    auto rowOff = [&](int r) { return static_cast<int64_t>(s0 + r) * kvStride; };
-    loadRows<T, BN, D>(sK + stage * BN * D, kBase, valid, tid, NT, rowOff);
-    loadRows<T, BN, D>(sV + stage * BN * D, vBase, valid, tid, NT, rowOff);
+    auto rowOff = [&](int r) { return keyRowOffset(a, job, s0 + r, kvStride); };
+    if (a.keyRows) {
+      // Paged keys: the tile's rows looked up once, for K and V.
+      const int64_t looked = tileRowLookup<BN, D, NT>(valid, tid, rowOff);
+      loadRowsLooked<T, BN, D, NT>(sK + stage * BN * D, kBase, valid, tid, looked);
+      loadRowsLooked<T, BN, D, NT>(sV + stage * BN * D, vBase, valid, tid, looked);
+    } else {
+      loadRows<T, BN, D>(sK + stage * BN * D, kBase, valid, tid, NT, rowOff);
+      loadRows<T, BN, D>(sV + stage * BN * D, vBase, valid, tid, NT, rowOff);
+    }
   };
   const int nTiles = job.keyEnd > job.keyBegin ? (job.keyEnd - job.keyBegin + BN - 1) / BN : 0;
   if (nTiles > 0) loadKV(0, 0);

@@ -14,6 +14,8 @@
 // both are on the tensor cores; the two consumers take turns issuing (named
 // barriers), so one's softmax overlaps the other's matrix work.
 #pragma once
+#include <type_traits>
+
 #include "common/attn_args.h"
 #include "common/attn_device.cuh"
 #include "common/attn_job.cuh"
@@ -119,37 +121,58 @@ __global__ void __launch_bounds__(384, 1) attnFwdSm90(const FwdArgs a) {
     setMaxRegsDec<40>();
     const T* q = static_cast<const T*>(a.q);
     const int64_t kvStride = static_cast<int64_t>(a.numKVHeads) * D;
-    int g = 0;  // key tiles loaded so far, over all items
-    for (int64_t item = blockIdx.x, it = 0;; item += gridDim.x, ++it) {
-      Job job;
-      const bool more = nextItem(item, job);
-      const int qb = static_cast<int>(it & 1);
-      if (it >= 2) mbarWait(qEmpty(qb), ((it >> 1) - 1) & 1);
-      if (more) {
-        loadRows<T, BM, D>(sQ + qb * BM * D, q, job.rows, tid, 128, [&](int r) { return qRowOffset<M>(a, job, r, D); });
+    // One loop for contiguous K/V and one for paged keys, chosen once: the
+    // contiguous loop stays as lean as it is without paging.
+    auto produce = [&](auto pagedTag) {
+      constexpr bool kPaged = decltype(pagedTag)::value;
+      int g = 0;  // key tiles loaded so far, over all items
+      for (int64_t item = blockIdx.x, it = 0;; item += gridDim.x, ++it) {
+        Job job;
+        const bool more = nextItem(item, job);
+        const int qb = static_cast<int>(it & 1);
+        if (it >= 2) mbarWait(qEmpty(qb), ((it >> 1) - 1) & 1);
+        if (more) {
+          loadRows<T, BM, D>(sQ + qb * BM * D, q, job.rows, tid, 128, [&](int r) { return qRowOffset<M>(a, job, r, D); });
+        }
+        mbarArriveCpAsync(qFull(qb));
+        if (tid == 0) {
+          if (!more) job.rows = 0;
+          jobs[qb] = job;
+          mbarArrive(qFull(qb));
+        }
+        if (!more) break;
+        const T* kBase = static_cast<const T*>(a.k) + job.kvBase;
+        const T* vBase = static_cast<const T*>(a.v) + job.kvBase;
+        const int n = tilesOf(job);
+        for (int jt = 0; jt < n; ++jt, ++g) {
+          const int st = g & 1;
+          const int s0 = job.keyBegin + jt * BN;
+          const int valid = min(BN, job.keyEnd - s0);
+          auto copy = [&](T* tile, const T* base) {
+            if constexpr (kPaged) {
+              // The tile's rows looked up (for K, then again for V: the
+              // producer's 40 registers hold no offsets across a wait).
+              const int64_t looked =
+                  tileRowLookup<BN, D, 128>(valid, tid, [&](int r) { return keyRowOffset(a, job, s0 + r, kvStride); });
+              loadRowsLooked<T, BN, D, 128>(tile, base, valid, tid, looked);
+            } else {
+              loadRows<T, BN, D>(tile, base, valid, tid, 128,
+                                 [&](int r) { return static_cast<int64_t>(s0 + r) * kvStride; });
+            }
+          };
+          if (g >= 2) mbarWait(kEmpty(st), ((g >> 1) - 1) & 1);
+          copy(sK + st * BN * D, kBase);
+          mbarArriveCpAsync(kFull(st));
+          if (g >= 2) mbarWait(vEmpty(st), ((g >> 1) - 1) & 1);
+          copy(sV + st * BN * D, vBase);
+          mbarArriveCpAsync(vFull(st));
+        }
       }
-      mbarArriveCpAsync(qFull(qb));
-      if (tid == 0) {
-        if (!more) job.rows = 0;
-        jobs[qb] = job;
-        mbarArrive(qFull(qb));
-      }
-      if (!more) break;
-      const T* kBase = static_cast<const T*>(a.k) + job.kvBase;
-      const T* vBase = static_cast<const T*>(a.v) + job.kvBase;
-      const int n = tilesOf(job);
-      for (int jt = 0; jt < n; ++jt, ++g) {
-        const int st = g & 1;
-        const int s0 = job.keyBegin + jt * BN;
-        const int valid = min(BN, job.keyEnd - s0);
-        auto rowOff = [&](int r) { return static_cast<int64_t>(s0 + r) * kvStride; };
-        if (g >= 2) mbarWait(kEmpty(st), ((g >> 1) - 1) & 1);
-        loadRows<T, BN, D>(sK + st * BN * D, kBase, valid, tid, 128, rowOff);
-        mbarArriveCpAsync(kFull(st));
-        if (g >= 2) mbarWait(vEmpty(st), ((g >> 1) - 1) & 1);
-        loadRows<T, BN, D>(sV + st * BN * D, vBase, valid, tid, 128, rowOff);
-        mbarArriveCpAsync(vFull(st));
-      }
+    };
+    if (a.keyRows) {
+      produce(std::true_type{});
+    } else {
+      produce(std::false_type{});
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
   } else {

@@ -62,8 +62,11 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
   const int kvh = chunk / kChunks;
   const int c8 = chunk % kChunks;
   const size_t rowStride = static_cast<size_t>(a.nkvh) * D;
-  const uint16_t* src = static_cast<const uint16_t*>(a.k) + static_cast<size_t>(a.cuK[b] + first) * rowStride +
-                        static_cast<size_t>(kvh) * D + c8 * 8;
+  // Paged keys: row offsets from the page table, the KV head within a page.
+  const int64_t* keyRows = a.keyRows ? a.keyRows + a.cuK[b] + first : nullptr;
+  const uint16_t* src = static_cast<const uint16_t*>(a.k) + c8 * 8 +
+                        (keyRows ? kvh * a.keyHeadStride
+                                 : static_cast<int64_t>(a.cuK[b] + first) * rowStride + static_cast<size_t>(kvh) * D);
 
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   auto add = [&](const uint4& v) {
@@ -71,19 +74,31 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[e] = __fadd_rn(acc[e], T::toFloat(h[e]));
   };
-  auto load = [&](int row) { return __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(row) * rowStride)); };
+  auto rowOff = [&](int row) {
+    return keyRows ? static_cast<int64_t>(min(static_cast<uint64_t>(__ldg(keyRows + row)), static_cast<uint64_t>(a.keyRowsMax)))
+                   : static_cast<int64_t>(row) * rowStride;
+  };
+  auto loadAt = [&](int64_t off) { return __ldg(reinterpret_cast<const uint4*>(src + off)); };
+  auto load = [&](int row) { return loadAt(rowOff(row)); };
   // Long blocks are latency-bound: batches of eight keys, the next batch's
-  // loads issued before the current batch's (ordered) adds.
+  // loads issued before the current batch's (ordered) adds. Paged keys look
+  // their rows up one batch further ahead, so that a batch's loads do not
+  // wait on its lookups.
   constexpr int kBatch = 8;
   int s = 0;
   if (n >= kBatch) {
     uint4 cur[kBatch];
+    int64_t ahead[kBatch];  // offsets of the batch after `cur`
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) cur[u] = load(u);
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) ahead[u] = kBatch + u < n ? rowOff(kBatch + u) : 0;
     for (; s + 2 * kBatch <= n; s += kBatch) {
       uint4 next[kBatch];
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) next[u] = load(s + kBatch + u);
+      for (int u = 0; u < kBatch; ++u) next[u] = loadAt(ahead[u]);
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) ahead[u] = s + 2 * kBatch + u < n ? rowOff(s + 2 * kBatch + u) : 0;
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) add(cur[u]);
 #pragma unroll

@@ -16,7 +16,10 @@ namespace moba {
 // Everything the gate kernels read and write, passed by value.
 struct GateArgs {
   const void* q = nullptr;           // [totalQ, nqh, headDim] bf16/f16
-  const void* k = nullptr;           // [totalK, nkvh, headDim]
+  const void* k = nullptr;           // [totalK, nkvh, headDim], or paged (keyRows, as GateParams)
+  const int64_t* keyRows = nullptr;  // device [totalK], or nullptr
+  int64_t keyHeadStride = 0;
+  int64_t keyRowsMax = 0;
   int32_t* indices = nullptr;        // [nqh, totalQ, topK] output
   const int32_t* cuQ = nullptr;      // device [batch+1]
   const int32_t* cuK = nullptr;      // device [batch+1]

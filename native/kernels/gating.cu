@@ -47,6 +47,9 @@ GateArgs argsFor(const GateParams& p, const GatePlan& plan, void* ws, const int3
   char* base = static_cast<char*>(ws);
   a.q = p.q;
   a.k = p.k;
+  a.keyRows = p.keyRows;
+  a.keyHeadStride = p.keyHeadStride;
+  a.keyRowsMax = p.keyRowsMax;
   a.indices = indices;
   a.cuQ = meta + plan.metaQ;
   a.cuK = meta + plan.metaK;

@@ -141,6 +141,17 @@ __global__ void __launch_bounds__(kThreads) copySegmentsKernel(const KvArgs a) {
   }
 }
 
+// Gather's alternative for attention that reads the pages itself: each row's
+// K offset in a layer's pages (KV head 0), one CTA per segment.
+__global__ void __launch_bounds__(kThreads) keyRowsKernel(const KvArgs a, int64_t* keyRows) {
+  allowDependentGrid();
+  Segment g;
+  if (!loadSegment(a.segments, blockIdx.x, a.numPages, a.pageSize, a.numRows, &g)) return;
+  for (int i = threadIdx.x; i < g.count; i += kThreads) {
+    keyRows[g.row + i] = g.page * a.pageStride + static_cast<int64_t>(g.slot + i) * a.headDim;
+  }
+}
+
 Status launchCopy(const KvArgs& a, bool toPages, cudaStream_t stream) {
   if (a.numSegments == 0) return Status::Ok();
   if (a.headDim % 8 != 0) return Status::Invalid("unsupported head_dim for the KV cache: " + std::to_string(a.headDim));
@@ -161,7 +172,13 @@ Status kvAppendLaunch(const KVAppendParams& p, CudaContext& ctx) {
 }
 
 Status kvGatherLaunch(const KVGatherParams& p, CudaContext& ctx) {
-  return launchCopy(kvArgs(p.kv, p.k, p.v, p.numRows, p.segments, p.numSegments), false, ctx.stream);
+  const KvArgs a = kvArgs(p.kv, p.k, p.v, p.numRows, p.segments, p.numSegments);
+  if (!p.keyRows) return launchCopy(a, false, ctx.stream);
+  if (p.numRows == 0) return Status::Ok();
+  MOBA_RETURN_IF_ERROR(cudaStatus(cudaMemsetAsync(p.keyRows, 0, static_cast<size_t>(p.numRows) * 8, ctx.stream), "kvKeyRows"));
+  if (p.numSegments == 0) return Status::Ok();
+  keyRowsKernel<<<p.numSegments, kThreads, 0, ctx.stream>>>(a, p.keyRows);
+  return checkLaunch("kvKeyRows");
 }
 
 }  // namespace moba

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kScanThreads) workScanKernel(const int32_t* __
 __global__ void pastJobsKernel(const int32_t* __restrict__ segmentOffsets, const int32_t* __restrict__ workOffsets,
                                const int32_t* __restrict__ cuBlocks, const int32_t* __restrict__ cuSeqlensK,
                                int numPairs, int group, int numKVHeads, int batch, int chunkSize, int headDim,
-                               int4* __restrict__ jobs) {
+                               int64_t keyHeadStride, int4* __restrict__ jobs) {
   const int pair = blockIdx.x * blockDim.x + threadIdx.x;
   if (pair >= numPairs) return;
   const int eBegin = segmentOffsets[pair * group];
@@ -86,13 +86,14 @@ __global__ void pastJobsKernel(const int32_t* __restrict__ segmentOffsets, const
   const int blk = gb - cuBlocks[b];
   const int k0 = cuSeqlensK[b];
   const int lk = cuSeqlensK[b + 1] - k0;
-  const int64_t kvBase = (static_cast<int64_t>(k0) * numKVHeads + kvh) * headDim;
+  // Paged keys (keyHeadStride > 0): the KV head's offset within a page.
+  const int64_t kvBase = keyHeadStride > 0 ? kvh * keyHeadStride : (static_cast<int64_t>(k0) * numKVHeads + kvh) * headDim;
   const int keyBegin = blk * chunkSize;
   const int keyEnd = min(keyBegin + chunkSize, lk);
   int w = workOffsets[pair];
   for (int e0 = eBegin; e0 < eEnd; e0 += kAttnTileRows, ++w) {
     jobs[2 * w] = make_int4(e0, min(kAttnTileRows, eEnd - e0), keyBegin, keyEnd);
-    jobs[2 * w + 1] = make_int4(static_cast<int>(kvBase & 0xffffffff), static_cast<int>(kvBase >> 32), lk, 0);
+    jobs[2 * w + 1] = make_int4(static_cast<int>(kvBase & 0xffffffff), static_cast<int>(kvBase >> 32), lk, k0);
   }
 }
 
@@ -133,6 +134,9 @@ Status mobaAttentionLaunch(const AttentionParams& p, CudaContext& ctx) {
   gp.heads = p.heads;
   gp.chunkSize = p.chunkSize;
   gp.topK = p.topK;
+  gp.keyRows = p.keyRows;
+  gp.keyHeadStride = p.keyHeadStride;
+  gp.keyRowsMax = p.keyRowsMax;
   const bool hasPast = p.topK >= 2;
   size_t listBytes = 0;
   if (hasPast) {
@@ -187,7 +191,7 @@ Status mobaAttendLaunch(const AttentionParams& p, const MobaLists& lists, const 
     if (numPairs > 0) {
       pastJobsKernel<<<(numPairs + 255) / 256, 256, 0, ctx.stream>>>(
           lists.segmentOffsets, workOffsets, lists.cuBlocks, qt.cuK, numPairs, group, p.heads.numKVHeads,
-          p.varlen.batch, p.chunkSize, D, pastJobs);
+          p.varlen.batch, p.chunkSize, D, p.keyRows ? p.keyHeadStride : 0, pastJobs);
       MOBA_RETURN_IF_ERROR(checkLaunch("moba past jobs"));
     }
     FwdArgs a = baseArgs(p, qt);

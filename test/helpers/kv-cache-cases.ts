@@ -446,6 +446,42 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     checkStep(env, full, await step(env, full, [{ seq: seqs[0]!, newTokens: 1 }]), 'long f16 full decode, batch 1');
   });
 
+  type Layout = 'in order' | 'shuffled' | 'interleaved';
+  // A cache (2 KV heads, head dim 64, pages of 8) holding the first `count`
+  // tokens of k and v in one sequence, its pages in order, shuffled (every
+  // page first taken and freed in random order), or interleaved with another
+  // sequence's appends.
+  const placed = (device: Device, layout: Layout, rng: Rng, k: Float32Array, v: Float32Array, count: number) => {
+    const cache = new KVCache(device, { numLayers: 1, numPages: 512, pageSize: 8, numKVHeads: 2, headDim: 64, dtype: 'bf16' });
+    if (layout === 'shuffled') {
+      const junk = Array.from({ length: 64 }, () => cache.addSequence());
+      const p = cache.plan(junk.map((seq) => ({ seq, newTokens: 8 * 8 })), { maxDecodeTokens: 0 });
+      p.dispose();
+      for (const s of shuffle(junk, rng)) cache.free(s);
+    }
+    const seq = cache.addSequence();
+    const other = cache.addSequence();
+    const append = (plan: KVPlan, at: number, n: number): void => {
+      const kk = new Float32Array(plan.numRows * 128);
+      const vv = new Float32Array(plan.numRows * 128);
+      kk.set(k.subarray(at * 128, (at + n) * 128));
+      vv.set(v.subarray(at * 128, (at + n) * 128));
+      using kt = device.tensor(kk, { dtype: 'bf16', shape: [plan.numRows, 2, 64] });
+      using vt = device.tensor(vv, { dtype: 'bf16', shape: [plan.numRows, 2, 64] });
+      cache.append(0, plan, kt, vt);
+    };
+    for (let at = 0; at < count;) {
+      const n = layout === 'interleaved' ? Math.min(rng.int(1, 13), count - at) : count - at;
+      const entries = [{ seq, newTokens: n }];
+      if (layout === 'interleaved') entries.push({ seq: other, newTokens: rng.int(1, 9) });
+      append(cache.plan(entries, { maxDecodeTokens: 0 }), at, n);
+      at += n;
+    }
+    return { cache, seq, append };
+  };
+  const layouts: Layout[] = ['in order', 'shuffled', 'interleaved'];
+  const sorted = (t: Int32Array): boolean => t.every((p, i) => i === 0 || p === t[i - 1]! + 1);
+
   it('page placement does not change the result: in-order, shuffled and interleaved page tables agree', async () => {
     using device = open();
     const shape = { numQHeads: 8, numKVHeads: 2, headDim: 64 };
@@ -456,33 +492,10 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     const q = roundToBf16(randn(3 * 8 * 64, rng));
     const outs: Float32Array[] = [];
     const tables: Int32Array[] = [];
-    for (const layout of ['in order', 'shuffled', 'interleaved'] as const) {
-      using cache = new KVCache(device, { numLayers: 1, numPages: 512, pageSize: 8, numKVHeads: 2, headDim: 64, dtype: 'bf16' });
-      if (layout === 'shuffled') {
-        // Allocate every page through throwaway sequences, free them in random order.
-        const junk = Array.from({ length: 64 }, () => cache.addSequence());
-        const p = cache.plan(junk.map((seq) => ({ seq, newTokens: 8 * 8 })), { maxDecodeTokens: 0 });
-        p.dispose();
-        for (const s of shuffle(junk, rng)) cache.free(s);
-      }
-      const seq = cache.addSequence();
-      const other = cache.addSequence();
-      let at = 0;
-      while (at < len - 3) {
-        const n = layout === 'interleaved' ? Math.min(rng.int(1, 13), len - 3 - at) : len - 3 - at;
-        const entries = [{ seq, newTokens: n }];
-        if (layout === 'interleaved') entries.push({ seq: other, newTokens: rng.int(1, 9) });
-        const plan = cache.plan(entries, { maxDecodeTokens: 0 });
-        const rows = plan.numRows;
-        const kk = new Float32Array(rows * 128);
-        const vv = new Float32Array(rows * 128);
-        kk.set(k.subarray(at * 128, (at + n) * 128));
-        vv.set(v.subarray(at * 128, (at + n) * 128));
-        using kt = device.tensor(kk, { dtype: 'bf16', shape: [rows, 2, 64] });
-        using vt = device.tensor(vv, { dtype: 'bf16', shape: [rows, 2, 64] });
-        cache.append(0, plan, kt, vt);
-        at += n;
-      }
+    for (const layout of layouts) {
+      const { cache, seq } = placed(device, layout, rng, k, v, len - 3);
+      using _cache = cache;
+      const at = len - 3;
       using layer = new MobaAttention(device, { ...shape, chunkSize: 16, topK: 2, dtype: 'bf16' });
       const plan = cache.plan([{ seq, newTokens: 3 }]);
       using qt = device.tensor(q, { dtype: 'bf16', shape: [3, 8, 64] });
@@ -492,7 +505,6 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       outs.push((await out.toArray()) as Float32Array);
       tables.push(cache.pageTable(seq));
     }
-    const sorted = (t: Int32Array): boolean => t.every((p, i) => i === 0 || p === t[i - 1]! + 1);
     expect(sorted(tables[0]!)).toBe(true);
     expect(sorted(tables[1]!), `shuffled table ${tables[1]}`).toBe(false);
     expect(sorted(tables[2]!), `interleaved table ${tables[2]}`).toBe(false);
@@ -503,6 +515,51 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
       cuSeqlensQ: Int32Array.from([0, 3]), cuSeqlensK: Int32Array.from([0, len]),
     }).out;
     expect(relL2(outs[0]!, want)).toBeLessThan(TOL.bf16);
+  });
+
+  it('chunked prefill reads K/V in their pages: in-order, shuffled and interleaved page tables give the same bits (moba and dense)', async (ctx) => {
+    using device = open();
+    await needAttention(ctx, device);
+    const shape = { numQHeads: 8, numKVHeads: 2, headDim: 64 };
+    const rng = rngFor('placement, chunked prefill');
+    const cached = 280 + rng.int(0, 40);
+    const fresh = 40 + rng.int(0, 20);
+    const len = cached + fresh;
+    const k = roundToBf16(randn(len * 2 * 64, rng));
+    const v = roundToBf16(randn(len * 2 * 64, rng));
+    const q = roundToBf16(randn(fresh * 8 * 64, rng));
+    // (chunkSize, topK): sparse MoBA, then topK past every block (the dense kernel).
+    const configs = [[16, 3], [16, 64]] as const;
+    const outs: Float32Array[][] = [];
+    const tables: Int32Array[] = [];
+    for (const layout of layouts) {
+      const { cache, seq, append } = placed(device, layout, rng, k, v, cached);
+      using _cache = cache;
+      using plan = cache.plan([{ seq, newTokens: fresh }], { maxDecodeTokens: 0 });
+      expect(plan.sequences[0]!.decode).toBe(false);
+      append(plan, cached, fresh);
+      using qt = device.tensor(q, { dtype: 'bf16', shape: [fresh, 8, 64] });
+      const got: Float32Array[] = [];
+      for (const [chunkSize, topK] of configs) {
+        using layer = new MobaAttention(device, { ...shape, chunkSize, topK, dtype: 'bf16' });
+        using out = layer.attend(cache, 0, plan, qt);
+        got.push((await out.toArray()) as Float32Array);
+      }
+      outs.push(got);
+      tables.push(cache.pageTable(seq));
+    }
+    expect(sorted(tables[0]!)).toBe(true);
+    expect(sorted(tables[1]!), `shuffled table ${tables[1]}`).toBe(false);
+    expect(sorted(tables[2]!), `interleaved table ${tables[2]}`).toBe(false);
+    for (const [i, [chunkSize, topK]] of configs.entries()) {
+      const what = `chunk ${chunkSize}, topK ${topK}`;
+      expect(Array.from(outs[1]![i]!), `${what}: shuffled pages`).toEqual(Array.from(outs[0]![i]!));
+      expect(Array.from(outs[2]![i]!), `${what}: interleaved pages`).toEqual(Array.from(outs[0]![i]!));
+      const want = reference.mobaAttention(q, k, v, {
+        ...shape, cuSeqlensQ: Int32Array.from([0, fresh]), cuSeqlensK: Int32Array.from([0, len]), chunkSize, topK,
+      }).out;
+      expect(relL2(outs[0]![i]!, want), what).toBeLessThan(TOL.bf16);
+    }
   });
 
   it('back-to-back ops read what the op before them wrote: append then decode, and each decode\'s output as the next query', async () => {

@@ -47,9 +47,16 @@ struct FwdArgs {
   const int32_t* entries = nullptr;         // Past: [maxEntries] query-head rows
   const int32_t* workOffsets = nullptr;     // Past: [numPairs+1] prefix sums of tiles per (block, kvHead)
   // Past: per work item two int4, {first entry, rows, keyBegin, keyEnd} and
-  // {kvBase low, kvBase high, keys of the sequence, 0} (moba_fwd.cu builds them).
+  // {kvBase low, kvBase high, keys of the sequence, the sequence's first key
+  // in the packed order} (moba_fwd.cu builds them).
   const int4* pastJobs = nullptr;
   int numPairs = 0;
+  // Paged K/V (AttentionParams): key T of the packed order, KV head h, at
+  // keyRows[T] + h * keyHeadStride elements past k (and v); nullptr: the
+  // [totalK, numKVHeads, headDim] rows.
+  const int64_t* keyRows = nullptr;
+  int64_t keyHeadStride = 0;
+  int64_t keyRowsMax = 0;   // larger offsets (and negative ones) read this one
 };
 
 }  // namespace moba

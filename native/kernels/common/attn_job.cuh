@@ -17,7 +17,8 @@ struct Job {
   int qStart = 0;        // first global query row (Dense/Current)
   int tFirst = 0;        // sequence position of tile row 0 (Dense/Current)
   int e0 = 0;            // first entry (Past)
-  int64_t kvBase = 0;    // element offset of (sequence start, kv head) in k and v
+  int64_t kvBase = 0;    // element offset of (sequence start, kv head) in k and v; paged: of the kv head in a page
+  int k0 = 0;            // the sequence's first key in the packed order (cuSeqlensK)
   int keyBegin = 0;      // key positions visited: [keyBegin, keyEnd)
   int keyEnd = 0;
   int lk = 0;            // keys of the sequence
@@ -48,6 +49,7 @@ __device__ __forceinline__ bool decodeJob(const FwdArgs& a, int cta, int headDim
     j.keyEnd = r0.w;
     j.kvBase = static_cast<int64_t>(static_cast<uint32_t>(r1.x)) | (static_cast<int64_t>(r1.y) << 32);
     j.lk = r1.z;
+    j.k0 = r1.w;
     return j.rows > 0;
   } else {
     if (cta >= a.numTiles * a.numQHeads) return false;
@@ -61,7 +63,9 @@ __device__ __forceinline__ bool decodeJob(const FwdArgs& a, int cta, int headDim
     j.qStart = q0 + tile.y * BM;
     j.rows = min(BM, lq - tile.y * BM);
     j.tFirst = j.lk - lq + tile.y * BM;
-    j.kvBase = (static_cast<int64_t>(k0) * a.numKVHeads + j.head / a.group) * headDim;
+    j.k0 = k0;
+    j.kvBase = a.keyRows ? (j.head / a.group) * a.keyHeadStride
+                         : (static_cast<int64_t>(k0) * a.numKVHeads + j.head / a.group) * headDim;
     const int tLast = j.tFirst + j.rows - 1;
     if (M == FwdMode::MobaCurrent) {
       j.keyBegin = (j.tFirst / a.chunkSize) * a.chunkSize;
@@ -99,6 +103,14 @@ __device__ __forceinline__ bool tileNeedsMask(const FwdArgs& a, const Job& j, in
   rowWindow<M>(a, j, 0, lo0, hi0);
   rowWindow<M>(a, j, j.rows - 1, loN, hiN);
   return s0 + BN > hi0 || s0 < loN;
+}
+
+// Element offset, past k (or v) + kvBase, of the job's key at sequence
+// position t: rows kvStride apart, or where the page table puts them.
+__device__ __forceinline__ int64_t keyRowOffset(const FwdArgs& a, const Job& j, int t, int64_t kvStride) {
+  if (!a.keyRows) return static_cast<int64_t>(t) * kvStride;
+  return static_cast<int64_t>(
+      min(static_cast<uint64_t>(__ldg(a.keyRows + j.k0 + t)), static_cast<uint64_t>(a.keyRowsMax)));
 }
 
 // Element offset of tile row i's query vector (valid rows only).
@@ -140,6 +152,37 @@ __device__ __forceinline__ void loadRows(T* tile, const T* base, int valid, int 
     const bool ok = r < valid;
     const T* src = ok ? base + rowOffset(r) + c * 8 : base;
     cpAsync16(s + tileOffset<ROWS>(r, c) * 2, src, ok);
+  }
+}
+
+// Paged keys (FwdArgs::keyRows): loadRows with each row's offset looked up
+// once per warp, all lookups in flight at once. A warp copies at most 32
+// distinct rows of a tile (ROWS <= kThreads); lane l of the warp looks up the
+// row its warp copies in place l (tileRowLookup), and each copy then takes
+// its row's offset from that lane (loadRowsLooked). The copies are those of
+// loadRows: the same (row, 16-byte chunk) per thread.
+template <int ROWS, int D, int kThreads, typename RowOffset>
+__device__ __forceinline__ int64_t tileRowLookup(int valid, int tid, RowOffset rowOffset) {
+  constexpr int CH = D / 8, A = 32 / CH, S = kThreads / CH, kPer = ROWS * CH / kThreads;
+  static_assert(32 % CH == 0 && kThreads % CH == 0 && ROWS * CH % kThreads == 0 && A * kPer <= 32,
+                "a warp's rows must fit its lanes");
+  const int lane = tid & 31;
+  const int r = (tid >> 5) * A + lane % A + (lane / A) * S;
+  return lane < A * kPer && r < valid ? rowOffset(r) : 0;
+}
+
+template <typename T, int ROWS, int D, int kThreads>
+__device__ __forceinline__ void loadRowsLooked(T* tile, const T* base, int valid, int tid, int64_t looked) {
+  constexpr int CH = D / 8, A = 32 / CH, S = kThreads / CH, kPer = ROWS * CH / kThreads;
+  const uint32_t s = smemAddr(tile);
+  const int lane = tid & 31, c = lane % CH;
+  const int r0 = (tid >> 5) * A + lane / CH;
+#pragma unroll 4
+  for (int i = 0; i < kPer; ++i) {
+    const int r = r0 + i * S;
+    const int64_t off = __shfl_sync(0xffffffffu, looked, i * A + lane / CH);
+    const bool ok = r < valid;
+    cpAsync16(s + tileOffset<ROWS>(r, c) * 2, ok ? base + off + c * 8 : base, ok);
   }
 }
 
