@@ -6,7 +6,12 @@
 // per plan, for every layer), and the copy of the whole sequence out of its
 // pages into contiguous rows that reading in place replaces.
 //
-//   npm run bench -- chunked [--n 32768,131072] [--chunk 4096] [--configs 512:3,128:8] [--page-size 16] [--iters 10] [--backend cpu]
+//   npm run bench -- chunked [--n 32768,131072] [--chunk 4096] [--configs 512:3,128:8] [--page-size 16]
+//                            [--sum-block 512] [--iters 10] [--backend cpu]
+//
+// --sum-block: the cache's key-sum block (KVCacheOptions.chunkSize; default one
+// sum per page). Equal to a config's chunkSize, the gate takes that layer's
+// centroids from the sums instead of a pass over the cached keys.
 //
 // Shape: 32 query heads, 8 KV heads, head dim 128, bf16, one sequence.
 import { KVCache, MobaAttention, mobaAttention, openDevice } from '../dist/index.js';
@@ -17,6 +22,7 @@ const contexts = String(opts.n ?? '32768,131072').split(',').map(Number);
 const C = Number(opts.chunk ?? 4096);
 const configs = String(opts.configs ?? '512:3,128:8').split(',').map((c) => c.split(':').map(Number));
 const pageSize = Number(opts['page-size'] ?? 16);
+const sumBlock = opts['sum-block'] ? Number(opts['sum-block']) : undefined;
 const iters = Number(opts.iters ?? 10);
 const HQ = 32;
 const HKV = 8;
@@ -30,7 +36,7 @@ const rows = [];
 for (const N of contexts) {
   const total = N + C;
   const cache = new KVCache(device, {
-    numLayers: 1, numPages: Math.ceil(total / pageSize) + 8, pageSize, numKVHeads: HKV, headDim: D, dtype: 'bf16',
+    numLayers: 1, numPages: Math.ceil(total / pageSize) + 8, pageSize, chunkSize: sumBlock, numKVHeads: HKV, headDim: D, dtype: 'bf16',
   });
   const seq = cache.addSequence();
   // The whole sequence's K and V, contiguous (also what fills the cache).
@@ -69,7 +75,7 @@ for (const N of contexts) {
     const cuSeqlensQ = Int32Array.from([0, C]);
     const cuSeqlensK = Int32Array.from([0, total]);
     const contiguousMs = await timeOp(device, () => mobaAttention(q, kAll, vAll, { cuSeqlensQ, cuSeqlensK, chunkSize, topK }), { warmup: 2, iters });
-    rows.push({ N, C, pageSize, chunkSize, topK, attendMs, contiguousMs, gatherMs, keyRowsMs });
+    rows.push({ N, C, pageSize, sumBlock: sumBlock ?? pageSize, chunkSize, topK, attendMs, contiguousMs, gatherMs, keyRowsMs });
     layer.dispose();
   }
   for (const t of [kAll, vAll, kNew, vNew, q, kWs, vWs]) t.dispose();
@@ -80,6 +86,7 @@ printTable(rows, [
   { title: 'cached tokens', format: (r) => r.N },
   { title: 'new tokens', format: (r) => r.C },
   { title: 'page', format: (r) => r.pageSize },
+  { title: 'sums per', format: (r) => r.sumBlock },
   { title: '(chunk, topK)', format: (r) => `(${r.chunkSize}, ${r.topK})` },
   { title: 'attend() over the cache, ms', format: (r) => r.attendMs.toFixed(3) },
   { title: 'mobaAttention on contiguous K/V, ms', format: (r) => r.contiguousMs.toFixed(3) },

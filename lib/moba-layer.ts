@@ -247,10 +247,13 @@ export class MobaAttention {
         }
       }
       const dense = this.prefillIsDense(pre);
+      // A cache with one key sum per block of this layer gives the gate its
+      // centroids (the same bits as adding up the block's keys).
+      const sumsPerBlock = !dense && cache.sumPages * cache.pageSize === this.chunkSize;
       this.device.native.attention(
         qP.buffer, cache.pool.buffer, cache.pool.buffer, oP.buffer, null, pre.cuSeqlensQ, pre.cuSeqlensK, DTYPE_CODE[this.dtype],
         Hq, this.numKVHeads, D, this.softmaxScale, true, dense ? 0 : this.chunkSize, dense ? 0 : this.topK,
-        keyRows.buffer, cache.numPages, cache.numLayers, layer, cache.pageSize,
+        keyRows.buffer, cache.numPages, cache.numLayers, layer, cache.pageSize, sumsPerBlock ? cache.keySums.buffer : null,
       );
       if (!pre.allRows) {
         const runs = pre.rowRuns;

@@ -44,7 +44,8 @@ export interface NativeDevice {
    * chunkSize 0 selects dense attention (flashAttention). With keyRows (from
    * kvKeyRows: an int64 per key of cuSeqlensK's packed order) K and V are read
    * from the KV cache's pages: k and v are then both the page pool, whose
-   * geometry the trailing arguments give.
+   * geometry the trailing arguments give; keySums, when the cache keeps one
+   * key sum per block of chunkSize tokens, gives the MoBA gate its centroids.
    */
   attention(
     q: NativeBuffer, k: NativeBuffer, v: NativeBuffer, out: NativeBuffer, lse: NativeBuffer | null,
@@ -52,6 +53,7 @@ export interface NativeDevice {
     numQHeads: number, numKVHeads: number, headDim: number,
     softmaxScale: number, causal: boolean, chunkSize: number, topK: number,
     keyRows?: NativeBuffer, numPages?: number, numLayers?: number, layer?: number, pageSize?: number,
+    keySums?: NativeBuffer | null,
   ): void;
   /**
    * Internal, for tests of the CUDA gate only (not part of the public API):

@@ -57,10 +57,13 @@ Napi::Value DeviceWrap::mobaGate(const Napi::CallbackInfo& info) {
 }
 
 // attention(q, k, v, out, lse | null, cuSeqlensQ, cuSeqlensK, dtype, numQHeads, numKVHeads, headDim,
-//           softmaxScale, causal, chunkSize, topK [, keyRows, numPages, numLayers, layer, pageSize]);
+//           softmaxScale, causal, chunkSize, topK [, keyRows, numPages, numLayers, layer, pageSize
+//           [, keySums]]);
 // chunkSize 0 = dense attention. With keyRows (int64 [totalK], from kvKeyRows)
 // the keys and values are read from the KV cache's pages: k and v are then
-// both the pool, of that geometry (numKVHeads and headDim as above).
+// both the pool, of that geometry (numKVHeads and headDim as above). keySums:
+// the cache's key sums, given only when it keeps one per block of chunkSize
+// tokens (the MoBA gate then takes its centroids from them).
 Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   DeviceCore& c = core(info);
@@ -98,6 +101,12 @@ Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
     p.keyHeadStride = static_cast<int64_t>(kv.pageSize) * kv.headDim;
     // The last key row of the pool, counted from the layer's K of page 0.
     p.keyRowsMax = (static_cast<int64_t>(kv.numPages) - 1) * kv.pageStride() + (static_cast<int64_t>(kv.pageSize) - 1) * kv.headDim;
+    BufferWrap* sums = argOptionalBuffer(info, 20, "keySums", c, static_cast<size_t>(kv.numPages) * kv.sumsPageStride() * 4);
+    if (sums && p.chunkSize > 0) {
+      p.keySums = static_cast<const float*>(sums->data()) + kv.sumsLayerOffset();
+      p.sumsPageStride = kv.sumsPageStride();
+      p.keyPageStride = kv.pageStride();
+    }
   } else {
     p.k = argBuffer(info, 1, "k", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();
     p.v = argBuffer(info, 2, "v", c, rows(v.totalK, h.numKVHeads, h.headDim, p.dtype))->data();

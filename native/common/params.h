@@ -45,6 +45,15 @@ struct GateParams {
   const int64_t* keyRows = nullptr;  // device [totalK]
   int64_t keyHeadStride = 0;
   int64_t keyRowsMax = 0;
+  // Paged keys whose cache keeps one key sum per block of chunkSize tokens
+  // (PagedKV::keySums with sumPages * pageSize == chunkSize): a block's
+  // centroid is its sum, read at the page of the block's last key (the page
+  // holding key offset o is o / keyPageStride), instead of a pass over its
+  // keys. The cache adds keys in the same order as that pass (token order,
+  // fp32), so the centroids are the same bits.
+  const float* keySums = nullptr;    // the layer's sums of (page 0, KV head 0), or nullptr
+  int64_t sumsPageStride = 0;        // floats between pages
+  int64_t keyPageStride = 0;         // elements between pages of the pool
 };
 
 // mobaAttention and flashAttention forward.
@@ -67,6 +76,9 @@ struct AttentionParams {
   const int64_t* keyRows = nullptr;  // device [totalK]
   int64_t keyHeadStride = 0;
   int64_t keyRowsMax = 0;
+  const float* keySums = nullptr;    // as GateParams (MoBA only)
+  int64_t sumsPageStride = 0;
+  int64_t keyPageStride = 0;
 };
 
 // The paged KV cache (lib/kv-cache.ts): one page pool shared by all layers.

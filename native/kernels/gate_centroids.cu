@@ -69,6 +69,17 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
                                  : static_cast<int64_t>(a.cuK[b] + first) * rowStride + static_cast<size_t>(kvh) * D);
 
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  if (a.keySums) {
+    // The cache's sum of the block, kept at the page of its last key: the
+    // same additions, in the same order, as the pass below.
+    const int64_t off = static_cast<int64_t>(
+        min(static_cast<uint64_t>(__ldg(keyRows + n - 1)), static_cast<uint64_t>(a.keyRowsMax)));
+    const float4* sum = reinterpret_cast<const float4*>(a.keySums + (off / a.keyPageStride) * a.sumsPageStride +
+                                                        static_cast<int64_t>(kvh) * D + c8 * 8);
+    const float4 s0 = __ldg(sum), s1 = __ldg(sum + 1);
+    acc[0] = s0.x, acc[1] = s0.y, acc[2] = s0.z, acc[3] = s0.w;
+    acc[4] = s1.x, acc[5] = s1.y, acc[6] = s1.z, acc[7] = s1.w;
+  }
   auto add = [&](const uint4& v) {
     const uint16_t* h = reinterpret_cast<const uint16_t*>(&v);
 #pragma unroll
@@ -85,8 +96,8 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
   // their rows up one batch further ahead, so that a batch's loads do not
   // wait on its lookups.
   constexpr int kBatch = 8;
-  int s = 0;
-  if (n >= kBatch) {
+  int s = a.keySums ? n : 0;
+  if (!a.keySums && n >= kBatch) {
     uint4 cur[kBatch];
     int64_t ahead[kBatch];  // offsets of the batch after `cur`
 #pragma unroll

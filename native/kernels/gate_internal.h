@@ -20,6 +20,8 @@ struct GateArgs {
   const int64_t* keyRows = nullptr;  // device [totalK], or nullptr
   int64_t keyHeadStride = 0;
   int64_t keyRowsMax = 0;
+  const float* keySums = nullptr;    // paged keys with one sum per block (GateParams)
+  int64_t sumsPageStride = 0, keyPageStride = 0;
   int32_t* indices = nullptr;        // [nqh, totalQ, topK] output
   const int32_t* cuQ = nullptr;      // device [batch+1]
   const int32_t* cuK = nullptr;      // device [batch+1]

@@ -50,6 +50,9 @@ GateArgs argsFor(const GateParams& p, const GatePlan& plan, void* ws, const int3
   a.keyRows = p.keyRows;
   a.keyHeadStride = p.keyHeadStride;
   a.keyRowsMax = p.keyRowsMax;
+  a.keySums = p.keyRows ? p.keySums : nullptr;
+  a.sumsPageStride = p.sumsPageStride;
+  a.keyPageStride = p.keyPageStride;
   a.indices = indices;
   a.cuQ = meta + plan.metaQ;
   a.cuK = meta + plan.metaK;

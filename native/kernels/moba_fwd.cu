@@ -137,6 +137,9 @@ Status mobaAttentionLaunch(const AttentionParams& p, CudaContext& ctx) {
   gp.keyRows = p.keyRows;
   gp.keyHeadStride = p.keyHeadStride;
   gp.keyRowsMax = p.keyRowsMax;
+  gp.keySums = p.keySums;
+  gp.sumsPageStride = p.sumsPageStride;
+  gp.keyPageStride = p.keyPageStride;
   const bool hasPast = p.topK >= 2;
   size_t listBytes = 0;
   if (hasPast) {

@@ -771,6 +771,40 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     else expect(relL2(chunked, one)).toBeLessThan(TOL.bf16 / 2);
   });
 
+  it('chunked prefill over a cache with one key sum per block (the gate\'s centroids from the sums) gives the bits of one with sums per page', async (ctx) => {
+    using device = open();
+    await needAttention(ctx, device);
+    const shape = { numQHeads: 4, numKVHeads: 2, headDim: 64 };
+    const rng = rngFor('chunked prefill, sums per block');
+    const chunkSize = 32;
+    const bounds = [0, 20 + rng.int(0, 10), 64, 100 + rng.int(0, 16), 160, 250 + rng.int(0, 40)];
+    const len = bounds[bounds.length - 1]!;
+    const q = roundToBf16(randn(len * 4 * 64, rng));
+    const k = roundToBf16(randn(len * 2 * 64, rng));
+    const v = roundToBf16(randn(len * 2 * 64, rng));
+    using layer = new MobaAttention(device, { ...shape, chunkSize, topK: 3, dtype: 'bf16' });
+    const outs: Float32Array[] = [];
+    for (const sumsBlock of [undefined, chunkSize]) {
+      using cache = new KVCache(device, { numLayers: 1, numPages: 64, pageSize: 8, chunkSize: sumsBlock, numKVHeads: 2, headDim: 64, dtype: 'bf16' });
+      expect(cache.sumPages * cache.pageSize).toBe(sumsBlock ?? 8);
+      const seq = cache.addSequence();
+      const got = new Float32Array(len * 4 * 64);
+      for (let c = 0; c + 1 < bounds.length; c++) {
+        const [a, b] = [bounds[c]!, bounds[c + 1]!];
+        const plan = cache.plan([{ seq, newTokens: b - a }], { maxDecodeTokens: 0 });
+        using qt = device.tensor(q.subarray(a * 256, b * 256), { dtype: 'bf16', shape: [b - a, 4, 64] });
+        using kt = device.tensor(k.subarray(a * 128, b * 128), { dtype: 'bf16', shape: [b - a, 2, 64] });
+        using vt = device.tensor(v.subarray(a * 128, b * 128), { dtype: 'bf16', shape: [b - a, 2, 64] });
+        using out = layer.forward(cache, 0, plan, qt, kt, vt);
+        got.set((await out.toArray()) as Float32Array, a * 256);
+      }
+      outs.push(got);
+    }
+    expect(Array.from(outs[1]!)).toEqual(Array.from(outs[0]!));
+    const want = reference.mobaAttention(q, k, v, { ...shape, cuSeqlensQ: Int32Array.from([0, len]), chunkSize, topK: 3 }).out;
+    expect(relL2(outs[1]!, want)).toBeLessThan(TOL.bf16);
+  });
+
   it('mixed batches: decode and prefill rows interleaved come back in input row order', async (ctx) => {
     using device = open();
     await needAttention(ctx, device);
