@@ -669,7 +669,11 @@ export class KVCache {
     );
   }
 
-  /** @internal Gathers the prefill sequences' cached K/V (new tokens included) into contiguous rows. */
+  /**
+   * @internal Gathers the prefill sequences' cached K/V (new tokens included)
+   * into contiguous rows: what attention over the pages (KVPlan.keyRows)
+   * replaced; kept for `npm run bench -- chunked`, which times it.
+   */
   enqueueGather(layer: number, plan: KVPlan, k: Tensor, v: Tensor): void {
     const pre = plan.prefill!;
     this.device.native.kvGather(

@@ -134,8 +134,9 @@ struct KVAppendParams {
   int numSegments = 0;
 };
 
-// kvGather: copies cached tokens out of their pages into contiguous rows
-// (chunked prefill reads K/V this way before the contiguous attention op).
+// kvGather: copies cached tokens out of their pages into contiguous rows, or
+// (keyRows) only writes where each of them lies: chunked prefill's attention
+// reads K/V in the pages through those offsets (AttentionParams::keyRows).
 struct KVGatherParams {
   PagedKV kv;
   void* k = nullptr;                 // [numRows, numKVHeads, headDim]

@@ -1,6 +1,7 @@
 // Paged KV cache writes and reads on the CPU: append copies new rows into
 // their pages and keeps the fp32 key sums of each key-sum block; gather
-// copies a sequence's pages back into contiguous rows.
+// copies a sequence's pages back into contiguous rows, or writes where each
+// row lies in them (keyRows, for attention over the pages).
 #include <algorithm>
 #include <cstring>
 #include <vector>

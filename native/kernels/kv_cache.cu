@@ -1,9 +1,11 @@
 // Paged KV cache writes and reads on the GPU. Append copies the new K/V rows
 // of a whole batch into their pages in one launch and keeps the fp32 key sums
 // of each key-sum block (MoBA decode's block centroids); gather copies pages
-// back into contiguous rows for chunked prefill. One CTA per (segment, KV
-// head): a segment is a run of tokens of one sequence inside one page
-// (params.h); the CTA of a piece's first segment also adds the piece's sums.
+// back into contiguous rows, or (keyRows) writes where each row lies in the
+// pages, for chunked prefill's attention to read them in place. One CTA per
+// (segment, KV head): a segment is a run of tokens of one sequence inside one
+// page (params.h); the CTA of a piece's first segment also adds the piece's
+// sums.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
