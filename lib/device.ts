@@ -1,5 +1,5 @@
 import { checkDType, DTYPE_BYTES, DTYPE_CODE, POISON_PATTERN, type DType } from './dtype.js';
-import { describeValue, invalidArgument, MobaError } from './errors.js';
+import { describeValue, invalidArgument, isRevokedProxy, MobaError } from './errors.js';
 import { loadNative, type NativeDevice } from './native.js';
 import { numelOf, Tensor } from './tensor.js';
 
@@ -31,7 +31,7 @@ export type TensorData = Float32Array | Float64Array | Int32Array | Uint16Array 
 const MAX_ELEMENTS = 2 ** 46;
 
 export function checkShape(shape: unknown, arg = 'shape'): number[] {
-  if (!Array.isArray(shape)) throw invalidArgument(arg, 'an array of non-negative integers', shape);
+  if (isRevokedProxy(shape) || !Array.isArray(shape)) throw invalidArgument(arg, 'an array of non-negative integers', shape);
   // Each entry is read once, into the copy that is checked and kept.
   const dims: number[] = [];
   for (let i = 0, n = shape.length; i < n; i++) dims.push(shape[i] as number);
@@ -110,7 +110,7 @@ export class Device {
    */
   tensor(data: TensorData, options: { dtype: DType; shape?: readonly number[] }): Tensor {
     this.assertLive('tensor()');
-    if (options === null || typeof options !== 'object') {
+    if (options === null || typeof options !== 'object' || isRevokedProxy(options)) {
       throw invalidArgument('options', 'an object with dtype and shape', options);
     }
     const dtype = checkDType(options.dtype, 'dtype');
@@ -159,6 +159,7 @@ export class Device {
 }
 
 function toTypedArray(data: TensorData, dtype: DType): Float32Array | Float64Array | Int32Array | Uint16Array {
+  if (isRevokedProxy(data)) throw invalidArgument('data', `a typed array or number[] for dtype "${dtype}"`, data);
   if (Array.isArray(data)) {
     // Each element is read once, by index (not through a user's iterator).
     const values = new Float64Array(data.length);
@@ -206,7 +207,9 @@ function int32From(values: Float64Array): Int32Array {
  * else the CPU; 'cuda' without one throws ENOCUDA with the reason.
  */
 export function openDevice(options: OpenDeviceOptions = {}): Device {
-  if (options === null || typeof options !== 'object') throw invalidArgument('options', 'an object', options);
+  if (options === null || typeof options !== 'object' || isRevokedProxy(options)) {
+    throw invalidArgument('options', 'an object', options);
+  }
   // Each option is read once.
   const backend = options.backend ?? 'auto';
   if (backend !== 'auto' && backend !== 'cuda' && backend !== 'cpu') {

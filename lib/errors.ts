@@ -1,3 +1,5 @@
+import { types } from 'node:util';
+
 /**
  * Every failure the package reports is a MobaError with a stable `code`
  * (DESIGN.md section 5), so callers can branch on the code and tests can
@@ -25,8 +27,25 @@ export class MobaError extends Error {
   }
 }
 
+/**
+ * Whether `value` is a revoked Proxy (or one whose prototype cannot be read):
+ * every operation on it, even Array.isArray or instanceof, throws a
+ * TypeError, so argument checks ask this first.
+ */
+export function isRevokedProxy(value: unknown): boolean {
+  if ((typeof value !== 'object' || value === null) && typeof value !== 'function') return false;
+  if (!types.isProxy(value)) return false;
+  try {
+    Reflect.getPrototypeOf(value as object);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 /** Renders a received value for an error message without dumping huge arrays. */
 export function describeValue(value: unknown): string {
+  if (isRevokedProxy(value)) return 'a revoked Proxy';
   if (value === undefined) return 'undefined';
   if (value === null) return 'null';
   if (typeof value === 'string') return JSON.stringify(value);

@@ -17,7 +17,7 @@
  */
 import type { Device } from './device.js';
 import { DTYPE_BYTES, DTYPE_CODE } from './dtype.js';
-import { invalidArgument, MobaError } from './errors.js';
+import { invalidArgument, isRevokedProxy, MobaError } from './errors.js';
 import { FreePages } from './free-pages.js';
 import type { Tensor } from './tensor.js';
 import { checkOptions, checkPositiveInt, checkTensor, CUDA_HEAD_DIMS } from './validate.js';
@@ -296,7 +296,7 @@ export class KVCache {
   #disposed = false;
 
   constructor(device: Device, options: KVCacheOptions) {
-    if (device === null || typeof device !== 'object' || typeof (device as Device).assertLive !== 'function') {
+    if (device === null || typeof device !== 'object' || isRevokedProxy(device) || typeof (device as Device).assertLive !== 'function') {
       throw invalidArgument('device', 'a Device', device);
     }
     device.assertLive('new KVCache()');
@@ -442,7 +442,7 @@ export class KVCache {
     if (typeof maxDecode !== 'number' || !Number.isInteger(maxDecode) || maxDecode < 0 || maxDecode > MAX_DECODE_TOKENS) {
       throw invalidArgument('maxDecodeTokens', `an integer in [0, ${MAX_DECODE_TOKENS}]`, maxDecode);
     }
-    if (!Array.isArray(batch) || batch.length === 0) {
+    if (isRevokedProxy(batch) || !Array.isArray(batch) || batch.length === 0) {
       throw invalidArgument('batch', 'a non-empty array of { seq, newTokens }', batch);
     }
     const S = this.pageSize;
@@ -464,7 +464,7 @@ export class KVCache {
     const sharedWriters = new Map<number, number>();
     for (let i = 0; i < numEntries; i++) {
       const e: unknown = batch[i];
-      if (e === null || typeof e !== 'object') throw invalidArgument(`batch[${i}]`, 'an object { seq, newTokens }', e);
+      if (e === null || typeof e !== 'object' || isRevokedProxy(e)) throw invalidArgument(`batch[${i}]`, 'an object { seq, newTokens }', e);
       const id: unknown = (e as PlanEntry).seq;
       const n: unknown = (e as PlanEntry).newTokens;
       const s = typeof id === 'number' ? this.#seqs.get(id) : undefined;
@@ -686,7 +686,7 @@ export class KVCache {
   /** @internal */
   checkPlan(plan: unknown, arg = 'plan'): KVPlan {
     this.assertLive('a plan');
-    if (!(plan instanceof KVPlan) || plan.cache !== this) throw invalidArgument(arg, 'a KVPlan of this cache', plan);
+    if (isRevokedProxy(plan) || !(plan instanceof KVPlan) || plan.cache !== this) throw invalidArgument(arg, 'a KVPlan of this cache', plan);
     if (plan.disposed && plan === this.#plan) {
       throw new MobaError('EINVAL', `Expected a live plan for ${arg} but received a disposed one`);
     }

@@ -18,7 +18,7 @@
  */
 import type { Device } from './device.js';
 import { DTYPE_CODE } from './dtype.js';
-import { invalidArgument, MobaError } from './errors.js';
+import { invalidArgument, isRevokedProxy, MobaError } from './errors.js';
 import { MAX_TOP_K } from './gating.js';
 import { KVCache, type KVPlan } from './kv-cache.js';
 import { Tensor } from './tensor.js';
@@ -59,7 +59,7 @@ export class MobaAttention {
   #disposed = false;
 
   constructor(device: Device, options: MobaAttentionLayerOptions) {
-    if (device === null || typeof device !== 'object' || typeof (device as Device).assertLive !== 'function') {
+    if (device === null || typeof device !== 'object' || isRevokedProxy(device) || typeof (device as Device).assertLive !== 'function') {
       throw invalidArgument('device', 'a Device', device);
     }
     device.assertLive('new MobaAttention()');
@@ -133,7 +133,7 @@ export class MobaAttention {
 
   private check(cache: unknown, layerIndex: unknown, plan: unknown, qv: unknown): void {
     if (this.#disposed) throw new MobaError('EDISPOSED', 'Cannot use the MobaAttention layer: it has been disposed');
-    if (!(cache instanceof KVCache)) throw invalidArgument('cache', 'a KVCache', cache);
+    if (isRevokedProxy(cache) || !(cache instanceof KVCache)) throw invalidArgument('cache', 'a KVCache', cache);
     const p = cache.checkPlan(plan);
     cache.checkLayer(layerIndex);
     if (cache.device !== this.device) {

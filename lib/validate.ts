@@ -4,11 +4,11 @@
  */
 import type { Device } from './device.js';
 import { isFloat16Type } from './dtype.js';
-import { describeValue, invalidArgument, MobaError } from './errors.js';
+import { describeValue, invalidArgument, isRevokedProxy, MobaError } from './errors.js';
 import { Tensor } from './tensor.js';
 
 export function checkOptions<T extends object>(options: unknown, arg = 'options'): T {
-  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+  if (options === null || typeof options !== 'object' || isRevokedProxy(options) || Array.isArray(options)) {
     throw invalidArgument(arg, 'an options object', options);
   }
   return options as T;
@@ -44,7 +44,7 @@ export function checkSoftmaxScale(value: unknown, headDim: number): number {
 }
 
 export function checkTensor(value: unknown, arg: string): Tensor {
-  if (!(value instanceof Tensor)) throw invalidArgument(arg, 'a Tensor', value);
+  if (isRevokedProxy(value) || !(value instanceof Tensor)) throw invalidArgument(arg, 'a Tensor', value);
   value.assertLive(arg);
   value.device.assertLive(arg);
   return value;
@@ -120,7 +120,7 @@ export interface Varlen {
 }
 
 function checkPrefixSums(input: unknown, arg: string, total: number, totalName: string, length?: number): Int32Array {
-  if (!(input instanceof Int32Array) || !ArrayBuffer.isView(input)) {
+  if (isRevokedProxy(input) || !(input instanceof Int32Array) || !ArrayBuffer.isView(input)) {
     throw invalidArgument(arg, 'an Int32Array of prefix sums [batch+1]', input);
   }
   // Checked and used as a private copy: the caller's array (on a

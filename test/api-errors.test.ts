@@ -6,6 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
   flashAttention,
+  KVCache,
+  MobaAttention,
   mobaAttention,
   mobaGate,
   openDevice,
@@ -273,6 +275,52 @@ describe('op arguments', () => {
     using q96 = gpu.tensor(new Float32Array(4 * 96).fill(1), { dtype: 'bf16', shape: [4, 1, 96] });
     expectError(() => flashAttention(q96, q96, q96, { cuSeqlensQ: new Int32Array([0, 4]) }), 'EINVAL',
       'Expected a head dim of 64 or 128 on CUDA for q.shape[2] but received 96');
+  });
+});
+
+describe('revoked Proxies', () => {
+  // Every operation on a revoked Proxy throws a TypeError, Array.isArray and
+  // instanceof included: the checks must name the argument instead.
+  it('are EINVAL naming the argument wherever one is passed', () => {
+    using device = openDevice({ backend: 'cpu' });
+    using q = device.tensor(new Float32Array(2 * 2 * 8).fill(0.5), { dtype: 'bf16', shape: [2, 2, 8] });
+    using cache = new KVCache(device, { numLayers: 1, numPages: 4, pageSize: 4, numKVHeads: 1, headDim: 8, dtype: 'bf16' });
+    using layer = new MobaAttention(device, { numQHeads: 2, numKVHeads: 1, headDim: 8, chunkSize: 4, topK: 2, dtype: 'bf16' });
+    const seq = cache.addSequence();
+    using plan = cache.plan([{ seq, newTokens: 2 }]);
+    const revoked = (): never => {
+      const { proxy, revoke } = Proxy.revocable({}, {});
+      revoke();
+      return proxy as never;
+    };
+    const cu = new Int32Array([0, 2]);
+    const cases: [string, () => unknown][] = [
+      ['options', () => openDevice(revoked())],
+      ['data', () => device.tensor(revoked(), { dtype: 'bf16' })],
+      ['options', () => device.tensor([1], revoked())],
+      ['shape', () => device.tensor([1], { dtype: 'bf16', shape: revoked() })],
+      ['shape', () => device.empty(revoked(), 'bf16')],
+      ['dtype', () => device.empty([1], revoked())],
+      ['q', () => mobaGate(revoked(), q, { cuSeqlensQ: cu, chunkSize: 4, topK: 2 })],
+      ['k', () => mobaAttention(q, revoked(), q, { cuSeqlensQ: cu, chunkSize: 4, topK: 2 })],
+      ['v', () => flashAttention(q, q, revoked(), { cuSeqlensQ: cu })],
+      ['options', () => flashAttention(q, q, q, revoked())],
+      ['cuSeqlensQ', () => mobaGate(q, q, { cuSeqlensQ: revoked(), chunkSize: 4, topK: 2 })],
+      ['chunkSize', () => mobaGate(q, q, { cuSeqlensQ: cu, chunkSize: revoked(), topK: 2 })],
+      ['device', () => new KVCache(revoked(), { numLayers: 1, numPages: 4, pageSize: 4, numKVHeads: 1, headDim: 8, dtype: 'bf16' })],
+      ['options', () => new KVCache(device, revoked())],
+      ['options', () => new MobaAttention(device, revoked())],
+      ['batch', () => cache.plan(revoked())],
+      ['batch[0]', () => cache.plan([revoked()])],
+      ['options', () => cache.plan([{ seq, newTokens: 1 }], revoked())],
+      ['cache', () => layer.attend(revoked(), 0, plan, q)],
+      ['plan', () => layer.attend(cache, 0, revoked(), q)],
+      ['q', () => layer.attend(cache, 0, plan, revoked())],
+    ];
+    for (const [arg, fn] of cases) {
+      const e = expectMobaError(fn, 'EINVAL');
+      expect(e.message, arg).toMatch(new RegExp(` for ${arg.replace(/[[\]]/g, '\\$&')} but received a revoked Proxy$`));
+    }
   });
 });
 
