@@ -215,6 +215,29 @@ function checkStep(env: Env, layerObj: MobaAttention, results: Map<number, StepR
   }
 }
 
+/**
+ * A new sequence of `cache` prefilled through `layer` (layer 0) in steps that
+ * end at `bounds` (from 0), bf16 rows of 4 query and 2 KV heads of 64 dims;
+ * returns the steps' outputs in row order.
+ */
+async function prefillInChunks(
+  cache: KVCache, layer: MobaAttention, bounds: readonly number[], q: Float32Array, k: Float32Array, v: Float32Array,
+): Promise<Float32Array> {
+  const device = cache.device;
+  const seq = cache.addSequence();
+  const got = new Float32Array(bounds[bounds.length - 1]! * 4 * 64);
+  for (let c = 0; c + 1 < bounds.length; c++) {
+    const [a, b] = [bounds[c]!, bounds[c + 1]!];
+    const plan = cache.plan([{ seq, newTokens: b - a }], { maxDecodeTokens: 0 });
+    using qt = device.tensor(q.subarray(a * 256, b * 256), { dtype: 'bf16', shape: [b - a, 4, 64] });
+    using kt = device.tensor(k.subarray(a * 128, b * 128), { dtype: 'bf16', shape: [b - a, 2, 64] });
+    using vt = device.tensor(v.subarray(a * 128, b * 128), { dtype: 'bf16', shape: [b - a, 2, 64] });
+    using out = layer.forward(cache, 0, plan, qt, kt, vt);
+    got.set((await out.toArray()) as Float32Array, a * 256);
+  }
+  return got;
+}
+
 function layerFor(device: Device, env: Env, o: { chunkSize: number; topK: number; decode?: 'full' | 'moba' }): MobaAttention {
   return new MobaAttention(device, { ...env.shape, dtype: env.dtype, ...o });
 }
@@ -748,17 +771,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     const v = roundToBf16(randn(len * 2 * 64, rng));
     using layer = new MobaAttention(device, { ...shape, chunkSize, topK: 3, dtype: 'bf16' });
     using cache = new KVCache(device, { numLayers: 1, numPages: 64, pageSize: 8, numKVHeads: 2, headDim: 64, dtype: 'bf16' });
-    const seq = cache.addSequence();
-    const chunked = new Float32Array(len * 4 * 64);
-    for (let c = 0; c + 1 < bounds.length; c++) {
-      const [a, b] = [bounds[c]!, bounds[c + 1]!];
-      const plan = cache.plan([{ seq, newTokens: b - a }], { maxDecodeTokens: 0 });
-      using qt = device.tensor(q.subarray(a * 256, b * 256), { dtype: 'bf16', shape: [b - a, 4, 64] });
-      using kt = device.tensor(k.subarray(a * 128, b * 128), { dtype: 'bf16', shape: [b - a, 2, 64] });
-      using vt = device.tensor(v.subarray(a * 128, b * 128), { dtype: 'bf16', shape: [b - a, 2, 64] });
-      using out = layer.forward(cache, 0, plan, qt, kt, vt);
-      chunked.set((await out.toArray()) as Float32Array, a * 256);
-    }
+    const chunked = await prefillInChunks(cache, layer, bounds, q, k, v);
     using qa = device.tensor(q, { dtype: 'bf16', shape: [len, 4, 64] });
     using ka = device.tensor(k, { dtype: 'bf16', shape: [len, 2, 64] });
     using va = device.tensor(v, { dtype: 'bf16', shape: [len, 2, 64] });
@@ -787,18 +800,7 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     for (const sumsBlock of [undefined, chunkSize]) {
       using cache = new KVCache(device, { numLayers: 1, numPages: 64, pageSize: 8, chunkSize: sumsBlock, numKVHeads: 2, headDim: 64, dtype: 'bf16' });
       expect(cache.sumPages * cache.pageSize).toBe(sumsBlock ?? 8);
-      const seq = cache.addSequence();
-      const got = new Float32Array(len * 4 * 64);
-      for (let c = 0; c + 1 < bounds.length; c++) {
-        const [a, b] = [bounds[c]!, bounds[c + 1]!];
-        const plan = cache.plan([{ seq, newTokens: b - a }], { maxDecodeTokens: 0 });
-        using qt = device.tensor(q.subarray(a * 256, b * 256), { dtype: 'bf16', shape: [b - a, 4, 64] });
-        using kt = device.tensor(k.subarray(a * 128, b * 128), { dtype: 'bf16', shape: [b - a, 2, 64] });
-        using vt = device.tensor(v.subarray(a * 128, b * 128), { dtype: 'bf16', shape: [b - a, 2, 64] });
-        using out = layer.forward(cache, 0, plan, qt, kt, vt);
-        got.set((await out.toArray()) as Float32Array, a * 256);
-      }
-      outs.push(got);
+      outs.push(await prefillInChunks(cache, layer, bounds, q, k, v));
     }
     expect(Array.from(outs[1]!)).toEqual(Array.from(outs[0]!));
     const want = reference.mobaAttention(q, k, v, { ...shape, cuSeqlensQ: Int32Array.from([0, len]), chunkSize, topK: 3 }).out;
