@@ -54,16 +54,23 @@ size_t rowBytes(int64_t rows, int heads, int dim, DType t) {
   return static_cast<size_t>(rows) * heads * dim * dtypeSize(t);
 }
 
+// The page segments of an append or a gather: meta, segOffset, numSegments,
+// numRows from position `i`.
+template <typename Params>
+void argSegments(const Napi::CallbackInfo& info, size_t i, const DeviceCore& c, Params* p) {
+  int64_t segOffset = argInt(info, i + 1, "segOffset", 0, (int64_t(1) << 31) - 1);
+  p->numSegments = static_cast<int>(argInt(info, i + 2, "numSegments", 0, (int64_t(1) << 29)));
+  p->numRows = static_cast<int>(argInt(info, i + 3, "numRows", 0, (int64_t(1) << 31) - 1));
+  p->segments = metaInts(info, i, c, segOffset, int64_t(p->numSegments) * kSegmentInts);
+}
+
 // The contiguous side of an append or a gather (KVAppendParams,
-// KVGatherParams): k, v, meta, segOffset, numSegments, numRows from position
-// `i`. k and v must hold numRows rows of the cache's geometry (p->kv, read
-// first); the segments map those rows onto pages.
+// KVGatherParams): k, v, then the segments (argSegments) from position `i`.
+// k and v must hold numRows rows of the cache's geometry (p->kv, read first);
+// the segments map those rows onto pages.
 template <typename Params>
 void argSegmentedRows(const Napi::CallbackInfo& info, size_t i, const DeviceCore& c, Params* p) {
-  int64_t segOffset = argInt(info, i + 3, "segOffset", 0, (int64_t(1) << 31) - 1);
-  p->numSegments = static_cast<int>(argInt(info, i + 4, "numSegments", 0, (int64_t(1) << 29)));
-  p->numRows = static_cast<int>(argInt(info, i + 5, "numRows", 0, (int64_t(1) << 31) - 1));
-  p->segments = metaInts(info, i + 2, c, segOffset, int64_t(p->numSegments) * kSegmentInts);
+  argSegments(info, i + 2, c, p);
   const size_t bytes = rowBytes(p->numRows, p->kv.numKVHeads, p->kv.headDim, p->kv.dtype);
   p->k = argBuffer(info, i, "k", c, bytes)->data();
   p->v = argBuffer(info, i + 1, "v", c, bytes)->data();
@@ -108,10 +115,7 @@ Napi::Value DeviceWrap::kvKeyRows(const Napi::CallbackInfo& info) {
   DeviceCore& c = core(info);
   KVGatherParams p;
   p.kv = argPaged(info, 6, 0, -1, c);
-  const int64_t segOffset = argInt(info, 3, "segOffset", 0, (int64_t(1) << 31) - 1);
-  p.numSegments = static_cast<int>(argInt(info, 4, "numSegments", 0, (int64_t(1) << 29)));
-  p.numRows = static_cast<int>(argInt(info, 5, "numRows", 0, (int64_t(1) << 31) - 1));
-  p.segments = metaInts(info, 2, c, segOffset, int64_t(p.numSegments) * kSegmentInts);
+  argSegments(info, 2, c, &p);
   p.keyRows = static_cast<int64_t*>(argBuffer(info, 1, "keyRows", c, static_cast<size_t>(p.numRows) * 8)->data());
   if (p.numRows == 0) return env.Undefined();
   Status s = c.backend->kvGather(p);
