@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../common/dtype.h"
+#include "../common/key_rows.h"
 #include "cpu_ops.h"
 #include "moba_select.h"
 #include "online_softmax.h"
@@ -41,9 +42,7 @@ std::vector<uint16_t> gatherPaged(const void* base, const AttentionParams& p, Th
   const uint16_t* src = static_cast<const uint16_t*>(base);
   pool.parallelFor(totalK, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      // As the CUDA kernels: past keyRowsMax, or below zero, reads keyRowsMax.
-      const int64_t row =
-          static_cast<int64_t>(std::min(static_cast<uint64_t>(p.keyRows[t]), static_cast<uint64_t>(p.keyRowsMax)));
+      const int64_t row = clampKeyRow(p.keyRows[t], p.keyRowsMax);
       for (int h = 0; h < hk; ++h) {
         std::copy_n(src + row + h * p.keyHeadStride, d, rows.data() + (static_cast<size_t>(t) * hk + h) * d);
       }

@@ -18,6 +18,7 @@
 #include "common/cuda_context.h"
 #include "common/dependent_launch.h"
 #include "common/grid_dependency.cuh"
+#include "../common/key_rows.h"
 
 namespace moba {
 namespace {
@@ -72,8 +73,7 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
   if (a.keySums) {
     // The cache's sum of the block, kept at the page of its last key: the
     // same additions, in the same order, as the pass below.
-    const int64_t off = static_cast<int64_t>(
-        min(static_cast<uint64_t>(__ldg(keyRows + n - 1)), static_cast<uint64_t>(a.keyRowsMax)));
+    const int64_t off = clampKeyRow(__ldg(keyRows + n - 1), a.keyRowsMax);
     const float4* sum = reinterpret_cast<const float4*>(a.keySums + (off / a.keyPageStride) * a.sumsPageStride +
                                                         static_cast<int64_t>(kvh) * D + c8 * 8);
     const float4 s0 = __ldg(sum), s1 = __ldg(sum + 1);
@@ -86,8 +86,7 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
     for (int e = 0; e < 8; ++e) acc[e] = __fadd_rn(acc[e], T::toFloat(h[e]));
   };
   auto rowOff = [&](int row) {
-    return keyRows ? static_cast<int64_t>(min(static_cast<uint64_t>(__ldg(keyRows + row)), static_cast<uint64_t>(a.keyRowsMax)))
-                   : static_cast<int64_t>(row) * rowStride;
+    return keyRows ? clampKeyRow(__ldg(keyRows + row), a.keyRowsMax) : static_cast<int64_t>(row) * rowStride;
   };
   auto loadAt = [&](int64_t off) { return __ldg(reinterpret_cast<const uint4*>(src + off)); };
   auto load = [&](int row) { return loadAt(rowOff(row)); };

@@ -7,6 +7,7 @@
 
 #include "attn_args.h"
 #include "attn_device.cuh"
+#include "../../common/key_rows.h"
 
 namespace moba {
 namespace attn {
@@ -109,8 +110,7 @@ __device__ __forceinline__ bool tileNeedsMask(const FwdArgs& a, const Job& j, in
 // position t: rows kvStride apart, or where the page table puts them.
 __device__ __forceinline__ int64_t keyRowOffset(const FwdArgs& a, const Job& j, int t, int64_t kvStride) {
   if (!a.keyRows) return static_cast<int64_t>(t) * kvStride;
-  return static_cast<int64_t>(
-      min(static_cast<uint64_t>(__ldg(a.keyRows + j.k0 + t)), static_cast<uint64_t>(a.keyRowsMax)));
+  return clampKeyRow(__ldg(a.keyRows + j.k0 + t), a.keyRowsMax);
 }
 
 // Element offset of tile row i's query vector (valid rows only).
