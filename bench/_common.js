@@ -118,20 +118,38 @@ export function randomBf16(n, seed) {
 }
 
 /**
+ * Runs a PyTorch timing script with OUT set to a fresh folder and returns the
+ * rows it wrote there as `jsonName`, or null with the reason when Python,
+ * PyTorch or the script is missing.
+ */
+function runPythonRows(script, args, jsonName) {
+  if (!existsSync(script)) return { rows: null, reason: `${script} not found` };
+  const out = join(tmpdir(), `moba-python-${process.pid}-${jsonName}`);
+  mkdirSync(out, { recursive: true });
+  const r = spawnSync('python3', [script, ...args], { env: { ...process.env, OUT: out }, encoding: 'utf8' });
+  if (r.status !== 0) return { rows: null, reason: `python3 ${script} ${args.join(' ')} failed: ${(r.stderr || r.error || '').toString().trim().split('\n').pop()}` };
+  process.stdout.write(r.stdout);
+  return { rows: JSON.parse(readFileSync(join(out, jsonName), 'utf8')), reason: null };
+}
+
+/**
  * Runs PyTorch's dense attention yardstick (.gpu/torch_sdpa.py, or
  * $MOBA_TORCH_SDPA) for the given sizes; returns its rows, or null with the
  * reason when Python, PyTorch or the script is missing.
  */
 export function runTorchSdpa(seqlens, { batch, heads, dim }) {
   const script = process.env.MOBA_TORCH_SDPA ?? join(rootDir, '.gpu', 'torch_sdpa.py');
-  if (!existsSync(script)) return { rows: null, reason: `${script} not found` };
-  const out = join(tmpdir(), `moba-torch-sdpa-${process.pid}`);
-  mkdirSync(out, { recursive: true });
-  const args = [script, ...seqlens.map(String), '--batch', String(batch), '--heads', String(heads), '--dim', String(dim)];
-  const r = spawnSync('python3', args, { env: { ...process.env, OUT: out }, encoding: 'utf8' });
-  if (r.status !== 0) return { rows: null, reason: `python3 ${args.join(' ')} failed: ${(r.stderr || r.error || '').toString().trim().split('\n').pop()}` };
-  process.stdout.write(r.stdout);
-  return { rows: JSON.parse(readFileSync(join(out, 'torch_sdpa.json'), 'utf8')), reason: null };
+  const args = [...seqlens.map(String), '--batch', String(batch), '--heads', String(heads), '--dim', String(dim)];
+  return runPythonRows(script, args, 'torch_sdpa.json');
+}
+
+/**
+ * Runs bench/torch_chunked.py: PyTorch's dense attention of `chunk` new
+ * tokens over each context of cached ones (contiguous K/V).
+ */
+export function runTorchChunked(contexts, { chunk, heads, kvHeads, dim }) {
+  const args = [...contexts.map(String), '--chunk', String(chunk), '--heads', String(heads), '--kv-heads', String(kvHeads), '--dim', String(dim)];
+  return runPythonRows(join(benchDir, 'torch_chunked.py'), args, 'torch_chunked.json');
 }
 
 /** Prints rows (objects) as an aligned table with the given columns. */

@@ -7,7 +7,11 @@
 // pages into contiguous rows that reading in place replaces.
 //
 //   npm run bench -- chunked [--n 32768,131072] [--chunk 4096] [--configs 512:3,128:8] [--page-size 16]
-//                            [--sum-block 512] [--iters 10] [--backend cpu]
+//                            [--sum-block 512] [--iters 10] [--backend cpu] [--no-torch]
+//
+// On CUDA it also runs bench/torch_chunked.py (PyTorch's dense attention of
+// the same new tokens over the same context, contiguous K/V) when python3 and
+// PyTorch are there, and prints how many times faster attend() is.
 //
 // --sum-block: the cache's key-sum block (KVCacheOptions.chunkSize; default one
 // sum per page). Equal to a config's chunkSize, the gate takes that layer's
@@ -15,7 +19,7 @@
 //
 // Shape: 32 query heads, 8 KV heads, head dim 128, bf16, one sequence.
 import { KVCache, MobaAttention, mobaAttention, openDevice } from '../dist/index.js';
-import { parseArgs, printTable, randomBf16, timeOp, writeResults } from './_common.js';
+import { parseArgs, printTable, randomBf16, runTorchChunked, timeOp, writeResults } from './_common.js';
 
 const opts = parseArgs(process.argv.slice(2));
 const contexts = String(opts.n ?? '32768,131072').split(',').map(Number);
@@ -30,6 +34,15 @@ const D = 128;
 const FILL_ROWS = 8192;
 
 const device = openDevice({ backend: opts.backend ?? 'cuda' });
+const torch = opts['no-torch'] || device.backend !== 'cuda'
+  ? { rows: null, reason: opts['no-torch'] ? '--no-torch' : 'not on CUDA' }
+  : runTorchChunked(contexts, { chunk: C, heads: HQ, kvHeads: HKV, dim: D });
+if (!torch.rows) console.log(`PyTorch counterpart skipped: ${torch.reason}`);
+// The fastest PyTorch kernel for a context, whatever its mask.
+const torchMs = (n) => {
+  const ms = (torch.rows ?? []).filter((r) => r.cached === n).map((r) => r.ms);
+  return ms.length ? Math.min(...ms) : null;
+};
 console.log(`device: ${device.name}${device.computeCapability ? ` (sm ${device.computeCapability})` : ''}`);
 
 const rows = [];
@@ -93,6 +106,8 @@ printTable(rows, [
   { title: 'cache over contiguous', format: (r) => `${(r.attendMs / r.contiguousMs).toFixed(2)}x` },
   { title: 'key offsets (once per plan), ms', format: (r) => r.keyRowsMs.toFixed(3) },
   { title: 'a gather of the sequence, ms', format: (r) => r.gatherMs.toFixed(3) },
+  { title: 'PyTorch dense (fastest), ms', format: (r) => (torchMs(r.N) === null ? '-' : torchMs(r.N).toFixed(3)) },
+  { title: 'attend() against PyTorch', format: (r) => (torchMs(r.N) === null ? '-' : `${(torchMs(r.N) / r.attendMs).toFixed(1)}x faster`) },
 ]);
-writeResults('chunked', { device: device.name, heads: HQ, kvHeads: HKV, headDim: D, rows });
+writeResults('chunked', { device: device.name, heads: HQ, kvHeads: HKV, headDim: D, torch: torch.rows, torchSkipped: torch.reason, rows });
 device.dispose();
