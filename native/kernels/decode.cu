@@ -948,12 +948,29 @@ Status checkDecode(const DecodeParams& p) {
   return Status::Ok();
 }
 
+// The append a step must enqueue before its gate reads the key sums (new
+// tokens that span two blocks). It runs once, right before the op's first
+// launch: a step refused for its shared memory or its workspace leaves the
+// cache as it was.
+class PendingAppend {
+ public:
+  explicit PendingAppend(const KVAppendParams* append) : append_(append) {}
+  Status enqueue(CudaContext& ctx) {
+    const KVAppendParams* append = append_;
+    append_ = nullptr;
+    return append ? kvAppendLaunch(*append, ctx) : Status::Ok();
+  }
+
+ private:
+  const KVAppendParams* append_;
+};
+
 // One decode op, on parameters checkDecode has passed. coordinated:
 // cooperative and cluster launches allowed; *refused: the device turned the
 // attention grid's coordinated launch down (it did not run; gate kernels
 // enqueued ahead of it only wrote the workspace), and the caller goes again
 // without.
-Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated, bool* refused) {
+Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated, PendingAppend& first, bool* refused) {
   const PagedKV& kv = p.kv;
   const int D = kv.headDim;
   if (p.batch == 0) return Status::Ok();
@@ -1080,8 +1097,13 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   attentionStatic = std::max(attentionStatic, runsStatic);
   const size_t worst = std::max({smemBytes + attentionStatic, scoresSmem + scoresStatic, gateSmem + gateStatic});
   if (worst > ctx.maxSharedPerBlockOptin) {
-    return Status::Invalid("decode: the batch needs " + std::to_string(worst) +
-                           " bytes of shared memory per CTA (too many blocks or query rows)");
+    const std::string what = moba ? "topK " + std::to_string(p.topK) + " for " + std::to_string(RT) +
+                                        " query rows per (sequence, KV head) over " +
+                                        std::to_string(ceilDiv(p.maxKvLen, p.chunkSize)) + " blocks"
+                                  : std::to_string(RT) + " query rows per (sequence, KV head)";
+    return Status::Invalid("decode: " + what + " needs " + std::to_string(worst) +
+                           " bytes of shared memory per CTA, but this device allows at most " +
+                           std::to_string(ctx.maxSharedPerBlockOptin) + " (use a smaller topK or shorter sequences)");
   }
   // Slots per item: enough CTAs for one full wave (every SM holding as many
   // as fit), so that batch 1 at long context still keeps every SM streaming.
@@ -1183,6 +1205,7 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
     int unused = 0;
     if (a.scoresReady && maxPast > 0) {
       MOBA_RETURN_IF_ERROR(prepareKernel(kernels.scores, scoresSmem, kThreads, &unused));
+      MOBA_RETURN_IF_ERROR(first.enqueue(ctx));
       MOBA_RETURN_IF_ERROR(cudaStatus(
           launch(kernels.scores, dim3(maxPast, kv.numKVHeads, p.batch), kThreads, scoresSmem, a, LaunchMode{}, ctx),
           "decode launch (scores)"));
@@ -1190,6 +1213,7 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
     // The gate reads key sums this step's append may have completed: plain
     // stream order behind it (a programmatic launch measured no faster).
     MOBA_RETURN_IF_ERROR(prepareKernel(kernels.gate, gateSmem, kGateThreads, &unused));
+    MOBA_RETURN_IF_ERROR(first.enqueue(ctx));
     MOBA_RETURN_IF_ERROR(cudaStatus(
         launch(kernels.gate, dim3(kv.numKVHeads * rowTiles, p.batch), kGateThreads, gateSmem, a, LaunchMode{}, ctx),
         "decode launch (gate)"));
@@ -1206,6 +1230,7 @@ Status decodeLaunchAs(const DecodeParams& p, CudaContext& ctx, bool coordinated,
   mode.cooperative = a.fusedGate && !a.cluster;
   mode.dependent = ctx.ccMajor >= 9 && !mode.cooperative;
   mode.cluster = a.cluster;
+  MOBA_RETURN_IF_ERROR(first.enqueue(ctx));
   const cudaError_t err = launch(attention, dim3(a.numSlots, kv.numKVHeads * rowTiles, p.batch), kThreads, smemBytes, a, mode, ctx);
   if ((mode.cooperative && err == cudaErrorCooperativeLaunchTooLarge) ||
       (mode.cluster > 1 && (err == cudaErrorInvalidClusterSize || err == cudaErrorLaunchOutOfResources))) {
@@ -1225,18 +1250,19 @@ Status decodeLaunch(const DecodeParams& params, CudaContext& ctx) {
   MOBA_RETURN_IF_ERROR(checkDecode(params));
   const DecodeParams* use = &params;
   DecodeParams appended;
-  if (params.append.k != nullptr && params.policy == DecodePolicy::Moba && params.maxQLen > 1 &&
-      params.appendSpansBlocks) {
-    MOBA_RETURN_IF_ERROR(kvAppendLaunch(params.append, ctx));
+  const bool appendFirst = params.append.k != nullptr && params.policy == DecodePolicy::Moba && params.maxQLen > 1 &&
+                           params.appendSpansBlocks;
+  if (appendFirst) {
     appended = params;
     appended.append = KVAppendParams{};
     use = &appended;
   }
+  PendingAppend first(appendFirst ? &params.append : nullptr);
   const DecodeParams& p = *use;
   bool refused = false;
-  MOBA_RETURN_IF_ERROR(decodeLaunchAs(p, ctx, !plainLaunchesOnly(), &refused));
+  MOBA_RETURN_IF_ERROR(decodeLaunchAs(p, ctx, !plainLaunchesOnly(), first, &refused));
   if (!refused) return Status::Ok();
-  return decodeLaunchAs(p, ctx, false, &refused);
+  return decodeLaunchAs(p, ctx, false, first, &refused);
 }
 
 }  // namespace moba
