@@ -14,16 +14,8 @@ export {
   type FlashAttentionOptions,
   type MobaAttentionOptions,
 } from './attention.js';
-export {
-  KVCache,
-  KVPlan,
-  MAX_DECODE_TOKENS,
-  type KVCacheOptions,
-  type KVCacheUsage,
-  type PlanEntry,
-  type PlanOptions,
-  type PlannedSequence,
-} from './kv-cache.js';
+export { KVCache, MAX_DECODE_TOKENS, type KVCacheOptions, type KVCacheUsage } from './kv-cache.js';
+export { KVPlan, type PlanEntry, type PlanOptions, type PlannedSequence } from './kv-plan.js';
 export { MobaAttention, type DecodePolicy, type MobaAttentionLayerOptions } from './moba-layer.js';
 export { buildInfo, type BuildInfo } from './info.js';
 export * as reference from './reference/index.js';

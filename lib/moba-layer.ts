@@ -20,7 +20,8 @@ import type { Device } from './device.js';
 import { DTYPE_CODE } from './dtype.js';
 import { invalidArgument, isRevokedProxy, MobaError } from './errors.js';
 import { MAX_TOP_K } from './gating.js';
-import { KVCache, type KVPlan } from './kv-cache.js';
+import { KVCache } from './kv-cache.js';
+import type { KVPlan } from './kv-plan.js';
 import { Tensor } from './tensor.js';
 import {
   checkBlockLists, checkOptions, checkPositiveInt, checkSelections, checkSoftmaxScale, checkTensor, CUDA_HEAD_DIMS, MAX_CHUNK_SIZE,

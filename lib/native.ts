@@ -70,8 +70,9 @@ export interface NativeDevice {
     cuBlocksOut: NativeBuffer, segmentOffsetsOut: NativeBuffer, entriesOut: NativeBuffer, entryOfOut: NativeBuffer,
   ): void;
   /**
-   * Paged KV cache ops (lib/kv-cache.ts). `meta` is an i32 buffer; segments
-   * are [page, slot, row, count] quadruples starting at int offset segOffset.
+   * Paged KV cache ops (lib/kv-cache.ts, metadata from lib/kv-plan.ts). `meta`
+   * is an i32 buffer; segments are [page, slot, row, count, pieceSegments,
+   * carryPage] (native/common/params.h) starting at int offset segOffset.
    * The trailing (dtype ... headDim) arguments describe the page pool.
    */
   kvAppend(
