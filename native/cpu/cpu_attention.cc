@@ -1,10 +1,17 @@
-// Attention forward on the CPU (dense causal/non-causal and MoBA). K and V
-// are widened to fp32 once. A work item is a tile of consecutive query
-// positions of one sequence with every query head of one KV head: its rows
-// walk the keys they may read a tile at a time, so each tile of K and V is
-// loaded once for all of them (a key tile stays in cache while up to
-// kQueryTile x group rows use it), with an online softmax per row whose
-// arithmetic is the same as one row walking its keys alone.
+// Attention forward on the CPU (dense causal/non-causal and MoBA). A work
+// item is a tile of consecutive query positions of one sequence with every
+// query head of one KV head: its rows walk the keys they may read a tile at a
+// time, so each tile of K and V is widened to fp32 once for all the rows that
+// read it (in place in the KV cache's pages for a chunked prefill), with an
+// online softmax per row whose arithmetic is the same as one row walking its
+// keys alone.
+//
+// Dense rows read every key tile, so small tiles of rows reuse each key tile
+// enough. A MoBA row reads only its topK blocks: with 16 positions per tile,
+// a block's key tile served about topK x rows / blocks of them (2 rows at
+// 32K in blocks of 512), and the op streamed K and V from memory once per row.
+// MoBA tiles are therefore large (up to kMobaTileRows rows), and each block
+// goes, in ascending order, to the list of rows that selected it.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,7 +19,6 @@
 #include <vector>
 
 #include "../common/dtype.h"
-#include "../common/key_rows.h"
 #include "cpu_ops.h"
 #include "moba_select.h"
 #include "online_softmax.h"
@@ -21,34 +27,19 @@ namespace moba {
 
 namespace {
 
-constexpr int kQueryTile = 16;  // query positions per item (times the KV head's query heads)
-constexpr int kKeyTile = 64;    // keys per tile
+constexpr int kQueryTile = 16;       // dense: query positions per item (times the KV head's query heads)
+constexpr int kMobaTileRows = 1024;  // MoBA: rows per item at most (their accumulators: 512 KB at head dim 128)
+constexpr int kKeyTile = 64;         // keys per tile
 
-std::vector<float> widen(const void* x, DType dtype, size_t count, ThreadPool& pool) {
-  std::vector<float> out(count);
-  pool.parallelFor(static_cast<int64_t>(count), [&](int64_t b, int64_t e) {
-    loadRow(x, dtype, static_cast<size_t>(b), static_cast<size_t>(e - b), out.data() + b);
-  }, 1 << 16);
-  return out;
-}
-
-// Paged keys (chunked prefill over the KV cache): the K (or V) rows of every
-// key in [totalK, numKVHeads, headDim] order, gathered from the pages as
-// keyRows places them; the rest of the op reads them as contiguous rows.
-std::vector<uint16_t> gatherPaged(const void* base, const AttentionParams& p, ThreadPool& pool) {
-  const int d = p.heads.headDim, hk = p.heads.numKVHeads;
-  const int64_t totalK = p.varlen.totalK;
-  std::vector<uint16_t> rows(static_cast<size_t>(totalK) * hk * d);
-  const uint16_t* src = static_cast<const uint16_t*>(base);
-  pool.parallelFor(totalK, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t row = clampKeyRow(p.keyRows[t], p.keyRowsMax);
-      for (int h = 0; h < hk; ++h) {
-        std::copy_n(src + row + h * p.keyHeadStride, d, rows.data() + (static_cast<size_t>(t) * hk + h) * d);
-      }
-    }
-  }, 256);
-  return rows;
+// Query positions per item: kQueryTile for dense rows; for MoBA as many as
+// kMobaTileRows rows allow, halved while there would be fewer than four
+// items per thread.
+int tilePositions(bool moba, int group, int64_t totalQ, int numKVHeads, int threads) {
+  if (!moba) return kQueryTile;
+  int positions = std::max(kQueryTile, kMobaTileRows / group);
+  auto items = [&](int n) { return static_cast<int64_t>(numKVHeads) * ((totalQ + n - 1) / n); };
+  while (positions > kQueryTile && items(positions) < 4 * static_cast<int64_t>(threads)) positions /= 2;
+  return std::max(positions, kQueryTile);
 }
 
 // A query tile: sequence b, KV head kvh, query positions [row0, row0 + rows / group) of the batch.
@@ -65,38 +56,29 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
   const HeadShape& h = p.heads;
   const int d = h.headDim;
   const int group = h.numQHeads / h.numKVHeads;
-  const size_t kvStride = static_cast<size_t>(h.numKVHeads) * d;
-  const size_t kvCount = static_cast<size_t>(vl.totalK) * kvStride;
-  std::vector<uint16_t> kPaged, vPaged;
-  if (p.keyRows) {
-    kPaged = gatherPaged(p.k, p, pool);
-    vPaged = gatherPaged(p.v, p, pool);
-  }
-  const void* kRows = p.keyRows ? static_cast<const void*>(kPaged.data()) : p.k;
-  const void* vRows = p.keyRows ? static_cast<const void*>(vPaged.data()) : p.v;
-  std::vector<float> k = widen(kRows, p.dtype, kvCount, pool);
-  std::vector<float> v = widen(vRows, p.dtype, kvCount, pool);
+  const KeyLayout keys = KeyLayout::of(p);
   const bool moba = p.chunkSize > 0;
   Centroids cent;
-  if (moba) cent = computeCentroids(kRows, p.dtype, vl, h, p.chunkSize, pool);
+  if (moba) cent = computeCentroids(p.k, keys, p.dtype, vl, h, p.chunkSize, pool);
   // Scores are kept in log2 units: exp2 of (scale * log2 e) * q.k.
   const float scaleLog2 = p.softmaxScale * 1.4426950408889634f;
 
+  const int positions = tilePositions(moba, group, vl.totalQ, h.numKVHeads, pool.size());
   std::vector<Tile> tiles;
   for (int b = 0; b < vl.batch; ++b) {
     const int64_t q0 = vl.cuSeqlensQ[b], lq = vl.cuSeqlensQ[b + 1] - q0;
-    for (int64_t r = 0; r < lq; r += kQueryTile) {
+    for (int64_t r = 0; r < lq; r += positions) {
       for (int kvh = 0; kvh < h.numKVHeads; ++kvh) {
-        tiles.push_back({b, kvh, q0 + r, static_cast<int>(std::min<int64_t>(kQueryTile, lq - r))});
+        tiles.push_back({b, kvh, q0 + r, static_cast<int>(std::min<int64_t>(positions, lq - r))});
       }
     }
   }
 
   pool.parallelFor(static_cast<int64_t>(tiles.size()), [&](int64_t begin, int64_t end) {
-    std::vector<float> q(d), q2, acc, o(d);
+    std::vector<float> q(d), q2, acc, o(d), kt(static_cast<size_t>(kKeyTile) * d), vt(kt.size());
     std::vector<OnlineSoftmax> st;
     std::vector<int64_t> pos;
-    std::vector<int32_t> sel, blocks;
+    std::vector<int32_t> sel, blocks, rowsOfBlock, firstRow;
     std::vector<ScoredBlock> scratch;
     for (int64_t n = begin; n < end; ++n) {
       const Tile& tile = tiles[n];
@@ -108,9 +90,7 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
       acc.resize(static_cast<size_t>(rows) * d);
       st.resize(rows);
       pos.resize(rows);
-      const size_t kvHeadOff = static_cast<size_t>(vl.cuSeqlensK[b]) * kvStride + static_cast<size_t>(tile.kvh) * d;
-      const float* ks = k.data() + kvHeadOff;
-      const float* vs = v.data() + kvHeadOff;
+      const int64_t key0 = vl.cuSeqlensK[b];
       auto qOffset = [&](int r) {
         return (static_cast<size_t>(tile.row0 + r / group) * h.numQHeads + tile.kvh * group + r % group) * d;
       };
@@ -125,29 +105,60 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
         float* qs = q2.data() + static_cast<size_t>(r) * d;
         for (int i = 0; i < d; ++i) qs[i] = q[i] * scaleLog2;
         if (moba) {
-          const float* c = cent.data.data() + static_cast<size_t>(cent.cuBlocks[b]) * kvStride +
+          const size_t blockStride = static_cast<size_t>(h.numKVHeads) * d;
+          const float* c = cent.data.data() + static_cast<size_t>(cent.cuBlocks[b]) * blockStride +
                            static_cast<size_t>(tile.kvh) * d;
           int32_t* mine = sel.data() + static_cast<size_t>(r) * p.topK;
-          selectBlocks(q.data(), c, kvStride, d, pos[r], p.chunkSize, p.topK, scratch, mine);
+          selectBlocks(q.data(), c, blockStride, d, pos[r], p.chunkSize, p.topK, scratch, mine);
           for (int m = 0; m < p.topK && mine[m] >= 0; ++m) blocks.push_back(mine[m]);
         }
       }
       // The key ranges the tile's rows read, ascending: every key (dense), or
       // the union of the rows' blocks (MoBA; a range never spans two blocks).
       const int64_t keyEnd = p.causal || moba ? std::min(lk, lastPos + 1) : lk;
-      const std::vector<std::pair<int64_t, int64_t>> ranges =
-          moba ? blockRanges(blocks, p.chunkSize, keyEnd) : std::vector<std::pair<int64_t, int64_t>>{{0, keyEnd}};
-      for (const auto& [first, last] : ranges) {
-        const int32_t block = moba ? static_cast<int32_t>(first / p.chunkSize) : 0;
+      std::vector<std::pair<int64_t, int64_t>> ranges{{0, keyEnd}};
+      if (moba) {
+        // Range i is block blocks[i] (cut at keyEnd); its rows are
+        // rowsOfBlock[firstRow[i], firstRow[i + 1]), ascending.
+        std::sort(blocks.begin(), blocks.end());
+        blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+        ranges.clear();
+        for (int32_t j : blocks) {
+          const int64_t first = static_cast<int64_t>(j) * p.chunkSize;
+          ranges.push_back({first, std::min<int64_t>(first + p.chunkSize, keyEnd)});
+        }
+        firstRow.assign(ranges.size() + 1, 0);
+        auto rangeOf = [&](int32_t block) {
+          return std::lower_bound(blocks.begin(), blocks.end(), block) - blocks.begin();
+        };
+        for (int r = 0; r < rows; ++r) {
+          const int32_t* mine = sel.data() + static_cast<size_t>(r) * p.topK;
+          for (int m = 0; m < p.topK && mine[m] >= 0; ++m) ++firstRow[rangeOf(mine[m]) + 1];
+        }
+        for (size_t i = 0; i < ranges.size(); ++i) firstRow[i + 1] += firstRow[i];
+        rowsOfBlock.resize(firstRow.back());
+        std::vector<int32_t> fill(firstRow.begin(), firstRow.end() - 1);
+        for (int r = 0; r < rows; ++r) {
+          const int32_t* mine = sel.data() + static_cast<size_t>(r) * p.topK;
+          for (int m = 0; m < p.topK && mine[m] >= 0; ++m) rowsOfBlock[fill[rangeOf(mine[m])]++] = r;
+        }
+      }
+      for (size_t i = 0; i < ranges.size(); ++i) {
+        const auto [first, last] = ranges[i];
+        const int r0 = moba ? firstRow[i] : 0, r1 = moba ? firstRow[i + 1] : rows;
         for (int64_t p0 = first; p0 < last; p0 += kKeyTile) {
           const int n1 = static_cast<int>(std::min<int64_t>(kKeyTile, last - p0));
-          const float* kt = ks + p0 * kvStride;
-          const float* vt = vs + p0 * kvStride;
-          for (int r = 0; r < rows; ++r) {
-            if (moba && !selectsBlock(sel.data() + static_cast<size_t>(r) * p.topK, p.topK, block)) continue;
+          // The key tile in fp32, once for all the rows that read it.
+          for (int s = 0; s < n1; ++s) {
+            const size_t at = static_cast<size_t>(keys.offset(key0 + p0 + s, tile.kvh));
+            loadRow(p.k, p.dtype, at, d, kt.data() + static_cast<size_t>(s) * d);
+            loadRow(p.v, p.dtype, at, d, vt.data() + static_cast<size_t>(s) * d);
+          }
+          for (int j = r0; j < r1; ++j) {
+            const int r = moba ? rowsOfBlock[j] : j;
             // Causal (and MoBA): row r sees positions up to its own.
             const int n2 = p.causal || moba ? static_cast<int>(std::min<int64_t>(n1, pos[r] + 1 - p0)) : n1;
-            if (n2 > 0) st[r].attend(q2.data() + static_cast<size_t>(r) * d, kt, vt, kvStride, d, n2);
+            if (n2 > 0) st[r].attend(q2.data() + static_cast<size_t>(r) * d, kt.data(), vt.data(), d, d, n2);
           }
         }
       }

@@ -11,7 +11,7 @@ namespace moba {
 Status cpuMobaGate(const GateParams& p, ThreadPool& pool) {
   const Varlen& v = p.varlen;
   const HeadShape& h = p.heads;
-  Centroids cent = computeCentroids(p.k, p.dtype, v, h, p.chunkSize, pool);
+  Centroids cent = computeCentroids(p.k, KeyLayout::contiguous(h), p.dtype, v, h, p.chunkSize, pool);
   std::vector<int32_t> seqOf = sequenceOfRows(v);
   const int d = h.headDim;
   const int group = h.numQHeads / h.numKVHeads;

@@ -26,8 +26,8 @@ std::vector<int32_t> sequenceOfRows(const Varlen& v) {
   return seq;
 }
 
-Centroids computeCentroids(const void* k, DType dtype, const Varlen& v, const HeadShape& h, int chunkSize,
-                           ThreadPool& pool) {
+Centroids computeCentroids(const void* k, const KeyLayout& layout, DType dtype, const Varlen& v, const HeadShape& h,
+                           int chunkSize, ThreadPool& pool) {
   Centroids c;
   c.cuBlocks.resize(v.batch + 1);
   c.cuBlocks[0] = 0;
@@ -52,7 +52,7 @@ Centroids computeCentroids(const void* k, DType dtype, const Varlen& v, const He
       float* out = c.data.data() + gb * rowStride;
       for (int64_t s = first; s < last; ++s) {
         for (int kh = 0; kh < h.numKVHeads; ++kh) {
-          loadRow(k, dtype, (seqStart + s) * rowStride + static_cast<size_t>(kh) * d, d, row.data());
+          loadRow(k, dtype, static_cast<size_t>(layout.offset(seqStart + s, kh)), d, row.data());
           float* acc = out + static_cast<size_t>(kh) * d;
           for (int i = 0; i < d; ++i) acc[i] += row[i];
         }

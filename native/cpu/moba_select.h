@@ -5,10 +5,40 @@
 #include <cstdint>
 #include <vector>
 
+#include "../common/key_rows.h"
 #include "../common/params.h"
 #include "thread_pool.h"
 
 namespace moba {
+
+// Where key T (the packed order of cuSeqlensK) of KV head kh starts, in
+// elements of K (or V): contiguous [totalK, numKVHeads, headDim] rows, or
+// pages through per-key offsets (chunked prefill over the KV cache).
+struct KeyLayout {
+  int64_t rowStride = 0;  // contiguous: numKVHeads * headDim
+  int headDim = 0;
+  const int64_t* keyRows = nullptr;  // paged: each key's offset (see AttentionParams)
+  int64_t keyHeadStride = 0;
+  int64_t keyRowsMax = 0;
+
+  static KeyLayout contiguous(const HeadShape& h) {
+    KeyLayout l;
+    l.rowStride = static_cast<int64_t>(h.numKVHeads) * h.headDim;
+    l.headDim = h.headDim;
+    return l;
+  }
+  static KeyLayout of(const AttentionParams& p) {
+    KeyLayout l = contiguous(p.heads);
+    l.keyRows = p.keyRows;
+    l.keyHeadStride = p.keyHeadStride;
+    l.keyRowsMax = p.keyRowsMax;
+    return l;
+  }
+  int64_t offset(int64_t key, int kh) const {
+    return keyRows ? clampKeyRow(keyRows[key], keyRowsMax) + kh * keyHeadStride
+                   : key * rowStride + static_cast<int64_t>(kh) * headDim;
+  }
+};
 
 // Centroids of every block of every sequence, fp32 [totalBlocks, numKVHeads, headDim].
 struct Centroids {
@@ -16,8 +46,8 @@ struct Centroids {
   std::vector<int32_t> cuBlocks;  // [batch+1] prefix sums of ceil(Lk / chunkSize)
 };
 
-Centroids computeCentroids(const void* k, DType dtype, const Varlen& v, const HeadShape& h, int chunkSize,
-                           ThreadPool& pool);
+Centroids computeCentroids(const void* k, const KeyLayout& layout, DType dtype, const Varlen& v, const HeadShape& h,
+                           int chunkSize, ThreadPool& pool);
 
 // Selects the blocks of query position `t` (head `h`) into `out[0..topK)`:
 // ascending, -1 padded. `q` is the query row in fp32, `centroids` points at

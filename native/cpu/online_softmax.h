@@ -1,5 +1,5 @@
-// What the CPU attention and decode ops share: the online softmax of one
-// query row, and the key ranges a tile of MoBA rows reads.
+// The online softmax of one query row, which the CPU attention and decode
+// ops share, and the decode op's view of a tile of MoBA rows' selections.
 #pragma once
 #include <algorithm>
 #include <cmath>
