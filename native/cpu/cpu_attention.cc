@@ -78,7 +78,7 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
     std::vector<float> q(d), q2, acc, o(d), kt(static_cast<size_t>(kKeyTile) * d), vt(kt.size());
     std::vector<OnlineSoftmax> st;
     std::vector<int64_t> pos;
-    std::vector<int32_t> sel, blocks, rowsOfBlock, firstRow;
+    std::vector<int32_t> sel, blocks, rowsOfBlock, firstRow, tileRows, tileCounts;
     std::vector<ScoredBlock> scratch;
     for (int64_t n = begin; n < end; ++n) {
       const Tile& tile = tiles[n];
@@ -154,12 +154,19 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
             loadRow(p.k, p.dtype, at, d, kt.data() + static_cast<size_t>(s) * d);
             loadRow(p.v, p.dtype, at, d, vt.data() + static_cast<size_t>(s) * d);
           }
+          tileRows.clear();
+          tileCounts.clear();
           for (int j = r0; j < r1; ++j) {
             const int r = moba ? rowsOfBlock[j] : j;
             // Causal (and MoBA): row r sees positions up to its own.
             const int n2 = p.causal || moba ? static_cast<int>(std::min<int64_t>(n1, pos[r] + 1 - p0)) : n1;
-            if (n2 > 0) st[r].attend(q2.data() + static_cast<size_t>(r) * d, kt.data(), vt.data(), d, d, n2);
+            if (n2 > 0) {
+              tileRows.push_back(r);
+              tileCounts.push_back(n2);
+            }
           }
+          attendRows(st.data(), q2.data(), d, tileRows.data(), tileCounts.data(), static_cast<int>(tileRows.size()),
+                     kt.data(), vt.data());
         }
       }
       for (int r = 0; r < rows; ++r) {

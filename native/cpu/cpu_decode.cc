@@ -171,6 +171,7 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
   pool.parallelFor(static_cast<int64_t>(slices.size()), [&](int64_t begin, int64_t end) {
     std::vector<float> kt(static_cast<size_t>(kTileKeys) * D), vt(static_cast<size_t>(kTileKeys) * D), q2;
     std::vector<OnlineSoftmax> st;
+    std::vector<int32_t> tileRows, tileCounts;
     for (int64_t n = begin; n < end; ++n) {
       const Item& it = items[slices[n].item];
       const int rows = rowsOf(it);
@@ -196,12 +197,19 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
             loadRow(kv.pool, kv.dtype, keyRow(it, p0 + i, kv.vOffset()), D, vt.data() + static_cast<size_t>(i) * D);
           }
           const int32_t block = moba ? static_cast<int32_t>(p0 / B) : 0;
+          tileRows.clear();
+          tileCounts.clear();
           for (int r = 0; r < rows; ++r) {
             if (moba && !selectsBlock(it.selected.data() + static_cast<size_t>(r) * p.topK, p.topK, block)) continue;
             // Causal: row r sees positions up to its own.
             const int n2 = static_cast<int>(std::min<int64_t>(n1, positionOf(it, r) + 1 - p0));
-            if (n2 > 0) st[r].attend(q2.data() + static_cast<size_t>(r) * D, kt.data(), vt.data(), D, D, n2);
+            if (n2 > 0) {
+              tileRows.push_back(r);
+              tileCounts.push_back(n2);
+            }
           }
+          attendRows(st.data(), q2.data(), D, tileRows.data(), tileCounts.data(), static_cast<int>(tileRows.size()),
+                     kt.data(), vt.data());
         }
       }
       for (int r = 0; r < rows; ++r) {

@@ -30,24 +30,35 @@ struct OnlineSoftmax {
     std::fill(acc, acc + d, 0.f);
   }
 
+  // One key: its score x (log2 units) and its value row.
+  void step(float x, const float* vr, int d) {
+    if (x > max) {
+      const float corr = std::exp2(max - x);
+      sum *= corr;
+      for (int i = 0; i < d; ++i) acc[i] *= corr;
+      max = x;
+    }
+    const float w = x == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(x - max);
+    sum += w;
+    for (int i = 0; i < d; ++i) acc[i] += w * vr[i];
+  }
+
   // n consecutive keys and values, rows `stride` floats apart; q2 is the
   // query scaled by softmaxScale * log2(e).
   void attend(const float* q2, const float* k, const float* v, size_t stride, int d, int n) {
-    for (int s = 0; s < n; ++s) {
-      const float x = dotF32(q2, k + s * stride, d);
-      if (x > max) {
-        const float corr = std::exp2(max - x);
-        sum *= corr;
-        for (int i = 0; i < d; ++i) acc[i] *= corr;
-        max = x;
-      }
-      const float w = x == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(x - max);
-      sum += w;
-      const float* vr = v + s * stride;
-      for (int i = 0; i < d; ++i) acc[i] += w * vr[i];
-    }
+    for (int s = 0; s < n; ++s) step(dotF32(q2, k + s * stride, d), v + s * stride, d);
   }
 };
+
+// Several rows over one tile of keys and values (rows d floats apart): row
+// rows[j] (its state st[rows[j]], its query q2 + rows[j] * d) takes the
+// tile's first counts[j] keys (at least one). Each row's operations are attend()'s, in the
+// same order, so its bits do not depend on which rows share the call; rows go
+// four at a time, each key and value row loaded once for the four. On x86-64
+// Linux it runs as AVX2 where the CPU has it (no fused multiply-add, so the
+// same bits as the baseline build).
+void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
+                const float* k, const float* v);
 
 // Whether a row's selection (ascending blocks, then -1 padding) holds `block`.
 inline bool selectsBlock(const int32_t* selected, int topK, int32_t block) {
