@@ -3,9 +3,13 @@
 #include <algorithm>
 
 #include "../common/dtype.h"
+#include "simd_clones.h"
 
 namespace moba {
 
+// Widening runs for every key and value row the CPU ops read (AVX2 where
+// the CPU has it).
+MOBA_CPU_CLONES
 void loadRow(const void* base, DType dtype, size_t offset, size_t count, float* dst) {
   const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
   if (dtype == DType::BF16) {

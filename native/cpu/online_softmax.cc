@@ -1,13 +1,6 @@
 #include "online_softmax.h"
 
-// Runtime dispatch by ifunc (glibc): a baseline (SSE2) clone and an AVX2 one.
-// AVX2 alone brings no fused multiply-add, so both clones round every product
-// and sum the same way and give the same bits.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__GNUC__)
-#define MOBA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define MOBA_CPU_CLONES
-#endif
+#include "simd_clones.h"
 
 namespace moba {
 

@@ -54,9 +54,8 @@ struct OnlineSoftmax {
 // rows[j] (its state st[rows[j]], its query q2 + rows[j] * d) takes the
 // tile's first counts[j] keys (at least one). Each row's operations are attend()'s, in the
 // same order, so its bits do not depend on which rows share the call; rows go
-// four at a time, each key and value row loaded once for the four. On x86-64
-// Linux it runs as AVX2 where the CPU has it (no fused multiply-add, so the
-// same bits as the baseline build).
+// four at a time, each key and value row loaded once for the four (AVX2 where
+// the CPU has it: simd_clones.h).
 void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
                 const float* k, const float* v);
 
