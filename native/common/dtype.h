@@ -41,28 +41,28 @@ inline uint16_t floatToBf16Bits(float f) {
 }
 inline float bf16BitsToFloat(uint16_t h) { return bitsFloat(static_cast<uint32_t>(h) << 16); }
 
+// Round to nearest even, without branches so that row loops vectorize: each
+// case is computed and the right one selected by masks.
 inline uint16_t floatToF16Bits(float f) {
-  uint32_t u = floatBits(f);
-  uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
-  uint32_t absu = u & 0x7fffffffu;
-  if (absu > 0x7f800000u) return sign | 0x7e00u | static_cast<uint16_t>((absu >> 13) & 0x1ffu);  // NaN
-  if (absu >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to Inf (and Inf stays Inf)
-  if (absu < 0x38800000u) {
-    // Result is an f16 subnormal (or zero): value / 2^-24 rounded to nearest even.
-    if (absu < 0x33000000u) return sign;  // below half the smallest subnormal: +-0
-    uint32_t exp = absu >> 23;
-    uint32_t mant = (absu & 0x7fffffu) | 0x800000u;
-    uint32_t shift = 126u - exp;  // 113 - exp + 13
-    uint32_t halfway = 1u << (shift - 1);
-    uint32_t rest = mant & ((1u << shift) - 1u);
-    uint32_t q = mant >> shift;
-    if (rest > halfway || (rest == halfway && (q & 1u))) ++q;
-    return sign | static_cast<uint16_t>(q);
-  }
-  // Normal: rebias exponent (127 -> 15) and round the 13 dropped mantissa bits.
-  uint32_t v = absu - 0x38000000u;
-  uint32_t rounding = 0xfffu + ((v >> 13) & 1u);
-  return sign | static_cast<uint16_t>((v + rounding) >> 13);
+  const uint32_t u = floatBits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t absu = u & 0x7fffffffu;
+  // Normal: rebias the exponent (127 -> 15) and round the 13 dropped mantissa
+  // bits (a carry may reach the exponent, or Inf, as IEEE rounding does).
+  const uint32_t v = absu - 0x38000000u;
+  const uint32_t normal = (v + 0xfffu + ((v >> 13) & 1u)) >> 13;
+  // Below 2^-14 the result is an f16 subnormal (or zero), steps of 2^-24:
+  // adding 0.5 leaves a float whose ulp is 2^-24, so the FPU's own rounding
+  // to nearest even gives the result in its low bits.
+  const uint32_t subnormal = floatBits(bitsFloat(absu) + 0.5f) - 0x3f000000u;
+  const uint32_t nan = 0x7e00u | ((absu >> 13) & 0x1ffu);  // quiet, the payload's top bits kept
+  const uint32_t isNan = 0u - static_cast<uint32_t>(absu > 0x7f800000u);
+  const uint32_t isInf = 0u - static_cast<uint32_t>(absu >= 0x477ff000u);  // >= 65520 rounds to Inf
+  const uint32_t isSub = 0u - static_cast<uint32_t>(absu < 0x38800000u);
+  uint32_t r = (normal & ~(isSub | isInf)) | (subnormal & isSub);
+  r = (r & ~isInf) | (0x7c00u & isInf);
+  r = (r & ~isNan) | (nan & isNan);
+  return static_cast<uint16_t>(sign | r);
 }
 
 // Without branches, so that loops over rows of f16 vectorize (CPU decode
