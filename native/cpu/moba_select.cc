@@ -54,7 +54,14 @@ Centroids computeCentroids(const void* k, const KeyLayout& layout, DType dtype, 
       int64_t first = j * chunkSize;
       int64_t last = std::min<int64_t>(lk, first + chunkSize);
       float* out = c.data.data() + gb * rowStride;
-      for (int64_t s = first; s < last; ++s) {
+      if (layout.keySums) {
+        // The cache added the block's keys in the same order as the loop below.
+        for (int kh = 0; kh < h.numKVHeads; ++kh) {
+          const float* sum = layout.blockSum(seqStart + last - 1, kh);
+          std::copy(sum, sum + d, out + static_cast<size_t>(kh) * d);
+        }
+      }
+      for (int64_t s = layout.keySums ? last : first; s < last; ++s) {
         for (int kh = 0; kh < h.numKVHeads; ++kh) {
           loadRow(k, dtype, static_cast<size_t>(layout.offset(seqStart + s, kh)), d, row.data());
           float* acc = out + static_cast<size_t>(kh) * d;

@@ -20,6 +20,9 @@ struct KeyLayout {
   const int64_t* keyRows = nullptr;  // paged: each key's offset (see AttentionParams)
   int64_t keyHeadStride = 0;
   int64_t keyRowsMax = 0;
+  const float* keySums = nullptr;  // paged, one key sum per block: the cache's sums (see AttentionParams)
+  int64_t sumsPageStride = 0;
+  int64_t keyPageStride = 0;
 
   static KeyLayout contiguous(const HeadShape& h) {
     KeyLayout l;
@@ -32,11 +35,22 @@ struct KeyLayout {
     l.keyRows = p.keyRows;
     l.keyHeadStride = p.keyHeadStride;
     l.keyRowsMax = p.keyRowsMax;
+    if (p.keyRows) {
+      l.keySums = p.keySums;
+      l.sumsPageStride = p.sumsPageStride;
+      l.keyPageStride = p.keyPageStride;
+    }
     return l;
   }
   int64_t offset(int64_t key, int kh) const {
     return keyRows ? clampKeyRow(keyRows[key], keyRowsMax) + kh * keyHeadStride
                    : key * rowStride + static_cast<int64_t>(kh) * headDim;
+  }
+  // With keySums: the cache's sum of the block whose last key is lastKey,
+  // kept at that key's page.
+  const float* blockSum(int64_t lastKey, int kh) const {
+    const int64_t page = clampKeyRow(keyRows[lastKey], keyRowsMax) / keyPageStride;
+    return keySums + page * sumsPageStride + static_cast<int64_t>(kh) * headDim;
   }
 };
 
