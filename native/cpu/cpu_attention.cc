@@ -116,17 +116,11 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
       // The key ranges the tile's rows read, ascending: every key (dense), or
       // the union of the rows' blocks (MoBA; a range never spans two blocks).
       const int64_t keyEnd = p.causal || moba ? std::min(lk, lastPos + 1) : lk;
-      std::vector<std::pair<int64_t, int64_t>> ranges{{0, keyEnd}};
+      const std::vector<std::pair<int64_t, int64_t>> ranges =
+          moba ? blockRanges(blocks, p.chunkSize, keyEnd) : std::vector<std::pair<int64_t, int64_t>>{{0, keyEnd}};
       if (moba) {
-        // Range i is block blocks[i] (cut at keyEnd); its rows are
-        // rowsOfBlock[firstRow[i], firstRow[i + 1]), ascending.
-        std::sort(blocks.begin(), blocks.end());
-        blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
-        ranges.clear();
-        for (int32_t j : blocks) {
-          const int64_t first = static_cast<int64_t>(j) * p.chunkSize;
-          ranges.push_back({first, std::min<int64_t>(first + p.chunkSize, keyEnd)});
-        }
+        // Range i is block blocks[i]; its rows are rowsOfBlock[firstRow[i],
+        // firstRow[i + 1]), ascending.
         firstRow.assign(ranges.size() + 1, 0);
         auto rangeOf = [&](int32_t block) {
           return std::lower_bound(blocks.begin(), blocks.end(), block) - blocks.begin();

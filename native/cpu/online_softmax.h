@@ -1,5 +1,5 @@
-// The online softmax of one query row, which the CPU attention and decode
-// ops share, and the decode op's view of a tile of MoBA rows' selections.
+// What the CPU attention and decode ops share: the online softmax of one
+// query row, and the key ranges a tile of MoBA rows reads.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -42,20 +42,15 @@ struct OnlineSoftmax {
     sum += w;
     for (int i = 0; i < d; ++i) acc[i] += w * vr[i];
   }
-
-  // n consecutive keys and values, rows `stride` floats apart; q2 is the
-  // query scaled by softmaxScale * log2(e).
-  void attend(const float* q2, const float* k, const float* v, size_t stride, int d, int n) {
-    for (int s = 0; s < n; ++s) step(dotF32(q2, k + s * stride, d), v + s * stride, d);
-  }
 };
 
 // Several rows over one tile of keys and values (rows d floats apart): row
-// rows[j] (its state st[rows[j]], its query q2 + rows[j] * d) takes the
-// tile's first counts[j] keys (at least one). Each row's operations are attend()'s, in the
-// same order, so its bits do not depend on which rows share the call; rows go
-// four at a time, each key and value row loaded once for the four (AVX2 where
-// the CPU has it: simd_clones.h).
+// rows[j] (its state st[rows[j]], its query q2 + rows[j] * d, scaled by
+// softmaxScale * log2(e)) takes the tile's first counts[j] keys (at least
+// one), each a dotF32 and a step(), in key order. So a row's bits do not
+// depend on which rows share the call; rows go four at a time, each key and
+// value row loaded once for the four (AVX2 where the CPU has it:
+// simd_clones.h).
 void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
                 const float* k, const float* v);
 
@@ -67,15 +62,15 @@ inline bool selectsBlock(const int32_t* selected, int topK, int32_t block) {
 }
 
 // The key ranges [first, last) of the given blocks (sorted and made unique
-// here), ascending, each cut at `end`; empty ones left out.
+// here), ascending, each cut at `end`: range i is block blocks[i], empty
+// (last == first) for a block at or past `end`.
 inline std::vector<std::pair<int64_t, int64_t>> blockRanges(std::vector<int32_t>& blocks, int chunkSize, int64_t end) {
   std::sort(blocks.begin(), blocks.end());
   blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
   std::vector<std::pair<int64_t, int64_t>> ranges;
   for (int32_t j : blocks) {
     const int64_t first = static_cast<int64_t>(j) * chunkSize;
-    const int64_t last = std::min<int64_t>(first + chunkSize, end);
-    if (first < last) ranges.push_back({first, last});
+    ranges.push_back({first, std::max(first, std::min<int64_t>(first + chunkSize, end))});
   }
   return ranges;
 }
