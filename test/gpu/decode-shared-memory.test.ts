@@ -7,8 +7,9 @@
  */
 import { expect, it } from 'vitest';
 
-import { KVCache, MobaAttention, mobaAttention, type Tensor } from '../../lib/index.js';
+import { KVCache, MobaAttention, mobaAttention } from '../../lib/index.js';
 import { describeCuda, openTestDevice } from '../helpers/backends.js';
+import { periodicRows, rowSlice } from '../helpers/device-rows.js';
 import { expectMobaError } from '../helpers/errors.js';
 import { randn, relL2, rngFor, roundToBf16 } from '../helpers/random.js';
 
@@ -22,35 +23,20 @@ describeCuda('CUDA moba decode past one CTA of shared memory', () => {
     // forward() must append before the gate reads their key sums.
     const n = 500_000 * B + 14;
     const total = n + 4;
-    const rowBytes = HKV * D * 2;
     // Periodic keys and values (a prime period): 8M random rows would take minutes to make here.
     // Blocks repeat every 16,411 blocks, so the gate also meets exact ties (the lower block wins).
-    const period = 16411;
-    const rowsOf = (): Tensor => {
-      const t = device.empty([total, HKV, D], 'bf16');
-      using src = device.tensor(roundToBf16(randn(period * HKV * D, rng)), { dtype: 'bf16', shape: [period, HKV, D] });
-      for (let at = 0; at < total; at += period) {
-        device.native.copy(t.buffer, at * rowBytes, src.buffer, 0, Math.min(period, total - at) * rowBytes);
-      }
-      return t;
-    };
-    const part = (t: Tensor, from: number, rows: number): Tensor => {
-      const out = device.empty([rows, HKV, D], 'bf16');
-      device.native.copy(out.buffer, 0, t.buffer, from * rowBytes, rows * rowBytes);
-      return out;
-    };
-    using k = rowsOf();
-    using v = rowsOf();
+    using k = periodicRows(device, total, HKV, D, 16411, rng);
+    using v = periodicRows(device, total, HKV, D, 16411, rng);
     using cache = new KVCache(device, { numLayers: 1, numPages: Math.ceil(total / B) + 2, pageSize: B, chunkSize: B, numKVHeads: HKV, headDim: D, dtype: 'bf16' });
     const seq = cache.addSequence();
     {
-      using kp = part(k, 0, n);
-      using vp = part(v, 0, n);
+      using kp = rowSlice(device, k, 0, n);
+      using vp = rowSlice(device, v, 0, n);
       cache.append(0, cache.plan([{ seq, newTokens: n }], { maxDecodeTokens: 0 }), kp, vp);
     }
     using q = device.tensor(roundToBf16(randn(4 * HQ * D, rng)), { dtype: 'bf16', shape: [4, HQ, D] });
-    using kNew = part(k, n, 4);
-    using vNew = part(v, n, 4);
+    using kNew = rowSlice(device, k, n, 4);
+    using vNew = rowSlice(device, v, n, 4);
     const plan = cache.plan([{ seq, newTokens: 4 }]);
     expect(plan.sequences[0]!.decode).toBe(true);
 

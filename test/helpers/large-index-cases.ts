@@ -11,6 +11,7 @@
 import { expect, it } from 'vitest';
 
 import { flashAttention, KVCache, MobaAttention, mobaAttention, mobaGate, reference, type Device, type Tensor } from '../../lib/index.js';
+import { periodicRows, rowSlice } from './device-rows.js';
 import { maxAbsDiff, randn, relL2, reportSeedOnFailure, rngFor, roundToBf16 } from './random.js';
 
 const TWO31 = 2 ** 31;
@@ -123,32 +124,18 @@ export function defineLargeIndexTests(open: () => Device, opts: { attention: boo
     const rng = rngFor('1M-token decode');
     const [n, pageSize, chunkSize, topK, period] = [2 ** 20, 64, 512, 3, 16411];
     // Contiguous keys and values of n + 1 tokens, periodic (a prime period: no two blocks alike).
-    const rowsOf = (): Tensor => {
-      const t = device.empty([n + 1, HKV, D], 'bf16');
-      using src = device.tensor(roundToBf16(randn(period * HKV * D, rng)), { dtype: 'bf16', shape: [period, HKV, D] });
-      for (let at = 0; at <= n; at += period) {
-        device.native.copy(t.buffer, at * HKV * D * 2, src.buffer, 0, Math.min(period, n + 1 - at) * HKV * D * 2);
-      }
-      return t;
-    };
-    using k = rowsOf();
-    using v = rowsOf();
-    const rowBytes = HKV * D * 2;
-    const part = (t: Tensor, from: number, rows: number): Tensor => {
-      const out = device.empty([rows, HKV, D], 'bf16');
-      device.native.copy(out.buffer, 0, t.buffer, from * rowBytes, rows * rowBytes);
-      return out;
-    };
+    using k = periodicRows(device, n + 1, HKV, D, period, rng);
+    using v = periodicRows(device, n + 1, HKV, D, period, rng);
     using cache = new KVCache(device, { numLayers: 1, numPages: n / pageSize + 2, pageSize, chunkSize, numKVHeads: HKV, headDim: D, dtype: 'bf16' });
     const seq = cache.addSequence();
     {
-      using kp = part(k, 0, n);
-      using vp = part(v, 0, n);
+      using kp = rowSlice(device, k, 0, n);
+      using vp = rowSlice(device, v, 0, n);
       cache.append(0, cache.plan([{ seq, newTokens: n }], { maxDecodeTokens: 0 }), kp, vp);
     }
     using q = device.tensor(roundToBf16(randn(HQ * D, rng)), { dtype: 'bf16', shape: [1, HQ, D] });
-    using kNew = part(k, n, 1);
-    using vNew = part(v, n, 1);
+    using kNew = rowSlice(device, k, n, 1);
+    using vNew = rowSlice(device, v, n, 1);
     const plan = cache.plan([{ seq, newTokens: 1 }]);
     const varlen = { cuSeqlensQ: Int32Array.from([0, 1]), cuSeqlensK: Int32Array.from([0, n + 1]) };
     using full = new MobaAttention(device, { numQHeads: HQ, numKVHeads: HKV, headDim: D, chunkSize, topK, dtype: 'bf16' });
