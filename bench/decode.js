@@ -5,11 +5,14 @@
 // the host awaits.
 //
 //   npm run bench -- decode [--page-size 16] [--moba-page-sizes 16,64] [--moba-sum-blocks page,512]
-//                           [--moba-shapes 1x131072,4x131072,16x32768] [--cases full,moba,host] [--quick]
+//                           [--moba-shapes 1x131072,4x131072,16x32768] [--moba-layers 16] [--cases full,moba,host] [--quick]
 //
 // --moba-sum-blocks: the caches' key-sum blocks (KVCacheOptions.chunkSize) for
 // the moba rows: 'page' (the default cache, one sum per page) and/or a token
 // count (512: one sum per MoBA block).
+// --moba-layers: for the moba rows with key sums per block, also a cache of
+// this many layers stepped through one layer after another, as a model's
+// decode step runs them (0: no such row).
 //
 // Shape: 32 query heads, 8 KV heads, head dim 128, bf16; one new token per
 // sequence, so each step reads the whole cached K and V once.
@@ -27,6 +30,7 @@ const pageSize = Number(opt('--page-size', '16'));
 const mobaPageSizes = opt('--moba-page-sizes', '16,64').split(',').map(Number);
 const mobaShapes = opt('--moba-shapes', quick ? '1x8192' : '1x131072,4x131072,16x32768').split(',').map((x) => x.split('x').map(Number));
 const mobaSumBlocks = opt('--moba-sum-blocks', 'page,512').split(',').map((x) => (x === 'page' ? undefined : Number(x)));
+const mobaLayers = Number(opt('--moba-layers', quick ? '0' : '16'));
 const HQ = 32;
 const HKV = 8;
 const D = 128;
@@ -94,18 +98,19 @@ async function buildCache(batch, context, pageSizeHere, extraTokens = 0, sumBloc
     }
     const plan = cache.plan(entries, { maxDecodeTokens: 0 });
     if (rows === FILL_ROWS) {
-      cache.append(0, plan, k, v);
+      for (let l = 0; l < numLayers; l++) cache.append(l, plan, k, v);
     } else {
       const kk = device.tensor(randomBf16(rows * HKV * D, 3), { dtype: 'bf16', shape: [rows, HKV, D] });
-      cache.append(0, plan, kk, kk);
+      for (let l = 0; l < numLayers; l++) cache.append(l, plan, kk, kk);
       kk.dispose();
     }
+    plan.dispose();
   }
   k.dispose();
   v.dispose();
   const plan = cache.plan(seqs.map((seq) => ({ seq, newTokens: 1 })));
   const k1 = device.tensor(randomBf16(batch * HKV * D, 4), { dtype: 'bf16', shape: [batch, HKV, D] });
-  cache.append(0, plan, k1, k1);
+  for (let l = 0; l < numLayers; l++) cache.append(l, plan, k1, k1);
   k1.dispose();
   const q = device.tensor(randomBf16(batch * HQ * D, 5), { dtype: 'bf16', shape: [batch, HQ, D] });
   await device.synchronize();
@@ -116,15 +121,15 @@ function layer(decode, chunkSize = MOBA_CHUNK, topK = MOBA_TOPK) {
   return new MobaAttention(device, { numQHeads: HQ, numKVHeads: HKV, headDim: D, chunkSize, topK, decode, dtype: 'bf16' });
 }
 
-/** `l.attend()` over `steps` ({ env, q }) in turn; the steps' caches hold the same number of tokens. */
+/** `l.attend()` over `steps` ({ env, q, layer }) in turn; the steps' caches hold the same number of tokens. */
 async function timeDecode(l, steps) {
   const expected = quick ? 1000 : Math.max(20, steps[0].env.kvBytes / 3.5e6); // microseconds at ~3.5 TB/s
   // At most 600 ops per timing: more would fill the launch queue and make the host wait.
   const iters = Math.max(20, Math.min(600, Math.round(200000 / expected)));
   let i = 0;
   return timeOp(() => {
-    const { env, q } = steps[i++ % steps.length];
-    l.attend(env.cache, 0, env.plan, q).dispose();
+    const { env, q, layer: cacheLayer = 0 } = steps[i++ % steps.length];
+    l.attend(env.cache, cacheLayer, env.plan, q).dispose();
   }, { iters });
 }
 
@@ -176,6 +181,25 @@ for (const mobaShape of cases.has('moba') ? mobaShapes : []) {
       rows.push([`${name}, a new query each step`, ps, m.us.toFixed(1), `${r.speedup.toFixed(1)}x faster`, '', m.hostUs.toFixed(1)]);
       rows.push([`${name}, the same query each step`, ps, mSame.us.toFixed(1), `${(f.us / mSame.us).toFixed(1)}x faster`, '',
         mSame.hostUs.toFixed(1)]);
+      // One layer after another, each with a new query: nothing of the step before (its
+      // union, the current block, the key sums, the page table's lines) is this step's.
+      if (sumBlock && mobaLayers > 0) {
+        const envL = await buildCache(mobaShape[0], mobaShape[1], ps, 0, sumBlock, mobaLayers);
+        const layered = Array.from({ length: Math.max(mobaLayers, FRESH_QUERIES) }, (_, i) =>
+          ({ env: envL, q: fresh[i % FRESH_QUERIES], layer: i % mobaLayers }));
+        const fL = await timeDecode(full, layered);
+        const mL = await timeDecode(moba, layered);
+        r.layers = mobaLayers;
+        r.layeredFullUs = fL.us;
+        r.layeredMobaUs = mL.us;
+        rows.push([`full ${mobaShape[0]} x ${mobaShape[1]}, ${mobaLayers} layers in turn`, ps, fL.us.toFixed(1),
+          (envL.kvBytes / fL.us / 1e6).toFixed(2), `${((100 * envL.kvBytes) / fL.us / 1e6 / results.copy.tbps).toFixed(1)}%`, fL.hostUs.toFixed(1)]);
+        rows.push([`${name}, ${mobaLayers} layers in turn, a new query each`, ps, mL.us.toFixed(1), `${(fL.us / mL.us).toFixed(1)}x faster`, '',
+          mL.hostUs.toFixed(1)]);
+        envL.plan.dispose();
+        envL.q.dispose();
+        envL.cache.dispose();
+      }
       for (const t of fresh) t.dispose();
       moba.dispose();
       env.plan.dispose();
