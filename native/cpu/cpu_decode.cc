@@ -43,6 +43,13 @@ bool loadSeq(const DecodeParams& p, int b, SeqView* s) {
   return true;
 }
 
+// Asks for the cache lines of `count` elements of `size` bytes at element
+// `offset` of base.
+inline void prefetchRow(const void* base, size_t offset, int count, size_t size) {
+  const char* p = static_cast<const char*>(base) + offset * size;
+  for (size_t b = 0; b < count * size; b += 64) __builtin_prefetch(p + b);
+}
+
 // Keys are widened to fp32 a tile at a time (never a whole sequence per
 // thread), and one tile serves every query row of its KV head.
 constexpr int kTileKeys = 64;
@@ -192,6 +199,13 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
         at += last - first;
         for (int64_t p0 = lo; p0 < hi; p0 += kTileKeys) {
           const int n1 = static_cast<int>(std::min<int64_t>(kTileKeys, hi - p0));
+          // The rows of the tile after next are asked for now, so that they
+          // come from memory while this tile and the next are widened and
+          // attended: decode reads every key once, from memory.
+          for (int64_t i = p0 + 2 * kTileKeys; i < std::min(hi, p0 + 3 * kTileKeys); ++i) {
+            prefetchRow(kv.pool, keyRow(it, i, 0), D, es);
+            prefetchRow(kv.pool, keyRow(it, i, kv.vOffset()), D, es);
+          }
           for (int i = 0; i < n1; ++i) {
             loadRow(kv.pool, kv.dtype, keyRow(it, p0 + i, 0), D, kt.data() + static_cast<size_t>(i) * D);
             loadRow(kv.pool, kv.dtype, keyRow(it, p0 + i, kv.vOffset()), D, vt.data() + static_cast<size_t>(i) * D);
