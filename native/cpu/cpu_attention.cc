@@ -79,7 +79,7 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
     std::vector<OnlineSoftmax> st;
     std::vector<int64_t> pos;
     std::vector<int32_t> sel, blocks, rowsOfBlock, firstRow, tileRows, tileCounts;
-    std::vector<ScoredBlock> scratch;
+    SelectScratch scratch;
     for (int64_t n = begin; n < end; ++n) {
       const Tile& tile = tiles[n];
       const int b = tile.b;

@@ -110,7 +110,7 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
   // at the run's last page, / chunkSize); then the ranges the item reads.
   pool.parallelFor(static_cast<int64_t>(items.size()), [&](int64_t begin, int64_t end) {
     std::vector<float> cent, q(D);
-    std::vector<ScoredBlock> scratch;
+    SelectScratch scratch;
     for (int64_t n = begin; n < end; ++n) {
       Item& it = items[n];
       const int rows = rowsOf(it);

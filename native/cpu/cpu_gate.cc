@@ -18,7 +18,7 @@ Status cpuMobaGate(const GateParams& p, ThreadPool& pool) {
   const size_t blockStride = static_cast<size_t>(h.numKVHeads) * d;
   pool.parallelFor(static_cast<int64_t>(v.totalQ) * h.numQHeads, [&](int64_t begin, int64_t end) {
     std::vector<float> q(d);
-    std::vector<ScoredBlock> scratch;
+    SelectScratch scratch;
     for (int64_t item = begin; item < end; ++item) {
       int64_t row = item / h.numQHeads;
       int head = static_cast<int>(item % h.numQHeads);

@@ -71,8 +71,12 @@ struct ScoredBlock {
   float score;
   int32_t block;
 };
+struct SelectScratch {
+  std::vector<float> scores;        // every past block's score
+  std::vector<ScoredBlock> ranked;  // long selections: partial_sort's input
+};
 void selectBlocks(const float* q, const float* centroids, size_t blockStride, int headDim, int64_t t, int chunkSize,
-                  int topK, std::vector<ScoredBlock>& scratch, int32_t* out);
+                  int topK, SelectScratch& scratch, int32_t* out);
 
 // Sequence index of every query row, so parallel chunks can start anywhere.
 std::vector<int32_t> sequenceOfRows(const Varlen& v);

@@ -1,5 +1,6 @@
 #include "online_softmax.h"
 
+#include "f8.h"
 #include "simd_clones.h"
 
 namespace moba {
@@ -8,21 +9,6 @@ namespace {
 
 // Keys per pass of attendGroup: its scores and weights live on the stack.
 constexpr int kPassKeys = 64;
-
-// Eight floats as one value (GCC vector extension): element-wise IEEE
-// operations, one AVX register in the AVX2 clone, two SSE registers in the
-// baseline one, and the same bits in both.
-// (Everything that takes or returns one is inlined, so the vector ABI that
-// -Wpsabi warns of never applies.)
-typedef float F8 __attribute__((vector_size(32)));
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-__attribute__((always_inline)) inline F8 load8(const float* p) {
-  F8 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-__attribute__((always_inline)) inline void store8(float* p, F8 v) { __builtin_memcpy(p, &v, sizeof v); }
 
 // R rows over the first n keys of a tile, with exactly the operations of
 // OnlineSoftmax::step on each key in order (dotF32 for the score), so the
@@ -65,8 +51,7 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
       for (int b = 0; b < KB; ++b) {
         const float* kr = kp + static_cast<size_t>(s + b) * d;
         for (int j = 0; j < R; ++j) {
-          const F8 p = part[b][j];
-          float total = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+          float total = sumTree8(part[b][j]);
           for (int t = d8; t < d; ++t) total += q[j][t] * kr[t];
           x[s + b][j] = total;
         }
@@ -122,8 +107,6 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
     }
   }
 }
-
-#pragma GCC diagnostic pop
 
 }  // namespace
 
