@@ -11,14 +11,14 @@ namespace {
 constexpr int kPassKeys = 64;
 
 // R rows over the first n keys of a tile, with exactly the operations of
-// OnlineSoftmax::step on each key in order (dotF32 for the score), so the
-// bits are step()'s; only the loops are reordered:
+// OnlineSoftmax's update on each key in order (dotF32 for the score), so the
+// bits are the update's; only the loops are reordered:
 //   1. every score of the pass, KB keys at a time, so that R x KB dot
 //      products (each with dotF32's eight partial sums, in its order) are
 //      independent chains instead of one chain after another;
 //   2. each row's maximum, rescale factors and weights, key by key;
 //   3. the accumulators C x 8 floats at a time, held in registers while
-//      every key of the pass is added (rescaled first where step() would),
+//      every key of the pass is added (rescaled first where the update is),
 //      instead of loaded and stored once per key.
 // Always inlined: a call would run the baseline build of it from the AVX2
 // clone of attendRows.
@@ -60,7 +60,7 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
     for (; s < np; ++s) {
       for (int j = 0; j < R; ++j) x[s][j] = dotF32(q[j], kp + static_cast<size_t>(s) * d, d);
     }
-    // 2. Maxima, rescale factors, weights and sums, as step() computes them.
+    // 2. Maxima, rescale factors, weights and sums, in the update's order.
     for (int j = 0; j < R; ++j) {
       OnlineSoftmax& o = st[rows[j]];
       for (s = 0; s < np; ++s) {

@@ -13,11 +13,15 @@
 
 namespace moba {
 
-// One query row over keys taken one at a time, in log2 units. The row's
-// result depends only on which keys it reads and in what order, never on how
-// they are tiled or which other rows share a tile (chunked prefill equals
-// one-shot prefill bit for bit; dense attention equals MoBA whose blocks cover
-// every key).
+// One query row over keys taken one at a time, in log2 units. Each key, with
+// score x and value row v, updates the row in this order and no other:
+//   if x > max:  corr = exp2(max - x); sum *= corr; acc[i] *= corr; max = x
+//   w = (x == -inf ? 0 : exp2(x - max)); sum += w; acc[i] += w * v[i]
+// (every product and sum rounded to float: no fused multiply-add). The
+// row's result depends only on which keys it reads and in what order, never
+// on how they are tiled or which other rows share a tile (chunked prefill
+// equals one-shot prefill bit for bit; dense attention equals MoBA whose
+// blocks cover every key).
 struct OnlineSoftmax {
   float max = -std::numeric_limits<float>::infinity();
   float sum = 0.f;
@@ -29,28 +33,15 @@ struct OnlineSoftmax {
     acc = accumulator;
     std::fill(acc, acc + d, 0.f);
   }
-
-  // One key: its score x (log2 units) and its value row.
-  void step(float x, const float* vr, int d) {
-    if (x > max) {
-      const float corr = std::exp2(max - x);
-      sum *= corr;
-      for (int i = 0; i < d; ++i) acc[i] *= corr;
-      max = x;
-    }
-    const float w = x == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(x - max);
-    sum += w;
-    for (int i = 0; i < d; ++i) acc[i] += w * vr[i];
-  }
 };
 
 // Several rows over one tile of keys and values (rows d floats apart): row
 // rows[j] (its state st[rows[j]], its query q2 + rows[j] * d, scaled by
 // softmaxScale * log2(e)) takes the tile's first counts[j] keys (at least
-// one), each a dotF32 and a step(), in key order. So a row's bits do not
-// depend on which rows share the call; rows go four at a time, each key and
-// value row loaded once for the four (AVX2 where the CPU has it:
-// simd_clones.h).
+// one), each scored by dotF32 and taken by the update above, in key order.
+// So a row's bits do not depend on which rows share the call; rows go four
+// at a time, each key and value row loaded once for the four (AVX2 where
+// the CPU has it: simd_clones.h).
 void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
                 const float* k, const float* v);
 
