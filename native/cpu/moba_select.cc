@@ -78,29 +78,49 @@ Centroids computeCentroids(const void* k, const KeyLayout& layout, DType dtype, 
 
 namespace {
 
-// The scores of blocks [0, n) (dotF32 of q with each centroid, its bits),
-// eight blocks at a time: eight independent chains of partial sums instead
-// of one dot product after another.
-MOBA_CPU_CLONES
-void scoreBlocks(const float* q, const float* centroids, size_t blockStride, int d, int n, float* out) {
-  constexpr int kBlocks = 8;
+// The scores of blocks [0, n) for Q query rows (dotF32 of each row with each
+// centroid, its bits), KB blocks at a time: Q x KB independent chains of
+// partial sums, each centroid load serving the Q rows.
+template <int Q, int KB>
+__attribute__((always_inline)) inline void scoreBlocksOf(const float* const* q, const float* centroids,
+                                                         size_t blockStride, int d, int n, float* const* out) {
   const int d8 = d & ~7;
   int j = 0;
-  for (; j + kBlocks <= n; j += kBlocks) {
-    F8 part[kBlocks];
-    for (int b = 0; b < kBlocks; ++b) part[b] = F8{};
+  for (; j + KB <= n; j += KB) {
+    F8 part[Q][KB];
+    for (int r = 0; r < Q; ++r)
+      for (int b = 0; b < KB; ++b) part[r][b] = F8{};
     for (int i = 0; i < d8; i += 8) {
-      const F8 qv = load8(q + i);
-      for (int b = 0; b < kBlocks; ++b) part[b] += qv * load8(centroids + (j + b) * blockStride + i);
+      F8 qv[Q];
+      for (int r = 0; r < Q; ++r) qv[r] = load8(q[r] + i);
+      for (int b = 0; b < KB; ++b) {
+        const F8 cv = load8(centroids + (j + b) * blockStride + i);
+        for (int r = 0; r < Q; ++r) part[r][b] += qv[r] * cv;
+      }
     }
-    for (int b = 0; b < kBlocks; ++b) {
+    for (int b = 0; b < KB; ++b) {
       const float* c = centroids + (j + b) * blockStride;
-      float total = sumTree8(part[b]);
-      for (int t = d8; t < d; ++t) total += q[t] * c[t];
-      out[j + b] = total;
+      for (int r = 0; r < Q; ++r) {
+        float total = sumTree8(part[r][b]);
+        for (int t = d8; t < d; ++t) total += q[r][t] * c[t];
+        out[r][j + b] = total;
+      }
     }
   }
-  for (; j < n; ++j) out[j] = dotF32(q, centroids + j * blockStride, d);
+  for (; j < n; ++j) {
+    for (int r = 0; r < Q; ++r) out[r][j] = dotF32(q[r], centroids + j * blockStride, d);
+  }
+}
+
+// One or two query rows (nq) against the same centroids.
+MOBA_CPU_CLONES
+void scoreBlocks(const float* const* q, int nq, const float* centroids, size_t blockStride, int d, int n,
+                 float* const* out) {
+  if (nq == 2) {
+    scoreBlocksOf<2, 4>(q, centroids, blockStride, d, n, out);
+  } else {
+    scoreBlocksOf<1, 8>(q, centroids, blockStride, d, n, out);
+  }
 }
 
 // Higher score first; NaN below everything; ties to the lower block index.
@@ -145,23 +165,18 @@ void keepBest(const float* scores, int32_t n, int keep, ScoredBlock* best) {
   }
 }
 
-}  // namespace
-
-void selectBlocks(const float* q, const float* centroids, size_t blockStride, int headDim, int64_t t, int chunkSize,
-                  int topK, SelectScratch& scratch, int32_t* out) {
-  const int32_t current = static_cast<int32_t>(t / chunkSize);
-  const int keepPast = static_cast<int>(std::min<int64_t>(topK - 1, current));
+// A row's selection from the scores of its past blocks [0, current).
+void pickBlocks(const float* scores, int32_t current, int topK, SelectScratch& scratch, int32_t* out) {
+  const int keepPast = static_cast<int>(std::min<int32_t>(topK - 1, current));
   int n = 0;
   if (keepPast > 0) {
-    scratch.scores.resize(current);
-    scoreBlocks(q, centroids, blockStride, headDim, current, scratch.scores.data());
     ScoredBlock few[kInsertionKeep];
     ScoredBlock* best = few;
     if (keepPast <= kInsertionKeep) {
-      keepBest(scratch.scores.data(), current, keepPast, few);
+      keepBest(scores, current, keepPast, few);
     } else {
       scratch.ranked.resize(current);
-      for (int32_t j = 0; j < current; ++j) scratch.ranked[j] = {scratch.scores[j], j};
+      for (int32_t j = 0; j < current; ++j) scratch.ranked[j] = {scores[j], j};
       std::partial_sort(scratch.ranked.begin(), scratch.ranked.begin() + keepPast, scratch.ranked.end(), better);
       best = scratch.ranked.data();
     }
@@ -170,6 +185,31 @@ void selectBlocks(const float* q, const float* centroids, size_t blockStride, in
   }
   out[n++] = current;
   while (n < topK) out[n++] = -1;
+}
+
+}  // namespace
+
+void selectBlocks(const float* q, const float* centroids, size_t blockStride, int headDim, int64_t t, int chunkSize,
+                  int topK, SelectScratch& scratch, int32_t* out) {
+  const int32_t current = static_cast<int32_t>(t / chunkSize);
+  const int32_t scored = topK > 1 ? current : 0;
+  scratch.scores.resize(scored);
+  float* rowScores = scratch.scores.data();
+  scoreBlocks(&q, 1, centroids, blockStride, headDim, scored, &rowScores);
+  pickBlocks(rowScores, current, topK, scratch, out);
+}
+
+void selectBlocksPair(const float* q0, const float* q1, const float* centroids, size_t blockStride, int headDim,
+                      int64_t t0, int64_t t1, int chunkSize, int topK, SelectScratch& scratch, int32_t* out0,
+                      int32_t* out1) {
+  const int32_t current0 = static_cast<int32_t>(t0 / chunkSize), current1 = static_cast<int32_t>(t1 / chunkSize);
+  const int32_t scored = topK > 1 ? std::max(current0, current1) : 0;
+  scratch.scores.resize(2 * static_cast<size_t>(scored));
+  const float* q[2] = {q0, q1};
+  float* rowScores[2] = {scratch.scores.data(), scratch.scores.data() + scored};
+  scoreBlocks(q, 2, centroids, blockStride, headDim, scored, rowScores);
+  pickBlocks(rowScores[0], current0, topK, scratch, out0);
+  pickBlocks(rowScores[1], current1, topK, scratch, out1);
 }
 
 }  // namespace moba

@@ -77,6 +77,11 @@ struct SelectScratch {
 };
 void selectBlocks(const float* q, const float* centroids, size_t blockStride, int headDim, int64_t t, int chunkSize,
                   int topK, SelectScratch& scratch, int32_t* out);
+// Two query rows (positions t0 and t1) over the same centroids: the
+// selections selectBlocks gives each, with every centroid read once for both.
+void selectBlocksPair(const float* q0, const float* q1, const float* centroids, size_t blockStride, int headDim,
+                      int64_t t0, int64_t t1, int chunkSize, int topK, SelectScratch& scratch, int32_t* out0,
+                      int32_t* out1);
 
 // Sequence index of every query row, so parallel chunks can start anywhere.
 std::vector<int32_t> sequenceOfRows(const Varlen& v);
