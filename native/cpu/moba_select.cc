@@ -79,33 +79,16 @@ Centroids computeCentroids(const void* k, const KeyLayout& layout, DType dtype, 
 namespace {
 
 // The scores of blocks [0, n) for Q query rows (dotF32 of each row with each
-// centroid, its bits), KB blocks at a time: Q x KB independent chains of
-// partial sums, each centroid load serving the Q rows.
+// centroid, its bits), KB blocks at a time (dotsF32).
 template <int Q, int KB>
 __attribute__((always_inline)) inline void scoreBlocksOf(const float* const* q, const float* centroids,
                                                          size_t blockStride, int d, int n, float* const* out) {
-  const int d8 = d & ~7;
   int j = 0;
   for (; j + KB <= n; j += KB) {
-    F8 part[Q][KB];
+    float dots[Q][KB];
+    dotsF32<Q, KB>(q, centroids + j * blockStride, blockStride, d, dots);
     for (int r = 0; r < Q; ++r)
-      for (int b = 0; b < KB; ++b) part[r][b] = F8{};
-    for (int i = 0; i < d8; i += 8) {
-      F8 qv[Q];
-      for (int r = 0; r < Q; ++r) qv[r] = load8(q[r] + i);
-      for (int b = 0; b < KB; ++b) {
-        const F8 cv = load8(centroids + (j + b) * blockStride + i);
-        for (int r = 0; r < Q; ++r) part[r][b] += qv[r] * cv;
-      }
-    }
-    for (int b = 0; b < KB; ++b) {
-      const float* c = centroids + (j + b) * blockStride;
-      for (int r = 0; r < Q; ++r) {
-        float total = sumTree8(part[r][b]);
-        for (int t = d8; t < d; ++t) total += q[r][t] * c[t];
-        out[r][j + b] = total;
-      }
-    }
+      for (int b = 0; b < KB; ++b) out[r][j + b] = dots[r][b];
   }
   for (; j < n; ++j) {
     for (int r = 0; r < Q; ++r) out[r][j] = dotF32(q[r], centroids + j * blockStride, d);

@@ -29,7 +29,6 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
   for (int j = 0; j < R; ++j) q[j] = q2 + static_cast<size_t>(rows[j]) * d;
   float x[kPassKeys][R], w[kPassKeys][R], corr[kPassKeys][R];
   bool rescale[kPassKeys][R];
-  const int d8 = d & ~7;
   for (int s0 = 0; s0 < n; s0 += kPassKeys) {
     const int np = std::min(kPassKeys, n - s0);
     const float* kp = k + static_cast<size_t>(s0) * d;
@@ -37,25 +36,10 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
     // 1. Scores.
     int s = 0;
     for (; s + KB <= np; s += KB) {
-      F8 part[KB][R];
+      float dots[R][KB];
+      dotsF32<R, KB>(q, kp + static_cast<size_t>(s) * d, static_cast<size_t>(d), d, dots);
       for (int b = 0; b < KB; ++b)
-        for (int j = 0; j < R; ++j) part[b][j] = F8{};
-      for (int i = 0; i < d8; i += 8) {
-        F8 kv[KB];
-        for (int b = 0; b < KB; ++b) kv[b] = load8(kp + static_cast<size_t>(s + b) * d + i);
-        for (int j = 0; j < R; ++j) {
-          const F8 qv = load8(q[j] + i);
-          for (int b = 0; b < KB; ++b) part[b][j] += qv * kv[b];
-        }
-      }
-      for (int b = 0; b < KB; ++b) {
-        const float* kr = kp + static_cast<size_t>(s + b) * d;
-        for (int j = 0; j < R; ++j) {
-          float total = sumTree8(part[b][j]);
-          for (int t = d8; t < d; ++t) total += q[j][t] * kr[t];
-          x[s + b][j] = total;
-        }
-      }
+        for (int j = 0; j < R; ++j) x[s + b][j] = dots[j][b];
     }
     for (; s < np; ++s) {
       for (int j = 0; j < R; ++j) x[s][j] = dotF32(q[j], kp + static_cast<size_t>(s) * d, d);
