@@ -78,7 +78,7 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
     std::vector<float> q(d), q2, acc, o(d), kt(static_cast<size_t>(kKeyTile) * d), vt(kt.size());
     std::vector<OnlineSoftmax> st;
     std::vector<int64_t> pos;
-    std::vector<int32_t> sel, blocks, rowsOfBlock, firstRow, tileRows, tileCounts;
+    std::vector<int32_t> sel, blocks, rowsOfBlock, firstRow, nextRow, tileRows, tileCounts;
     SelectScratch scratch;
     for (int64_t n = begin; n < end; ++n) {
       const Tile& tile = tiles[n];
@@ -131,10 +131,10 @@ Status cpuAttention(const AttentionParams& p, ThreadPool& pool) {
         }
         for (size_t i = 0; i < ranges.size(); ++i) firstRow[i + 1] += firstRow[i];
         rowsOfBlock.resize(firstRow.back());
-        std::vector<int32_t> fill(firstRow.begin(), firstRow.end() - 1);
+        nextRow.assign(firstRow.begin(), firstRow.end() - 1);
         for (int r = 0; r < rows; ++r) {
           const int32_t* mine = sel.data() + static_cast<size_t>(r) * p.topK;
-          for (int m = 0; m < p.topK && mine[m] >= 0; ++m) rowsOfBlock[fill[rangeOf(mine[m])]++] = r;
+          for (int m = 0; m < p.topK && mine[m] >= 0; ++m) rowsOfBlock[nextRow[rangeOf(mine[m])]++] = r;
         }
       }
       for (size_t i = 0; i < ranges.size(); ++i) {
