@@ -176,7 +176,11 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
 
   // Each slice: its share of the item's keys, a tile at a time, into every row's partial softmax.
   pool.parallelFor(static_cast<int64_t>(slices.size()), [&](int64_t begin, int64_t end) {
-    std::vector<float> kt(static_cast<size_t>(kTileKeys) * D), vt(static_cast<size_t>(kTileKeys) * D), q2;
+    // The tile's rows are read where they lie in the pages (attendRowsHalf).
+    const uint16_t* pool16 = static_cast<const uint16_t*>(kv.pool);
+    const uint16_t* kRows[kTileKeys];
+    const uint16_t* vRows[kTileKeys];
+    std::vector<float> q2;
     std::vector<OnlineSoftmax> st;
     std::vector<int32_t> tileRows, tileCounts;
     for (int64_t n = begin; n < end; ++n) {
@@ -207,8 +211,8 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
             prefetchRow(kv.pool, keyRow(it, i, kv.vOffset()), D, es);
           }
           for (int i = 0; i < n1; ++i) {
-            loadRow(kv.pool, kv.dtype, keyRow(it, p0 + i, 0), D, kt.data() + static_cast<size_t>(i) * D);
-            loadRow(kv.pool, kv.dtype, keyRow(it, p0 + i, kv.vOffset()), D, vt.data() + static_cast<size_t>(i) * D);
+            kRows[i] = pool16 + keyRow(it, p0 + i, 0);
+            vRows[i] = pool16 + keyRow(it, p0 + i, kv.vOffset());
           }
           const int32_t block = moba ? static_cast<int32_t>(p0 / B) : 0;
           tileRows.clear();
@@ -222,8 +226,8 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
               tileCounts.push_back(n2);
             }
           }
-          attendRows(st.data(), q2.data(), D, tileRows.data(), tileCounts.data(), static_cast<int>(tileRows.size()),
-                     kt.data(), vt.data());
+          attendRowsHalf(st.data(), q2.data(), D, tileRows.data(), tileCounts.data(),
+                         static_cast<int>(tileRows.size()), kv.dtype, kRows, vRows);
         }
       }
       for (int r = 0; r < rows; ++r) {

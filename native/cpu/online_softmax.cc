@@ -22,42 +22,46 @@ constexpr int kPassKeys = 64;
 //      instead of loaded and stored once per key.
 // Always inlined: a call would run the baseline build of it from the AVX2
 // clone of attendRows.
-template <int R, int KB, int C>
+template <int R, int KB, int C, typename Rows>
 __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
-                                                       const float* k, const float* v, int n) {
+                                                       const Rows& k, const Rows& v, int n) {
   const float* q[R];
   for (int j = 0; j < R; ++j) q[j] = q2 + static_cast<size_t>(rows[j]) * d;
   float x[kPassKeys][R], w[kPassKeys][R], corr[kPassKeys][R];
   bool rescale[kPassKeys][R];
   for (int s0 = 0; s0 < n; s0 += kPassKeys) {
     const int np = std::min(kPassKeys, n - s0);
-    const float* kp = k + static_cast<size_t>(s0) * d;
-    const float* vp = v + static_cast<size_t>(s0) * d;
+    const Rows kp = k.from(s0), vp = v.from(s0);
     // 1. Scores.
     int s = 0;
     for (; s + KB <= np; s += KB) {
       float dots[R][KB];
-      dotsF32<R, KB>(q, kp + static_cast<size_t>(s) * d, static_cast<size_t>(d), d, dots);
+      dotsRows<R, KB>(q, kp.from(s), d, dots);
       for (int b = 0; b < KB; ++b)
         for (int j = 0; j < R; ++j) x[s + b][j] = dots[j][b];
     }
     for (; s < np; ++s) {
-      for (int j = 0; j < R; ++j) x[s][j] = dotF32(q[j], kp + static_cast<size_t>(s) * d, d);
+      float dots[R][1];
+      dotsRows<R, 1>(q, kp.from(s), d, dots);
+      for (int j = 0; j < R; ++j) x[s][j] = dots[j][0];
     }
     // 2. Maxima, rescale factors, weights and sums, in the update's order.
     for (int j = 0; j < R; ++j) {
-      OnlineSoftmax& o = st[rows[j]];
+      // In locals: stores to w and corr could otherwise alias the state.
+      float mx = st[rows[j]].max, sum = st[rows[j]].sum;
       for (s = 0; s < np; ++s) {
         const float xs = x[s][j];
-        rescale[s][j] = xs > o.max;
+        rescale[s][j] = xs > mx;
         if (rescale[s][j]) {
-          corr[s][j] = std::exp2(o.max - xs);
-          o.sum *= corr[s][j];
-          o.max = xs;
+          corr[s][j] = std::exp2(mx - xs);
+          sum *= corr[s][j];
+          mx = xs;
         }
-        w[s][j] = xs == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(xs - o.max);
-        o.sum += w[s][j];
+        w[s][j] = xs == -std::numeric_limits<float>::infinity() ? 0.f : std::exp2(xs - mx);
+        sum += w[s][j];
       }
+      st[rows[j]].max = mx;
+      st[rows[j]].sum = sum;
     }
     // 3. Accumulators.
     int c0 = 0;
@@ -67,7 +71,7 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
         for (int c = 0; c < C; ++c) a[j][c] = load8(st[rows[j]].acc + c0 + 8 * c);
       for (s = 0; s < np; ++s) {
         F8 vr[C];
-        for (int c = 0; c < C; ++c) vr[c] = load8(vp + static_cast<size_t>(s) * d + c0 + 8 * c);
+        for (int c = 0; c < C; ++c) vr[c] = Rows::load(vp.row(s) + c0 + 8 * c);
         for (int j = 0; j < R; ++j) {
           // A scalar operand is broadcast to every element.
           if (rescale[s][j]) {
@@ -84,7 +88,7 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
         float acc = st[rows[j]].acc[c];
         for (s = 0; s < np; ++s) {
           if (rescale[s][j]) acc *= corr[s][j];
-          acc += w[s][j] * vp[static_cast<size_t>(s) * d + c];
+          acc += w[s][j] * Rows::at(vp.row(s), c);
         }
         st[rows[j]].acc[c] = acc;
       }
@@ -92,11 +96,9 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
   }
 }
 
-}  // namespace
-
-MOBA_CPU_CLONES
-void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
-                const float* k, const float* v) {
+template <typename Rows>
+__attribute__((always_inline)) inline void attendRowsOf(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
+                                                        const int32_t* counts, int numRows, const Rows& k, const Rows& v) {
   int j = 0;
   for (; j + 4 <= numRows; j += 4) {
     // The keys all four take together, then each row's own rest (causal
@@ -104,11 +106,29 @@ void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, 
     const int common = std::max(0, std::min(std::min(counts[j], counts[j + 1]), std::min(counts[j + 2], counts[j + 3])));
     attendGroup<4, 2, 2>(st, q2, d, rows + j, k, v, common);
     for (int i = j; i < j + 4; ++i) {
-      const size_t skip = static_cast<size_t>(common) * d;
-      if (counts[i] > common) attendGroup<1, 8, 8>(st, q2, d, rows + i, k + skip, v + skip, counts[i] - common);
+      if (counts[i] > common) attendGroup<1, 8, 8>(st, q2, d, rows + i, k.from(common), v.from(common), counts[i] - common);
     }
   }
   for (; j < numRows; ++j) attendGroup<1, 8, 8>(st, q2, d, rows + j, k, v, counts[j]);
+}
+
+}  // namespace
+
+MOBA_CPU_CLONES
+void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
+                const float* k, const float* v) {
+  const size_t stride = static_cast<size_t>(d);
+  attendRowsOf(st, q2, d, rows, counts, numRows, F32Rows{k, stride}, F32Rows{v, stride});
+}
+
+MOBA_CPU_CLONES
+void attendRowsHalf(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
+                    DType dtype, const uint16_t* const* kRows, const uint16_t* const* vRows) {
+  if (dtype == DType::BF16) {
+    attendRowsOf(st, q2, d, rows, counts, numRows, Bf16Rows{kRows}, Bf16Rows{vRows});
+  } else {
+    attendRowsOf(st, q2, d, rows, counts, numRows, F16Rows{kRows}, F16Rows{vRows});
+  }
 }
 
 }  // namespace moba

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "../common/dtype.h"
 #include "moba_select.h"
 
 namespace moba {
@@ -44,6 +45,12 @@ struct OnlineSoftmax {
 // the CPU has it: simd_clones.h).
 void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
                 const float* k, const float* v);
+// The same, the tile's key and value rows read where they lie (key s at
+// kRows[s], value s at vRows[s]: bf16 or f16 bits by dtype, widened as they
+// are loaded, the same values as dtype.h's), so a tile read once, as decode
+// reads the cache, is not first copied to fp32.
+void attendRowsHalf(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
+                    DType dtype, const uint16_t* const* kRows, const uint16_t* const* vRows);
 
 // Whether a row's selection (ascending blocks, then -1 padding) holds `block`.
 inline bool selectsBlock(const int32_t* selected, int topK, int32_t block) {
