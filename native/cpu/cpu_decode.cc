@@ -147,92 +147,149 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
     }
   });
 
-  // Slices: enough for every thread when the items are few, within the memory for partial results.
+  // Slices: a sequence's keys are cut into numSlices shares, the same for all
+  // its KV heads, enough for every thread when the sequences are few, within
+  // the memory for partial results. A task is one share of one sequence for
+  // all its KV heads, so that it walks the cache page by page (every KV head
+  // of a page, then the next page: two streams the prefetchers follow)
+  // instead of one KV head's rows at a page stride.
   size_t rowsTotal = 0;
   for (const Item& it : items) rowsTotal += static_cast<size_t>(rowsOf(it));
-  const int64_t want = (2 * static_cast<int64_t>(pool.size()) + static_cast<int64_t>(items.size()) - 1) /
-                       static_cast<int64_t>(items.size());
+  std::vector<int> seqFirst{0};  // the items of sequence g: [seqFirst[g], seqFirst[g + 1])
+  for (size_t n = 1; n < items.size(); ++n) {
+    if (items[n].b != items[n - 1].b) seqFirst.push_back(static_cast<int>(n));
+  }
+  seqFirst.push_back(static_cast<int>(items.size()));
+  const int64_t numSeqs = static_cast<int64_t>(seqFirst.size()) - 1;
+  const int64_t want = (2 * static_cast<int64_t>(pool.size()) + numSeqs - 1) / numSeqs;
   const int64_t byMemory = std::max<int64_t>(
       1, static_cast<int64_t>(kMaxPartialBytes / (rowsTotal * (static_cast<size_t>(D) + 2) * sizeof(float))));
-  int numSlices = 0;
-  for (Item& it : items) {
-    const int64_t byKeys = std::max<int64_t>(1, it.keys / kMinSliceKeys);
-    it.numSlices = static_cast<int>(std::max<int64_t>(1, std::min({want, byKeys, byMemory})));
-    numSlices += it.numSlices;
-  }
-  struct SliceRef {
-    int item, index;
+  struct Task {
+    int seq, index;
   };
-  std::vector<SliceRef> slices;
-  slices.reserve(numSlices);
+  std::vector<Task> tasks;
+  for (int64_t g = 0; g < numSeqs; ++g) {
+    int64_t keys = 0;
+    for (int n = seqFirst[g]; n < seqFirst[g + 1]; ++n) keys = std::max(keys, items[n].keys);
+    const int64_t byKeys = std::max<int64_t>(1, keys / kMinSliceKeys);
+    const int slices = static_cast<int>(std::max<int64_t>(1, std::min({want, byKeys, byMemory})));
+    for (int n = seqFirst[g]; n < seqFirst[g + 1]; ++n) items[n].numSlices = slices;
+    for (int i = 0; i < slices; ++i) tasks.push_back({static_cast<int>(g), i});
+  }
   std::vector<size_t> rowBase(items.size());  // first partial row of each item's slice 0
   size_t partialRows = 0;
   for (size_t n = 0; n < items.size(); ++n) {
     rowBase[n] = partialRows;
     partialRows += static_cast<size_t>(items[n].numSlices) * rowsOf(items[n]);
-    for (int i = 0; i < items[n].numSlices; ++i) slices.push_back({static_cast<int>(n), i});
   }
   std::vector<float> partAcc(partialRows * D), partMax(partialRows), partSum(partialRows);
 
-  // Each slice: its share of the item's keys, a tile at a time, into every row's partial softmax.
-  pool.parallelFor(static_cast<int64_t>(slices.size()), [&](int64_t begin, int64_t end) {
+  // Where an item's walk through its share of keys stands: the range and
+  // the next tile's first position.
+  struct Walk {
+    size_t range = 0;
+    int64_t at = 0;          // keys of the ranges before `range`
+    int64_t p0 = 0, hi = 0;  // next tile from p0, the share's end in this range
+  };
+  // Moves w to its first tile at or after its current place (p0 == hi: done).
+  auto settle = [](const Item& it, int64_t from, int64_t to, Walk& w) {
+    while (w.range < it.ranges.size()) {
+      const auto [first, last] = it.ranges[w.range];
+      const int64_t lo = std::max(first, first + (from - w.at));
+      w.hi = std::min(last, first + (to - w.at));
+      w.p0 = std::max(w.p0, lo);
+      if (w.p0 < w.hi) return;
+      w.at += last - first;
+      ++w.range;
+      w.p0 = 0;
+    }
+    w.p0 = w.hi = 0;
+  };
+
+  // Each task: every KV head's share of the sequence's keys, a tile of each
+  // in turn, into every row's partial softmax.
+  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t begin, int64_t end) {
     // The tile's rows are read where they lie in the pages (attendRowsHalf).
     const uint16_t* pool16 = static_cast<const uint16_t*>(kv.pool);
     const uint16_t* kRows[kTileKeys];
     const uint16_t* vRows[kTileKeys];
     std::vector<float> q2;
     std::vector<OnlineSoftmax> st;
+    std::vector<Walk> walks;
+    std::vector<int> rowOf;  // each item's first row in q2 and st
     std::vector<int32_t> tileRows, tileCounts;
-    for (int64_t n = begin; n < end; ++n) {
-      const Item& it = items[slices[n].item];
-      const int rows = rowsOf(it);
-      const int64_t from = it.keys * slices[n].index / it.numSlices;
-      const int64_t to = it.keys * (slices[n].index + 1) / it.numSlices;
-      q2.resize(static_cast<size_t>(rows) * D);
-      st.resize(rows);
-      const size_t base = rowBase[slices[n].item] + static_cast<size_t>(slices[n].index) * rows;
-      for (int r = 0; r < rows; ++r) {
-        float* q = q2.data() + static_cast<size_t>(r) * D;
-        loadRow(p.q, kv.dtype, qOffset(it, r), D, q);
-        for (int d = 0; d < D; ++d) q[d] *= scaleLog2;
-        st[r].reset(partAcc.data() + (base + r) * D, D);
+    for (int64_t t = begin; t < end; ++t) {
+      const int n0 = seqFirst[tasks[t].seq], n1 = seqFirst[tasks[t].seq + 1];
+      const int slice = tasks[t].index;
+      rowOf.assign(1, 0);
+      for (int n = n0; n < n1; ++n) rowOf.push_back(rowOf.back() + rowsOf(items[n]));
+      q2.resize(static_cast<size_t>(rowOf.back()) * D);
+      st.resize(rowOf.back());
+      walks.assign(n1 - n0, Walk{});
+      auto shareOf = [&](const Item& it) {
+        return std::pair<int64_t, int64_t>{it.keys * slice / it.numSlices, it.keys * (slice + 1) / it.numSlices};
+      };
+      for (int n = n0; n < n1; ++n) {
+        const Item& it = items[n];
+        const size_t base = rowBase[n] + static_cast<size_t>(slice) * rowsOf(it);
+        for (int r = 0; r < rowsOf(it); ++r) {
+          float* q = q2.data() + static_cast<size_t>(rowOf[n - n0] + r) * D;
+          loadRow(p.q, kv.dtype, qOffset(it, r), D, q);
+          for (int d = 0; d < D; ++d) q[d] *= scaleLog2;
+          st[rowOf[n - n0] + r].reset(partAcc.data() + (base + r) * D, D);
+        }
+        const auto [from, to] = shareOf(it);
+        settle(it, from, to, walks[n - n0]);
       }
-      int64_t at = 0;  // keys of the ranges before the current one
-      for (const auto& [first, last] : it.ranges) {
-        const int64_t lo = std::max(first, first + (from - at)), hi = std::min(last, first + (to - at));
-        at += last - first;
-        for (int64_t p0 = lo; p0 < hi; p0 += kTileKeys) {
-          const int n1 = static_cast<int>(std::min<int64_t>(kTileKeys, hi - p0));
-          // The rows of the tile after next are asked for now, so that they
-          // come from memory while this tile and the next are widened and
-          // attended: decode reads every key once, from memory.
-          for (int64_t i = p0 + 2 * kTileKeys; i < std::min(hi, p0 + 3 * kTileKeys); ++i) {
-            prefetchRow(kv.pool, keyRow(it, i, 0), D, es);
-            prefetchRow(kv.pool, keyRow(it, i, kv.vOffset()), D, es);
+      for (bool more = true; more;) {
+        more = false;
+        for (int n = n0; n < n1; ++n) {
+          const Item& it = items[n];
+          Walk& w = walks[n - n0];
+          if (w.p0 >= w.hi) continue;
+          const int64_t p0 = w.p0;
+          const int keys = static_cast<int>(std::min<int64_t>(kTileKeys, w.hi - p0));
+          // The rows of the tile two turns ahead (the item after next) are
+          // asked for now, so that they come from memory while this tile and
+          // the next are attended: decode reads every key once, from memory.
+          {
+            const int m = n0 + (n - n0 + 2) % (n1 - n0);
+            const Walk& ahead = walks[m - n0];
+            for (int64_t i = ahead.p0; i < std::min(ahead.hi, ahead.p0 + kTileKeys); ++i) {
+              prefetchRow(kv.pool, keyRow(items[m], i, 0), D, es);
+              prefetchRow(kv.pool, keyRow(items[m], i, kv.vOffset()), D, es);
+            }
           }
-          for (int i = 0; i < n1; ++i) {
+          for (int i = 0; i < keys; ++i) {
             kRows[i] = pool16 + keyRow(it, p0 + i, 0);
             vRows[i] = pool16 + keyRow(it, p0 + i, kv.vOffset());
           }
           const int32_t block = moba ? static_cast<int32_t>(p0 / B) : 0;
           tileRows.clear();
           tileCounts.clear();
-          for (int r = 0; r < rows; ++r) {
+          for (int r = 0; r < rowsOf(it); ++r) {
             if (moba && !selectsBlock(it.selected.data() + static_cast<size_t>(r) * p.topK, p.topK, block)) continue;
             // Causal: row r sees positions up to its own.
-            const int n2 = static_cast<int>(std::min<int64_t>(n1, positionOf(it, r) + 1 - p0));
+            const int n2 = static_cast<int>(std::min<int64_t>(keys, positionOf(it, r) + 1 - p0));
             if (n2 > 0) {
-              tileRows.push_back(r);
+              tileRows.push_back(rowOf[n - n0] + r);
               tileCounts.push_back(n2);
             }
           }
           attendRowsHalf(st.data(), q2.data(), D, tileRows.data(), tileCounts.data(),
                          static_cast<int>(tileRows.size()), kv.dtype, kRows, vRows);
+          w.p0 += keys;
+          const auto [from, to] = shareOf(it);
+          settle(it, from, to, w);
+          more = true;
         }
       }
-      for (int r = 0; r < rows; ++r) {
-        partMax[base + r] = st[r].max;
-        partSum[base + r] = st[r].sum;
+      for (int n = n0; n < n1; ++n) {
+        const size_t base = rowBase[n] + static_cast<size_t>(slice) * rowsOf(items[n]);
+        for (int r = 0; r < rowsOf(items[n]); ++r) {
+          partMax[base + r] = st[rowOf[n - n0] + r].max;
+          partSum[base + r] = st[rowOf[n - n0] + r].sum;
+        }
       }
     }
   }, 1);
