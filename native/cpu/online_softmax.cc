@@ -10,6 +10,33 @@ namespace {
 // Keys per pass of attendGroup: its scores and weights live on the stack.
 constexpr int kPassKeys = 64;
 
+// Step 3 of attendGroup for columns [c0, c0 + C x lanes of V): the rows'
+// accumulators held in registers while every key of the pass is added,
+// rescaled first where the update rescales.
+template <typename V, int R, int C, typename Rows>
+__attribute__((always_inline)) inline void addValues(OnlineSoftmax* st, const int32_t* rows, const Rows& vp, int np,
+                                                     int c0, const float (&w)[kPassKeys][R],
+                                                     const bool (&rescale)[kPassKeys][R],
+                                                     const float (&corr)[kPassKeys][R]) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  V a[R][C];
+  for (int j = 0; j < R; ++j)
+    for (int c = 0; c < C; ++c) a[j][c] = loadv<V>(st[rows[j]].acc + c0 + L * c);
+  for (int s = 0; s < np; ++s) {
+    V vr[C];
+    for (int c = 0; c < C; ++c) vr[c] = loadAs<V, Rows>(vp.row(s) + c0 + L * c);
+    for (int j = 0; j < R; ++j) {
+      // A scalar operand is broadcast to every element.
+      if (rescale[s][j]) {
+        for (int c = 0; c < C; ++c) a[j][c] *= corr[s][j];
+      }
+      for (int c = 0; c < C; ++c) a[j][c] += w[s][j] * vr[c];
+    }
+  }
+  for (int j = 0; j < R; ++j)
+    for (int c = 0; c < C; ++c) storev(st[rows[j]].acc + c0 + L * c, a[j][c]);
+}
+
 // R rows over the first n keys of a tile, with exactly the operations of
 // OnlineSoftmax's update on each key in order (dotF32 for the score), so the
 // bits are the update's; only the loops are reordered:
@@ -22,7 +49,7 @@ constexpr int kPassKeys = 64;
 //      instead of loaded and stored once per key.
 // Always inlined: a call would run the baseline build of it from the AVX2
 // clone of attendRows.
-template <int R, int KB, int C, typename Rows>
+template <int R, int KB, int C, bool Wide, typename Rows>
 __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
                                                        const Rows& k, const Rows& v, int n) {
   const float* q[R];
@@ -36,7 +63,11 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
     int s = 0;
     for (; s + KB <= np; s += KB) {
       float dots[R][KB];
-      dotsRows<R, KB>(q, kp.from(s), d, dots);
+      if constexpr (Wide) {
+        dotsRowsPairs<R, KB>(q, kp.from(s), d, dots);
+      } else {
+        dotsRows<R, KB>(q, kp.from(s), d, dots);
+      }
       for (int b = 0; b < KB; ++b)
         for (int j = 0; j < R; ++j) x[s + b][j] = dots[j][b];
     }
@@ -63,26 +94,12 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
       st[rows[j]].max = mx;
       st[rows[j]].sum = sum;
     }
-    // 3. Accumulators.
+    // 3. Accumulators (Wide: 16 x C floats at a time first).
     int c0 = 0;
-    for (; c0 + 8 * C <= d; c0 += 8 * C) {
-      F8 a[R][C];
-      for (int j = 0; j < R; ++j)
-        for (int c = 0; c < C; ++c) a[j][c] = load8(st[rows[j]].acc + c0 + 8 * c);
-      for (s = 0; s < np; ++s) {
-        F8 vr[C];
-        for (int c = 0; c < C; ++c) vr[c] = Rows::load(vp.row(s) + c0 + 8 * c);
-        for (int j = 0; j < R; ++j) {
-          // A scalar operand is broadcast to every element.
-          if (rescale[s][j]) {
-            for (int c = 0; c < C; ++c) a[j][c] *= corr[s][j];
-          }
-          for (int c = 0; c < C; ++c) a[j][c] += w[s][j] * vr[c];
-        }
-      }
-      for (int j = 0; j < R; ++j)
-        for (int c = 0; c < C; ++c) store8(st[rows[j]].acc + c0 + 8 * c, a[j][c]);
+    if constexpr (Wide) {
+      for (; c0 + 16 * C <= d; c0 += 16 * C) addValues<V16, R, C>(st, rows, vp, np, c0, w, rescale, corr);
     }
+    for (; c0 + 8 * C <= d; c0 += 8 * C) addValues<F8, R, C>(st, rows, vp, np, c0, w, rescale, corr);
     for (int c = c0; c < d; ++c) {  // head dims that are not a multiple of 8 * C
       for (int j = 0; j < R; ++j) {
         float acc = st[rows[j]].acc[c];
@@ -96,7 +113,7 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
   }
 }
 
-template <typename Rows>
+template <bool Wide, typename Rows>
 __attribute__((always_inline)) inline void attendRowsOf(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
                                                         const int32_t* counts, int numRows, const Rows& k, const Rows& v) {
   int j = 0;
@@ -104,31 +121,73 @@ __attribute__((always_inline)) inline void attendRowsOf(OnlineSoftmax* st, const
     // The keys all four take together, then each row's own rest (causal
     // rows of the current block see fewer keys).
     const int common = std::max(0, std::min(std::min(counts[j], counts[j + 1]), std::min(counts[j + 2], counts[j + 3])));
-    attendGroup<4, 2, 2>(st, q2, d, rows + j, k, v, common);
+    attendGroup<4, 2, 2, Wide>(st, q2, d, rows + j, k, v, common);
     for (int i = j; i < j + 4; ++i) {
-      if (counts[i] > common) attendGroup<1, 8, 8>(st, q2, d, rows + i, k.from(common), v.from(common), counts[i] - common);
+      if (counts[i] > common) {
+        attendGroup<1, 8, 8, Wide>(st, q2, d, rows + i, k.from(common), v.from(common), counts[i] - common);
+      }
     }
   }
-  for (; j < numRows; ++j) attendGroup<1, 8, 8>(st, q2, d, rows + j, k, v, counts[j]);
+  for (; j < numRows; ++j) attendGroup<1, 8, 8, Wide>(st, q2, d, rows + j, k, v, counts[j]);
+}
+
+template <bool Wide>
+__attribute__((always_inline)) inline void attendRowsF32(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
+                                                         const int32_t* counts, int numRows, const float* k,
+                                                         const float* v) {
+  const size_t stride = static_cast<size_t>(d);
+  attendRowsOf<Wide>(st, q2, d, rows, counts, numRows, F32Rows{k, stride}, F32Rows{v, stride});
+}
+
+template <bool Wide>
+__attribute__((always_inline)) inline void attendRowsHalfOf(OnlineSoftmax* st, const float* q2, int d,
+                                                            const int32_t* rows, const int32_t* counts, int numRows,
+                                                            DType dtype, const uint16_t* const* kRows,
+                                                            const uint16_t* const* vRows) {
+  if (dtype == DType::BF16) {
+    attendRowsOf<Wide>(st, q2, d, rows, counts, numRows, Bf16Rows{kRows}, Bf16Rows{vRows});
+  } else {
+    attendRowsOf<Wide>(st, q2, d, rows, counts, numRows, F16Rows{kRows}, F16Rows{vRows});
+  }
 }
 
 }  // namespace
 
-MOBA_CPU_CLONES
+// One body per instruction set where the toolchain picks one at load time
+// (simd_clones.h): the AVX-512 one holds the accumulators and key pairs in
+// 16-float registers, the others in 8-float ones. The same operations on
+// every element in the same order, so the same bits on every machine. The
+// versions are called from this file only: a call from a file that sees
+// just the declaration would bind to the default body.
+#define MOBA_ATTEND_ROWS(attrs, wide)                                                                                 \
+  attrs void attendRowsIn(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts,     \
+                          int numRows, const float* k, const float* v) {                                             \
+    attendRowsF32<wide>(st, q2, d, rows, counts, numRows, k, v);                                                     \
+  }                                                                                                                  \
+  attrs void attendRowsHalfIn(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, \
+                              int numRows, DType dtype, const uint16_t* const* kRows,                                \
+                              const uint16_t* const* vRows) {                                                        \
+    attendRowsHalfOf<wide>(st, q2, d, rows, counts, numRows, dtype, kRows, vRows);                                   \
+  }
+
+namespace {
+#if MOBA_CPU_VERSIONS
+MOBA_ATTEND_ROWS(__attribute__((target("arch=x86-64-v4"))), true)
+MOBA_ATTEND_ROWS(__attribute__((target("avx2"))), false)
+MOBA_ATTEND_ROWS(__attribute__((target("default"))), false)
+#else
+MOBA_ATTEND_ROWS(, false)
+#endif
+}  // namespace
+
 void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
                 const float* k, const float* v) {
-  const size_t stride = static_cast<size_t>(d);
-  attendRowsOf(st, q2, d, rows, counts, numRows, F32Rows{k, stride}, F32Rows{v, stride});
+  attendRowsIn(st, q2, d, rows, counts, numRows, k, v);
 }
 
-MOBA_CPU_CLONES
 void attendRowsHalf(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
                     DType dtype, const uint16_t* const* kRows, const uint16_t* const* vRows) {
-  if (dtype == DType::BF16) {
-    attendRowsOf(st, q2, d, rows, counts, numRows, Bf16Rows{kRows}, Bf16Rows{vRows});
-  } else {
-    attendRowsOf(st, q2, d, rows, counts, numRows, F16Rows{kRows}, F16Rows{vRows});
-  }
+  attendRowsHalfIn(st, q2, d, rows, counts, numRows, dtype, kRows, vRows);
 }
 
 }  // namespace moba
