@@ -113,21 +113,35 @@ __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const 
   }
 }
 
-template <bool Wide, typename Rows>
-__attribute__((always_inline)) inline void attendRowsOf(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
-                                                        const int32_t* counts, int numRows, const Rows& k, const Rows& v) {
-  int j = 0;
-  for (; j + 4 <= numRows; j += 4) {
-    // The keys all four take together, then each row's own rest (causal
-    // rows of the current block see fewer keys).
-    const int common = std::max(0, std::min(std::min(counts[j], counts[j + 1]), std::min(counts[j + 2], counts[j + 3])));
-    attendGroup<4, 2, 2, Wide>(st, q2, d, rows + j, k, v, common);
-    for (int i = j; i < j + 4; ++i) {
+// Rows [j, numRows) in groups of G that take their common keys together,
+// then each row's own rest (causal rows of the current block see fewer
+// keys); returns where the groups ended.
+template <int G, bool Wide, typename Rows>
+__attribute__((always_inline)) inline int attendGroupsOf(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
+                                                         const int32_t* counts, int numRows, int j, const Rows& k,
+                                                         const Rows& v) {
+  for (; j + G <= numRows; j += G) {
+    int common = counts[j];
+    for (int i = j + 1; i < j + G; ++i) common = std::min(common, counts[i]);
+    common = std::max(common, 0);
+    attendGroup<G, 2, 2, Wide>(st, q2, d, rows + j, k, v, common);
+    for (int i = j; i < j + G; ++i) {
       if (counts[i] > common) {
         attendGroup<1, 8, 8, Wide>(st, q2, d, rows + i, k.from(common), v.from(common), counts[i] - common);
       }
     }
   }
+  return j;
+}
+
+// Eight rows to a group where 16-float registers make room for them (32 of
+// them), else four; a row's bits do not depend on its group.
+template <bool Wide, typename Rows>
+__attribute__((always_inline)) inline void attendRowsOf(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
+                                                        const int32_t* counts, int numRows, const Rows& k, const Rows& v) {
+  int j = 0;
+  if constexpr (Wide) j = attendGroupsOf<8, Wide>(st, q2, d, rows, counts, numRows, j, k, v);
+  j = attendGroupsOf<4, Wide>(st, q2, d, rows, counts, numRows, j, k, v);
   for (; j < numRows; ++j) attendGroup<1, 8, 8, Wide>(st, q2, d, rows + j, k, v, counts[j]);
 }
 
