@@ -6,8 +6,8 @@
 // online softmax per row whose arithmetic is the same as one row walking its
 // keys alone.
 //
-// Dense rows read every key tile, so small tiles of rows reuse each key tile
-// enough. A MoBA row reads only its topK blocks: with 16 positions per tile,
+// Dense rows read every key tile, so tiles of 64 rows reuse each key tile
+// enough (16 rows spent a quarter of the op widening). A MoBA row reads only its topK blocks: with 16 positions per tile,
 // a block's key tile served about topK x rows / blocks of them (2 rows at
 // 32K in blocks of 512), and the op streamed K and V from memory once per row.
 // MoBA tiles are therefore large (up to kMobaTileRows rows), and each block
@@ -27,15 +27,17 @@ namespace moba {
 
 namespace {
 
-constexpr int kQueryTile = 16;       // dense: query positions per item (times the KV head's query heads)
+constexpr int kQueryTile = 16;       // query positions per item at least (times the KV head's query heads)
+constexpr int kDenseTileRows = 64;   // dense: rows per item (64 positions with one query head per KV head)
 constexpr int kMobaTileRows = 1024;  // MoBA: rows per item at most (their accumulators: 512 KB at head dim 128)
 constexpr int kKeyTile = 64;         // keys per tile
 
-// Query positions per item: kQueryTile for dense rows; for MoBA as many as
-// kMobaTileRows rows allow, halved while there would be fewer than four
-// items per thread.
+// Query positions per item: for dense rows kDenseTileRows rows' worth (at
+// least kQueryTile), so that each key tile widened serves enough rows; for
+// MoBA as many as kMobaTileRows rows allow, halved while there would be fewer
+// than four items per thread.
 int tilePositions(bool moba, int group, int64_t totalQ, int numKVHeads, int threads) {
-  if (!moba) return kQueryTile;
+  if (!moba) return std::max(kQueryTile, kDenseTileRows / group);
   int positions = std::max(kQueryTile, kMobaTileRows / group);
   auto items = [&](int n) { return static_cast<int64_t>(numKVHeads) * ((totalQ + n - 1) / n); };
   while (positions > kQueryTile && items(positions) < 4 * static_cast<int64_t>(threads)) positions /= 2;
