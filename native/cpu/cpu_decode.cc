@@ -164,17 +164,26 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
   const int64_t want = (2 * static_cast<int64_t>(pool.size()) + numSeqs - 1) / numSeqs;
   const int64_t byMemory = std::max<int64_t>(
       1, static_cast<int64_t>(kMaxPartialBytes / (rowsTotal * (static_cast<size_t>(D) + 2) * sizeof(float))));
+  // When a sequence's keys give fewer slices than wanted (moba reads a few
+  // blocks), its KV heads are split over several tasks as well.
   struct Task {
-    int seq, index;
+    int first, end;  // items [first, end) of one sequence
+    int index;       // their slice
   };
   std::vector<Task> tasks;
   for (int64_t g = 0; g < numSeqs; ++g) {
+    const int first = seqFirst[g], count = seqFirst[g + 1] - first;
     int64_t keys = 0;
-    for (int n = seqFirst[g]; n < seqFirst[g + 1]; ++n) keys = std::max(keys, items[n].keys);
+    for (int n = first; n < first + count; ++n) keys = std::max(keys, items[n].keys);
     const int64_t byKeys = std::max<int64_t>(1, keys / kMinSliceKeys);
     const int slices = static_cast<int>(std::max<int64_t>(1, std::min({want, byKeys, byMemory})));
-    for (int n = seqFirst[g]; n < seqFirst[g + 1]; ++n) items[n].numSlices = slices;
-    for (int i = 0; i < slices; ++i) tasks.push_back({static_cast<int>(g), i});
+    const int parts = static_cast<int>(std::min<int64_t>(count, (want + slices - 1) / slices));
+    for (int n = first; n < first + count; ++n) items[n].numSlices = slices;
+    for (int i = 0; i < slices; ++i) {
+      for (int part = 0; part < parts; ++part) {
+        tasks.push_back({first + count * part / parts, first + count * (part + 1) / parts, i});
+      }
+    }
   }
   std::vector<size_t> rowBase(items.size());  // first partial row of each item's slice 0
   size_t partialRows = 0;
@@ -206,8 +215,8 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
     w.p0 = w.hi = 0;
   };
 
-  // Each task: every KV head's share of the sequence's keys, a tile of each
-  // in turn, into every row's partial softmax.
+  // Each task: its KV heads' share of the sequence's keys, a tile of each in
+  // turn, into every row's partial softmax.
   pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t begin, int64_t end) {
     // The tile's rows are read where they lie in the pages (attendRowsHalf).
     const uint16_t* pool16 = static_cast<const uint16_t*>(kv.pool);
@@ -219,7 +228,7 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
     std::vector<int> rowOf;  // each item's first row in q2 and st
     std::vector<int32_t> tileRows, tileCounts;
     for (int64_t t = begin; t < end; ++t) {
-      const int n0 = seqFirst[tasks[t].seq], n1 = seqFirst[tasks[t].seq + 1];
+      const int n0 = tasks[t].first, n1 = tasks[t].end;
       const int slice = tasks[t].index;
       rowOf.assign(1, 0);
       for (int n = n0; n < n1; ++n) rowOf.push_back(rowOf.back() + rowsOf(items[n]));
