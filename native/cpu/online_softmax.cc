@@ -190,7 +190,12 @@ MOBA_ATTEND_ROWS(__attribute__((target("arch=x86-64-v4"))), true)
 MOBA_ATTEND_ROWS(__attribute__((target("avx2"))), false)
 MOBA_ATTEND_ROWS(__attribute__((target("default"))), false)
 #else
-MOBA_ATTEND_ROWS(, false)
+// One body. MOBA_CPU_WIDE_ONLY makes it the 16-float one (test/cpu-builds.test.ts
+// builds it so, for x86-64-v4, to hold it to the others' bits).
+#ifndef MOBA_CPU_WIDE_ONLY
+#define MOBA_CPU_WIDE_ONLY false
+#endif
+MOBA_ATTEND_ROWS(, MOBA_CPU_WIDE_ONLY)
 #endif
 }  // namespace
 
