@@ -44,11 +44,12 @@ __attribute__((always_inline)) inline void addValues(OnlineSoftmax* st, const in
 //      products (each with dotF32's eight partial sums, in its order) are
 //      independent chains instead of one chain after another;
 //   2. each row's maximum, rescale factors and weights, key by key;
-//   3. the accumulators C x 8 floats at a time, held in registers while
-//      every key of the pass is added (rescaled first where the update is),
-//      instead of loaded and stored once per key.
+//   3. the accumulators C x 8 floats at a time (Wide: C x 16 first, and the
+//      keys of step 1 in pairs), held in registers while every key of the
+//      pass is added (rescaled first where the update is), instead of loaded
+//      and stored once per key.
 // Always inlined: a call would run the baseline build of it from the AVX2
-// clone of attendRows.
+// and AVX-512 bodies below.
 template <int R, int KB, int C, bool Wide, typename Rows>
 __attribute__((always_inline)) inline void attendGroup(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows,
                                                        const Rows& k, const Rows& v, int n) {
