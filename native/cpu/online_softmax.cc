@@ -1,5 +1,7 @@
 #include "online_softmax.h"
 
+#include <vector>
+
 #include "f8.h"
 #include "simd_clones.h"
 
@@ -166,6 +168,34 @@ __attribute__((always_inline)) inline void attendRowsHalfOf(OnlineSoftmax* st, c
   }
 }
 
+// The baseline (SSE2) build's: the tile's rows widened to fp32 first, then
+// the fp32 loop. SSE2 has no cheap way to widen eight lanes inside the loop
+// (GCC splits the 16-bit shuffles of 8-float vectors into scalar moves),
+// which made the loop 1.7x slower than widening once per call.
+__attribute__((always_inline)) inline void attendRowsHalfStaged(OnlineSoftmax* st, const float* q2, int d,
+                                                                const int32_t* rows, const int32_t* counts,
+                                                                int numRows, DType dtype,
+                                                                const uint16_t* const* kRows,
+                                                                const uint16_t* const* vRows) {
+  int n = 0;
+  for (int j = 0; j < numRows; ++j) n = std::max(n, counts[j]);
+  thread_local std::vector<float> kf, vf;
+  kf.resize(static_cast<size_t>(n) * d);
+  vf.resize(kf.size());
+  for (int s = 0; s < n; ++s) {
+    float* k = kf.data() + static_cast<size_t>(s) * d;
+    float* v = vf.data() + static_cast<size_t>(s) * d;
+    if (dtype == DType::BF16) {
+      for (int i = 0; i < d; ++i) k[i] = bf16BitsToFloat(kRows[s][i]);
+      for (int i = 0; i < d; ++i) v[i] = bf16BitsToFloat(vRows[s][i]);
+    } else {
+      for (int i = 0; i < d; ++i) k[i] = f16BitsToFloat(kRows[s][i]);
+      for (int i = 0; i < d; ++i) v[i] = f16BitsToFloat(vRows[s][i]);
+    }
+  }
+  attendRowsF32<false>(st, q2, d, rows, counts, numRows, kf.data(), vf.data());
+}
+
 }  // namespace
 
 // One body per instruction set where the toolchain picks one at load time
@@ -174,7 +204,7 @@ __attribute__((always_inline)) inline void attendRowsHalfOf(OnlineSoftmax* st, c
 // every element in the same order, so the same bits on every machine. The
 // versions are called from this file only: a call from a file that sees
 // just the declaration would bind to the default body.
-#define MOBA_ATTEND_ROWS(attrs, wide)                                                                                 \
+#define MOBA_ATTEND_ROWS(attrs, wide, staged)                                                                         \
   attrs void attendRowsIn(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts,     \
                           int numRows, const float* k, const float* v) {                                             \
     attendRowsF32<wide>(st, q2, d, rows, counts, numRows, k, v);                                                     \
@@ -182,21 +212,30 @@ __attribute__((always_inline)) inline void attendRowsHalfOf(OnlineSoftmax* st, c
   attrs void attendRowsHalfIn(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, \
                               int numRows, DType dtype, const uint16_t* const* kRows,                                \
                               const uint16_t* const* vRows) {                                                        \
-    attendRowsHalfOf<wide>(st, q2, d, rows, counts, numRows, dtype, kRows, vRows);                                   \
+    if (staged) {                                                                                                    \
+      attendRowsHalfStaged(st, q2, d, rows, counts, numRows, dtype, kRows, vRows);                                   \
+    } else {                                                                                                         \
+      attendRowsHalfOf<wide>(st, q2, d, rows, counts, numRows, dtype, kRows, vRows);                                 \
+    }                                                                                                                \
   }
 
 namespace {
 #if MOBA_CPU_VERSIONS
-MOBA_ATTEND_ROWS(__attribute__((target("arch=x86-64-v4"))), true)
-MOBA_ATTEND_ROWS(__attribute__((target("avx2"))), false)
-MOBA_ATTEND_ROWS(__attribute__((target("default"))), false)
+MOBA_ATTEND_ROWS(__attribute__((target("arch=x86-64-v4"))), true, false)
+MOBA_ATTEND_ROWS(__attribute__((target("avx2"))), false, false)
+MOBA_ATTEND_ROWS(__attribute__((target("default"))), false, true)
 #else
 // One body. MOBA_CPU_WIDE_ONLY makes it the 16-float one (test/cpu-builds.test.ts
-// builds it so, for x86-64-v4, to hold it to the others' bits).
+// builds it so, for x86-64-v4, to hold it to the others' bits); x86-64
+// builds without AVX2 stage their 16-bit rows as the default body does.
 #ifndef MOBA_CPU_WIDE_ONLY
 #define MOBA_CPU_WIDE_ONLY false
 #endif
-MOBA_ATTEND_ROWS(, MOBA_CPU_WIDE_ONLY)
+#if defined(__x86_64__) && !defined(__AVX2__)
+MOBA_ATTEND_ROWS(, MOBA_CPU_WIDE_ONLY, true)
+#else
+MOBA_ATTEND_ROWS(, MOBA_CPU_WIDE_ONLY, false)
+#endif
 #endif
 }  // namespace
 
