@@ -7,9 +7,10 @@
 // keys alone.
 //
 // Dense rows read every key tile, so tiles of 64 rows reuse each key tile
-// enough (16 rows spent a quarter of the op widening). A MoBA row reads only its topK blocks: with 16 positions per tile,
-// a block's key tile served about topK x rows / blocks of them (2 rows at
-// 32K in blocks of 512), and the op streamed K and V from memory once per row.
+// enough (16 rows spent a quarter of the op widening). A MoBA row reads only
+// its topK blocks: with 16 positions per tile, a block's key tile served
+// about topK x rows / blocks of them (2 rows at 32K in blocks of 512), and the
+// op streamed K and V from memory once per row.
 // MoBA tiles are therefore large (up to kMobaTileRows rows), and each block
 // goes, in ascending order, to the list of rows that selected it.
 #include <algorithm>

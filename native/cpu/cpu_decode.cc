@@ -1,8 +1,8 @@
 // Decode attention over the paged KV cache on the CPU. One (sequence, KV
 // head) is the unit: its rows (1..8 new tokens x the query heads of the KV
-// head) share each tile of keys widened to fp32 through the page table, and
-// a long sequence is split into slices of keys whose partial softmax results
-// are merged. 'moba' gates over the cache with block centroids built from the
+// head) share each tile of keys, read in its pages through the page table,
+// and a long sequence is split into slices of keys whose partial softmax
+// results are merged. 'moba' gates over the cache with block centroids built from the
 // cache's key sums.
 #include <algorithm>
 #include <cmath>
@@ -50,8 +50,8 @@ inline void prefetchRow(const void* base, size_t offset, int count, size_t size)
   for (size_t b = 0; b < count * size; b += 64) __builtin_prefetch(p + b);
 }
 
-// Keys are widened to fp32 a tile at a time (never a whole sequence per
-// thread), and one tile serves every query row of its KV head.
+// Keys are taken a tile at a time, and one tile serves every query row of its
+// KV head.
 constexpr int kTileKeys = 64;
 // A (sequence, KV head) is split into slices of at least this many keys when
 // there are fewer items than threads; the slices' partial results are merged.
@@ -193,19 +193,20 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
   }
   std::vector<float> partAcc(partialRows * D), partMax(partialRows), partSum(partialRows);
 
-  // Where an item's walk through its share of keys stands: the range and
-  // the next tile's first position.
+  // An item's walk through its share [from, to) of its keys (counted over
+  // its ranges): the range it is in and the next tile's first position.
   struct Walk {
+    int64_t from = 0, to = 0;
     size_t range = 0;
     int64_t at = 0;          // keys of the ranges before `range`
     int64_t p0 = 0, hi = 0;  // next tile from p0, the share's end in this range
   };
   // Moves w to its first tile at or after its current place (p0 == hi: done).
-  auto settle = [](const Item& it, int64_t from, int64_t to, Walk& w) {
+  auto settle = [](const Item& it, Walk& w) {
     while (w.range < it.ranges.size()) {
       const auto [first, last] = it.ranges[w.range];
-      const int64_t lo = std::max(first, first + (from - w.at));
-      w.hi = std::min(last, first + (to - w.at));
+      const int64_t lo = std::max(first, first + (w.from - w.at));
+      w.hi = std::min(last, first + (w.to - w.at));
       w.p0 = std::max(w.p0, lo);
       if (w.p0 < w.hi) return;
       w.at += last - first;
@@ -235,9 +236,6 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
       q2.resize(static_cast<size_t>(rowOf.back()) * D);
       st.resize(rowOf.back());
       walks.assign(n1 - n0, Walk{});
-      auto shareOf = [&](const Item& it) {
-        return std::pair<int64_t, int64_t>{it.keys * slice / it.numSlices, it.keys * (slice + 1) / it.numSlices};
-      };
       for (int n = n0; n < n1; ++n) {
         const Item& it = items[n];
         const size_t base = rowBase[n] + static_cast<size_t>(slice) * rowsOf(it);
@@ -247,8 +245,10 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
           for (int d = 0; d < D; ++d) q[d] *= scaleLog2;
           st[rowOf[n - n0] + r].reset(partAcc.data() + (base + r) * D, D);
         }
-        const auto [from, to] = shareOf(it);
-        settle(it, from, to, walks[n - n0]);
+        Walk& w = walks[n - n0];
+        w.from = it.keys * slice / it.numSlices;
+        w.to = it.keys * (slice + 1) / it.numSlices;
+        settle(it, w);
       }
       for (bool more = true; more;) {
         more = false;
@@ -288,8 +288,7 @@ void decodeSequences(const DecodeParams& p, ThreadPool& pool, int bBegin, int bE
           attendRowsHalf(st.data(), q2.data(), D, tileRows.data(), tileCounts.data(),
                          static_cast<int>(tileRows.size()), kv.dtype, kRows, vRows);
           w.p0 += keys;
-          const auto [from, to] = shareOf(it);
-          settle(it, from, to, w);
+          settle(it, w);
           more = true;
         }
       }

@@ -1,8 +1,9 @@
 // Eight floats as one value (a GCC vector type, also Clang's): element-wise
-// IEEE operations, one AVX register in an AVX2 clone (simd_clones.h), two
-// SSE registers in the baseline build, and the same bits in both, since
-// neither has fused multiply-add. A scalar operand of a binary operation is
-// broadcast to every element.
+// IEEE operations, one AVX register in an AVX2 build (simd_clones.h), two
+// SSE registers in the baseline build; V16 below is one AVX-512 register.
+// Every build gives the same bits, since none fuses multiply and add
+// (-ffp-contract=off). A scalar operand of a binary operation is broadcast to
+// every element.
 //
 // Only for code inlined into its caller: a function that took or returned
 // one by value would have a different ABI in the two builds, which is what

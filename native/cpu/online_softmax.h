@@ -40,9 +40,9 @@ struct OnlineSoftmax {
 // rows[j] (its state st[rows[j]], its query q2 + rows[j] * d, scaled by
 // softmaxScale * log2(e)) takes the tile's first counts[j] keys (at least
 // one), each scored by dotF32 and taken by the update above, in key order.
-// So a row's bits do not depend on which rows share the call; rows go four
-// at a time, each key and value row loaded once for the four (AVX2 where
-// the CPU has it: simd_clones.h).
+// So a row's bits do not depend on which rows share the call; rows go in
+// groups (four, or eight in the AVX-512 build: simd_clones.h), each key and
+// value row loaded once for the group.
 void attendRows(OnlineSoftmax* st, const float* q2, int d, const int32_t* rows, const int32_t* counts, int numRows,
                 const float* k, const float* v);
 // The same, the tile's key and value rows read where they lie (key s at
