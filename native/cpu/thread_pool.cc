@@ -1,6 +1,7 @@
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 namespace moba {
 
@@ -8,6 +9,8 @@ ThreadPool::ThreadPool(int threads) {
   int extra = std::max(0, threads - 1);
   workers_.reserve(extra);
   for (int i = 0; i < extra; ++i) workers_.emplace_back([this] { workerLoop(); });
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_.wait(lock, [&] { return readyWorkers_ == extra; });
 }
 
 ThreadPool::~ThreadPool() {
@@ -35,6 +38,18 @@ void ThreadPool::runChunks() {
 }
 
 void ThreadPool::workerLoop() {
+  // A thread's first allocation gives it a malloc arena of its own, which
+  // reserves 64 MiB of address space (glibc). Taken here, when the pool
+  // starts, not in the middle of the first op it runs, where it could be
+  // refused under an address-space limit (an op out of memory that needs
+  // a few bytes).
+  void* volatile first = std::malloc(64);
+  std::free(first);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++readyWorkers_;
+  }
+  done_.notify_all();
   uint64_t seen = 0;
   for (;;) {
     {

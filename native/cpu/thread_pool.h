@@ -38,6 +38,7 @@ class ThreadPool {
   uint64_t generation_ = 0;
   bool stopping_ = false;
   int busyWorkers_ = 0;
+  int readyWorkers_ = 0;  // workers past their start (see workerLoop)
 
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t jobSize_ = 0;
