@@ -50,6 +50,7 @@
 
 #include "gate_device.cuh"
 #include "gate_internal.h"
+#include "gate_select.cuh"
 #include "common/cuda_context.h"
 #include "common/dependent_launch.h"
 #include "common/grid_dependency.cuh"
@@ -106,52 +107,6 @@ __device__ __forceinline__ void foldTop(float (&ls)[KL], float v) {
   ls[0] = fmaxf(ls[0], v);
 }
 
-// Compare-exchange for lists sorted best (largest) first; packed values are
-// distinct, and equal sentinels may swap harmlessly.
-__device__ __forceinline__ void exch(float& a, float& b) {
-  const float hi = fmaxf(a, b);
-  b = fminf(a, b);
-  a = hi;
-}
-__device__ __forceinline__ void exch(int& a, int& b) {
-  const int hi = max(a, b);
-  b = min(a, b);
-  a = hi;
-}
-
-// The 19-exchange sorting network for eight entries (first of each pair: the
-// one that ends up first).
-__device__ constexpr int kSort8[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 1}, {2, 3},
-                                          {4, 5}, {6, 7}, {2, 4}, {3, 5}, {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
-
-// Sorts x[O, O + 8) best (largest) first.
-template <int O, int N, typename V>
-__device__ __forceinline__ void sort8(V (&x)[N]) {
-#pragma unroll
-  for (int i = 0; i < 19; ++i) exch(x[O + kSort8[i][0]], x[O + kSort8[i][1]]);
-}
-
-// Sorts the bitonic run x[O, O + Len) best first (half-cleaners of Len/2 ... 1).
-template <int O, int Len, int N>
-__device__ __forceinline__ void bitonicClean(float (&x)[N]) {
-#pragma unroll
-  for (int s = Len / 2; s >= 1; s >>= 1)
-#pragma unroll
-    for (int i = 0; i < Len; ++i)
-      if ((i & s) == 0) exch(x[O + i], x[O + i + s]);
-}
-
-// Reverses x[O, O + Len): a sorted run followed by a reversed sorted run is bitonic.
-template <int O, int Len, int N>
-__device__ __forceinline__ void reverseRun(float (&x)[N]) {
-#pragma unroll
-  for (int i = 0; i < Len / 2; ++i) {
-    const float t = x[O + i];
-    x[O + i] = x[O + Len - 1 - i];
-    x[O + Len - 1 - i] = t;
-  }
-}
-
 // The first tile of a row's scores goes into its packed list by sorting
 // network, with no branch: ls (KL = 16 or 24, best first) becomes the best
 // KL of ls and v (32 values, any order; v is clobbered). About 440 (16) or
@@ -193,18 +148,6 @@ __device__ __forceinline__ void mergeBest(float (&ls)[KL], float (&v)[32]) {
   }
 }
 
-// Whether a row's squared norm q2 is in the range where its scale and error
-// bound are formed (outside it the row is zero or takes the exact kernel).
-__device__ __forceinline__ bool norm2InRange(float q2) { return q2 >= 1e-30f && q2 <= 1e30f; }
-
-// The power of two that brings the norm of a row of squared norm q2 into
-// [2^14, 2^15) (from the exponent of q2: floor(log2 ||q||)); 1 when q2 is
-// out of range.
-__device__ __forceinline__ float operandScaleForNorm2(float q2) {
-  const int aExp = norm2InRange(q2) ? operandScaleExpForLog2(ilogbf(q2) >> 1) : 0;
-  return __int_as_float((aExp + 127) << 23);
-}
-
 // ls[i] for a run-time i < KL, by selects (no local memory).
 template <int KL>
 __device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
@@ -212,18 +155,6 @@ __device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
 #pragma unroll
   for (int k = 1; k < KL; ++k) v = i == k ? ls[k] : v;
   return v;
-}
-
-// rowState of a row whose selection was certain and is already written.
-constexpr int kRowWritten = -2;
-
-// A packed list entry (see the file comment): score s with its low mantissa
-// bits (packMask) replaced by block index j; and the index back.
-__device__ __forceinline__ float packEntry(float s, uint32_t packMask, int j) {
-  return __int_as_float((__float_as_int(s) & ~packMask) | static_cast<uint32_t>(j));
-}
-__device__ __forceinline__ int packedIndex(float v, uint32_t packMask) {
-  return static_cast<int>(__float_as_uint(v) & packMask);
 }
 
 template <typename T, int D, int KL, bool kPacked>
@@ -313,27 +244,11 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       if (warpPmax <= keepMax) warpPmax = 0;  // every row of this warp keeps all its past blocks
     }
 
-    // The warp's q rows as mma.sync A fragments, straight from global memory
-    // in 16-byte loads: lane tq takes dims [tq D/4, (tq + 1) D/4) of its rows,
-    // in the centroid operand's permuted order (operandPairSlots): register
-    // [mt][ks][i] holds row mt * 16 + g + 8 (i & 1), pair 2 ks + (i >> 1) of
-    // the lane's span. Rows past the tile are zero.
+    // The warp's q rows as mma.sync A fragments (loadRowFragments): register
+    // [mt][ks][i] holds row warp * 32 + mt * 16 + g + 8 (i & 1).
     uint32_t qa[2][D / 16][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int rh = 0; rh < 2; ++rh) {
-        const int r = warp * 32 + mt * 16 + g + 8 * rh;
-        const uint4* src = reinterpret_cast<const uint4*>(qBase + static_cast<size_t>(r) * qRowStride + tq * (D / 4));
-#pragma unroll
-        for (int c = 0; c < D / 32; ++c) {
-          const uint4 w = r < nRows ? __ldg(src + c) : make_uint4(0u, 0u, 0u, 0u);
-          qa[mt][2 * c][rh] = w.x;
-          qa[mt][2 * c][rh + 2] = w.y;
-          qa[mt][2 * c + 1][rh] = w.z;
-          qa[mt][2 * c + 1][rh + 2] = w.w;
-        }
-      }
+    for (int mt = 0; mt < 2; ++mt) loadRowFragments<D>(qa[mt], qBase, qRowStride, warp * 32 + mt * 16, nRows, lane);
     // Up to here the CTA read only the op's inputs: the centroid operand and
     // its statistics come from the grids before this one, which it may have
     // started alongside (programmatic dependent launch).
@@ -341,20 +256,11 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) loadTile(s);
 
-    // The q fragments become the fp16 operand, each row scaled by a power of
-    // two 2^a that brings its L2 norm into [2^14, 2^15): every element is
-    // then below 2^15, and elements of at least 2^-14 convert exactly (bf16
-    // and fp16 inputs have at most 11 significant bits). Smaller ones may be
-    // rounded or flushed by the tensor cores, an error below 2^-14 each, so
-    // at most qsub = sqrt(D) 2^-14 in L2 norm. Scores come out scaled by
-    // 2^a times the centroids' power of two: positive factors that do not
-    // change a row's order, so the band logic below runs in these units.
-    // Error bound of the owned row's scores (see the file comment):
-    //   eps = (||q'|| + qsub) E + qsub Cn,
-    // E and Cn from gate_centroids.cu in the same units. Each quad holds four
-    // rows, its threads a quarter of each; squares are summed in fp32
-    // (relative error below 2^-17 here). Rows whose norm is not finite, or
-    // underflows, or whose products could overflow take the exact kernel.
+    // The q fragments become the scaled fp16 operand (scaleRowOperand). Scores
+    // come out scaled by the row's power of two times the centroids': positive
+    // factors that do not change a row's order, so the band logic below runs
+    // in these units, with the owned row's error bound from rowBound (see the
+    // file comment). Each quad holds four rows, its threads a quarter of each.
     float eps = 0.f;
     float delta = 0.f;  // packed lists: how far packing moves a score
     bool bad = true;
@@ -362,45 +268,10 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       // Each fragment row's ||q||^2 and nonzero bits (every lane of its quad holds them).
       float rowQ2[4];
       uint32_t rowNz[4];
-      const uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
-      const float E = __uint_as_float(st[kStatBound]);
-      const float Cn = __uint_as_float(st[kStatNorm]);
-      constexpr float kQsub = 1.220703125e-4f * (D == 128 ? 11.3137085f : 8.f) * (1.f + 1.f / 1024);  // sqrt(D) 2^-14, rounded up
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          float q2 = 0.f;
-          uint32_t nonzero = 0;
-#pragma unroll
-          for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-            for (int part = 0; part < 2; ++part) {
-              const uint32_t u = qa[mt][ks][hf + 2 * part];
-              nonzero |= u & 0x7fff7fffu;
-              const float x0 = T::toFloat(static_cast<uint16_t>(u)), x1 = T::toFloat(static_cast<uint16_t>(u >> 16));
-              q2 = fmaf(x0, x0, q2);
-              q2 = fmaf(x1, x1, q2);
-            }
-#pragma unroll
-          for (int off = 1; off <= 2; off <<= 1) {
-            q2 += __shfl_xor_sync(kFull, q2, off);
-            nonzero |= __shfl_xor_sync(kFull, nonzero, off);
-          }
-          rowQ2[2 * mt + hf] = q2;
-          rowNz[2 * mt + hf] = nonzero;
-          const float scale = operandScaleForNorm2(q2);
-#pragma unroll
-          for (int ks = 0; ks < D / 16; ++ks)
-#pragma unroll
-            for (int part = 0; part < 2; ++part) {
-              uint32_t& u = qa[mt][ks][hf + 2 * part];
-              const float y0 = T::toFloat(static_cast<uint16_t>(u)) * scale;
-              const float y1 = T::toFloat(static_cast<uint16_t>(u >> 16)) * scale;
-              const __half2 hv = __floats2half2_rn(y0, y1);
-              u = *reinterpret_cast<const uint32_t*>(&hv);
-            }
-        }
+        for (int hf = 0; hf < 2; ++hf) scaleRowOperand<T, D>(qa[mt], hf, rowQ2[2 * mt + hf], rowNz[2 * mt + hf]);
       // The owned row (g = ownG, j = tq) from its quad.
       float q2 = 0.f;
       uint32_t nonzero = 0;
@@ -411,18 +282,12 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
         q2 = tq == j ? x : q2;
         nonzero = tq == j ? z : nonzero;
       }
-      const bool normal = norm2InRange(q2);
-      const float qn = sqrtf(q2 * (1.f + 1.f / 4096)) * operandScaleForNorm2(q2) + kQsub;
-      const bool ok = (normal || nonzero == 0) && E <= 1e18f && Cn <= 1e18f;
-      eps = ok ? __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(kQsub, Cn)), 1.f + 1.f / 256),
-                           7.888609052210118e-31f)  // + 2^-100
-               : 0.f;
-      if (kPacked && ok) {
-        const float rel = __int_as_float((127 + a.packBits - 23) << 23);  // 2^(packBits - 23)
-        delta = __fmul_ru(__fadd_ru(__fmul_ru(qn, Cn), eps), __fmul_ru(rel, 1.f + 1.f / 1024));
-        eps = __fadd_ru(eps, delta);
-      }
-      bad = !ok;
+      const uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
+      const RowBound rb = rowBound<D>(q2, nonzero, __uint_as_float(st[kStatBound]), __uint_as_float(st[kStatNorm]),
+                                      kPacked ? a.packBits : 0);
+      eps = rb.eps;
+      delta = rb.delta;
+      bad = !rb.ok;
     }
     const float twoEps = 2.f * eps;
     // Raw scores against a threshold from the list (packed values) or from
@@ -711,32 +576,13 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     int* queue = reinterpret_cast<int*>(scoreTile + warp * 32 * kPitch);  // free after the main loop
     for (int i = 0; i < need; ++i) queue[upTo - need + i] = (ownRow << 8) | (nc + i);
     __syncwarp();
-    // The CPU backend's order (exactDot): partial sum e collects dims
-    // e, e+8, e+16, ... in turn, then ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)).
-    // Lane e of a group of 8 runs partial sum e; the xor shuffles add the
-    // same pairs (fp32 addition is commutative).
-    const int e = lane & 7;
-    const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D + e;
-    const size_t cStride = static_cast<size_t>(a.nkvh) * D;
+    const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
     // The re-scoring waits on its loads: lists of 8 (keep <= 3) have the
     // registers to keep all of an item's loads in flight at once (lists of
     // 16 spill with it). (512, 3) at 128K: 1.46 -> 1.43 ms random, 1.56 ->
     // 1.51 ms drift.
-    constexpr int kLoadUnroll = KL <= 8 ? D / 8 : 8;
-    for (int first = 0; first < total; first += 4) {
-      const int item = first + (lane >> 3);
-      const int code = queue[item < total ? item : 0];
-      const int r = code >> 8, m = code & 255;
-      const float* cp = cent + static_cast<size_t>(bandI[r * KL + m]) * cStride;
-      const uint16_t* qRe = qBase + static_cast<size_t>(r) * qRowStride + e;
-      float sum = 0.f;
-#pragma unroll kLoadUnroll
-      for (int ch = 0; ch < D / 8; ++ch) sum = __fadd_rn(sum, __fmul_rn(T::toFloat(__ldg(qRe + ch * 8)), cp[ch * 8]));
-      sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 1));
-      sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 2));
-      sum = __fadd_rn(sum, __shfl_xor_sync(kFull, sum, 4));
-      if (item < total && e == 0) bandS[r * KL + m] = sum;
-    }
+    rescoreQueued<T, D, KL, KL <= 8 ? D / 8 : 8>(queue, total, cent, static_cast<size_t>(a.nkvh) * D, qBase, qRowStride,
+                                                 bandI, bandS, lane);
     __syncwarp();
   }
 
@@ -752,30 +598,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       int slot = atomicAdd(a.fallbackCount, 1);
       a.fallback[slot] = h * a.totalQ + row;
     } else {
-      const int keep = keepMax;
-      float* bs = bandS + lr * KL;
-      int* bi = bandI + lr * KL;
-      for (int r = nc; r < keep; ++r) {  // rank the re-scored entries exactly
-        int best = r;
-        for (int m = r + 1; m < nb; ++m)
-          if (ranksAbove(bs[m], bi[m], bs[best], bi[best])) best = m;
-        float ts = bs[r];
-        int ti = bi[r];
-        bs[r] = bs[best];
-        bi[r] = bi[best];
-        bs[best] = ts;
-        bi[best] = ti;
-      }
-      for (int x = 1; x < keep; ++x) {  // ascending block order
-        int v = bi[x], y = x - 1;
-        while (y >= 0 && bi[y] > v) {
-          bi[y + 1] = bi[y];
-          --y;
-        }
-        bi[y + 1] = v;
-      }
-      for (int m = 0; m < keep; ++m) out[m] = bi[m];
-      writeRowTail(out, keep, c, a.topK);
+      writeRankedBand(bandS + lr * KL, bandI + lr * KL, nc, nb, keepMax, c, a.topK, out);
     }
   }
 }

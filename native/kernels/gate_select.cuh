@@ -1,0 +1,252 @@
+// Device pieces shared by the gate's tensor-core scorers (gate_topk.cu on
+// mma.sync, gate_topk_sm90.cu on wgmma): compare-exchange networks for
+// lists sorted best first, packed list entries, the q rows' fp16 operand
+// and the error bound of a row's tensor-core scores.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "gate_device.cuh"
+
+namespace moba {
+namespace gate {
+
+// Compare-exchange for lists sorted best (largest) first; packed values are
+// distinct, and equal sentinels may swap harmlessly.
+__device__ __forceinline__ void exch(float& a, float& b) {
+  const float hi = fmaxf(a, b);
+  b = fminf(a, b);
+  a = hi;
+}
+__device__ __forceinline__ void exch(int& a, int& b) {
+  const int hi = max(a, b);
+  b = min(a, b);
+  a = hi;
+}
+
+// The 19-exchange sorting network for eight entries (first of each pair: the
+// one that ends up first).
+__device__ constexpr int kSort8[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 1}, {2, 3},
+                                          {4, 5}, {6, 7}, {2, 4}, {3, 5}, {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+
+// Sorts x[O, O + 8) best (largest) first.
+template <int O, int N, typename V>
+__device__ __forceinline__ void sort8(V (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < 19; ++i) exch(x[O + kSort8[i][0]], x[O + kSort8[i][1]]);
+}
+
+// Sorts the bitonic run x[O, O + Len) best first (half-cleaners of Len/2 ... 1).
+template <int O, int Len, int N>
+__device__ __forceinline__ void bitonicClean(float (&x)[N]) {
+#pragma unroll
+  for (int s = Len / 2; s >= 1; s >>= 1)
+#pragma unroll
+    for (int i = 0; i < Len; ++i)
+      if ((i & s) == 0) exch(x[O + i], x[O + i + s]);
+}
+
+// Reverses x[O, O + Len): a sorted run followed by a reversed sorted run is bitonic.
+template <int O, int Len, int N>
+__device__ __forceinline__ void reverseRun(float (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < Len / 2; ++i) {
+    const float t = x[O + i];
+    x[O + i] = x[O + Len - 1 - i];
+    x[O + Len - 1 - i] = t;
+  }
+}
+
+// rowState of a row whose selection was certain and is already written.
+constexpr int kRowWritten = -2;
+
+// A packed list entry (gate_topk.cu's file comment): score s with its low
+// mantissa bits (packMask) replaced by block index j; and the index back.
+__device__ __forceinline__ float packEntry(float s, uint32_t packMask, int j) {
+  return __int_as_float((__float_as_int(s) & ~packMask) | static_cast<uint32_t>(j));
+}
+__device__ __forceinline__ int packedIndex(float v, uint32_t packMask) {
+  return static_cast<int>(__float_as_uint(v) & packMask);
+}
+
+// Whether a row's squared norm q2 is in the range where its scale and error
+// bound are formed (outside it the row is zero or takes the exact kernel).
+__device__ __forceinline__ bool norm2InRange(float q2) { return q2 >= 1e-30f && q2 <= 1e30f; }
+
+// The power of two that brings the norm of a row of squared norm q2 into
+// [2^14, 2^15) (from the exponent of q2: floor(log2 ||q||)); 1 when q2 is
+// out of range.
+__device__ __forceinline__ float operandScaleForNorm2(float q2) {
+  const int aExp = norm2InRange(q2) ? operandScaleExpForLog2(ilogbf(q2) >> 1) : 0;
+  return __int_as_float((aExp + 127) << 23);
+}
+
+// sqrt(D) 2^-14 rounded up: the L2 norm of q elements too small for fp16
+// (below 2^-14 each after scaling), which the tensor cores may flush.
+template <int D>
+constexpr float operandQsub() {
+  return 1.220703125e-4f * (D == 128 ? 11.3137085f : 8.f) * (1.f + 1.f / 1024);
+}
+
+// Sixteen q rows (rows r0 + g and r0 + g + 8 for lane g * 4 + tq) as m16n8k16
+// A fragments, straight from global memory in 16-byte loads: lane tq takes
+// dims [tq D/4, (tq + 1) D/4) of its rows, in the centroid operand's
+// permuted order (operandPairSlots): register [ks][i] holds row
+// r0 + g + 8 (i & 1), pair 2 ks + (i >> 1) of the lane's span. Rows at or
+// past nRows are zero. wgmma's register A operand has the same layout for
+// each warp's 16 rows.
+template <int D>
+__device__ __forceinline__ void loadRowFragments(uint32_t (&qa)[D / 16][4], const uint16_t* qBase, size_t qRowStride,
+                                                 int r0, int nRows, int lane) {
+  const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int rh = 0; rh < 2; ++rh) {
+    const int r = r0 + g + 8 * rh;
+    const uint4* src = reinterpret_cast<const uint4*>(qBase + static_cast<size_t>(r) * qRowStride + tq * (D / 4));
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) {
+      const uint4 w = r < nRows ? __ldg(src + c) : make_uint4(0u, 0u, 0u, 0u);
+      qa[2 * c][rh] = w.x;
+      qa[2 * c][rh + 2] = w.y;
+      qa[2 * c + 1][rh] = w.z;
+      qa[2 * c + 1][rh + 2] = w.w;
+    }
+  }
+}
+
+// One q row's fragment registers (row half hf of an m16n8k16 A fragment:
+// registers hf and hf + 2 of each 16-dim step) become the fp16 operand,
+// scaled by the power of two 2^a that brings the row's L2 norm into
+// [2^14, 2^15): every element is then below 2^15, and elements of at least
+// 2^-14 convert exactly (bf16 and fp16 inputs have at most 11 significant
+// bits). The row's ||q||^2 (fp32 sum of squares, relative error below 2^-17
+// here) and the OR of its magnitude bits come back summed over the quad,
+// whose four lanes hold a quarter of the row each.
+template <typename T, int D>
+__device__ __forceinline__ void scaleRowOperand(uint32_t (&qa)[D / 16][4], int hf, float& q2Out, uint32_t& nonzeroOut) {
+  float q2 = 0.f;
+  uint32_t nonzero = 0;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+    for (int part = 0; part < 2; ++part) {
+      const uint32_t u = qa[ks][hf + 2 * part];
+      nonzero |= u & 0x7fff7fffu;
+      const float x0 = T::toFloat(static_cast<uint16_t>(u)), x1 = T::toFloat(static_cast<uint16_t>(u >> 16));
+      q2 = fmaf(x0, x0, q2);
+      q2 = fmaf(x1, x1, q2);
+    }
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    q2 += __shfl_xor_sync(0xffffffffu, q2, off);
+    nonzero |= __shfl_xor_sync(0xffffffffu, nonzero, off);
+  }
+  const float scale = operandScaleForNorm2(q2);
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks)
+#pragma unroll
+    for (int part = 0; part < 2; ++part) {
+      uint32_t& u = qa[ks][hf + 2 * part];
+      const float y0 = T::toFloat(static_cast<uint16_t>(u)) * scale;
+      const float y1 = T::toFloat(static_cast<uint16_t>(u >> 16)) * scale;
+      const __half2 hv = __floats2half2_rn(y0, y1);
+      u = *reinterpret_cast<const uint32_t*>(&hv);
+    }
+  q2Out = q2;
+  nonzeroOut = nonzero;
+}
+
+// The bound on |tensor-core score - exact score| of one row, in the scaled
+// units of the operands: eps = (||q'|| + qsub) E + qsub Cn, with E and Cn
+// from gate_centroids.cu (stats of the row's sequence and KV head). With
+// packed lists (packBits > 0) eps also covers the packing, which moves a
+// score by at most delta = 2^(packBits - 23) (||q'|| Cn + eps). ok is false
+// when the row's norm is not finite or underflows, or its products could
+// overflow: such rows take the exact kernel.
+struct RowBound {
+  float eps = 0.f;
+  float delta = 0.f;
+  bool ok = false;
+};
+template <int D>
+__device__ __forceinline__ RowBound rowBound(float q2, uint32_t nonzero, float E, float Cn, int packBits) {
+  constexpr float kQsub = operandQsub<D>();
+  RowBound r;
+  const bool normal = norm2InRange(q2);
+  const float qn = sqrtf(q2 * (1.f + 1.f / 4096)) * operandScaleForNorm2(q2) + kQsub;
+  r.ok = (normal || nonzero == 0) && E <= 1e18f && Cn <= 1e18f;
+  if (!r.ok) return r;
+  r.eps = __fadd_ru(__fmul_ru(__fadd_ru(__fmul_ru(qn, E), __fmul_ru(kQsub, Cn)), 1.f + 1.f / 256),
+                    7.888609052210118e-31f);  // + 2^-100
+  if (packBits > 0) {
+    const float rel = __int_as_float((127 + packBits - 23) << 23);  // 2^(packBits - 23)
+    r.delta = __fmul_ru(__fadd_ru(__fmul_ru(qn, Cn), r.eps), __fmul_ru(rel, 1.f + 1.f / 1024));
+    r.eps = __fadd_ru(r.eps, r.delta);
+  }
+  return r;
+}
+
+// Exact scores of queued band entries, a warp at a time, four entries per
+// pass: queue[i] = (row << 8) | slot names entry bandI[row * KL + slot],
+// whose exact score replaces bandS[row * KL + slot]. The CPU backend's order
+// (exactDot): partial sum e collects dims e, e+8, e+16, ... in turn, then
+// ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)); lane e of a group of 8 runs partial
+// sum e, and the xor shuffles add the same pairs (fp32 addition is
+// commutative). cent: the sequence's fp32 centroids for the KV head, block
+// stride cStride; kLoadUnroll: loads of an entry in flight at once.
+template <typename T, int D, int KL, int kLoadUnroll>
+__device__ __forceinline__ void rescoreQueued(const int* queue, int total, const float* cent, size_t cStride,
+                                              const uint16_t* qBase, size_t qRowStride, const int* bandI, float* bandS,
+                                              int lane) {
+  const int e = lane & 7;
+  for (int first = 0; first < total; first += 4) {
+    const int item = first + (lane >> 3);
+    const int code = queue[item < total ? item : 0];
+    const int r = code >> 8, m = code & 255;
+    const float* cp = cent + static_cast<size_t>(bandI[r * KL + m]) * cStride + e;
+    const uint16_t* qRe = qBase + static_cast<size_t>(r) * qRowStride + e;
+    float sum = 0.f;
+#pragma unroll kLoadUnroll
+    for (int ch = 0; ch < D / 8; ++ch) sum = __fadd_rn(sum, __fmul_rn(T::toFloat(__ldg(qRe + ch * 8)), cp[ch * 8]));
+    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
+    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
+    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 4));
+    if (item < total && e == 0) bandS[r * KL + m] = sum;
+  }
+}
+
+// Writes a row from its band (bs, bi: nb entries, the first nc certain to be
+// among its best keep): the entries [nc, nb), re-scored exactly, are ranked
+// by (exact score, block index), the best keep - nc join the certain ones,
+// and the keep blocks go out ascending, then the row's own block c and -1
+// padding up to topK.
+__device__ __forceinline__ void writeRankedBand(float* bs, int* bi, int nc, int nb, int keep, int c, int topK,
+                                                int32_t* out) {
+  for (int r = nc; r < keep; ++r) {  // rank the re-scored entries exactly
+    int best = r;
+    for (int m = r + 1; m < nb; ++m)
+      if (ranksAbove(bs[m], bi[m], bs[best], bi[best])) best = m;
+    const float ts = bs[r];
+    const int ti = bi[r];
+    bs[r] = bs[best];
+    bi[r] = bi[best];
+    bs[best] = ts;
+    bi[best] = ti;
+  }
+  for (int x = 1; x < keep; ++x) {  // ascending block order
+    const int v = bi[x];
+    int y = x - 1;
+    while (y >= 0 && bi[y] > v) {
+      bi[y + 1] = bi[y];
+      --y;
+    }
+    bi[y + 1] = v;
+  }
+  for (int m = 0; m < keep; ++m) out[m] = bi[m];
+  writeRowTail(out, keep, c, topK);
+}
+
+}  // namespace gate
+}  // namespace moba
