@@ -10,8 +10,11 @@
 
 #include "../common/params.h"
 #include "../common/status.h"
+#include "common/fast_div.h"
 
 namespace moba {
+
+class CudaContext;
 
 // Everything the gate kernels read and write, passed by value.
 struct GateArgs {
@@ -41,6 +44,7 @@ struct GateArgs {
   int nqh = 0, nkvh = 0, group = 1, headDim = 0, chunkSize = 0, topK = 0;
   // Bits that hold any block index of a sequence (gate_topk.cu, packed lists).
   int packBits = 1;
+  FastDiv chunkDiv;  // division by chunkSize
 };
 // Packed lists up to this many index bits (4096 blocks per sequence):
 // beyond, the packing error (2^(bits - 23) of a score's magnitude) would
@@ -100,6 +104,12 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
 // for it before they read its results.
 Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream);
 Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream);
+// The fast path on wgmma (gate_topk_sm90.cu): topK 2 and 3 with packed lists,
+// on compute capability 9.0 devices when the addon holds sm_90a code, unless
+// MOBA_GATE_KERNEL=sm80 keeps launchGateFast's mma.sync kernel. Same tiles,
+// same results.
+bool gateUsesSm90(int topK, int packBits, const CudaContext& ctx);
+Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
 // Every row by gate_topk_large.cu (plan.large); numTiles tiles of kGateLargeTileRows rows.
 // Rows it cannot certify go to a.fallback for the exact kernel.
 Status launchGateLarge(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);

@@ -72,6 +72,7 @@ GateArgs argsFor(const GateParams& p, const GatePlan& plan, void* ws, const int3
   a.group = p.heads.numQHeads / p.heads.numKVHeads;
   a.headDim = p.heads.headDim;
   a.chunkSize = p.chunkSize;
+  a.chunkDiv = FastDiv(p.chunkSize);
   a.topK = p.topK;
   a.packBits = plan.packBits;
   return a;
@@ -87,7 +88,9 @@ Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, 
   const bool dependent = ctx.ccMajor >= 9;
   MOBA_RETURN_IF_ERROR(launchGateCentroids(a, p.dtype, dependent, ctx.stream));
   if (plan.listCap > 0) {
-    MOBA_RETURN_IF_ERROR(launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, dependent, ctx.stream));
+    MOBA_RETURN_IF_ERROR(gateUsesSm90(p.topK, plan.packBits, ctx)
+                             ? launchGateFastSm90(a, p.dtype, plan.numTiles, dependent, ctx.stream)
+                             : launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, dependent, ctx.stream));
     return launchGateExact(a, p.dtype, false, ctx.smCount, dependent, ctx.stream);
   }
   if (plan.large) {

@@ -1,0 +1,408 @@
+// Gate scores and top-(k-1) selection on Hopper (sm_90a) for topK 2 and 3,
+// MoBA's usual (512, 3) among them: the scores on wgmma, the selection in
+// the accumulator registers, with no branch and no pass through shared
+// memory. The exactness argument, the band, its certification and exact
+// re-scoring are gate_topk.cu's (see its file comment); only the way the
+// band's candidates are gathered differs.
+//
+// A CTA (one warpgroup) owns 64 consecutive query rows of one sequence and
+// one query head, half of a plan tile. q goes from global memory into
+// wgmma's register A operand as scaled fp16 (loadRowFragments,
+// scaleRowOperand); centroid tiles of 64 blocks (scaled fp16 from
+// gate_centroids.cu) stream through shared memory in wgmma's
+// 128-byte-swizzled K-major layout (cp.async, two stages), and one m64n64
+// product per tile leaves each thread 16 scores of each of its two rows: a
+// quarter of the tile's columns.
+//
+// Selection. Every score enters a packed entry (its low packBits mantissa
+// bits replaced by its block index) and each thread keeps, per row, its best
+// four entries of the columns it sees: four scores at a time are sorted and
+// merged into the list (22 min/max for four scores), whatever the data, so a
+// warp's cost does not depend on its busiest row. At the end the quad merges
+// its four lists into the row's best eight (shuffles and bitonic merges).
+// The row's band [T - 2 eps, ...) is complete unless some thread may have
+// dropped a band entry, which only a thread whose fourth entry reaches the
+// band can have done: it takes four or more near-ties in one quarter of the
+// row. Such rows, and bands of more than eight, take the exact kernel, as in
+// gate_topk.cu.
+#include <climits>
+#include <cstring>
+#include <string>
+
+#include "common/cuda_context.h"
+#include "common/attn_device.cuh"
+#include "common/dependent_launch.h"
+#include "common/env_switch.h"
+#include "common/grid_dependency.cuh"
+#include "common/sm90_sync.cuh"
+#include "common/wgmma_ops.cuh"
+#include "gate_device.cuh"
+#include "gate_internal.h"
+#include "gate_select.cuh"
+
+namespace moba {
+namespace {
+
+using namespace gate;
+
+constexpr unsigned kFull = 0xffffffffu;
+
+// One warpgroup per CTA, five CTAs per SM (at most 102 registers per
+// thread; 96 used, 8 bytes spilled in the bf16 head-dim-128 build) with two
+// centroid stages. At 128K (512, 3), random / drift inputs: two warpgroups
+// sharing three stages in 128-row CTAs (two per SM) 1.43 / 1.45 ms per
+// gate; one warpgroup, three stages, four CTAs per SM 1.34 / 1.37; this
+// 1.25 / 1.29 (more independent warps to hide the copies' and the wgmma's
+// latency; the extra copies from L2 cost less).
+template <int D>
+struct Sm90GateCfg {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kRows = kWarps * 16;
+  static constexpr int kParts = 2;  // CTAs per plan tile (gateTileRows: 128 rows)
+  static constexpr int kCtasPerSm = 5;
+  static constexpr int kBN = 64;  // centroids per tile: one m64n64 product per warpgroup
+  static constexpr int kStages = 2;
+  static constexpr int kStageBytes = kBN * D * 2;
+  static constexpr int kBand = 8;                 // a row's band list
+  static constexpr int kQueueInts = 16 * kBand;   // a warp's re-scoring queue: 16 rows
+  static constexpr int kAfterLoop = kRows * kBand * 8 + kWarps * kQueueInts * 4;
+  static_assert(kAfterLoop <= kStages * kStageBytes, "band buffers and queues overlay the centroid stages");
+  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment of the swizzled tiles
+};
+
+// Folds four packed entries into a best-first list of four: the four are
+// sorted (five exchanges), each list entry meets its mirror among them (the
+// larger of each pair is a bitonic run of the best four) and the run is
+// cleaned (four exchanges).
+__device__ __forceinline__ void foldFour(float (&l)[4], float a, float b, float c, float d) {
+  exch(a, b);
+  exch(c, d);
+  exch(a, c);
+  exch(b, d);
+  exch(b, c);
+  float m[4] = {fmaxf(l[0], d), fmaxf(l[1], c), fmaxf(l[2], b), fmaxf(l[3], a)};
+  bitonicClean<0, 4>(m);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) l[k] = m[k];
+}
+
+// One tile's 64 scores of the thread's two rows (acc, the m64n64 fragment:
+// row half 0 in elements 0-1, half 1 in 2-3 of each 8-column chunk) into
+// their lists, 16 columns at a time. Column 8 i + 2 tq + e of the tile is
+// block jq | (8 i + e), jq = j0 | 2 tq (j0 is a multiple of 64, so the OR is
+// a sum). Columns at or past a row's own block (c0, c1) become -inf, tested
+// only in the 16-column groups where some row of the warp needs it (cMin,
+// cMax: the fewest and most past blocks of the warp's rows; warp-uniform).
+__device__ __forceinline__ void foldTile(float (&l0)[4], float (&l1)[4], const float (&acc)[8][4], int j0, int jq,
+                                         uint32_t notMask, int c0, int c1, int cMin, int cMax) {
+#pragma unroll
+  for (int i = 0; i < 8; i += 2) {
+    if (j0 + 8 * i >= cMax) break;  // no row of the warp has these blocks
+    const bool masked = j0 + 8 * i + 16 > cMin;
+    const int j[4] = {jq | (8 * i), jq | (8 * i + 1), jq | (8 * i + 8), jq | (8 * i + 9)};
+    float x[2][4];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float v[4] = {acc[i][2 * hf], acc[i][2 * hf + 1], acc[i + 1][2 * hf], acc[i + 1][2 * hf + 1]};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[hf][e] = __int_as_float((__float_as_int(v[e]) & notMask) | static_cast<uint32_t>(j[e]));
+    }
+    if (masked) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        x[0][e] = j[e] < c0 ? x[0][e] : -INFINITY;
+        x[1][e] = j[e] < c1 ? x[1][e] : -INFINITY;
+      }
+    }
+    foldFour(l0, x[0][0], x[0][1], x[0][2], x[0][3]);
+    foldFour(l1, x[1][0], x[1][1], x[1][2], x[1][3]);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCtasPerSm) fastKernelSm90(GateArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = Sm90GateCfg<D>;
+  constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, KB = C::kBand;
+  extern __shared__ uint8_t smemRaw[];
+  const uint32_t rawAddr = smemAddr(smemRaw);
+  const uint32_t stages = (rawAddr + 1023u) & ~1023u;
+  uint8_t* smem = smemRaw + (stages - rawAddr);
+  // After the main loop the stages hold each row's band and the warps' queues.
+  float* bandS = reinterpret_cast<float*>(smem);
+  int* bandI = reinterpret_cast<int*>(smem + kRows * KB * 4);
+  int* queues = reinterpret_cast<int*>(smem + kRows * KB * 8);
+  // Band size; or -1: hand to the exact kernel; or kRowWritten.
+  __shared__ int rowState[kRows];
+  __shared__ int rowCertain[kRows];  // band entries certain to be among the row's best keep
+
+  // The exact kernel after this one may be placed as soon as every CTA here
+  // has started; it waits for this grid's end before it reads anything.
+  allowDependentGrid();
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tq = lane & 3;
+  const RowTile tile = rowTileOf(a, kRows, C::kParts);
+  const int b = tile.b, h = tile.h, kvh = tile.kvh;
+  const int nRows = tile.nRows, row0 = tile.row0, pos0 = tile.pos0, pLast = tile.pLast;
+  const int keepMax = a.topK - 1;
+  const int numCTiles = pLast > keepMax ? (pLast + kBN - 1) / kBN : 0;
+  // The warp's 16 rows start at r16 (warpgroup w: rows 64 w ... 64 w + 63);
+  // this thread's fragment rows are r16 + g and r16 + g + 8. After the
+  // selection the quad's lanes tq and tq ^ 2 both hold row half tq & 1, and
+  // lanes 0 and 1 own the quad's two rows.
+  const int r16 = warp * 16;
+  const int rowA = r16 + (lane >> 2), rowB = rowA + 8;
+  const int half = tq & 1;
+  const int ownRow = half ? rowB : rowA;
+  const bool owner = tq < 2;
+  const int pOwn = ownRow < nRows ? a.chunkDiv(pos0 + ownRow) : 0;
+
+  const size_t qRowStride = static_cast<size_t>(a.nqh) * D;
+  const uint16_t* qBase = static_cast<const uint16_t*>(a.q) + static_cast<size_t>(row0) * qRowStride +
+                            static_cast<size_t>(h) * D;
+  if (numCTiles > 0) {
+    const size_t hiStride = static_cast<size_t>(a.nkvh) * D;
+    const uint16_t* hiBase =
+        static_cast<const uint16_t*>(a.hi) + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
+    // Each thread copies the same 16-byte chunk of every kLoadStep-th row of
+    // each tile. Layout: the row's dims [64 hf, 64 hf + 64) at byte
+    // hf * kBN * 128 + row * 128, 16-byte chunks XOR-ed with row % 8
+    // (kLoadStep is a multiple of 8, so the swizzle is fixed per thread).
+    constexpr int kChunks = D / 8;
+    constexpr int kLoadStep = C::kThreads / kChunks;
+    static_assert(kLoadStep % 8 == 0 && kBN % kLoadStep == 0, "tile rows per copy step");
+    const int ldRow = tid / kChunks, ldCh = tid % kChunks;
+    const uint32_t ldDst = stages + (ldCh >> 3) * (kBN * 128) + ldRow * 128 + (((ldCh & 7) ^ (ldRow & 7)) * 16);
+    // Tiles are loaded in order: the next one's source advances by a tile.
+    const uint16_t* nextSrc = hiBase + static_cast<size_t>(ldRow) * hiStride + ldCh * 8;
+    const size_t stepElems = kLoadStep * hiStride;
+    int rowsLeft = pLast - ldRow;  // rows of the next tile this thread may copy, from its first
+    int nextTile = 0;
+    auto loadNextTile = [&]() {
+      if (nextTile < numCTiles) {
+        const uint32_t dst = ldDst + (nextTile % kStages) * C::kStageBytes;
+        const uint16_t* src = nextSrc;
+#pragma unroll
+        for (int it = 0; it < kBN / kLoadStep; ++it, src += stepElems) {
+          const bool valid = it * kLoadStep < rowsLeft;
+          cpAsync16(dst + it * kLoadStep * 128, valid ? src : hiBase, valid);
+        }
+        nextSrc += kBN * hiStride;
+        rowsLeft -= kBN;
+        ++nextTile;
+      }
+      cpAsyncCommit();
+    };
+
+    uint32_t qa[D / 16][4];
+    loadRowFragments<D>(qa, qBase, qRowStride, r16, nRows, lane);
+    // Up to here the CTA read only the op's inputs: the centroid operand and
+    // its statistics come from the grids before this one.
+    waitForPrimaryGrid();
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) loadNextTile();
+
+    float q2[2];
+    uint32_t nonzero[2];
+    scaleRowOperand<T, D>(qa, 0, q2[0], nonzero[0]);
+    scaleRowOperand<T, D>(qa, 1, q2[1], nonzero[1]);
+    const uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
+    const RowBound rb = rowBound<D>(half ? q2[1] : q2[0], half ? nonzero[1] : nonzero[0],
+                                    __uint_as_float(st[kStatBound]), __uint_as_float(st[kStatNorm]), a.packBits);
+    const uint32_t packMask = (1u << a.packBits) - 1u;
+
+    // Past blocks of the thread's rows (0 past the tile: every column
+    // masked), and the fewest and most of the warp's rows (consecutive
+    // positions, so its first and last).
+    const int cA = rowA < nRows ? a.chunkDiv(pos0 + rowA) : 0;
+    const int cB = rowB < nRows ? a.chunkDiv(pos0 + rowB) : 0;
+    const int warpLast = min(r16 + 15, nRows - 1);
+    const int cWarpMin = r16 < nRows ? a.chunkDiv(pos0 + r16) : 0;
+    const int cWarpMax = r16 < nRows ? a.chunkDiv(pos0 + warpLast) : 0;
+
+    float lA[4], lB[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) lA[k] = lB[k] = -INFINITY;
+    float acc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+    for (int t = 0; t < numCTiles; ++t) {
+      cpAsyncWait<kStages - 2>();
+      attn::fenceProxyAsync();  // this thread's copies, visible to wgmma's reads
+      __syncthreads();
+      loadNextTile();
+      // The descriptor's address field (bytes / 16, 14 bits) holds any
+      // address in the stages, so each k-step adds its offset to the
+      // stage's descriptor.
+      const uint64_t stDesc = attn::wgmmaDesc(stages + (t % kStages) * C::kStageBytes, 16, 1024);
+      attn::wgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint64_t desc = stDesc + static_cast<uint64_t>(((kk >> 2) * (kBN * 128) + (kk & 3) * 32) >> 4);
+        attn::wgmmaRS<__half, 0>(acc, qa[kk], desc, kk > 0 ? 1 : 0);
+      }
+      attn::wgmmaCommit();
+      attn::wgmmaWait<0>();
+      attn::fenceRegs(acc);
+      attn::fenceRegs(qa);
+      const int j0 = t * kBN;
+      if (j0 >= cWarpMax) continue;  // warp-uniform: no row of the warp has these blocks
+      foldTile(lA, lB, acc, j0, j0 | (2 * tq), ~packMask, cA, cB, cWarpMin, cWarpMax);
+    }
+    cpAsyncWait<0>();
+    __syncthreads();  // the stages become band buffers
+
+    // The quad's four lists of the row into its best eight: the lane of the
+    // other half sends its list of this lane's row (a bitonic run of eight
+    // with this lane's own list), then the lane of the same half (the best
+    // eight of two sorted eights).
+    float R[8];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      R[k] = half ? lB[k] : lA[k];
+      R[7 - k] = __shfl_xor_sync(kFull, half ? lA[k] : lB[k], 1);
+    }
+    bitonicClean<0, 8>(R);
+    {
+      float other[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) other[k] = __shfl_xor_sync(kFull, R[7 - k], 2);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) R[k] = fmaxf(R[k], other[k]);
+    }
+    bitonicClean<0, 8>(R);
+    // Each thread's list dropped only entries at most its fourth: the most
+    // any of the row's four lists may have dropped.
+    float dropped = fmaxf(half ? lB[3] : lA[3], __shfl_xor_sync(kFull, half ? lA[3] : lB[3], 1));
+    dropped = fmaxf(dropped, __shfl_xor_sync(kFull, dropped, 2));
+
+    if (owner && ownRow < nRows && pOwn > keepMax) {
+      const int keep = keepMax;  // 1 or 2
+      const float twoEps = 2.f * rb.eps;
+      const float kth = keep == 1 ? R[0] : R[1];
+      const float next = keep == 1 ? R[1] : R[2];
+      const float L = __fsub_rd(kth, twoEps);
+      int nb = 0;  // the band: R[0, nb)
+#pragma unroll
+      for (int k = 0; k < KB; ++k) nb += R[k] >= L ? 1 : 0;
+      const bool overflow = R[KB - 1] >= L || dropped >= L;
+      int state = !rb.ok || overflow ? -1 : nb;
+      if (state == keep) {
+        // No near-tie: the row's blocks are its first keep entries.
+        int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + ownRow) * a.topK;
+        const int i0 = packedIndex(R[0], packMask), i1 = packedIndex(R[1], packMask);
+        if (keep == 1) {
+          out[0] = i0;
+        } else {
+          out[0] = min(i0, i1);
+          out[1] = max(i0, i1);
+        }
+        writeRowTail(out, keep, pOwn, a.topK);
+        state = kRowWritten;
+      } else if (state > keep) {
+        // An entry is certain when the (keep+1)-th is below it by more than
+        // 2 eps (at most keep-1 others can then outrank it); that holds for
+        // a prefix of the sorted band.
+        const int nc = (!(next >= __fsub_rd(R[0], twoEps)) ? 1 : 0) +
+                       (keep == 2 && !(next >= __fsub_rd(R[1], twoEps)) ? 1 : 0);
+        rowCertain[ownRow] = nc;
+#pragma unroll
+        for (int k = 0; k < KB; ++k) {
+          if (k < nb) {
+            bandS[ownRow * KB + k] = R[k];
+            bandI[ownRow * KB + k] = packedIndex(R[k], packMask);
+          }
+        }
+      }
+      rowState[ownRow] = state;
+    }
+    __syncthreads();
+  } else {
+    waitForPrimaryGrid();  // every CTA: this grid never completes ahead of those before it
+  }
+
+  // Finish each row: the blocks still contested are re-scored exactly, a
+  // warp at a time; then the owner ranks them and writes the row.
+  const int c = pOwn;
+  const int state = owner && ownRow < nRows && c > keepMax ? rowState[ownRow] : -1;
+  const bool live = state >= 0;
+  int nb = 0, nc = 0;
+  if (live) {
+    nb = state;
+    nc = nb > keepMax ? rowCertain[ownRow] : keepMax;
+  }
+  const int need = max(nb - nc, 0);  // entries [nc, nb) of the row get exact scores
+  int upTo = need;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int x = __shfl_up_sync(kFull, upTo, off);
+    if (lane >= off) upTo += x;
+  }
+  const int total = __shfl_sync(kFull, upTo, 31);
+  if (total > 0) {  // warp-uniform
+    int* queue = queues + warp * C::kQueueInts;
+    for (int i = 0; i < need; ++i) queue[upTo - need + i] = (ownRow << 8) | (nc + i);
+    __syncwarp();
+    const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
+    rescoreQueued<T, D, KB, D / 8>(queue, total, cent, static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI,
+                                   bandS, lane);
+    __syncwarp();
+  }
+
+  if (owner && ownRow < nRows) {
+    const int row = row0 + ownRow;
+    int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row) * a.topK;
+    if (c <= keepMax) {
+      writeAllPast(out, c, a.topK, 0, 1);
+    } else if (state == kRowWritten) {
+      // written after the selection
+    } else if (!live) {
+      const int slot = atomicAdd(a.fallbackCount, 1);
+      a.fallback[slot] = h * a.totalQ + row;
+    } else {
+      writeRankedBand(bandS + ownRow * KB, bandI + ownRow * KB, nc, nb, keepMax, c, a.topK, out);
+    }
+  }
+#endif
+}
+
+template <typename T, int D>
+Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
+  using C = Sm90GateCfg<D>;
+  auto kernel = fastKernelSm90<T, D>;
+  MOBA_RETURN_IF_ERROR(cudaStatus(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes), "gate smem limit"));
+  dim3 grid(static_cast<unsigned>(numTiles * C::kParts), static_cast<unsigned>(a.nqh));
+  return cudaStatus(launchInOrder(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, dependent, a),
+                    "gate scores (sm90)");
+}
+
+template <typename T>
+Status launchDim(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
+  switch (a.headDim) {
+    case 64: return launchTyped<T, 64>(a, numTiles, dependent, stream);
+    case 128: return launchTyped<T, 128>(a, numTiles, dependent, stream);
+    default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
+  }
+}
+
+}  // namespace
+
+bool gateUsesSm90(int topK, int packBits, const CudaContext& ctx) {
+  static const bool built = std::strstr(MOBA_CUDA_ARCHS, "90a") != nullptr;
+  static const bool forceSm80 = envIs("MOBA_GATE_KERNEL", "sm80");
+  return built && !forceSm80 && ctx.ccMajor == 9 && ctx.ccMinor == 0 && topK >= 2 && topK <= 3 &&
+         packBits <= kGateMaxPackBits;
+}
+
+Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream) {
+  if (numTiles == 0) return Status::Ok();
+  if (dtype == DType::BF16) return launchDim<Bf16>(a, numTiles, dependent, stream);
+  if (dtype == DType::F16) return launchDim<F16>(a, numTiles, dependent, stream);
+  return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
+}
+
+}  // namespace moba
