@@ -45,8 +45,6 @@ namespace {
 
 using namespace gate;
 
-constexpr unsigned kFull = 0xffffffffu;
-
 // One warpgroup per CTA, five CTAs per SM (at most 102 registers per
 // thread; 96 used, 8 bytes spilled in the bf16 head-dim-128 build) with two
 // centroid stages. At 128K (512, 3), random / drift inputs: two warpgroups
@@ -70,6 +68,10 @@ struct Sm90GateCfg {
   static_assert(kAfterLoop <= kStages * kStageBytes, "band buffers and queues overlay the centroid stages");
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment of the swizzled tiles
 };
+
+// The device code exists in sm_90a builds only (wgmma).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr unsigned kFull = 0xffffffffu;
 
 // Folds four packed entries into a best-first list of four: the four are
 // sorted (five exchanges), each list entry meets its mirror among them (the
@@ -119,6 +121,8 @@ __device__ __forceinline__ void foldTile(float (&l0)[4], float (&l1)[4], const f
     foldFour(l1, x[1][0], x[1][1], x[1][2], x[1][3]);
   }
 }
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 template <typename T, int D>
 __global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCtasPerSm) fastKernelSm90(GateArgs a) {
