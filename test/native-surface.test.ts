@@ -209,6 +209,15 @@ for (const backend of backends) {
 }
 
 // Caps the child's address space at its present size plus `headroomMiB`.
+// The capped cases run with one malloc arena: glibc gives each new thread
+// that allocates its own arena, reserving 64 MiB of address space, up to
+// 8 per core, so on a many-core host the threads of Node.js and V8 that
+// first allocate after the cap (GC helpers, the libuv pool) could take the
+// headroom meant for the op under test, and V8 then dies out of memory
+// instead of the op failing with EOOM. One arena makes the room the op
+// gets the same on any host.
+const cappedEnv = { MALLOC_ARENA_MAX: '1' };
+
 const capAddressSpace = (headroomMiB: number): string => `
   const { execFileSync } = await import('node:child_process');
   const { readFileSync } = await import('node:fs');
@@ -238,7 +247,7 @@ it.skipIf(prlimitReason !== '')('CPU decode over a 1 GiB pool with the address s
     const out = n.decodeAttention(q, null, pool, sums, meta, 0, 1, numPages, 1, Hq, 1, kvLen, kvLen, 0.35, 0, 0, 0,
       0, numPages, 1, 0, 1, pageSize, D, 1);
     const o = Array.from(await n.read(out, 0, Hq * D));
-    if (!o.every((x) => x === 0)) throw new Error('expected zeros (zero values) but got ' + o);`);
+    if (!o.every((x) => x === 0)) throw new Error('expected zeros (zero values) but got ' + o);`, cappedEnv);
 });
 
 it.skipIf(prlimitReason !== '')('out of host memory staging an upload on the JavaScript thread is EOOM, not an abort', () => {
@@ -250,11 +259,10 @@ it.skipIf(prlimitReason !== '')('out of host memory staging an upload on the Jav
     const data = new Float32Array(bytes / 4);
     await n.synchronize();
     // Staging takes 256 MiB; the rest of the process keeps 192 MiB of room:
-    // between reading its size and the cap, another thread may reserve a
-    // 64 MiB malloc arena, and execFileSync still allocates while the cap
-    // lands (with 64 MiB of room it aborted there under load).
+    // execFileSync still allocates while the cap lands (with 64 MiB of room
+    // it aborted there under load).
     ${capAddressSpace(192)}
     let code = 'no error';
     try { n.write(target, data, 2); } catch (e) { code = e.code; }
-    if (code !== 'EOOM') throw new Error('expected EOOM from write(), got ' + code);`);
+    if (code !== 'EOOM') throw new Error('expected EOOM from write(), got ' + code);`, cappedEnv);
 });

@@ -5,17 +5,25 @@ import { expect } from 'vitest';
 /** The built package's entry, as a URL a child's `import` takes. */
 export const distEntry = new URL('../../dist/index.js', import.meta.url).href;
 
-/** Runs ES-module `source` in a fresh Node.js process (60 s at most). */
-export function runModule(source: string): SpawnSyncReturns<string> {
-  return spawnSync(process.execPath, ['--input-type=module', '-e', source], { encoding: 'utf8', timeout: 60_000 });
+/**
+ * Runs ES-module `source` in a fresh Node.js process (60 s at most), with
+ * `env` added to this process's environment.
+ */
+export function runModule(source: string, env: Record<string, string> = {}): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, ['--input-type=module', '-e', source], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, ...env },
+  });
 }
 
 /**
  * Runs `body` after `import { openDevice }` from the package in a fresh
- * process, and expects it to reach its end and exit with code 0, silently.
+ * process (environment plus `env`), and expects it to reach its end and
+ * exit with code 0, silently.
  */
-export function expectCleanExit(body: string): void {
-  const r = runModule(`import { openDevice } from ${JSON.stringify(distEntry)};\n${body}\nconsole.log('end of script');\n`);
+export function expectCleanExit(body: string, env: Record<string, string> = {}): void {
+  const r = runModule(`import { openDevice } from ${JSON.stringify(distEntry)};\n${body}\nconsole.log('end of script');\n`, env);
   expect(r.stdout, r.stderr).toContain('end of script');
   expect({ status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ status: 0, signal: null, stderr: '' });
 }
