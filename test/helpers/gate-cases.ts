@@ -282,8 +282,11 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
   it('returns well-formed indices for NaN and Inf inputs (NaN scores rank lowest)', async () => {
     using device = open();
     const rng = rngFor('gate nan inf');
-    // topK 4 takes the fast path; topK 24 the large-topK kernel (chunks of 8 give rows enough blocks).
-    for (const [dtype, topK, chunkSize] of [['bf16', 4, 32], ['f16', 4, 32], ['bf16', 24, 8], ['f16', 24, 8]] as const) {
+    // topK 4 takes the fast path, topK 3 the wgmma kernel on Hopper; topK 24 the large-topK kernel
+    // (chunks of 8 give rows enough blocks).
+    for (const [dtype, topK, chunkSize] of [
+      ['bf16', 4, 32], ['f16', 4, 32], ['bf16', 3, 32], ['f16', 3, 32], ['bf16', 24, 8], ['f16', 24, 8],
+    ] as const) {
       const c = makeCase(rng, { dtype, batch: 3, maxLen: 600, group: 2, numKVHeads: 1, headDim: opts.headDims[0]!, chunkSize, topK, chunked: false });
       const D = c.headDim;
       const totalQ = c.cuQ[3]!;
