@@ -21,7 +21,7 @@ import {
 } from '../../lib/index.js';
 import { DTYPE_CODE } from '../../lib/dtype.js';
 import { expectMobaError } from './errors.js';
-import { randn, relL2, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, shuffle, type Rng } from './random.js';
+import { gateTieBand, randn, relL2, reportSeedOnFailure, rngFor, roundToBf16, roundToF16, shuffle, type Rng } from './random.js';
 
 type Dtype = 'bf16' | 'f16';
 
@@ -194,7 +194,7 @@ function expected(env: Env, layerObj: MobaAttention, layer: number, r: StepResul
  * Reference outputs of (row i, head h) of sequence `seq` under each other
  * selection of past blocks that a near-tie of float64 gate scores allows:
  * the kernels score in fp32, so at a tie within fp32 rounding either side is
- * right. The tolerance is the MoBA attention suite's (attention-cases.ts).
+ * right (gateTieBand).
  * None for full attention, or when more than eight blocks tie.
  */
 function nearTieRows(env: Env, layerObj: MobaAttention, layer: number, r: StepResult, seq: number, i: number, h: number): Float64Array[] {
@@ -211,8 +211,7 @@ function nearTieRows(env: Env, layerObj: MobaAttention, layer: number, r: StepRe
   }, h, i);
   const keep = Math.min(layerObj.topK - 1, scores.length);
   if (keep === 0 || keep === scores.length) return [];
-  const threshold = Array.from(scores).sort((a, b) => b - a)[keep - 1]!;
-  const tol = 1e-4 * (1 + Math.abs(threshold));
+  const { threshold, tol } = gateTieBand(scores, keep);
   const sure: number[] = [];
   const near: number[] = [];
   scores.forEach((x, j) => {

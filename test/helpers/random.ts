@@ -152,6 +152,16 @@ export function roundToF16(x: Float32Array): Float32Array {
   return out;
 }
 
+/**
+ * The selection boundary of one query's gate: the keep-th best of its
+ * float64 past-block scores, and how close to it a score is a near-tie that
+ * fp32 kernels may order either way.
+ */
+export function gateTieBand(scores: ArrayLike<number>, keep: number): { threshold: number; tol: number } {
+  const threshold = Array.from(scores).sort((a, b) => b - a)[keep - 1]!;
+  return { threshold, tol: 1e-4 * (1 + Math.abs(threshold)) };
+}
+
 /** Relative L2 error ||a - b|| / ||b|| in float64 (0 when both are zero, Inf when only b is). */
 export function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`relL2: lengths differ (${a.length} vs ${b.length})`);
