@@ -9,10 +9,6 @@
 #include "attn_launch.h"
 #include "common/env_switch.h"
 
-#ifndef MOBA_CUDA_ARCHS
-#define MOBA_CUDA_ARCHS ""
-#endif
-
 namespace moba {
 
 namespace {
@@ -107,12 +103,7 @@ bool forceSm80() {
   return force;
 }
 
-// The wgmma kernels exist as machine code only in sm_90a builds, and only a
-// compute capability 9.0 device runs sm_90a code.
-bool useSm90(const CudaContext& ctx) {
-  static const bool built = std::strstr(MOBA_CUDA_ARCHS, "90a") != nullptr;
-  return built && ctx.ccMajor == 9 && ctx.ccMinor == 0 && !forceSm80();
-}
+bool useSm90(const CudaContext& ctx) { return runsSm90a(ctx) && !forceSm80(); }
 
 }  // namespace
 

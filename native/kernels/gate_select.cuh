@@ -59,6 +59,15 @@ __device__ __forceinline__ void reverseRun(float (&x)[N]) {
   }
 }
 
+// ls[i] for a run-time i < KL, by selects (no local memory).
+template <int KL>
+__device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
+  float v = ls[0];
+#pragma unroll
+  for (int k = 1; k < KL; ++k) v = i == k ? ls[k] : v;
+  return v;
+}
+
 // rowState of a row whose selection was certain and is already written.
 constexpr int kRowWritten = -2;
 
@@ -215,6 +224,32 @@ __device__ __forceinline__ void rescoreQueued(const int* queue, int total, const
     sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 4));
     if (item < total && e == 0) bandS[r * KL + m] = sum;
   }
+}
+
+// The warp's contested entries re-scored exactly: each lane's row (ownRow)
+// has entries [nc, nc + need) of its band still contested (need 0 for
+// lanes without one). They are listed in the warp's queue (a prefix sum
+// over the lanes; room for every need) and re-scored together;
+// centOf() gives the row's fp32 centroids, read only when some lane has
+// work. Bands of 8 or fewer keep all of an entry's loads in flight at once;
+// bands of 16 spill with that unroll and keep eight. (512, 3) at 128K on
+// the mma.sync kernel: 1.46 -> 1.43 ms random, 1.56 -> 1.51 ms drift.
+template <typename T, int D, int KL, typename CentOf>
+__device__ __forceinline__ void rescoreContested(int need, int nc, int ownRow, int* queue, CentOf centOf,
+                                                 size_t cStride, const uint16_t* qBase, size_t qRowStride,
+                                                 const int* bandI, float* bandS, int lane) {
+  int upTo = need;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int x = __shfl_up_sync(0xffffffffu, upTo, off);
+    if (lane >= off) upTo += x;
+  }
+  const int total = __shfl_sync(0xffffffffu, upTo, 31);
+  if (total == 0) return;  // warp-uniform
+  for (int i = 0; i < need; ++i) queue[upTo - need + i] = (ownRow << 8) | (nc + i);
+  __syncwarp();
+  rescoreQueued<T, D, KL, KL <= 8 ? D / 8 : 8>(queue, total, centOf(), cStride, qBase, qRowStride, bandI, bandS, lane);
+  __syncwarp();
 }
 
 // Writes a row from its band (bs, bi: nb entries, the first nc certain to be

@@ -148,15 +148,6 @@ __device__ __forceinline__ void mergeBest(float (&ls)[KL], float (&v)[32]) {
   }
 }
 
-// ls[i] for a run-time i < KL, by selects (no local memory).
-template <int KL>
-__device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
-  float v = ls[0];
-#pragma unroll
-  for (int k = 1; k < KL; ++k) v = i == k ? ls[k] : v;
-  return v;
-}
-
 template <typename T, int D, int KL, bool kPacked>
 __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCtasPerSm) fastKernel(GateArgs a) {
   using C = FastCfg<D, KL>;
@@ -565,26 +556,10 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     }
   }
   const int need = max(nb - nc, 0);  // entries [nc, nb) of the row get exact scores
-  int upTo = need;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int x = __shfl_up_sync(kFull, upTo, off);
-    if (lane >= off) upTo += x;
-  }
-  const int total = __shfl_sync(kFull, upTo, 31);
-  if (total > 0) {  // warp-uniform
-    int* queue = reinterpret_cast<int*>(scoreTile + warp * 32 * kPitch);  // free after the main loop
-    for (int i = 0; i < need; ++i) queue[upTo - need + i] = (ownRow << 8) | (nc + i);
-    __syncwarp();
-    const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
-    // The re-scoring waits on its loads: lists of 8 (keep <= 3) have the
-    // registers to keep all of an item's loads in flight at once (lists of
-    // 16 spill with it). (512, 3) at 128K: 1.46 -> 1.43 ms random, 1.56 ->
-    // 1.51 ms drift.
-    rescoreQueued<T, D, KL, KL <= 8 ? D / 8 : 8>(queue, total, cent, static_cast<size_t>(a.nkvh) * D, qBase, qRowStride,
-                                                 bandI, bandS, lane);
-    __syncwarp();
-  }
+  rescoreContested<T, D, KL>(
+      need, nc, ownRow, reinterpret_cast<int*>(scoreTile + warp * 32 * kPitch),  // free after the main loop
+      [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D; },
+      static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI, bandS, lane);
 
   if (ownRow < nRows) {
     const int lr = ownRow;

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "../../common/status.h"
@@ -39,6 +40,17 @@ class CudaContext {
   // the caller's choice (use alignUp to 256).
   static size_t alignUp(size_t n, size_t a = 256) { return (n + a - 1) / a * a; }
 };
+
+#ifndef MOBA_CUDA_ARCHS
+#define MOBA_CUDA_ARCHS ""
+#endif
+
+// Whether the wgmma kernels can run: they exist as machine code only in
+// sm_90a builds, and only a compute capability 9.0 device runs sm_90a code.
+inline bool runsSm90a(const CudaContext& ctx) {
+  static const bool built = std::strstr(MOBA_CUDA_ARCHS, "90a") != nullptr;
+  return built && ctx.ccMajor == 9 && ctx.ccMinor == 0;
+}
 
 // Turns a CUDA error into the package's Status (ECUDA, or EOOM for allocation).
 // A failed runtime call also leaves its error as the thread's last error;
