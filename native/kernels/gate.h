@@ -18,9 +18,10 @@
 //     the contested blocks are re-scored exactly (fp32, in the CPU backend's
 //     summation order). Rows whose candidates do not fit on chip, or whose
 //     data hold NaN/Inf, go to a list for the exact kernel.
-//     gate_topk_sm90.cu replaces it for topK 2 and 3 on Hopper: the scores
-//     on wgmma and, per thread, a branch-free best four of the columns it
-//     holds, merged per row; the same band, certification and fallback.
+//     gate_topk_sm90.cu replaces it for topK 2 to 8 on Hopper: the scores
+//     on wgmma and, per thread, a branch-free best four (topK 2, 3) or best
+//     eight (topK 4 to 8) of the columns it holds, merged per row; the same
+//     band, certification and fallback.
 //  3. gate_topk_large.cu (topK 17 to 256): tiles of query rows against
 //     tiles of fp32 centroids on the FP32 pipes (FMA, within a proven
 //     distance of the CPU backend's scores), a heap of each row's best

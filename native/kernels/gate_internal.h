@@ -104,7 +104,7 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
 // for it before they read its results.
 Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream);
 Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream);
-// The fast path on wgmma (gate_topk_sm90.cu): topK 2 and 3 with packed lists,
+// The fast path on wgmma (gate_topk_sm90.cu): topK 2 to 8 with packed lists,
 // on compute capability 9.0 devices when the addon holds sm_90a code, unless
 // MOBA_GATE_KERNEL=sm80 keeps launchGateFast's mma.sync kernel. Same tiles,
 // same results.

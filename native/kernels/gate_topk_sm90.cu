@@ -1,9 +1,9 @@
-// Gate scores and top-(k-1) selection on Hopper (sm_90a) for topK 2 and 3,
-// MoBA's usual (512, 3) among them: the scores on wgmma, the selection in
-// the accumulator registers, with no branch and no pass through shared
-// memory. The exactness argument, the band, its certification and exact
-// re-scoring are gate_topk.cu's (see its file comment); only the way the
-// band's candidates are gathered differs.
+// Gate scores and top-(k-1) selection on Hopper (sm_90a) for topK 2 to 8,
+// MoBA's usual (512, 3) and (128, 8) among them: the scores on wgmma, the
+// selection in the accumulator registers, with no branch and no pass through
+// shared memory. The exactness argument, the band, its certification and
+// exact re-scoring are gate_topk.cu's (see its file comment); only the way
+// the band's candidates are gathered differs.
 //
 // A CTA (one warpgroup) owns 64 consecutive query rows of one sequence and
 // one query head, half of a plan tile. q goes from global memory into
@@ -16,17 +16,16 @@
 //
 // Selection. Every score enters a packed entry (its low packBits mantissa
 // bits replaced by its block index) and each thread keeps, per row, its best
-// four entries of the columns it sees: four scores at a time are sorted and
-// merged into the list (22 min/max for four scores), whatever the data, so a
-// warp's cost does not depend on its busiest row. At the end the quad merges
-// its four lists into the row's best eight (shuffles and bitonic merges).
-// The row's band [T - 2 eps, ...) is complete unless some thread may have
-// dropped a band entry, which only a thread whose fourth entry reaches the
-// band can have done: it takes four or more near-ties in one quarter of the
-// row. Such rows, and bands of more than eight, take the exact kernel, as in
-// gate_topk.cu.
+// KL entries of the columns it sees (KL = 4 for topK 2 and 3, 8 for topK 4
+// to 8): four (KL = 4) or eight (KL = 8) scores at a time are sorted and
+// merged into the list, whatever the data, so a warp's cost does not depend
+// on its busiest row. At the end the quad merges its four lists into the
+// row's best 2 KL (shuffles and bitonic merges). The row's band
+// [T - 2 eps, ...) is complete unless some thread may have dropped a band
+// entry, which only a thread whose last entry reaches the band can have
+// done: it takes KL or more near-ties in one quarter of the row. Such rows,
+// and bands of more than 2 KL, take the exact kernel, as in gate_topk.cu.
 #include <climits>
-#include <cstring>
 #include <string>
 
 #include "common/cuda_context.h"
@@ -45,24 +44,24 @@ namespace {
 
 using namespace gate;
 
-// One warpgroup per CTA, five CTAs per SM (at most 102 registers per
-// thread; 96 used, 8 bytes spilled in the bf16 head-dim-128 build) with two
-// centroid stages. At 128K (512, 3), random / drift inputs: two warpgroups
-// sharing three stages in 128-row CTAs (two per SM) 1.43 / 1.45 ms per
-// gate; one warpgroup, three stages, four CTAs per SM 1.34 / 1.37; this
-// 1.25 / 1.29 (more independent warps to hide the copies' and the wgmma's
-// latency; the extra copies from L2 cost less).
-template <int D>
+// One warpgroup per CTA with two centroid stages; five CTAs per SM for
+// lists of four (at most 102 registers per thread; 96 used), four for lists
+// of eight (127 used). At 128K (512, 3), random / drift inputs: two
+// warpgroups sharing three stages in 128-row CTAs (two per SM) 1.43 / 1.45
+// ms per gate; one warpgroup, three stages, four CTAs per SM 1.34 / 1.37;
+// this 1.25 / 1.29 (more independent warps to hide the copies' and the
+// wgmma's latency; the extra copies from L2 cost less).
+template <int D, int KL>
 struct Sm90GateCfg {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRows = kWarps * 16;
   static constexpr int kParts = 2;  // CTAs per plan tile (gateTileRows: 128 rows)
-  static constexpr int kCtasPerSm = 5;
+  static constexpr int kCtasPerSm = KL == 4 ? 5 : 4;
   static constexpr int kBN = 64;  // centroids per tile: one m64n64 product per warpgroup
   static constexpr int kStages = 2;
   static constexpr int kStageBytes = kBN * D * 2;
-  static constexpr int kBand = 8;                 // a row's band list
+  static constexpr int kBand = 2 * KL;            // a row's band list
   static constexpr int kQueueInts = 16 * kBand;   // a warp's re-scoring queue: 16 rows
   static constexpr int kAfterLoop = kRows * kBand * 8 + kWarps * kQueueInts * 4;
   static_assert(kAfterLoop <= kStages * kStageBytes, "band buffers and queues overlay the centroid stages");
@@ -76,58 +75,78 @@ constexpr unsigned kFull = 0xffffffffu;
 // Folds four packed entries into a best-first list of four: the four are
 // sorted (five exchanges), each list entry meets its mirror among them (the
 // larger of each pair is a bitonic run of the best four) and the run is
-// cleaned (four exchanges).
-__device__ __forceinline__ void foldFour(float (&l)[4], float a, float b, float c, float d) {
-  exch(a, b);
-  exch(c, d);
-  exch(a, c);
-  exch(b, d);
-  exch(b, c);
-  float m[4] = {fmaxf(l[0], d), fmaxf(l[1], c), fmaxf(l[2], b), fmaxf(l[3], a)};
+// cleaned (four exchanges): 22 min/max.
+__device__ __forceinline__ void foldInto(float (&l)[4], float (&x)[4]) {
+  exch(x[0], x[1]);
+  exch(x[2], x[3]);
+  exch(x[0], x[2]);
+  exch(x[1], x[3]);
+  exch(x[1], x[2]);
+  float m[4] = {fmaxf(l[0], x[3]), fmaxf(l[1], x[2]), fmaxf(l[2], x[1]), fmaxf(l[3], x[0])};
   bitonicClean<0, 4>(m);
 #pragma unroll
   for (int k = 0; k < 4; ++k) l[k] = m[k];
 }
 
+// Eight into a list of eight the same way: a sort of eight (19 exchanges),
+// mirrors, a clean of eight (12 exchanges): 70 min/max, against 76 for two
+// folds of four into the list. (128, 8) at 128K: 3.77-3.80 -> 3.64-3.69 ms
+// random, 4.10-4.11 -> 4.01-4.05 drift.
+__device__ __forceinline__ void foldInto(float (&l)[8], float (&x)[8]) {
+  sort8<0>(x);
+  float m[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) m[k] = fmaxf(l[k], x[7 - k]);
+  bitonicClean<0, 8>(m);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) l[k] = m[k];
+}
+
 // One tile's 64 scores of the thread's two rows (acc, the m64n64 fragment:
 // row half 0 in elements 0-1, half 1 in 2-3 of each 8-column chunk) into
-// their lists, 16 columns at a time. Column 8 i + 2 tq + e of the tile is
-// block jq | (8 i + e), jq = j0 | 2 tq (j0 is a multiple of 64, so the OR is
-// a sum). Columns at or past a row's own block (c0, c1) become -inf, tested
-// only in the 16-column groups where some row of the warp needs it (cMin,
-// cMax: the fewest and most past blocks of the warp's rows; warp-uniform).
-__device__ __forceinline__ void foldTile(float (&l0)[4], float (&l1)[4], const float (&acc)[8][4], int j0, int jq,
+// their lists, KL scores per row (4 KL columns) at a time. Column
+// 8 i + 2 tq + e of the tile is block jq | (8 i + e), jq = j0 | 2 tq (j0 is a
+// multiple of 64, so the OR is a sum). Columns at or past a row's own block
+// (c0, c1) become -inf, tested only in the column groups where some row of
+// the warp needs it (cMin, cMax: the fewest and most past blocks of the
+// warp's rows; warp-uniform).
+template <int KL>
+__device__ __forceinline__ void foldTile(float (&l0)[KL], float (&l1)[KL], const float (&acc)[8][4], int j0, int jq,
                                          uint32_t notMask, int c0, int c1, int cMin, int cMax) {
+  constexpr int kChunks = KL / 2;  // 8-column chunks per step
 #pragma unroll
-  for (int i = 0; i < 8; i += 2) {
+  for (int i = 0; i < 8; i += kChunks) {
     if (j0 + 8 * i >= cMax) break;  // no row of the warp has these blocks
-    const bool masked = j0 + 8 * i + 16 > cMin;
-    const int j[4] = {jq | (8 * i), jq | (8 * i + 1), jq | (8 * i + 8), jq | (8 * i + 9)};
-    float x[2][4];
+    const bool masked = j0 + 8 * (i + kChunks) > cMin;
+    int j[KL];
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float v[4] = {acc[i][2 * hf], acc[i][2 * hf + 1], acc[i + 1][2 * hf], acc[i + 1][2 * hf + 1]};
+    for (int e = 0; e < KL; ++e) j[e] = jq | (8 * (i + (e >> 1)) + (e & 1));
+    float x[2][KL];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) x[hf][e] = __int_as_float((__float_as_int(v[e]) & notMask) | static_cast<uint32_t>(j[e]));
-    }
+    for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+      for (int e = 0; e < KL; ++e)
+        x[hf][e] = __int_as_float((__float_as_int(acc[i + (e >> 1)][2 * hf + (e & 1)]) & notMask) |
+                                  static_cast<uint32_t>(j[e]));
     if (masked) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < KL; ++e) {
         x[0][e] = j[e] < c0 ? x[0][e] : -INFINITY;
         x[1][e] = j[e] < c1 ? x[1][e] : -INFINITY;
       }
     }
-    foldFour(l0, x[0][0], x[0][1], x[0][2], x[0][3]);
-    foldFour(l1, x[1][0], x[1][1], x[1][2], x[1][3]);
+    foldInto(l0, x[0]);
+    foldInto(l1, x[1]);
   }
 }
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename T, int D>
-__global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCtasPerSm) fastKernelSm90(GateArgs a) {
+template <typename T, int D, int KL>
+__global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, KL>::kCtasPerSm)
+    fastKernelSm90(GateArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Sm90GateCfg<D>;
+  using C = Sm90GateCfg<D, KL>;
   constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, KB = C::kBand;
   extern __shared__ uint8_t smemRaw[];
   const uint32_t rawAddr = smemAddr(smemRaw);
@@ -225,9 +244,9 @@ __global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCta
     const int cWarpMin = r16 < nRows ? a.chunkDiv(pos0 + r16) : 0;
     const int cWarpMax = r16 < nRows ? a.chunkDiv(pos0 + warpLast) : 0;
 
-    float lA[4], lB[4];
+    float lA[KL], lB[KL];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) lA[k] = lB[k] = -INFINITY;
+    for (int k = 0; k < KL; ++k) lA[k] = lB[k] = -INFINITY;
     float acc[8][4];
 #pragma unroll
     for (int i = 0; i < 8; ++i)
@@ -263,31 +282,31 @@ __global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCta
     // other half sends its list of this lane's row (a bitonic run of eight
     // with this lane's own list), then the lane of the same half (the best
     // eight of two sorted eights).
-    float R[8];
+    float R[KB];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < KL; ++k) {
       R[k] = half ? lB[k] : lA[k];
-      R[7 - k] = __shfl_xor_sync(kFull, half ? lA[k] : lB[k], 1);
+      R[KB - 1 - k] = __shfl_xor_sync(kFull, half ? lA[k] : lB[k], 1);
     }
-    bitonicClean<0, 8>(R);
+    bitonicClean<0, KB>(R);
     {
-      float other[8];
+      float other[KB];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) other[k] = __shfl_xor_sync(kFull, R[7 - k], 2);
+      for (int k = 0; k < KB; ++k) other[k] = __shfl_xor_sync(kFull, R[KB - 1 - k], 2);
 #pragma unroll
-      for (int k = 0; k < 8; ++k) R[k] = fmaxf(R[k], other[k]);
+      for (int k = 0; k < KB; ++k) R[k] = fmaxf(R[k], other[k]);
     }
-    bitonicClean<0, 8>(R);
-    // Each thread's list dropped only entries at most its fourth: the most
+    bitonicClean<0, KB>(R);
+    // Each thread's list dropped only entries at most its last: the most
     // any of the row's four lists may have dropped.
-    float dropped = fmaxf(half ? lB[3] : lA[3], __shfl_xor_sync(kFull, half ? lA[3] : lB[3], 1));
+    float dropped = fmaxf(half ? lB[KL - 1] : lA[KL - 1], __shfl_xor_sync(kFull, half ? lA[KL - 1] : lB[KL - 1], 1));
     dropped = fmaxf(dropped, __shfl_xor_sync(kFull, dropped, 2));
 
     if (owner && ownRow < nRows && pOwn > keepMax) {
-      const int keep = keepMax;  // 1 or 2
+      const int keep = keepMax;  // 1 or 2 (lists of 4), 3 to 7 (lists of 8)
       const float twoEps = 2.f * rb.eps;
-      const float kth = keep == 1 ? R[0] : R[1];
-      const float next = keep == 1 ? R[1] : R[2];
+      const float kth = KL == 4 ? (keep == 1 ? R[0] : R[1]) : pick(R, keep - 1);
+      const float next = KL == 4 ? (keep == 1 ? R[1] : R[2]) : pick(R, keep);
       const float L = __fsub_rd(kth, twoEps);
       int nb = 0;  // the band: R[0, nb)
 #pragma unroll
@@ -297,12 +316,24 @@ __global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCta
       if (state == keep) {
         // No near-tie: the row's blocks are its first keep entries.
         int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + ownRow) * a.topK;
-        const int i0 = packedIndex(R[0], packMask), i1 = packedIndex(R[1], packMask);
-        if (keep == 1) {
-          out[0] = i0;
+        if constexpr (KL == 4) {
+          const int i0 = packedIndex(R[0], packMask), i1 = packedIndex(R[1], packMask);
+          if (keep == 1) {
+            out[0] = i0;
+          } else {
+            out[0] = min(i0, i1);
+            out[1] = max(i0, i1);
+          }
         } else {
-          out[0] = min(i0, i1);
-          out[1] = max(i0, i1);
+          // Sorted largest first with INT_MAX padding in front: the keep
+          // indices, read backwards, ascend.
+          int idx[8];
+#pragma unroll
+          for (int k = 0; k < 8; ++k) idx[k] = k < keep ? packedIndex(R[k], packMask) : INT_MAX;
+          sort8<0>(idx);
+#pragma unroll
+          for (int m = 0; m < 7; ++m)
+            if (m < keep) out[m] = idx[7 - m];
         }
         writeRowTail(out, keep, pOwn, a.topK);
         state = kRowWritten;
@@ -310,8 +341,9 @@ __global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCta
         // An entry is certain when the (keep+1)-th is below it by more than
         // 2 eps (at most keep-1 others can then outrank it); that holds for
         // a prefix of the sorted band.
-        const int nc = (!(next >= __fsub_rd(R[0], twoEps)) ? 1 : 0) +
-                       (keep == 2 && !(next >= __fsub_rd(R[1], twoEps)) ? 1 : 0);
+        int nc = 0;
+#pragma unroll
+        for (int k = 0; k < KL - 1; ++k) nc += k < keep && !(next >= __fsub_rd(R[k], twoEps)) ? 1 : 0;
         rowCertain[ownRow] = nc;
 #pragma unroll
         for (int k = 0; k < KB; ++k) {
@@ -339,22 +371,10 @@ __global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCta
     nc = nb > keepMax ? rowCertain[ownRow] : keepMax;
   }
   const int need = max(nb - nc, 0);  // entries [nc, nb) of the row get exact scores
-  int upTo = need;
-#pragma unroll
-  for (int off = 1; off < 32; off <<= 1) {
-    const int x = __shfl_up_sync(kFull, upTo, off);
-    if (lane >= off) upTo += x;
-  }
-  const int total = __shfl_sync(kFull, upTo, 31);
-  if (total > 0) {  // warp-uniform
-    int* queue = queues + warp * C::kQueueInts;
-    for (int i = 0; i < need; ++i) queue[upTo - need + i] = (ownRow << 8) | (nc + i);
-    __syncwarp();
-    const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
-    rescoreQueued<T, D, KB, D / 8>(queue, total, cent, static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI,
-                                   bandS, lane);
-    __syncwarp();
-  }
+  rescoreContested<T, D, KB>(
+      need, nc, ownRow, queues + warp * C::kQueueInts,
+      [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D; },
+      static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI, bandS, lane);
 
   if (owner && ownRow < nRows) {
     const int row = row0 + ownRow;
@@ -373,10 +393,10 @@ __global__ void __launch_bounds__(Sm90GateCfg<D>::kThreads, Sm90GateCfg<D>::kCta
 #endif
 }
 
-template <typename T, int D>
+template <typename T, int D, int KL>
 Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
-  using C = Sm90GateCfg<D>;
-  auto kernel = fastKernelSm90<T, D>;
+  using C = Sm90GateCfg<D, KL>;
+  auto kernel = fastKernelSm90<T, D, KL>;
   MOBA_RETURN_IF_ERROR(cudaStatus(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes), "gate smem limit"));
   dim3 grid(static_cast<unsigned>(numTiles * C::kParts), static_cast<unsigned>(a.nqh));
@@ -387,8 +407,10 @@ Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t
 template <typename T>
 Status launchDim(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
   switch (a.headDim) {
-    case 64: return launchTyped<T, 64>(a, numTiles, dependent, stream);
-    case 128: return launchTyped<T, 128>(a, numTiles, dependent, stream);
+    case 64: return a.topK <= 3 ? launchTyped<T, 64, 4>(a, numTiles, dependent, stream)
+                                : launchTyped<T, 64, 8>(a, numTiles, dependent, stream);
+    case 128: return a.topK <= 3 ? launchTyped<T, 128, 4>(a, numTiles, dependent, stream)
+                                 : launchTyped<T, 128, 8>(a, numTiles, dependent, stream);
     default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
   }
 }
@@ -396,9 +418,8 @@ Status launchDim(const GateArgs& a, int numTiles, bool dependent, cudaStream_t s
 }  // namespace
 
 bool gateUsesSm90(int topK, int packBits, const CudaContext& ctx) {
-  static const bool built = std::strstr(MOBA_CUDA_ARCHS, "90a") != nullptr;
   static const bool forceSm80 = envIs("MOBA_GATE_KERNEL", "sm80");
-  return built && !forceSm80 && ctx.ccMajor == 9 && ctx.ccMinor == 0 && topK >= 2 && topK <= 3 &&
+  return runsSm90a(ctx) && !forceSm80 && topK >= 2 && topK <= 8 &&
          packBits <= kGateMaxPackBits;
 }
 
