@@ -205,7 +205,8 @@ function sweep(rng: Rng, headDims: readonly number[]): GateCase[] {
       const batch = [1, 3, 7][n % 3]!;
       const group = GROUPS[(n >> 1) % 4]!;
       const headDim = headDims[(n >> 2) % headDims.length]!;
-      const numKVHeads = group >= 4 ? 1 : rng.int(1, 2);
+      // Up to four KV heads without GQA.
+      const numKVHeads = group >= 4 ? 1 : group === 2 ? rng.int(1, 2) : rng.int(1, 4);
       // Enough blocks for the selection to matter, within a reference budget.
       const maxLen = Math.min(chunkSize * (topK + 3) + rng.int(0, chunkSize), Math.floor(2500 / Math.sqrt(batch)));
       cases.push(makeCase(rng, { dtype, batch, maxLen, group, numKVHeads, headDim, chunkSize, topK, chunked: n % 4 >= 2 }));
