@@ -7,7 +7,7 @@
 // threshold, which is where an approximate-then-certify gate pays most.
 //
 //   npm run bench -- gate [--n 8192,32768] [--configs 128:8,512:3] [--reps 20] [--backend cuda]
-//                         [--inputs random,drift]
+//                         [--inputs random,drift] [--dim 64]
 import { mobaGate, openDevice } from '../dist/index.js';
 import { median, randomBf16, writeResults } from './_common.js';
 
@@ -23,7 +23,7 @@ const backend = opt('backend', 'cuda');
 const inputKinds = opt('inputs', 'random').split(',');
 const batch = 2;
 const heads = 16;
-const headDim = 128;
+const headDim = Number(opt('dim', '128'));
 
 const device = openDevice({ backend });
 console.log(`mobaGate on ${device.name} (${device.backend}), batch ${batch}, ${heads} heads, head dim ${headDim}, bf16, ${reps} reps`);

@@ -45,8 +45,10 @@ namespace {
 using namespace gate;
 
 // One warpgroup per CTA with two centroid stages; five CTAs per SM for
-// lists of four (at most 102 registers per thread; 96 used), four for lists
-// of eight (127 used). At 128K (512, 3), random / drift inputs: two
+// lists of four and at head dim 64 (at most 102 registers per thread; 95-96
+// used), four for lists of eight at head dim 128 (127 used; five spill 124
+// bytes there). Head dim 64, (128, 6) / (128, 8) at 128K: five CTAs 1-3%
+// faster than four. At 128K (512, 3), random / drift inputs: two
 // warpgroups sharing three stages in 128-row CTAs (two per SM) 1.43 / 1.45
 // ms per gate; one warpgroup, three stages, four CTAs per SM 1.34 / 1.37;
 // this 1.25 / 1.29 (more independent warps to hide the copies' and the
@@ -57,7 +59,7 @@ struct Sm90GateCfg {
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRows = kWarps * 16;
   static constexpr int kParts = 2;  // CTAs per plan tile (gateTileRows: 128 rows)
-  static constexpr int kCtasPerSm = KL == 4 ? 5 : 4;
+  static constexpr int kCtasPerSm = KL == 4 || D == 64 ? 5 : 4;
   static constexpr int kBN = 64;  // centroids per tile: one m64n64 product per warpgroup
   static constexpr int kStages = 2;
   static constexpr int kStageBytes = kBN * D * 2;
