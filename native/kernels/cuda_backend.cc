@@ -20,10 +20,6 @@
 #include "small_buffer_cache.h"
 #include "ops.h"
 
-#ifndef MOBA_CUDA_ARCHS
-#define MOBA_CUDA_ARCHS ""
-#endif
-
 namespace moba {
 namespace {
 
