@@ -59,12 +59,13 @@ __device__ __forceinline__ void reverseRun(float (&x)[N]) {
   }
 }
 
-// ls[i] for a run-time i < KL, by selects (no local memory).
-template <int KL>
-__device__ __forceinline__ float pick(const float (&ls)[KL], int i) {
+// ls[i] for a run-time i < N, by selects (no local memory).
+template <int N, int M>
+__device__ __forceinline__ float pick(const float (&ls)[M], int i) {
+  static_assert(N <= M, "pick within the list");
   float v = ls[0];
 #pragma unroll
-  for (int k = 1; k < KL; ++k) v = i == k ? ls[k] : v;
+  for (int k = 1; k < N; ++k) v = i == k ? ls[k] : v;
   return v;
 }
 
@@ -281,6 +282,25 @@ __device__ __forceinline__ void writeRankedBand(float* bs, int* bi, int nc, int 
   }
   for (int m = 0; m < keep; ++m) out[m] = bi[m];
   writeRowTail(out, keep, c, topK);
+}
+
+// The last step of a row in the tensor-core gates (its owner thread): a row
+// with at most keep past blocks takes them all; a row written right after
+// the selection is done; a row without a band (state < 0, not written)
+// goes on the fallback list for the exact kernel; any other is ranked from
+// its band (bandS, bandI: nb entries, the first nc certain).
+__device__ __forceinline__ void finishRow(const GateArgs& a, int h, int row, int c, int keep, int state, float* bandS,
+                                          int* bandI, int nc, int nb) {
+  int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row) * a.topK;
+  if (c <= keep) {
+    writeAllPast(out, c, a.topK, 0, 1);
+  } else if (state == kRowWritten) {
+    // written after the selection
+  } else if (state < 0) {
+    a.fallback[atomicAdd(a.fallbackCount, 1)] = h * a.totalQ + row;
+  } else {
+    writeRankedBand(bandS, bandI, nc, nb, keep, c, a.topK, out);
+  }
 }
 
 }  // namespace gate

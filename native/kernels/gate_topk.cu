@@ -561,21 +561,8 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D; },
       static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI, bandS, lane);
 
-  if (ownRow < nRows) {
-    const int lr = ownRow;
-    const int row = row0 + lr;
-    int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row) * a.topK;
-    if (c <= keepMax) {
-      writeAllPast(out, c, a.topK, 0, 1);
-    } else if (state == kRowWritten) {
-      // written after the main loop
-    } else if (!live) {
-      int slot = atomicAdd(a.fallbackCount, 1);
-      a.fallback[slot] = h * a.totalQ + row;
-    } else {
-      writeRankedBand(bandS + lr * KL, bandI + lr * KL, nc, nb, keepMax, c, a.topK, out);
-    }
-  }
+  if (ownRow < nRows)
+    finishRow(a, h, row0 + ownRow, c, keepMax, state, bandS + ownRow * KL, bandI + ownRow * KL, nc, nb);
 }
 
 // ---- exact kernel ----------------------------------------------------------

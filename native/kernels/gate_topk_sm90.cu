@@ -53,6 +53,16 @@ using namespace gate;
 // ms per gate; one warpgroup, three stages, four CTAs per SM 1.34 / 1.37;
 // this 1.25 / 1.29 (more independent warps to hide the copies' and the
 // wgmma's latency; the extra copies from L2 cost less).
+// Lists of four for up to two kept blocks. A row's band is incomplete where
+// one thread's quarter of the row may hold four band entries; the row then
+// goes to the exact kernel. With three kept blocks that takes only a
+// near-tie with the third, yet bands grow with the blocks and with a shared
+// component of the scores: topK 4 on lists of four, at 128K, was faster at
+// chunk 512 (1.55 -> 1.36 ms random, 1.65 -> 1.29 drift) and slower with
+// more blocks (chunk 128: 3.20 -> 3.47 random, 3.59 -> 4.55 drift; chunk 64
+// drift: 5.7 -> 17.3 ms), so topK 4 stays on lists of eight.
+constexpr int kMaxTopKLists4 = 3;
+
 template <int D, int KL>
 struct Sm90GateCfg {
   static constexpr int kWarps = 4;
@@ -307,8 +317,8 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
     if (owner && ownRow < nRows && pOwn > keepMax) {
       const int keep = keepMax;  // 1 or 2 (lists of 4), 3 to 7 (lists of 8)
       const float twoEps = 2.f * rb.eps;
-      const float kth = KL == 4 ? (keep == 1 ? R[0] : R[1]) : pick(R, keep - 1);
-      const float next = KL == 4 ? (keep == 1 ? R[1] : R[2]) : pick(R, keep);
+      const float kth = pick<KL>(R, keep - 1);
+      const float next = pick<KL>(R, keep);
       const float L = __fsub_rd(kth, twoEps);
       int nb = 0;  // the band: R[0, nb)
 #pragma unroll
@@ -378,20 +388,8 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
       [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D; },
       static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI, bandS, lane);
 
-  if (owner && ownRow < nRows) {
-    const int row = row0 + ownRow;
-    int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row) * a.topK;
-    if (c <= keepMax) {
-      writeAllPast(out, c, a.topK, 0, 1);
-    } else if (state == kRowWritten) {
-      // written after the selection
-    } else if (!live) {
-      const int slot = atomicAdd(a.fallbackCount, 1);
-      a.fallback[slot] = h * a.totalQ + row;
-    } else {
-      writeRankedBand(bandS + ownRow * KB, bandI + ownRow * KB, nc, nb, keepMax, c, a.topK, out);
-    }
-  }
+  if (owner && ownRow < nRows)
+    finishRow(a, h, row0 + ownRow, c, keepMax, state, bandS + ownRow * KB, bandI + ownRow * KB, nc, nb);
 #endif
 }
 
@@ -409,10 +407,10 @@ Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t
 template <typename T>
 Status launchDim(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
   switch (a.headDim) {
-    case 64: return a.topK <= 3 ? launchTyped<T, 64, 4>(a, numTiles, dependent, stream)
-                                : launchTyped<T, 64, 8>(a, numTiles, dependent, stream);
-    case 128: return a.topK <= 3 ? launchTyped<T, 128, 4>(a, numTiles, dependent, stream)
-                                 : launchTyped<T, 128, 8>(a, numTiles, dependent, stream);
+    case 64: return a.topK <= kMaxTopKLists4 ? launchTyped<T, 64, 4>(a, numTiles, dependent, stream)
+                                             : launchTyped<T, 64, 8>(a, numTiles, dependent, stream);
+    case 128: return a.topK <= kMaxTopKLists4 ? launchTyped<T, 128, 4>(a, numTiles, dependent, stream)
+                                              : launchTyped<T, 128, 8>(a, numTiles, dependent, stream);
     default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
   }
 }
