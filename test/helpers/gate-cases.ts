@@ -192,7 +192,7 @@ function compareWithReference(c: GateCase, got: Int32Array, want: Int32Array): n
 }
 
 const CHUNKS = [16, 48, 64, 100, 128, 512];
-const TOPKS = [1, 2, 3, 6, 8, 12, 16, 17, 40, 64, 100];
+const TOPKS = [1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 40, 64, 100];
 const GROUPS = [1, 2, 4, 8];
 
 /** The sweep: every (chunkSize, topK) pair, the other dimensions drawn so that each value recurs. */
