@@ -44,15 +44,6 @@ namespace {
 
 using namespace gate;
 
-// One warpgroup per CTA with two centroid stages; five CTAs per SM for
-// lists of four and at head dim 64 (at most 102 registers per thread; 95-96
-// used), four for lists of eight at head dim 128 (127 used; five spill 124
-// bytes there). Head dim 64, (128, 6) / (128, 8) at 128K: five CTAs 1-3%
-// faster than four. At 128K (512, 3), random / drift inputs: two
-// warpgroups sharing three stages in 128-row CTAs (two per SM) 1.43 / 1.45
-// ms per gate; one warpgroup, three stages, four CTAs per SM 1.34 / 1.37;
-// this 1.25 / 1.29 (more independent warps to hide the copies' and the
-// wgmma's latency; the extra copies from L2 cost less).
 // Lists of four for up to two kept blocks. A row's band is incomplete where
 // one thread's quarter of the row may hold four band entries; the row then
 // goes to the exact kernel. With three kept blocks that takes only a
@@ -63,6 +54,15 @@ using namespace gate;
 // drift: 5.7 -> 17.3 ms), so topK 4 stays on lists of eight.
 constexpr int kMaxTopKLists4 = 3;
 
+// One warpgroup per CTA with two centroid stages; five CTAs per SM for
+// lists of four and at head dim 64 (at most 102 registers per thread; 95-96
+// used), four for lists of eight at head dim 128 (127 used; five spill 124
+// bytes there). Head dim 64, (128, 6) / (128, 8) at 128K: five CTAs 1-3%
+// faster than four. At 128K (512, 3), random / drift inputs: two
+// warpgroups sharing three stages in 128-row CTAs (two per SM) 1.43 / 1.45
+// ms per gate; one warpgroup, three stages, four CTAs per SM 1.34 / 1.37;
+// this 1.25 / 1.29 (more independent warps to hide the copies' and the
+// wgmma's latency; the extra copies from L2 cost less).
 template <int D, int KL>
 struct Sm90GateCfg {
   static constexpr int kWarps = 4;
