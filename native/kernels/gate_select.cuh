@@ -72,6 +72,18 @@ __device__ __forceinline__ float pick(const float (&ls)[M], int i) {
 // rowState of a row whose selection was certain and is already written.
 constexpr int kRowWritten = -2;
 
+// Writes a row whose keep (at most 7) best blocks are certain, from
+// registers: idx holds their indices and INT_MAX in every other slot. Sorted
+// largest first, the keep indices are the network's last entries, read
+// backwards in ascending order; then the row's own block c and -1 padding.
+__device__ __forceinline__ void writeCertainRow(int (&idx)[8], int keep, int c, int topK, int32_t* out) {
+  sort8<0>(idx);
+#pragma unroll
+  for (int m = 0; m < 7; ++m)
+    if (m < keep) out[m] = idx[7 - m];
+  writeRowTail(out, keep, c, topK);
+}
+
 // A packed list entry (gate_topk.cu's file comment): score s with its low
 // mantissa bits (packMask) replaced by block index j; and the index back.
 __device__ __forceinline__ float packEntry(float s, uint32_t packMask, int j) {

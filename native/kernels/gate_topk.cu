@@ -487,19 +487,11 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
         if constexpr (KL == 16) {
           if (state == keep) {
             // No near-tie: the row's blocks are its first keep entries.
-            // Written from registers: sorted largest first with the padding
-            // in front, so the keep indices are the network's last entries,
-            // read backwards for ascending order.
-            constexpr int kIdx = 8;  // the network's size
-            int idx[kIdx];
+            int idx[8];
 #pragma unroll
-            for (int k = 0; k < kIdx; ++k) idx[k] = k < lead || k > kKeepSlot ? INT_MAX : packedIndex(ls[k], packMask);
-            sort8<0>(idx);
-            int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + ownRow) * a.topK;
-#pragma unroll
-            for (int m = 0; m <= kKeepSlot; ++m)
-              if (m < keep) out[m] = idx[kIdx - 1 - m];
-            writeRowTail(out, keep, pOwn, a.topK);
+            for (int k = 0; k < 8; ++k) idx[k] = k < lead || k > kKeepSlot ? INT_MAX : packedIndex(ls[k], packMask);
+            writeCertainRow(idx, keep, pOwn, a.topK,
+                            a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + ownRow) * a.topK);
             state = kRowWritten;
           }
         }

@@ -336,18 +336,13 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
             out[0] = min(i0, i1);
             out[1] = max(i0, i1);
           }
+          writeRowTail(out, keep, pOwn, a.topK);
         } else {
-          // Sorted largest first with INT_MAX padding in front: the keep
-          // indices, read backwards, ascend.
           int idx[8];
 #pragma unroll
           for (int k = 0; k < 8; ++k) idx[k] = k < keep ? packedIndex(R[k], packMask) : INT_MAX;
-          sort8<0>(idx);
-#pragma unroll
-          for (int m = 0; m < 7; ++m)
-            if (m < keep) out[m] = idx[7 - m];
+          writeCertainRow(idx, keep, pOwn, a.topK, out);
         }
-        writeRowTail(out, keep, pOwn, a.topK);
         state = kRowWritten;
       } else if (state > keep) {
         // An entry is certain when the (keep+1)-th is below it by more than
