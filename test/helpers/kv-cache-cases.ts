@@ -222,23 +222,23 @@ function nearTieRows(env: Env, layerObj: MobaAttention, layer: number, r: StepRe
   const t = kv.len - s.newTokens + i;
   const kvh = Math.floor(h / (numQHeads / numKVHeads));
   const qh = q.subarray(i * qLen + h * D, i * qLen + (h + 1) * D);
+  // The row's attention over the keys of `blocks` and of its current block up
+  // to its position: the reference's non-causal attention over those keys alone.
   const rowFor = (blocks: number[]): Float64Array => {
     const keys: number[] = [];
     for (const j of blocks) for (let x = j * B; x < (j + 1) * B; x++) keys.push(x);
     for (let x = scores.length * B; x <= t; x++) keys.push(x);
-    const logits = keys.map((x) => {
-      let dot = 0;
-      for (let d = 0; d < D; d++) dot += qh[d]! * kv.k[(x * numKVHeads + kvh) * D + d]!;
-      return dot * layerObj.softmaxScale;
-    });
-    const m = Math.max(...logits);
-    const p = logits.map((l) => Math.exp(l - m));
-    const sum = p.reduce((a, b) => a + b, 0);
-    const out = new Float64Array(D);
-    keys.forEach((x, n) => {
-      for (let d = 0; d < D; d++) out[d] += (p[n]! / sum) * kv.v[(x * numKVHeads + kvh) * D + d]!;
-    });
-    return out;
+    const gather = (src: ArrayLike<number>): Float64Array => {
+      const rows = new Float64Array(keys.length * D);
+      keys.forEach((x, n) => {
+        for (let d = 0; d < D; d++) rows[n * D + d] = src[(x * numKVHeads + kvh) * D + d]!;
+      });
+      return rows;
+    };
+    return reference.flashAttention(qh, gather(kv.k), gather(kv.v), {
+      numQHeads: 1, numKVHeads: 1, headDim: D, softmaxScale: layerObj.softmaxScale,
+      cuSeqlensQ: Int32Array.from([0, 1]), cuSeqlensK: Int32Array.from([0, keys.length]),
+    }).out;
   };
   const rows: Float64Array[] = [];
   const pick = (from: number, chosen: number[]): void => {
