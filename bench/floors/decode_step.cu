@@ -7,9 +7,11 @@
 // copies, and writes a value per CTA. Variants add what a real step cannot do
 // without: the gate's hand-off between the CTAs of a KV head (each CTA scores
 // a share of the blocks, every CTA needs all scores) and the split-KV merge
-// (each CTA holds a partial of the head's output). Prints one line per
-// variant: microseconds per step over 600 back-to-back steps, best and worst
-// of 5 rounds.
+// (each CTA holds a partial of the head's output). One variant is optimistic
+// beyond any real step: it reads its key sums, its union and the union's
+// pages before it waits, leaving only the hand-off, the stream and the merge
+// after the wait. Prints one line per variant: microseconds per step over
+// 600 back-to-back steps, best and worst of 5 rounds.
 //
 // Build and run (bench/decode-floor.js does both):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o decode_step decode_step.cu && ./decode_step
@@ -49,13 +51,15 @@ enum Variant : int {
   kWholeHeadSums,       // no hand-off: every CTA reads its head's 256 key sums, + cluster merge
   kAsyncExchange,       // hand-off by st.async on the receivers' mbarriers
   kAsyncExchangeMerge,  // + merge by st.async into rank 0 (only rank 0 waits)
+  kAheadOfWait,         // kAsyncExchangeMerge with the key-sum share, the union and its pages
+                        // read before the wait: optimistic (a real union depends on the query)
 };
 
 __host__ __device__ constexpr bool inCluster(Variant v) { return v != kStream && v != kGlobalExchange && v != kGlobalExchangeMerge; }
 // Shared memory beyond the ring only where a variant uses it: it decides how
 // many CTAs fit on an SM, and so how early the next step's CTAs are resident.
-__host__ __device__ constexpr bool handsOffInCluster(Variant v) { return v == kClusterExchange || v == kClusterExchangeMerge || v == kAsyncExchange || v == kAsyncExchangeMerge; }
-__host__ __device__ constexpr bool mergesInCluster(Variant v) { return v == kClusterExchangeMerge || v == kClusterMerge || v == kWholeHeadSums || v == kAsyncExchangeMerge; }
+__host__ __device__ constexpr bool handsOffInCluster(Variant v) { return v == kClusterExchange || v == kClusterExchangeMerge || v == kAsyncExchange || v == kAsyncExchangeMerge || v == kAheadOfWait; }
+__host__ __device__ constexpr bool mergesInCluster(Variant v) { return v == kClusterExchangeMerge || v == kClusterMerge || v == kWholeHeadSums || v == kAsyncExchangeMerge || v == kAheadOfWait; }
 
 struct Args {
   const uint8_t* pool;   // [kPages][K heads | V heads][kPage][kDim] bf16
@@ -160,6 +164,23 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   __syncthreads();
   if constexpr (inCluster(kV)) ptx::clusterSync();  // every CTA of the cluster has started
+
+  // The union (a dependent load), then its pages (another).
+  const int* blocks = a.unions + (static_cast<size_t>(a.step % kUnions) * kHeads + h) * kUnion;
+  const int per = (kUnionPages + a.slots - 1) / a.slots;
+  const int first = slot * per, n = max(0, min(kUnionPages, first + per) - first);
+  auto lookUpPages = [&] {
+    if (tid < n) {
+      const int c = first + tid;
+      pages[tid] = __ldcg(a.pageTable + __ldcg(blocks + c / (kBlock / kPage)) * (kBlock / kPage) + c % (kBlock / kPage));
+    }
+    __syncthreads();
+  };
+  float early = 0.f;
+  if constexpr (kV == kAheadOfWait) {
+    early = scoreShare(a, h, slot);
+    lookUpPages();
+  }
   ptx::waitGridAhead();
 
   float acc = 0.f;
@@ -183,9 +204,9 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
       for (int r = 0; r < a.slots; ++r) ptx::storeRemote(ptx::inCta(ptx::smem(&shares[slot * kShareValues + tid]), r), v);
     ptx::clusterSync();
     acc += shares[(tid % a.slots) * kShareValues + tid / a.slots % kShareValues];
-  } else if constexpr (kV == kAsyncExchange || kV == kAsyncExchangeMerge) {
+  } else if constexpr (kV == kAsyncExchange || kV == kAsyncExchangeMerge || kV == kAheadOfWait) {
     if (tid == 0) ptx::barExpect(shareBar, a.slots * kShareValues * 4);
-    const float v = scoreShare(a, h, slot);
+    const float v = kV == kAheadOfWait ? early : scoreShare(a, h, slot);
     if (tid < kShareValues)
       for (int r = 0; r < a.slots; ++r)
         ptx::storeRemoteAsync(ptx::inCta(ptx::smem(&shares[slot * kShareValues + tid]), r), v,
@@ -203,15 +224,7 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
     acc += t.x + t.y + t.z + t.w;
   }
 
-  // The union (a dependent load), then its pages (another).
-  const int* blocks = a.unions + (static_cast<size_t>(a.step % kUnions) * kHeads + h) * kUnion;
-  const int per = (kUnionPages + a.slots - 1) / a.slots;
-  const int first = slot * per, n = max(0, min(kUnionPages, first + per) - first);
-  if (tid < n) {
-    const int c = first + tid;
-    pages[tid] = __ldcg(a.pageTable + __ldcg(blocks + c / (kBlock / kPage)) * (kBlock / kPage) + c % (kBlock / kPage));
-  }
-  __syncthreads();
+  if constexpr (kV != kAheadOfWait) lookUpPages();
   auto fetch = [&](int i) {
     const int s = i % a.stages;
     uint8_t* dst = ring + s * 2 * kHeadPageBytes;
@@ -247,7 +260,7 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
         a.merged[h * kPartial + i] = t;
       }
     }
-  } else if constexpr (kV == kAsyncExchangeMerge) {
+  } else if constexpr (kV == kAsyncExchangeMerge || kV == kAheadOfWait) {
     const bool root = ptx::clusterRank() == 0;
     if (root && tid == 0) ptx::barExpect(mergeBar, a.slots * kPartial * 4);
     const uint32_t dst = ptx::inCta(ptx::smem(&partials[slot * kPartial]), 0);
@@ -305,6 +318,7 @@ Kernel kernelOf(Variant v) {
     case kWholeHeadSums: return stepKernel<kWholeHeadSums>;
     case kAsyncExchange: return stepKernel<kAsyncExchange>;
     case kAsyncExchangeMerge: return stepKernel<kAsyncExchangeMerge>;
+    case kAheadOfWait: return stepKernel<kAheadOfWait>;
   }
   return nullptr;
 }
@@ -445,6 +459,9 @@ int main() {
   step("cluster of 16: whole head's key sums per CTA + stream + merge", kWholeHeadSums, 16, 8, true);
   step("cluster of 16: st.async hand-off + stream", kAsyncExchange, 16, 8, true);
   step("cluster of 16: st.async hand-off + stream + st.async merge", kAsyncExchangeMerge, 16, 8, true);
+  step("the same, 4 pages in flight", kAsyncExchangeMerge, 16, 4, true);
+  step("the same, sums, union and pages read before the wait", kAheadOfWait, 16, 4, true);
+  step("the same, 8 pages in flight", kAheadOfWait, 16, 8, true);
   step("cluster of 8: hand-off + stream + merge", kClusterExchangeMerge, 8, 12, true);
   step("cluster of 8: hand-off + stream + merge, 4 pages in flight", kClusterExchangeMerge, 8, 4, true);
   return 0;
