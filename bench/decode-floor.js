@@ -7,22 +7,24 @@
 //
 //   npm run bench -- decode-floor
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { benchDir, writeResults } from './_common.js';
+import { benchDir, rootDir, writeResults } from './_common.js';
 
 const candidates = [process.env.CUDA_HOME && join(process.env.CUDA_HOME, 'bin', 'nvcc'), '/usr/local/cuda/bin/nvcc', 'nvcc'];
 const nvcc = candidates.find((p) => p && (p === 'nvcc' || existsSync(p)));
 const dir = mkdtempSync(join(tmpdir(), 'moba-floor-'));
 const exe = join(dir, 'decode_step');
-const build = spawnSync(nvcc, ['-O3', '-std=c++17', '-gencode=arch=compute_90a,code=sm_90a', '-o', exe,
-  join(benchDir, 'floors', 'decode_step.cu')], { encoding: 'utf8' });
+const build = spawnSync(nvcc, ['-O3', '-std=c++17', '-gencode=arch=compute_90a,code=sm_90a',
+  '-I', join(rootDir, 'native', 'kernels'), '-o', exe, join(benchDir, 'floors', 'decode_step.cu')], { encoding: 'utf8' });
 if (build.status !== 0) {
+  rmSync(dir, { recursive: true, force: true });
   console.error(`decode-floor: nvcc failed (${nvcc}):\n${build.stderr ?? build.error}`);
   process.exit(1);
 }
 const run = spawnSync(exe, [], { encoding: 'utf8' });
+rmSync(dir, { recursive: true, force: true });
 process.stdout.write(run.stdout);
 if (run.status !== 0) {
   console.error(`decode-floor: the benchmark failed:\n${run.stderr}`);

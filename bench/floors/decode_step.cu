@@ -13,8 +13,10 @@
 // after the wait. Prints one line per variant: microseconds per step over
 // 600 back-to-back steps, best and worst of 5 rounds.
 //
-// Build and run (bench/decode-floor.js does both):
-//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o decode_step decode_step.cu && ./decode_step
+// The PTX wrappers are the kernels' own (native/kernels/common/). Build and
+// run from the project root (bench/decode-floor.js does both):
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I native/kernels \
+//        -o decode_step bench/floors/decode_step.cu && ./decode_step
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,6 +25,13 @@
 #include <cstdlib>
 #include <random>
 #include <vector>
+
+#include "common/grid_dependency.cuh"
+#include "common/ptx.cuh"
+#include "common/sm90_sync.cuh"
+
+using namespace moba;
+using moba::ptx::smemAddr;
 
 #define CHECK(x)                                                                           \
   do {                                                                                     \
@@ -78,50 +87,28 @@ __device__ int gMergeArrivals[kHeads];
 __device__ float gShares[kHeads][32][kShareValues];
 __device__ float gPartials[kHeads][32][kPartial];
 
-namespace ptx {
-__device__ __forceinline__ uint32_t smem(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void barInit(uint64_t* b, int n) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem(b)), "r"(n));
-}
-__device__ __forceinline__ void barExpect(uint64_t* b, int bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem(b)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void barWait(uint64_t* b, int parity) {
-  asm volatile(
-      "{\n.reg .pred p;\nWAIT: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra WAIT;\n}" ::"r"(smem(b)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void bulkCopy(void* dst, const void* src, int bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem(dst)),
-               "l"(src), "r"(bytes), "r"(smem(bar))
-               : "memory");
-}
-__device__ __forceinline__ void waitGridAhead() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void allowNextGrid() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+// What the kernels' headers (common/) lack: this CTA's rank in its cluster,
+// and 4-byte stores into another CTA's shared memory, plain and asynchronous.
+namespace remote {
 __device__ __forceinline__ uint32_t clusterRank() {
   uint32_t r;
   asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
   return r;
 }
-__device__ __forceinline__ void clusterSync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ uint32_t inCta(uint32_t addr, uint32_t rank) {
-  uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
-  return r;
-}
-__device__ __forceinline__ void storeRemote(uint32_t addr, float v) {
+__device__ __forceinline__ void store(uint32_t addr, float v) {
   asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
 }
-__device__ __forceinline__ void storeRemoteAsync(uint32_t addr, float v, uint32_t bar) {
+__device__ __forceinline__ void storeAsync(uint32_t addr, float v, uint32_t bar) {
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(addr),
                "r"(__float_as_uint(v)), "r"(bar)
                : "memory");
 }
-}  // namespace ptx
+}  // namespace remote
+
+__device__ __forceinline__ void clusterSync() {
+  attn::clusterArrive();
+  attn::clusterWait();
+}
 
 // A CTA's share of its head's key sums (kBlocks / slots blocks), reduced to
 // one number per thread pair. The loads are unrolled so that all of them are
@@ -157,13 +144,13 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
   const int h = blockIdx.x / a.slots, slot = blockIdx.x % a.slots;
 
   if (tid == 0) {
-    for (int s = 0; s < a.stages; ++s) ptx::barInit(&bars[s], 1);
-    ptx::barInit(shareBar, 1);
-    ptx::barInit(mergeBar, 1);
+    for (int s = 0; s < a.stages; ++s) attn::mbarInit(smemAddr(&bars[s]), 1);
+    attn::mbarInit(smemAddr(shareBar), 1);
+    attn::mbarInit(smemAddr(mergeBar), 1);
   }
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  attn::mbarInitFence();
   __syncthreads();
-  if constexpr (inCluster(kV)) ptx::clusterSync();  // every CTA of the cluster has started
+  if constexpr (inCluster(kV)) clusterSync();  // every CTA of the cluster has started
 
   // The union (a dependent load), then its pages (another).
   const int* blocks = a.unions + (static_cast<size_t>(a.step % kUnions) * kHeads + h) * kUnion;
@@ -181,7 +168,7 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
     early = scoreShare(a, h, slot);
     lookUpPages();
   }
-  ptx::waitGridAhead();
+  waitForPrimaryGrid();
 
   float acc = 0.f;
   if constexpr (kV == kGlobalExchange || kV == kGlobalExchangeMerge) {
@@ -201,17 +188,17 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
   } else if constexpr (kV == kClusterExchange || kV == kClusterExchangeMerge) {
     const float v = scoreShare(a, h, slot);
     if (tid < kShareValues)
-      for (int r = 0; r < a.slots; ++r) ptx::storeRemote(ptx::inCta(ptx::smem(&shares[slot * kShareValues + tid]), r), v);
-    ptx::clusterSync();
+      for (int r = 0; r < a.slots; ++r) remote::store(attn::clusterMap(smemAddr(&shares[slot * kShareValues + tid]), r), v);
+    clusterSync();
     acc += shares[(tid % a.slots) * kShareValues + tid / a.slots % kShareValues];
   } else if constexpr (kV == kAsyncExchange || kV == kAsyncExchangeMerge || kV == kAheadOfWait) {
-    if (tid == 0) ptx::barExpect(shareBar, a.slots * kShareValues * 4);
+    if (tid == 0) attn::mbarArriveExpectTx(smemAddr(shareBar), a.slots * kShareValues * 4);
     const float v = kV == kAheadOfWait ? early : scoreShare(a, h, slot);
     if (tid < kShareValues)
       for (int r = 0; r < a.slots; ++r)
-        ptx::storeRemoteAsync(ptx::inCta(ptx::smem(&shares[slot * kShareValues + tid]), r), v,
-                              ptx::inCta(ptx::smem(shareBar), r));
-    ptx::barWait(shareBar, 0);
+        remote::storeAsync(attn::clusterMap(smemAddr(&shares[slot * kShareValues + tid]), r), v,
+                              attn::clusterMap(smemAddr(shareBar), r));
+    attn::mbarWait(smemAddr(shareBar), 0);
     acc += shares[(tid % a.slots) * kShareValues + tid / a.slots % kShareValues];
   } else if constexpr (kV == kWholeHeadSums) {
     const float4* all = reinterpret_cast<const float4*>(a.sums + static_cast<size_t>(h) * kBlocks * kDim);
@@ -229,15 +216,16 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
     const int s = i % a.stages;
     uint8_t* dst = ring + s * 2 * kHeadPageBytes;
     const uint8_t* src = a.pool + static_cast<size_t>(pages[i]) * kPageBytes + h * kHeadPageBytes;
-    ptx::barExpect(&bars[s], 2 * kHeadPageBytes);
-    ptx::bulkCopy(dst, src, kHeadPageBytes, &bars[s]);
-    ptx::bulkCopy(dst + kHeadPageBytes, src + kHeads * kHeadPageBytes, kHeadPageBytes, &bars[s]);
+    const uint32_t bar = smemAddr(&bars[s]);
+    attn::mbarArriveExpectTx(bar, 2 * kHeadPageBytes);
+    attn::bulkCopyToShared(smemAddr(dst), src, kHeadPageBytes, bar);
+    attn::bulkCopyToShared(smemAddr(dst + kHeadPageBytes), src + kHeads * kHeadPageBytes, kHeadPageBytes, bar);
   };
   if (tid == 0)
     for (int i = 0; i < min(n, a.stages); ++i) fetch(i);
   for (int i = 0; i < n; ++i) {
     const int s = i % a.stages;
-    ptx::barWait(&bars[s], (i / a.stages) & 1);
+    attn::mbarWait(smemAddr(&bars[s]), (i / a.stages) & 1);
     const float4* p = reinterpret_cast<const float4*>(ring + s * 2 * kHeadPageBytes);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -247,32 +235,32 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
     __syncthreads();  // the stage is free
     if (tid == 0 && i + a.stages < n) fetch(i + a.stages);
   }
-  ptx::allowNextGrid();
+  allowDependentGrid();
 
+  // Rank 0, once every CTA's partial is in its shared memory.
+  auto addPartials = [&] {
+    for (int i = tid; i < kPartial; i += 128) {
+      float t = 0.f;
+      for (int r = 0; r < a.slots; ++r) t += partials[r * kPartial + i];
+      a.merged[h * kPartial + i] = t;
+    }
+  };
   if constexpr (kV == kClusterExchangeMerge || kV == kClusterMerge || kV == kWholeHeadSums) {
-    const uint32_t dst = ptx::inCta(ptx::smem(&partials[slot * kPartial]), 0);
-    for (int i = tid; i < kPartial; i += 128) ptx::storeRemote(dst + i * 4, acc + i);
-    ptx::clusterSync();
-    if (ptx::clusterRank() == 0) {
-      for (int i = tid; i < kPartial; i += 128) {
-        float t = 0.f;
-        for (int r = 0; r < a.slots; ++r) t += partials[r * kPartial + i];
-        a.merged[h * kPartial + i] = t;
-      }
+    const uint32_t dst = attn::clusterMap(smemAddr(&partials[slot * kPartial]), 0);
+    for (int i = tid; i < kPartial; i += 128) remote::store(dst + i * 4, acc + i);
+    clusterSync();
+    if (remote::clusterRank() == 0) {
+      addPartials();
     }
   } else if constexpr (kV == kAsyncExchangeMerge || kV == kAheadOfWait) {
-    const bool root = ptx::clusterRank() == 0;
-    if (root && tid == 0) ptx::barExpect(mergeBar, a.slots * kPartial * 4);
-    const uint32_t dst = ptx::inCta(ptx::smem(&partials[slot * kPartial]), 0);
-    const uint32_t bar = ptx::inCta(ptx::smem(mergeBar), 0);
-    for (int i = tid; i < kPartial; i += 128) ptx::storeRemoteAsync(dst + i * 4, acc + i, bar);
+    const bool root = remote::clusterRank() == 0;
+    if (root && tid == 0) attn::mbarArriveExpectTx(smemAddr(mergeBar), a.slots * kPartial * 4);
+    const uint32_t dst = attn::clusterMap(smemAddr(&partials[slot * kPartial]), 0);
+    const uint32_t bar = attn::clusterMap(smemAddr(mergeBar), 0);
+    for (int i = tid; i < kPartial; i += 128) remote::storeAsync(dst + i * 4, acc + i, bar);
     if (root) {
-      ptx::barWait(mergeBar, 0);
-      for (int i = tid; i < kPartial; i += 128) {
-        float t = 0.f;
-        for (int r = 0; r < a.slots; ++r) t += partials[r * kPartial + i];
-        a.merged[h * kPartial + i] = t;
-      }
+      attn::mbarWait(smemAddr(mergeBar), 0);
+      addPartials();
     }
   } else if constexpr (kV == kGlobalExchangeMerge) {
     for (int i = tid; i < kPartial; i += 128) __stcg(&gPartials[h][slot][i], acc + i);
@@ -295,14 +283,14 @@ __global__ void __launch_bounds__(128) stepKernel(Args a) {
       }
     }
   } else {
-    if constexpr (inCluster(kV)) ptx::clusterSync();  // no CTA leaves while others may write to it
+    if constexpr (inCluster(kV)) clusterSync();  // no CTA leaves while others may write to it
     if (tid == 0) a.out[blockIdx.x] = acc;
   }
 }
 
 __global__ void emptyKernel(float* out) {
-  ptx::waitGridAhead();
-  ptx::allowNextGrid();
+  waitForPrimaryGrid();
+  allowDependentGrid();
   if (threadIdx.x == 0) out[blockIdx.x] = 1.f;
 }
 
