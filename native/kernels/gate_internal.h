@@ -113,8 +113,10 @@ Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dep
 // Every row by gate_topk_large.cu (plan.large); numTiles tiles of kGateLargeTileRows rows.
 // Rows it cannot certify go to a.fallback for the exact kernel.
 Status launchGateLarge(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
-// allRows: every (head, row) item; else the items of a.fallback (count on the device).
-Status launchGateExact(const GateArgs& a, DType dtype, bool allRows, int smCount, bool dependent, cudaStream_t stream);
+// Every (head, row) item by one warp each: topK 1, where no fast path applies.
+Status launchGateExact(const GateArgs& a, DType dtype, int smCount, bool dependent, cudaStream_t stream);
+// The items of a.fallback (count on the device) by one CTA each (gate_exact_rows.cu).
+Status launchGateExactRows(const GateArgs& a, DType dtype, int smCount, bool dependent, cudaStream_t stream);
 
 // Lists (gate_lists.cu).
 size_t listsSortTempBytes(int64_t items, int endBit);

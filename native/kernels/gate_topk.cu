@@ -558,10 +558,12 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
 }
 
 // ---- exact kernel ----------------------------------------------------------
+// Every row, one warp each, where no fast path applies (topK 1). The rows the
+// fast kernels hand back take gate_exact_rows.cu, a CTA each.
 
 template <typename T, int D>
-__global__ void __launch_bounds__(128) exactKernel(GateArgs a, int allRows, int keepCap) {
-  waitForPrimaryGrid();  // the fallback list (fast kernel) or the centroids (gate_centroids.cu)
+__global__ void __launch_bounds__(128) exactKernel(GateArgs a, int keepCap) {
+  waitForPrimaryGrid();  // the centroids (gate_centroids.cu)
   extern __shared__ __align__(128) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int warpsPerCta = blockDim.x >> 5;
@@ -572,11 +574,11 @@ __global__ void __launch_bounds__(128) exactKernel(GateArgs a, int allRows, int 
   int* li = reinterpret_cast<int*>(ls + keepCap * 32);  // [keepCap][32]
   int* sel = li + keepCap * 32;                        // [keepCap]
 
-  const int64_t items = allRows ? static_cast<int64_t>(a.nqh) * a.totalQ : *a.fallbackCount;
+  const int64_t items = static_cast<int64_t>(a.nqh) * a.totalQ;
   const int keepMax = a.topK - 1;
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * warpsPerCta + warp; w < items;
        w += static_cast<int64_t>(gridDim.x) * warpsPerCta) {
-    const int item = allRows ? static_cast<int>(w) : a.fallback[w];
+    const int item = static_cast<int>(w);
     const int h = item / a.totalQ, row = item % a.totalQ;
     const int b = sequenceOf(a.cuQ, a.batch, row);
     const int lq = a.cuQ[b + 1] - a.cuQ[b];
@@ -676,7 +678,7 @@ Status launchFastT(const GateArgs& a, int listCap, int numTiles, bool dependent,
 }
 
 template <typename T, int D>
-Status launchExactDim(const GateArgs& a, bool allRows, int smCount, bool dependent, cudaStream_t stream) {
+Status launchExactDim(const GateArgs& a, int smCount, bool dependent, cudaStream_t stream) {
   const int keepCap = a.topK - 1 > 0 ? a.topK - 1 : 1;
   const size_t perWarp = (static_cast<size_t>(D) * 4 + static_cast<size_t>(keepCap) * 32 * 8 + keepCap * 4 + 15) / 16 * 16;
   int warps = static_cast<int>((48 * 1024) / perWarp);
@@ -689,21 +691,19 @@ Status launchExactDim(const GateArgs& a, bool allRows, int smCount, bool depende
         "gate smem limit"));
   }
   int64_t grid = smCount * 8;
-  if (allRows) {
-    int64_t need = (static_cast<int64_t>(a.nqh) * a.totalQ + warps - 1) / warps;
-    if (need < grid) grid = need;
-  }
+  const int64_t need = (static_cast<int64_t>(a.nqh) * a.totalQ + warps - 1) / warps;
+  if (need < grid) grid = need;
   if (grid < 1) grid = 1;
   return cudaStatus(launchInOrder(kernel, dim3(static_cast<unsigned>(grid)), dim3(warps * 32), smem, stream, dependent, a,
-                                  allRows ? 1 : 0, keepCap),
+                                  keepCap),
                     "gate exact");
 }
 
 template <typename T>
-Status launchExactT(const GateArgs& a, bool allRows, int smCount, bool dependent, cudaStream_t stream) {
+Status launchExactT(const GateArgs& a, int smCount, bool dependent, cudaStream_t stream) {
   switch (a.headDim) {
-    case 64: return launchExactDim<T, 64>(a, allRows, smCount, dependent, stream);
-    case 128: return launchExactDim<T, 128>(a, allRows, smCount, dependent, stream);
+    case 64: return launchExactDim<T, 64>(a, smCount, dependent, stream);
+    case 128: return launchExactDim<T, 128>(a, smCount, dependent, stream);
     default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
   }
 }
@@ -717,11 +717,11 @@ Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles,
   return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
 }
 
-Status launchGateExact(const GateArgs& a, DType dtype, bool allRows, int smCount, bool dependent, cudaStream_t stream) {
+Status launchGateExact(const GateArgs& a, DType dtype, int smCount, bool dependent, cudaStream_t stream) {
   if (a.totalQ == 0) return Status::Ok();
   if (smCount < 1) smCount = 1;
-  if (dtype == DType::BF16) return launchExactT<Bf16>(a, allRows, smCount, dependent, stream);
-  if (dtype == DType::F16) return launchExactT<F16>(a, allRows, smCount, dependent, stream);
+  if (dtype == DType::BF16) return launchExactT<Bf16>(a, smCount, dependent, stream);
+  if (dtype == DType::F16) return launchExactT<F16>(a, smCount, dependent, stream);
   return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
 }
 

@@ -91,13 +91,13 @@ Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, 
     MOBA_RETURN_IF_ERROR(gateUsesSm90(p.topK, plan.packBits, ctx)
                              ? launchGateFastSm90(a, p.dtype, plan.numTiles, dependent, ctx.stream)
                              : launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, dependent, ctx.stream));
-    return launchGateExact(a, p.dtype, false, ctx.smCount, dependent, ctx.stream);
+    return launchGateExactRows(a, p.dtype, ctx.smCount, dependent, ctx.stream);
   }
   if (plan.large) {
     MOBA_RETURN_IF_ERROR(launchGateLarge(a, p.dtype, plan.numTiles, dependent, ctx.stream));
-    return launchGateExact(a, p.dtype, false, ctx.smCount, dependent, ctx.stream);
+    return launchGateExactRows(a, p.dtype, ctx.smCount, dependent, ctx.stream);
   }
-  return launchGateExact(a, p.dtype, true, ctx.smCount, dependent, ctx.stream);
+  return launchGateExact(a, p.dtype, ctx.smCount, dependent, ctx.stream);
 }
 
 }  // namespace
