@@ -9,6 +9,7 @@ import {
   KVCache,
   MobaAttention,
   mobaAttention,
+  MAX_TOP_K,
   mobaGate,
   openDevice,
   type Device,
@@ -340,6 +341,28 @@ describe('native surface re-checks', () => {
       'EINVAL', 'Expected monotone cuSeqlensQ and cuSeqlensK',
     );
     expectError(() => native.read(small.buffer, 2, 100), 'EINVAL', /^Expected at least 400 bytes for buffer/);
+  });
+
+  it('refuses topK past MAX_TOP_K on every backend, as the public functions do, and accepts MAX_TOP_K itself', async () => {
+    for (const backend of cudaUsable ? (['cpu', 'cuda'] as const) : (['cpu'] as const)) {
+      using device = openDevice({ backend });
+      const native = device.native;
+      // 8 keys in blocks of 2: row r of the one sequence keeps every block up to its own.
+      const values = Float32Array.from({ length: 8 * 64 }, (_, i) => Math.sin(i * 0.37));
+      using q = device.tensor(values, { dtype: 'bf16', shape: [8, 1, 64] });
+      using out = device.empty([8 * (MAX_TOP_K + 1)], 'i32');
+      const cu = new Int32Array([0, 8]);
+      expectError(() => native.mobaGate(q.buffer, q.buffer, out.buffer, cu, cu, 0, 1, 1, 64, 2, MAX_TOP_K + 1), 'EINVAL',
+        `Expected an integer in [1, ${MAX_TOP_K}] for topK but received ${MAX_TOP_K + 1}.000000`);
+      native.mobaGate(q.buffer, q.buffer, out.buffer, cu, cu, 0, 1, 1, 64, 2, MAX_TOP_K);
+      const got = ((await out.toArray()) as Int32Array).subarray(0, 8 * MAX_TOP_K);
+      for (let r = 0; r < 8; r++) {
+        const row = Array.from(got.subarray(r * MAX_TOP_K, (r + 1) * MAX_TOP_K));
+        const own = r >> 1;
+        expect(row.slice(0, own + 1), `${backend} row ${r}`).toEqual(Array.from({ length: own + 1 }, (_, j) => j));
+        expect(row.slice(own + 1).every((x) => x === -1), `${backend} row ${r} padding`).toBe(true);
+      }
+    }
   });
 
   it('accepts only buffers the addon made as buffer arguments', () => {

@@ -43,7 +43,7 @@ Napi::Value DeviceWrap::mobaGate(const Napi::CallbackInfo& info) {
   p.dtype = argFloatDType(info, 5);
   p.heads = argHeads(info, 6);
   p.chunkSize = static_cast<int>(argInt(info, 9, "chunkSize", 1, 1 << 30));
-  p.topK = static_cast<int>(argInt(info, 10, "topK", 1, 1 << 20));
+  p.topK = static_cast<int>(argInt(info, 10, "topK", 1, kMaxTopK));
   const Varlen& v = p.varlen;
   checkGateSelections(env, v.totalQ, p.heads.numQHeads, p.topK);
   p.q = argBuffer(info, 0, "q", c, rows(v.totalQ, p.heads.numQHeads, p.heads.headDim, p.dtype))->data();
@@ -75,7 +75,7 @@ Napi::Value DeviceWrap::attention(const Napi::CallbackInfo& info) {
   p.softmaxScale = argSoftmaxScale(info, 11);
   p.causal = argBool(info, 12, "causal");
   p.chunkSize = static_cast<int>(argInt(info, 13, "chunkSize", 0, 1 << 30));
-  p.topK = static_cast<int>(argInt(info, 14, "topK", 0, 1 << 20));
+  p.topK = static_cast<int>(argInt(info, 14, "topK", 0, kMaxTopK));
   if (p.chunkSize > 0 && p.topK < 1) throwInvalid(env, "Expected topK >= 1 for MoBA attention");
   const Varlen& v = p.varlen;
   const HeadShape& h = p.heads;

@@ -24,7 +24,7 @@ Napi::Value DeviceWrap::mobaGateLists(const Napi::CallbackInfo& info) {
     throwInvalid(env, "Expected numQHeads to be a multiple of numKVHeads");
   }
   p.chunkSize = static_cast<int>(argInt(info, 9, "chunkSize", 1, 1 << 30));
-  p.topK = static_cast<int>(argInt(info, 10, "topK", 1, 1 << 20));
+  p.topK = static_cast<int>(argInt(info, 10, "topK", 1, kMaxTopK));
   const Varlen& v = p.varlen;
   const HeadShape& h = p.heads;
   checkGateSelections(env, v.totalQ, h.numQHeads, p.topK);

@@ -152,7 +152,7 @@ Napi::Value DeviceWrap::decodeAttention(const Napi::CallbackInfo& info) {
   p.softmaxScale = argSoftmaxScale(info, 13);
   p.policy = static_cast<DecodePolicy>(argInt(info, 14, "policy", 0, 1));
   p.chunkSize = static_cast<int>(argInt(info, 15, "chunkSize", 0, 1 << 30));
-  p.topK = static_cast<int>(argInt(info, 16, "topK", 0, 1 << 20));
+  p.topK = static_cast<int>(argInt(info, 16, "topK", 0, kMaxTopK));
   // Key positions up to the end of the last block (or 64-key tile) stay in 32 bits.
   const int64_t lastSpan = p.policy == DecodePolicy::Moba ? std::max(p.chunkSize, 64) : 64;
   if (p.maxKvLen > INT32_MAX - lastSpan) {

@@ -27,6 +27,10 @@ struct HeadShape {
   int headDim = 0;     // 64 or 128 on CUDA; any positive value on the CPU
 };
 
+// The most blocks a query may select (MAX_TOP_K in lib/gating.ts): every
+// native entry point refuses more, and the CUDA gate has kernels up to it.
+constexpr int kMaxTopK = 256;
+
 // mobaGate: the selected blocks of every query (DESIGN.md section 1).
 struct GateParams {
   DType dtype = DType::BF16;  // of q and k
@@ -36,7 +40,7 @@ struct GateParams {
   Varlen varlen;
   HeadShape heads;
   int chunkSize = 0;          // B, any positive value
-  int topK = 0;               // >= 1
+  int topK = 0;               // 1 to kMaxTopK
   // Paged keys (chunked prefill over the KV cache): when set, k is the K of
   // (page 0, KV head 0, slot 0) in one layer of the pool, and key T (the
   // packed order of cuSeqlensK) of KV head h starts keyRows[T] + h *

@@ -28,9 +28,10 @@
 //     blocks in shared memory; blocks too close to the boundary to order are
 //     re-scored in the CPU's summation order, and rows with too many such
 //     near-ties, or NaN/Inf data, go to the exact kernel's list.
-//  4. gate_topk.cu, exact kernel: one warp per query row, exact fp32 scores
-//     of every past block, exact top-(topK-1). Used for the fallback rows of
-//     steps 2 and 3, and for every row when topK is 1 (the current block).
+//  4. gate_exact_rows.cu: the rows steps 2 and 3 hand back, one CTA each:
+//     exact fp32 scores of every past block, exact top-(topK-1).
+//     gate_own_block.cu: topK 1 keeps the current block alone, so nothing
+//     is scored (no centroids either).
 //  5. gate_lists.cu: the CSR lists from the indices, on the GPU: keys
 //     (segment ids) per selected past block, a stable radix sort (CUB), then
 //     segment offsets by binary search and the reverse map entryOf.

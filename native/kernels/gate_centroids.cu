@@ -14,6 +14,7 @@
 //     the scores kernel's load order (operandPairSlots). It records the
 //     bound on how far a tensor-core score can stray (see gate_topk.cu).
 #include "gate_device.cuh"
+#include "gate_dispatch.cuh"
 #include "gate_internal.h"
 #include "common/cuda_context.h"
 #include "common/dependent_launch.h"
@@ -209,22 +210,13 @@ Status launchDim(const GateArgs& a, bool dependent, cudaStream_t stream) {
   return cudaStatus(launchInOrder(operandKernel<D>, grid, dim3(kThreads), 0, stream, dependent, a), "gate operand");
 }
 
-template <typename T>
-Status launchTyped(const GateArgs& a, bool dependent, cudaStream_t stream) {
-  switch (a.headDim) {
-    case 64: return launchDim<T, 64>(a, dependent, stream);
-    case 128: return launchDim<T, 128>(a, dependent, stream);
-    default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
-  }
-}
-
 }  // namespace
 
 Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream) {
   if (a.totalBlocks == 0) return Status::Ok();
-  if (dtype == DType::BF16) return launchTyped<Bf16>(a, dependent, stream);
-  if (dtype == DType::F16) return launchTyped<F16>(a, dependent, stream);
-  return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
+  return withGateTypes(dtype, a.headDim, [&](auto t, auto d) {
+    return launchDim<decltype(t), decltype(d)::value>(a, dependent, stream);
+  });
 }
 
 }  // namespace moba

@@ -1,7 +1,6 @@
-// The rows the tensor-core gates hand back (a.fallback, count on the
-// device): each is scored exactly against all its past blocks and its best
-// keep blocks are written, as the exact kernel of gate_topk.cu does for every
-// row when no fast path applies. The fast kernels certify all but a few rows
+// The rows the fast gates hand back (a.fallback, count on the device): each
+// is scored exactly against all its past blocks and its best keep blocks are
+// written. The fast kernels certify all but a few rows
 // in a hundred thousand (a thread's list whose last entry reaches the band,
 // scores that are not finite), so here a whole CTA takes one row: its 32
 // groups of 8 lanes score 32 blocks at a time, lane e of a group summing dims
@@ -16,6 +15,7 @@
 #include "common/dependent_launch.h"
 #include "common/grid_dependency.cuh"
 #include "gate_device.cuh"
+#include "gate_dispatch.cuh"
 #include "gate_internal.h"
 
 namespace moba {
@@ -28,16 +28,16 @@ constexpr int kGroups = 32;            // one block each per step; also the list
 constexpr int kThreads = kGroups * 8;  // eight lanes per block score
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) exactRowsKernel(GateArgs a, int keepCap) {
+__global__ void __launch_bounds__(kThreads) exactRowsKernel(GateArgs a) {
   waitForPrimaryGrid();  // the fallback list and its count come from the kernel before
   extern __shared__ __align__(16) uint8_t smem[];
-  float* ls = reinterpret_cast<float*>(smem);                  // [keepCap][kGroups], best first
-  int* li = reinterpret_cast<int*>(ls + keepCap * kGroups);    // [keepCap][kGroups]
-  int* counts = li + keepCap * kGroups;                        // [kGroups]
-  int* sel = counts + kGroups;                                 // [keepCap]
+  const int keep = a.topK - 1;
+  float* ls = reinterpret_cast<float*>(smem);              // [keep][kGroups], best first
+  int* li = reinterpret_cast<int*>(ls + keep * kGroups);  // [keep][kGroups]
+  int* counts = li + keep * kGroups;                       // [kGroups]
+  int* sel = counts + kGroups;                             // [keep]
   const int tid = threadIdx.x, g = tid >> 3, e = tid & 7, lane = tid & 31;
   const int items = *a.fallbackCount;
-  const int keep = a.topK - 1;
   const size_t cStride = static_cast<size_t>(a.nkvh) * D;
   for (int w = blockIdx.x; w < items; w += gridDim.x) {  // CTA-uniform
     const int item = a.fallback[w];
@@ -118,8 +118,8 @@ __global__ void __launch_bounds__(kThreads) exactRowsKernel(GateArgs a, int keep
 
 template <typename T, int D>
 Status launchTyped(const GateArgs& a, int smCount, bool dependent, cudaStream_t stream) {
-  const int keepCap = a.topK - 1;
-  const size_t smem = (static_cast<size_t>(keepCap) * kGroups * 8 + kGroups * 4 + static_cast<size_t>(keepCap) * 4);
+  const size_t keep = static_cast<size_t>(a.topK - 1);
+  const size_t smem = keep * kGroups * 8 + kGroups * 4 + keep * 4;
   auto kernel = exactRowsKernel<T, D>;
   if (smem > 48 * 1024) {
     MOBA_RETURN_IF_ERROR(cudaStatus(
@@ -128,17 +128,7 @@ Status launchTyped(const GateArgs& a, int smCount, bool dependent, cudaStream_t 
   }
   // Rows are few; two CTAs per SM start them all at once in the usual case.
   const unsigned grid = static_cast<unsigned>(smCount * 2);
-  return cudaStatus(launchInOrder(kernel, dim3(grid), dim3(kThreads), smem, stream, dependent, a, keepCap),
-                    "gate exact rows");
-}
-
-template <typename T>
-Status launchT(const GateArgs& a, int smCount, bool dependent, cudaStream_t stream) {
-  switch (a.headDim) {
-    case 64: return launchTyped<T, 64>(a, smCount, dependent, stream);
-    case 128: return launchTyped<T, 128>(a, smCount, dependent, stream);
-    default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
-  }
+  return cudaStatus(launchInOrder(kernel, dim3(grid), dim3(kThreads), smem, stream, dependent, a), "gate exact rows");
 }
 
 }  // namespace
@@ -146,9 +136,9 @@ Status launchT(const GateArgs& a, int smCount, bool dependent, cudaStream_t stre
 Status launchGateExactRows(const GateArgs& a, DType dtype, int smCount, bool dependent, cudaStream_t stream) {
   if (a.totalQ == 0 || a.topK < 2) return Status::Ok();
   if (smCount < 1) smCount = 1;
-  if (dtype == DType::BF16) return launchT<Bf16>(a, smCount, dependent, stream);
-  if (dtype == DType::F16) return launchT<F16>(a, smCount, dependent, stream);
-  return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
+  return withGateTypes(dtype, a.headDim, [&](auto t, auto d) {
+    return launchTyped<decltype(t), decltype(d)::value>(a, smCount, dependent, stream);
+  });
 }
 
 }  // namespace moba

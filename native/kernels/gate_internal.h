@@ -68,8 +68,8 @@ inline int gateListCap(int topK) {
 }
 // Past blocks kept per row (topK - 1) that gate_topk_large.cu handles: its
 // per-row heaps in shared memory hold up to this many, every topK the API
-// takes (MAX_TOP_K in lib/gating.ts is 256).
-constexpr int kGateLargeMaxKeep = 255;
+// takes (kMaxTopK).
+constexpr int kGateLargeMaxKeep = kMaxTopK - 1;
 inline bool gateUsesLarge(int topK) { return topK - 1 > 15 && topK - 1 <= kGateLargeMaxKeep; }
 // Rows per plan tile of gate_topk_large.cu (its CTAs take a tile or half of one).
 constexpr int kGateLargeTileRows = 64;
@@ -113,8 +113,9 @@ Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dep
 // Every row by gate_topk_large.cu (plan.large); numTiles tiles of kGateLargeTileRows rows.
 // Rows it cannot certify go to a.fallback for the exact kernel.
 Status launchGateLarge(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
-// Every (head, row) item by one warp each: topK 1, where no fast path applies.
-Status launchGateExact(const GateArgs& a, DType dtype, int smCount, bool dependent, cudaStream_t stream);
+// topK 1: every (head, row) item keeps its own block (gate_own_block.cu);
+// needs only the metadata, so it follows any op in plain stream order.
+Status launchGateOwnBlock(const GateArgs& a, int smCount, cudaStream_t stream);
 // The items of a.fallback (count on the device) by one CTA each (gate_exact_rows.cu).
 Status launchGateExactRows(const GateArgs& a, DType dtype, int smCount, bool dependent, cudaStream_t stream);
 

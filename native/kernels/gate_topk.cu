@@ -29,7 +29,7 @@
 // is certain. Else the blocks that can still change places are re-scored
 // exactly and ranked by the exact scores. A row goes to the exact kernel
 // when its band may not fit the list (KL entries) or when its q or
-// centroids are non-finite or huge.
+// centroids are non-finite or huge (gate_exact_rows.cu).
 //
 // Packed lists. When a sequence's block indices fit in `packBits` <= 12
 // bits, a candidate enters the list as one float: its score with the low
@@ -40,15 +40,11 @@
 // - 23) (||q|| C + eps); the band logic runs on the packed values with
 // eps + delta, and raw scores are tested against thresholds lowered by delta
 // more.
-//
-// Exact kernel. One warp per (head, row): exact fp32 scores of all past
-// blocks (lanes take every 32nd block), a sorted per-lane list in shared
-// memory, then a warp-wide merge. Handles any topK and any data (NaN ranks
-// lowest, ties to the lower index), at the cost of reading every past
-// centroid per row.
+
 #include <climits>
 
 #include "gate_device.cuh"
+#include "gate_dispatch.cuh"
 #include "gate_internal.h"
 #include "gate_select.cuh"
 #include "common/cuda_context.h"
@@ -557,92 +553,6 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     finishRow(a, h, row0 + ownRow, c, keepMax, state, bandS + ownRow * KL, bandI + ownRow * KL, nc, nb);
 }
 
-// ---- exact kernel ----------------------------------------------------------
-// Every row, one warp each, where no fast path applies (topK 1). The rows the
-// fast kernels hand back take gate_exact_rows.cu, a CTA each.
-
-template <typename T, int D>
-__global__ void __launch_bounds__(128) exactKernel(GateArgs a, int keepCap) {
-  waitForPrimaryGrid();  // the centroids (gate_centroids.cu)
-  extern __shared__ __align__(128) uint8_t smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int warpsPerCta = blockDim.x >> 5;
-  const size_t perWarp = static_cast<size_t>(D) * 4 + static_cast<size_t>(keepCap) * 32 * 8 + keepCap * 4;
-  uint8_t* base = smem + warp * ((perWarp + 15) / 16 * 16);
-  float* qf = reinterpret_cast<float*>(base);
-  float* ls = qf + D;                                  // [keepCap][32]
-  int* li = reinterpret_cast<int*>(ls + keepCap * 32);  // [keepCap][32]
-  int* sel = li + keepCap * 32;                        // [keepCap]
-
-  const int64_t items = static_cast<int64_t>(a.nqh) * a.totalQ;
-  const int keepMax = a.topK - 1;
-  for (int64_t w = static_cast<int64_t>(blockIdx.x) * warpsPerCta + warp; w < items;
-       w += static_cast<int64_t>(gridDim.x) * warpsPerCta) {
-    const int item = static_cast<int>(w);
-    const int h = item / a.totalQ, row = item % a.totalQ;
-    const int b = sequenceOf(a.cuQ, a.batch, row);
-    const int lq = a.cuQ[b + 1] - a.cuQ[b];
-    const int lk = a.cuK[b + 1] - a.cuK[b];
-    const int c = (lk - lq + row - a.cuQ[b]) / a.chunkSize;
-    int32_t* out = a.indices + static_cast<size_t>(item) * a.topK;
-    if (keepMax == 0) {
-      if (lane == 0) out[0] = c;
-      continue;
-    }
-    if (c <= keepMax) {
-      writeAllPast(out, c, a.topK, lane, 32);
-      continue;
-    }
-    const int keep = keepMax;
-    const uint16_t* qrow = static_cast<const uint16_t*>(a.q) + (static_cast<size_t>(row) * a.nqh + h) * D;
-    for (int d = lane; d < D; d += 32) qf[d] = T::toFloat(qrow[d]);
-    __syncwarp();
-    const int kvh = h / a.group;
-    const size_t cStride = static_cast<size_t>(a.nkvh) * D;
-    const float* cent = a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
-    int cnt = 0;
-    for (int j = lane; j < c; j += 32) {
-      const float s = exactDot<D>(qf, cent + j * cStride);
-      if (cnt < keep || ranksAbove(s, j, ls[(cnt - 1) * 32 + lane], li[(cnt - 1) * 32 + lane])) {
-        int p = cnt < keep ? cnt : keep - 1;
-        while (p > 0 && ranksAbove(s, j, ls[(p - 1) * 32 + lane], li[(p - 1) * 32 + lane])) {
-          ls[p * 32 + lane] = ls[(p - 1) * 32 + lane];
-          li[p * 32 + lane] = li[(p - 1) * 32 + lane];
-          --p;
-        }
-        ls[p * 32 + lane] = s;
-        li[p * 32 + lane] = j;
-        if (cnt < keep) ++cnt;
-      }
-    }
-    int ptr = 0;
-    for (int r = 0; r < keep; ++r) {
-      float s = ptr < cnt ? ls[ptr * 32 + lane] : __int_as_float(0x7fc00000);
-      int i = ptr < cnt ? li[ptr * 32 + lane] : INT_MAX;
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        float s2 = __shfl_xor_sync(kFull, s, off);
-        int i2 = __shfl_xor_sync(kFull, i, off);
-        if (ranksAbove(s2, i2, s, i)) {
-          s = s2;
-          i = i2;
-        }
-      }
-      if (ptr < cnt && li[ptr * 32 + lane] == i) ++ptr;
-      if (lane == 0) sel[r] = i;
-    }
-    __syncwarp();
-    for (int e = lane; e < keep; e += 32) {  // rank sort: block indices are distinct
-      const int v = sel[e];
-      int rank = 0;
-      for (int x = 0; x < keep; ++x) rank += sel[x] < v;
-      out[rank] = v;
-    }
-    for (int m = keep + lane; m < a.topK; m += 32) out[m] = m == keep ? c : -1;
-    __syncwarp();  // qf and sel are rewritten by the next item
-  }
-}
-
 template <typename T, int D, int KL, bool kPacked>
 Status launchFastTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
   using C = FastCfg<D, KL>;
@@ -668,61 +578,13 @@ Status launchFastDim(const GateArgs& a, int listCap, int numTiles, bool dependen
   }
 }
 
-template <typename T>
-Status launchFastT(const GateArgs& a, int listCap, int numTiles, bool dependent, cudaStream_t stream) {
-  switch (a.headDim) {
-    case 64: return launchFastDim<T, 64>(a, listCap, numTiles, dependent, stream);
-    case 128: return launchFastDim<T, 128>(a, listCap, numTiles, dependent, stream);
-    default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
-  }
-}
-
-template <typename T, int D>
-Status launchExactDim(const GateArgs& a, int smCount, bool dependent, cudaStream_t stream) {
-  const int keepCap = a.topK - 1 > 0 ? a.topK - 1 : 1;
-  const size_t perWarp = (static_cast<size_t>(D) * 4 + static_cast<size_t>(keepCap) * 32 * 8 + keepCap * 4 + 15) / 16 * 16;
-  int warps = static_cast<int>((48 * 1024) / perWarp);
-  warps = warps < 1 ? 1 : (warps > 4 ? 4 : warps);
-  const size_t smem = perWarp * warps;
-  auto kernel = exactKernel<T, D>;
-  if (smem > 48 * 1024) {
-    MOBA_RETURN_IF_ERROR(cudaStatus(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-        "gate smem limit"));
-  }
-  int64_t grid = smCount * 8;
-  const int64_t need = (static_cast<int64_t>(a.nqh) * a.totalQ + warps - 1) / warps;
-  if (need < grid) grid = need;
-  if (grid < 1) grid = 1;
-  return cudaStatus(launchInOrder(kernel, dim3(static_cast<unsigned>(grid)), dim3(warps * 32), smem, stream, dependent, a,
-                                  keepCap),
-                    "gate exact");
-}
-
-template <typename T>
-Status launchExactT(const GateArgs& a, int smCount, bool dependent, cudaStream_t stream) {
-  switch (a.headDim) {
-    case 64: return launchExactDim<T, 64>(a, smCount, dependent, stream);
-    case 128: return launchExactDim<T, 128>(a, smCount, dependent, stream);
-    default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
-  }
-}
-
 }  // namespace
 
 Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream) {
   if (numTiles == 0) return Status::Ok();
-  if (dtype == DType::BF16) return launchFastT<Bf16>(a, listCap, numTiles, dependent, stream);
-  if (dtype == DType::F16) return launchFastT<F16>(a, listCap, numTiles, dependent, stream);
-  return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
-}
-
-Status launchGateExact(const GateArgs& a, DType dtype, int smCount, bool dependent, cudaStream_t stream) {
-  if (a.totalQ == 0) return Status::Ok();
-  if (smCount < 1) smCount = 1;
-  if (dtype == DType::BF16) return launchExactT<Bf16>(a, smCount, dependent, stream);
-  if (dtype == DType::F16) return launchExactT<F16>(a, smCount, dependent, stream);
-  return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
+  return withGateTypes(dtype, a.headDim, [&](auto t, auto d) {
+    return launchFastDim<decltype(t), decltype(d)::value>(a, listCap, numTiles, dependent, stream);
+  });
 }
 
 }  // namespace moba

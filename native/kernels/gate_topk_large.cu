@@ -46,6 +46,7 @@
 #include <cstdint>
 
 #include "gate_device.cuh"
+#include "gate_dispatch.cuh"
 #include "gate_internal.h"
 #include "common/cuda_context.h"
 #include "common/dependent_launch.h"
@@ -493,23 +494,14 @@ Status launchLargeTyped(const GateArgs& a, int numTiles, bool dependent, cudaStr
   return launchLargeAs<T, D, kSortOutHalf>(a, numTiles, dependent, stream);
 }
 
-template <typename T>
-Status launchLargeT(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
-  switch (a.headDim) {
-    case 64: return launchLargeTyped<T, 64>(a, numTiles, dependent, stream);
-    case 128: return launchLargeTyped<T, 128>(a, numTiles, dependent, stream);
-    default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
-  }
-}
-
 }  // namespace
 
 Status launchGateLarge(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream) {
   if (numTiles == 0) return Status::Ok();
   if (a.topK - 1 > kGateLargeMaxKeep) return Status::Invalid("gate large topK: topK above the heap size");
-  if (dtype == DType::BF16) return launchLargeT<Bf16>(a, numTiles, dependent, stream);
-  if (dtype == DType::F16) return launchLargeT<F16>(a, numTiles, dependent, stream);
-  return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
+  return withGateTypes(dtype, a.headDim, [&](auto t, auto d) {
+    return launchLargeTyped<decltype(t), decltype(d)::value>(a, numTiles, dependent, stream);
+  });
 }
 
 }  // namespace moba

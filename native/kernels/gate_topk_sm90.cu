@@ -36,6 +36,7 @@
 #include "common/sm90_sync.cuh"
 #include "common/wgmma_ops.cuh"
 #include "gate_device.cuh"
+#include "gate_dispatch.cuh"
 #include "gate_internal.h"
 #include "gate_select.cuh"
 
@@ -399,17 +400,6 @@ Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t
                     "gate scores (sm90)");
 }
 
-template <typename T>
-Status launchDim(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
-  switch (a.headDim) {
-    case 64: return a.topK <= kMaxTopKLists4 ? launchTyped<T, 64, 4>(a, numTiles, dependent, stream)
-                                             : launchTyped<T, 64, 8>(a, numTiles, dependent, stream);
-    case 128: return a.topK <= kMaxTopKLists4 ? launchTyped<T, 128, 4>(a, numTiles, dependent, stream)
-                                              : launchTyped<T, 128, 8>(a, numTiles, dependent, stream);
-    default: return Status::Invalid("unsupported head_dim: " + std::to_string(a.headDim));
-  }
-}
-
 }  // namespace
 
 bool gateUsesSm90(int topK, int packBits, const CudaContext& ctx) {
@@ -420,9 +410,12 @@ bool gateUsesSm90(int topK, int packBits, const CudaContext& ctx) {
 
 Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream) {
   if (numTiles == 0) return Status::Ok();
-  if (dtype == DType::BF16) return launchDim<Bf16>(a, numTiles, dependent, stream);
-  if (dtype == DType::F16) return launchDim<F16>(a, numTiles, dependent, stream);
-  return Status::Invalid(std::string("unsupported dtype for the CUDA gate: ") + dtypeName(dtype));
+  return withGateTypes(dtype, a.headDim, [&](auto t, auto d) {
+    using T = decltype(t);
+    constexpr int D = decltype(d)::value;
+    return a.topK <= kMaxTopKLists4 ? launchTyped<T, D, 4>(a, numTiles, dependent, stream)
+                                    : launchTyped<T, D, 8>(a, numTiles, dependent, stream);
+  });
 }
 
 }  // namespace moba

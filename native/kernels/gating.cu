@@ -81,6 +81,7 @@ GateArgs argsFor(const GateParams& p, const GatePlan& plan, void* ws, const int3
 Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, void* ws, const int32_t* meta,
                    int32_t* indices) {
   GateArgs a = argsFor(p, plan, ws, meta, indices);
+  if (p.topK == 1) return launchGateOwnBlock(a, ctx.smCount, ctx.stream);
   // Stats (atomicMax targets) and the fallback counter are adjacent: one memset.
   char* base = static_cast<char*>(ws);
   MOBA_RETURN_IF_ERROR(cudaStatus(
@@ -97,7 +98,7 @@ Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, 
     MOBA_RETURN_IF_ERROR(launchGateLarge(a, p.dtype, plan.numTiles, dependent, ctx.stream));
     return launchGateExactRows(a, p.dtype, ctx.smCount, dependent, ctx.stream);
   }
-  return launchGateExact(a, p.dtype, ctx.smCount, dependent, ctx.stream);
+  return Status::Invalid("Expected topK at most " + std::to_string(kMaxTopK) + " but received " + std::to_string(p.topK));
 }
 
 }  // namespace
@@ -117,6 +118,9 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
   }
   if (p.chunkSize < 1) return Status::Invalid("Expected a positive integer for chunkSize but received " + std::to_string(p.chunkSize));
   if (p.topK < 1) return Status::Invalid("Expected a positive integer for topK but received " + std::to_string(p.topK));
+  if (p.topK > kMaxTopK) {
+    return Status::Invalid("Expected topK at most " + std::to_string(kMaxTopK) + " but received " + std::to_string(p.topK));
+  }
   const int64_t outCount = static_cast<int64_t>(v.totalQ) * hs.numQHeads * p.topK;
   if (outCount >= INT_MAX) {
     return Status::Invalid("Expected totalQ * numQHeads * topK below 2^31 but received " + std::to_string(outCount));
