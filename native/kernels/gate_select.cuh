@@ -210,32 +210,139 @@ __device__ __forceinline__ RowBound rowBound(float q2, uint32_t nonzero, float E
   return r;
 }
 
-// Exact scores of queued band entries, a warp at a time, four entries per
-// pass: queue[i] = (row << 8) | slot names entry bandI[row * KL + slot],
-// whose exact score replaces bandS[row * KL + slot]. The CPU backend's order
-// (exactDot): partial sum e collects dims e, e+8, e+16, ... in turn, then
-// ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)); lane e of a group of 8 runs partial
-// sum e, and the xor shuffles add the same pairs (fp32 addition is
-// commutative). cent: the sequence's fp32 centroids for the KV head, block
-// stride cStride; kLoadUnroll: loads of an entry in flight at once.
+// Packed lists whose packing error is bounded per comparison, not per row
+// (gate_topk_sm90.cu). Replacing a value's low packBits mantissa bits moves
+// it by less than rel = 2^(packBits - 23) of its own magnitude (plus
+// 2^(packBits - 149) where it is subnormal, which the 2^-100 floor of eps
+// covers), and the value stays in its binade; x - rel |x| and x + rel |x|
+// are increasing in x. So with eps the tensor cores' bound alone
+// (rowBound with packBits 0):
+//  - the row's keep-th best exact score is at least kth - rel |kth| - eps
+//    (kth: the keep-th best packed value), so a block of the exact best
+//    keep has a packed value of at least
+//    kth - 2 eps - rel (2 |kth| + 2 eps + rel |kth|) (bandFloor);
+//  - an entry u outranks, by exact score, every block whose packed value is
+//    at most v when u - v > 2 eps + rel (|u| + |v|) (certainAbove).
+// rel carries 2^-10 more, for rel^2 |kth| and the rounding of these sums.
+// The per-row bound, 2^(packBits - 23) (||q'|| Cn + eps), is the same with
+// the largest possible score in place of |kth|; the scores near a row's
+// threshold are well below it, most of all for i.i.d. data, so fewer
+// blocks fall in the band and need exact scores.
+__device__ __forceinline__ float packingRel(int packBits) {
+  return __fmul_ru(__int_as_float((127 + packBits - 23) << 23), 1.f + 1.f / 1024);
+}
+__device__ __forceinline__ float bandFloor(float kth, float twoEps, float rel) {
+  const float ak = fabsf(kth);
+  return __fsub_rd(kth, __fadd_ru(twoEps, __fmul_ru(rel, __fadd_ru(__fadd_ru(ak, ak), twoEps))));
+}
+__device__ __forceinline__ bool certainAbove(float u, float v, float twoEps, float rel) {
+  return !(v >= __fsub_rd(u, __fadd_ru(twoEps, __fmul_ru(rel, __fadd_ru(fabsf(u), fabsf(v))))));
+}
+
+// P consecutive dims of a row, from one load each (P = 1, 2, 4).
+template <int P>
+struct DimRun;
+template <>
+struct DimRun<1> {
+  using Centroids = float;
+  using Q = uint16_t;
+  static __device__ __forceinline__ void split(float c, float (&out)[1]) { out[0] = c; }
+  template <typename T>
+  static __device__ __forceinline__ void split(uint16_t u, float (&out)[1]) { out[0] = T::toFloat(u); }
+};
+template <>
+struct DimRun<2> {
+  using Centroids = float2;
+  using Q = uint32_t;
+  static __device__ __forceinline__ void split(float2 c, float (&out)[2]) { out[0] = c.x, out[1] = c.y; }
+  template <typename T>
+  static __device__ __forceinline__ void split(uint32_t u, float (&out)[2]) {
+    out[0] = T::toFloat(static_cast<uint16_t>(u));
+    out[1] = T::toFloat(static_cast<uint16_t>(u >> 16));
+  }
+};
+template <>
+struct DimRun<4> {
+  using Centroids = float4;
+  using Q = uint2;
+  static __device__ __forceinline__ void split(float4 c, float (&out)[4]) { out[0] = c.x, out[1] = c.y, out[2] = c.z, out[3] = c.w; }
+  template <typename T>
+  static __device__ __forceinline__ void split(uint2 u, float (&out)[4]) {
+    out[0] = T::toFloat(static_cast<uint16_t>(u.x));
+    out[1] = T::toFloat(static_cast<uint16_t>(u.x >> 16));
+    out[2] = T::toFloat(static_cast<uint16_t>(u.y));
+    out[3] = T::toFloat(static_cast<uint16_t>(u.y >> 16));
+  }
+};
+
+// Exact scores of queued band entries, a warp at a time: queue[i] = (row
+// << 8) | slot names entry bandI[row * KL + slot], whose exact score
+// replaces bandS[row * KL + slot]. The CPU backend's order (exactDot):
+// partial sum e collects dims e, e+8, e+16, ... in turn, then
+// ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)). 8 / P lanes take an entry, 4 P
+// entries per pass: lane p of an entry runs partial sums P p .. P p + P - 1
+// from one load of P centroid floats and one of P q elements per 8 dims,
+// adds them pairwise, and xor shuffles add the lanes' sums in the same
+// pairs. cent: the sequence's fp32 centroids for the KV head, block stride
+// cStride; kLoadUnroll: the 8-dim steps whose loads are in flight at once
+// (rescoreQueued's is for P = 4, with as many registers for the others).
+template <typename T, int D, int KL, int P, int kLoadUnroll>
+__device__ __forceinline__ void rescoreQueuedBy(const int* queue, int total, const float* cent, size_t cStride,
+                                                const uint16_t* qBase, size_t qRowStride, const int* bandI,
+                                                float* bandS, int lane) {
+  using Run = DimRun<P>;
+  constexpr int kLanes = 8 / P;
+  const int p = lane % kLanes;
+  for (int first = 0; first < total; first += 32 / kLanes) {
+    const int item = first + lane / kLanes;
+    const int code = queue[item < total ? item : 0];
+    const int r = code >> 8, m = code & 255;
+    const auto* cp =
+        reinterpret_cast<const typename Run::Centroids*>(cent + static_cast<size_t>(bandI[r * KL + m]) * cStride) + p;
+    const auto* qp = reinterpret_cast<const typename Run::Q*>(qBase + static_cast<size_t>(r) * qRowStride) + p;
+    float s[P];
+#pragma unroll
+    for (int e = 0; e < P; ++e) s[e] = 0.f;
+#pragma unroll kLoadUnroll
+    for (int i = 0; i < D / 8; ++i) {
+      float c[P], q[P];
+      Run::split(__ldg(cp + kLanes * i), c);
+      Run::template split<T>(__ldg(qp + kLanes * i), q);
+#pragma unroll
+      for (int e = 0; e < P; ++e) s[e] = __fadd_rn(s[e], __fmul_rn(q[e], c[e]));
+    }
+#pragma unroll
+    for (int w = 1; w < P; w *= 2)
+#pragma unroll
+      for (int e = 0; e < P; e += 2 * w) s[e] = __fadd_rn(s[e], s[e + w]);
+    float sum = s[0];
+#pragma unroll
+    for (int off = 1; off < kLanes; off *= 2) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, off));
+    if (item < total && p == 0) bandS[r * KL + m] = sum;
+  }
+}
+
+// Lanes per entry by the warp's count. A pass is D/8 dependent steps
+// whatever P, and a lane does P products per step: a few entries take eight
+// lanes each (one pass, the fewest instructions), many take two (sixteen per
+// pass). Scores that trend along the sequence contest several entries in
+// most rows, and eight lanes each then made a warp wait for one round of
+// loads per four entries; two lanes each for every count cost (512, 3)
+// random inputs 3% at 128K, where a warp rarely has more than four.
 template <typename T, int D, int KL, int kLoadUnroll>
 __device__ __forceinline__ void rescoreQueued(const int* queue, int total, const float* cent, size_t cStride,
                                               const uint16_t* qBase, size_t qRowStride, const int* bandI, float* bandS,
                                               int lane) {
-  const int e = lane & 7;
-  for (int first = 0; first < total; first += 4) {
-    const int item = first + (lane >> 3);
-    const int code = queue[item < total ? item : 0];
-    const int r = code >> 8, m = code & 255;
-    const float* cp = cent + static_cast<size_t>(bandI[r * KL + m]) * cStride + e;
-    const uint16_t* qRe = qBase + static_cast<size_t>(r) * qRowStride + e;
-    float sum = 0.f;
-#pragma unroll kLoadUnroll
-    for (int ch = 0; ch < D / 8; ++ch) sum = __fadd_rn(sum, __fmul_rn(T::toFloat(__ldg(qRe + ch * 8)), cp[ch * 8]));
-    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
-    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
-    sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 4));
-    if (item < total && e == 0) bandS[r * KL + m] = sum;
+  // The same registers of loads in flight for each P.
+  constexpr int kSteps = D / 8;
+  constexpr int kUnroll2 = 2 * kLoadUnroll < kSteps ? 2 * kLoadUnroll : kSteps;
+  constexpr int kUnroll1 = 4 * kLoadUnroll < kSteps ? 4 * kLoadUnroll : kSteps;
+  if (total <= 4) {
+    rescoreQueuedBy<T, D, KL, 1, kUnroll1>(queue, total, cent, cStride, qBase, qRowStride, bandI, bandS, lane);
+  } else if (total <= 8) {
+    rescoreQueuedBy<T, D, KL, 2, kUnroll2>(queue, total, cent, cStride, qBase, qRowStride, bandI, bandS, lane);
+  } else {
+    rescoreQueuedBy<T, D, KL, 4, kLoadUnroll>(queue, total, cent, cStride, qBase, qRowStride, bandI, bandS, lane);
   }
 }
 
@@ -244,10 +351,9 @@ __device__ __forceinline__ void rescoreQueued(const int* queue, int total, const
 // lanes without one). They are listed in the warp's queue (a prefix sum
 // over the lanes; room for every need) and re-scored together;
 // centOf() gives the row's fp32 centroids, read only when some lane has
-// work. Bands of 8 or fewer keep all of an entry's loads in flight at once;
-// bands of 16 spill with that unroll and keep eight. (512, 3) at 128K on
-// the mma.sync kernel: 1.46 -> 1.43 ms random, 1.56 -> 1.51 ms drift.
-template <typename T, int D, int KL, typename CentOf>
+// work; kLoadUnroll as for rescoreQueued (fewer where the kernel is short
+// of registers).
+template <typename T, int D, int KL, int kLoadUnroll, typename CentOf>
 __device__ __forceinline__ void rescoreContested(int need, int nc, int ownRow, int* queue, CentOf centOf,
                                                  size_t cStride, const uint16_t* qBase, size_t qRowStride,
                                                  const int* bandI, float* bandS, int lane) {
@@ -261,7 +367,7 @@ __device__ __forceinline__ void rescoreContested(int need, int nc, int ownRow, i
   if (total == 0) return;  // warp-uniform
   for (int i = 0; i < need; ++i) queue[upTo - need + i] = (ownRow << 8) | (nc + i);
   __syncwarp();
-  rescoreQueued<T, D, KL, KL <= 8 ? D / 8 : 8>(queue, total, centOf(), cStride, qBase, qRowStride, bandI, bandS, lane);
+  rescoreQueued<T, D, KL, kLoadUnroll>(queue, total, centOf(), cStride, qBase, qRowStride, bandI, bandS, lane);
   __syncwarp();
 }
 

@@ -544,7 +544,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
     }
   }
   const int need = max(nb - nc, 0);  // entries [nc, nb) of the row get exact scores
-  rescoreContested<T, D, KL>(
+  rescoreContested<T, D, KL, KL <= 8 ? D / 32 : 2>(
       need, nc, ownRow, reinterpret_cast<int*>(scoreTile + warp * 32 * kPitch),  // free after the main loop
       [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D; },
       static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI, bandS, lane);

@@ -244,8 +244,10 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
     scaleRowOperand<T, D>(qa, 0, q2[0], nonzero[0]);
     scaleRowOperand<T, D>(qa, 1, q2[1], nonzero[1]);
     const uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
+    // The packing's error is bounded per comparison below (bandFloor,
+    // certainAbove): eps is the tensor cores' alone.
     const RowBound rb = rowBound<D>(half ? q2[1] : q2[0], half ? nonzero[1] : nonzero[0],
-                                    __uint_as_float(st[kStatBound]), __uint_as_float(st[kStatNorm]), a.packBits);
+                                    __uint_as_float(st[kStatBound]), __uint_as_float(st[kStatNorm]), 0);
     const uint32_t packMask = (1u << a.packBits) - 1u;
 
     // Past blocks of the thread's rows (0 past the tile: every column
@@ -318,9 +320,10 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
     if (owner && ownRow < nRows && pOwn > keepMax) {
       const int keep = keepMax;  // 1 or 2 (lists of 4), 3 to 7 (lists of 8)
       const float twoEps = 2.f * rb.eps;
+      const float rel = packingRel(a.packBits);
       const float kth = pick<KL>(R, keep - 1);
       const float next = pick<KL>(R, keep);
-      const float L = __fsub_rd(kth, twoEps);
+      const float L = bandFloor(kth, twoEps, rel);
       int nb = 0;  // the band: R[0, nb)
 #pragma unroll
       for (int k = 0; k < KB; ++k) nb += R[k] >= L ? 1 : 0;
@@ -346,12 +349,12 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
         }
         state = kRowWritten;
       } else if (state > keep) {
-        // An entry is certain when the (keep+1)-th is below it by more than
-        // 2 eps (at most keep-1 others can then outrank it); that holds for
-        // a prefix of the sorted band.
+        // An entry is certain when it outranks the (keep+1)-th and so every
+        // block past it (at most keep-1 others can then outrank it); that
+        // holds for a prefix of the sorted band.
         int nc = 0;
 #pragma unroll
-        for (int k = 0; k < KL - 1; ++k) nc += k < keep && !(next >= __fsub_rd(R[k], twoEps)) ? 1 : 0;
+        for (int k = 0; k < KL - 1; ++k) nc += k < keep && certainAbove(R[k], next, twoEps, rel) ? 1 : 0;
         rowCertain[ownRow] = nc;
 #pragma unroll
         for (int k = 0; k < KB; ++k) {
@@ -379,7 +382,7 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
     nc = nb > keepMax ? rowCertain[ownRow] : keepMax;
   }
   const int need = max(nb - nc, 0);  // entries [nc, nb) of the row get exact scores
-  rescoreContested<T, D, KB>(
+  rescoreContested<T, D, KB, D / 8>(
       need, nc, ownRow, queues + warp * C::kQueueInts,
       [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D; },
       static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI, bandS, lane);
