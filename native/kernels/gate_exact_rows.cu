@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kThreads) exactRowsKernel(GateArgs a) {
   float* ls = reinterpret_cast<float*>(smem);              // [keep][kGroups], best first
   int* li = reinterpret_cast<int*>(ls + keep * kGroups);  // [keep][kGroups]
   int* counts = li + keep * kGroups;                       // [kGroups]
-  int* sel = counts + kGroups;                             // [keep]
+  int* sel = counts + kGroups;                             // [keep], padded to a multiple of 4
   const int tid = threadIdx.x, g = tid >> 3, e = tid & 7, lane = tid & 31;
   const int items = *a.fallbackCount;
   const size_t cStride = static_cast<size_t>(a.nkvh) * D;
@@ -132,7 +132,10 @@ __global__ void __launch_bounds__(kThreads) exactRowsKernel(GateArgs a) {
 template <typename T, int D>
 Status launchTyped(const GateArgs& a, int smCount, bool dependent, cudaStream_t stream) {
   const size_t keep = static_cast<size_t>(a.topK - 1);
-  const size_t smem = keep * kGroups * 8 + kGroups * 4 + keep * 4;
+  // sel is read four at a time, and the compiler merges the tail's reads
+  // past keep (compute-sanitizer memcheck: 12 bytes read at sel[0] with
+  // keep 2): it gets room for a multiple of four.
+  const size_t smem = keep * kGroups * 8 + kGroups * 4 + (keep + 3) / 4 * 4 * 4;
   auto kernel = exactRowsKernel<T, D>;
   if (smem > 48 * 1024) {
     MOBA_RETURN_IF_ERROR(cudaStatus(

@@ -43,8 +43,9 @@ async function twice(name, op, opts) {
   for (const t of [...pa, ...pb]) t.dispose();
 }
 
-// The ops on contiguous tensors: gate (lists of 8, 16 and 24, the large-topK
-// kernel, the exact kernel for rows with NaN/Inf), sparse and dense MoBA attention, flash attention.
+// The ops on contiguous tensors: gate (topK 1, lists of 8, 16 and 24, the
+// large-topK kernel, the exact kernel for rows with NaN/Inf), sparse and dense
+// MoBA attention, flash attention.
 const opCases = [
   // name, query lengths, key lengths (chunked queries), Hq, Hkv, D, dtype, chunkSize, topK
   ['GQA 4:1, bf16, D 128, (64, 3)', [700, 1300], null, 8, 2, 128, 'bf16', 64, 3],
@@ -55,6 +56,7 @@ const opCases = [
   ['topK 200 (large-topK kernel, 32-row CTAs), D 128', [1400], null, 2, 1, 128, 'bf16', 4, 200],
   ['f16, (512, 3)', [3000], null, 2, 1, 128, 'f16', 512, 3],
   ['blocks of 16, lengths 5 and 1', [900, 5, 1], null, 2, 2, 128, 'bf16', 16, 2],
+  ['topK 1 (own block, nothing scored), chunked', [300, 1], [1800, 700], 4, 2, 128, 'bf16', 64, 1],
 ];
 for (const [name, lensQ, lensK, Hq, Hkv, D, dtype, chunkSize, topK] of opCases) {
   if (!name.includes(only)) continue;
