@@ -88,17 +88,16 @@ Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, 
       cudaMemsetAsync(base + plan.offStats, 0, plan.offFb - plan.offStats, ctx.stream), "gate: clear counters"));
   const bool dependent = ctx.ccMajor >= 9;
   MOBA_RETURN_IF_ERROR(launchGateCentroids(a, p.dtype, dependent, ctx.stream));
+  // makeGatePlan admits topK 2 to kMaxTopK here: register lists up to 16,
+  // the large-topK kernel past that (plan.large).
   if (plan.listCap > 0) {
     MOBA_RETURN_IF_ERROR(gateUsesSm90(p.topK, plan.packBits, ctx)
                              ? launchGateFastSm90(a, p.dtype, plan.numTiles, dependent, ctx.stream)
                              : launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, dependent, ctx.stream));
-    return launchGateExactRows(a, p.dtype, ctx.smCount, dependent, ctx.stream);
-  }
-  if (plan.large) {
+  } else {
     MOBA_RETURN_IF_ERROR(launchGateLarge(a, p.dtype, plan.numTiles, dependent, ctx.stream));
-    return launchGateExactRows(a, p.dtype, ctx.smCount, dependent, ctx.stream);
   }
-  return Status::Invalid("Expected topK at most " + std::to_string(kMaxTopK) + " but received " + std::to_string(p.topK));
+  return launchGateExactRows(a, p.dtype, ctx.smCount, dependent, ctx.stream);
 }
 
 }  // namespace
