@@ -46,7 +46,13 @@ __device__ __forceinline__ unsigned headLanes() {
   return (kChunks == 32 ? 0xffffffffu : ((1u << kChunks) - 1u)) << (lane & ~(kChunks - 1));
 }
 
-template <typename T, int D>
+// Keys a thread has in flight while it adds: kBatch to 2 kBatch. Few long
+// blocks give few threads, each with a long chain of ordered adds, so the
+// pass is latency-bound unless each thread has more loads in flight.
+constexpr int kBatchShort = 8, kBatchLong = 16;
+constexpr int kLongBlock = 1024;  // keys per block from which kBatchLong is used
+
+template <typename T, int D, int kBatch>
 __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
   // The operand kernel may be placed once every CTA here has started (it
   // waits for this grid's end before it reads anything).
@@ -91,11 +97,10 @@ __global__ void __launch_bounds__(kThreads) centroidKernel(GateArgs a) {
   };
   auto loadAt = [&](int64_t off) { return __ldg(reinterpret_cast<const uint4*>(src + off)); };
   auto load = [&](int row) { return loadAt(rowOff(row)); };
-  // Long blocks are latency-bound: batches of eight keys, the next batch's
+  // Long blocks are latency-bound: batches of kBatch keys, the next batch's
   // loads issued before the current batch's (ordered) adds. Paged keys look
   // their rows up one batch further ahead, so that a batch's loads do not
   // wait on its lookups.
-  constexpr int kBatch = 8;
   int s = a.keySums ? n : 0;
   if (!a.keySums && n >= kBatch) {
     uint4 cur[kBatch];
@@ -205,8 +210,9 @@ Status launchDim(const GateArgs& a, bool dependent, cudaStream_t stream) {
   const int chunks = a.nkvh * (D / 8);
   dim3 grid(static_cast<unsigned>(a.totalBlocks), static_cast<unsigned>((chunks + kThreads - 1) / kThreads));
   // The centroids follow a memset in plain stream order.
-  MOBA_RETURN_IF_ERROR(cudaStatus(launchInOrder(centroidKernel<T, D>, grid, dim3(kThreads), 0, stream, false, a),
-                                  "gate centroids"));
+  auto centroids = a.chunkSize >= kLongBlock ? centroidKernel<T, D, kBatchLong> : centroidKernel<T, D, kBatchShort>;
+  MOBA_RETURN_IF_ERROR(
+      cudaStatus(launchInOrder(centroids, grid, dim3(kThreads), 0, stream, false, a), "gate centroids"));
   return cudaStatus(launchInOrder(operandKernel<D>, grid, dim3(kThreads), 0, stream, dependent, a), "gate operand");
 }
 

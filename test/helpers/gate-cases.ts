@@ -191,7 +191,7 @@ function compareWithReference(c: GateCase, got: Int32Array, want: Int32Array): n
   return differing;
 }
 
-const CHUNKS = [16, 48, 64, 100, 128, 512];
+const CHUNKS = [16, 48, 64, 100, 128, 512, 1024];
 const TOPKS = [1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 40, 64, 100];
 const GROUPS = [1, 2, 4, 8];
 

@@ -840,25 +840,30 @@ export function defineKVCacheTests(open: () => Device, opts: KVCacheTestOptions)
     await needAttention(ctx, device);
     const shape = { numQHeads: 4, numKVHeads: 2, headDim: 64 };
     const rng = rngFor('chunked prefill');
-    const chunkSize = 32;
-    const bounds = [0, 20, 64, 100, 117, 160, 250, 301];
-    const len = bounds[bounds.length - 1]!;
-    const q = roundToBf16(randn(len * 4 * 64, rng));
-    const k = roundToBf16(randn(len * 2 * 64, rng));
-    const v = roundToBf16(randn(len * 2 * 64, rng));
-    using layer = new MobaAttention(device, { ...shape, chunkSize, topK: 3, dtype: 'bf16' });
-    using cache = new KVCache(device, { numLayers: 1, numPages: 64, pageSize: 8, numKVHeads: 2, headDim: 64, dtype: 'bf16' });
-    const chunked = await prefillInChunks(cache, layer, bounds, q, k, v);
-    using qa = device.tensor(q, { dtype: 'bf16', shape: [len, 4, 64] });
-    using ka = device.tensor(k, { dtype: 'bf16', shape: [len, 2, 64] });
-    using va = device.tensor(v, { dtype: 'bf16', shape: [len, 2, 64] });
-    using oneShot = mobaAttention(qa, ka, va, { cuSeqlensQ: Int32Array.from([0, len]), chunkSize, topK: 3 });
-    const one = (await oneShot.toArray()) as Float32Array;
-    const want = reference.mobaAttention(q, k, v, { ...shape, cuSeqlensQ: Int32Array.from([0, len]), chunkSize, topK: 3 }).out;
-    expect(relL2(chunked, want)).toBeLessThan(TOL.bf16);
-    expect(relL2(one, want)).toBeLessThan(TOL.bf16);
-    if (device.backend === 'cpu') expect(Array.from(chunked)).toEqual(Array.from(one));
-    else expect(relL2(chunked, one)).toBeLessThan(TOL.bf16 / 2);
+    // Blocks of 1024 keys over pages of 8: the gate sums each block's keys
+    // through the page table, in its long-block form.
+    for (const [chunkSize, topK, bounds] of [
+      [32, 3, [0, 20, 64, 100, 117, 160, 250, 301]],
+      [1024, 2, [0, 700, 2048, 2100, 3300]],
+    ] as const) {
+      const len = bounds[bounds.length - 1]!;
+      const q = roundToBf16(randn(len * 4 * 64, rng));
+      const k = roundToBf16(randn(len * 2 * 64, rng));
+      const v = roundToBf16(randn(len * 2 * 64, rng));
+      using layer = new MobaAttention(device, { ...shape, chunkSize, topK, dtype: 'bf16' });
+      using cache = new KVCache(device, { numLayers: 1, numPages: Math.ceil(len / 8) + 8, pageSize: 8, numKVHeads: 2, headDim: 64, dtype: 'bf16' });
+      const chunked = await prefillInChunks(cache, layer, [...bounds], q, k, v);
+      using qa = device.tensor(q, { dtype: 'bf16', shape: [len, 4, 64] });
+      using ka = device.tensor(k, { dtype: 'bf16', shape: [len, 2, 64] });
+      using va = device.tensor(v, { dtype: 'bf16', shape: [len, 2, 64] });
+      using oneShot = mobaAttention(qa, ka, va, { cuSeqlensQ: Int32Array.from([0, len]), chunkSize, topK });
+      const one = (await oneShot.toArray()) as Float32Array;
+      const want = reference.mobaAttention(q, k, v, { ...shape, cuSeqlensQ: Int32Array.from([0, len]), chunkSize, topK }).out;
+      expect(relL2(chunked, want), `blocks of ${chunkSize}`).toBeLessThan(TOL.bf16);
+      expect(relL2(one, want), `blocks of ${chunkSize}`).toBeLessThan(TOL.bf16);
+      if (device.backend === 'cpu') expect(Array.from(chunked)).toEqual(Array.from(one));
+      else expect(relL2(chunked, one), `blocks of ${chunkSize}`).toBeLessThan(TOL.bf16 / 2);
+    }
   });
 
   it('chunked prefill over a cache with one key sum per block (the gate\'s centroids from the sums) gives the bits of one with sums per page', async (ctx) => {
