@@ -94,6 +94,20 @@ __device__ __forceinline__ int sequenceOf(const int32_t* cu, int batch, int x) {
   return lo;
 }
 
+// Where query row `row` (of a.totalQ) sits: its sequence b, and its own
+// block c, the number of complete blocks before it (a sequence's queries are
+// its last positions, chunked queries included).
+struct RowPlace {
+  int b;
+  int c;
+};
+__device__ __forceinline__ RowPlace placeOfRow(const GateArgs& a, int row) {
+  const int b = sequenceOf(a.cuQ, a.batch, row);
+  const int lq = a.cuQ[b + 1] - a.cuQ[b];
+  const int lk = a.cuK[b + 1] - a.cuK[b];
+  return {b, (lk - lq + row - a.cuQ[b]) / a.chunkSize};
+}
+
 // The query rows a CTA of the tiled kernels owns: part blockIdx.x % parts of
 // tile blockIdx.x / parts of a.tiles (up to kRows consecutive rows of one
 // sequence; a tile holds parts x kRows), query head blockIdx.y. nRows may be

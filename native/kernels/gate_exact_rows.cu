@@ -42,10 +42,8 @@ __global__ void __launch_bounds__(kThreads) exactRowsKernel(GateArgs a) {
   for (int w = blockIdx.x; w < items; w += gridDim.x) {  // CTA-uniform
     const int item = a.fallback[w];
     const int h = item / a.totalQ, row = item % a.totalQ;
-    const int b = sequenceOf(a.cuQ, a.batch, row);
-    const int lq = a.cuQ[b + 1] - a.cuQ[b];
-    const int lk = a.cuK[b + 1] - a.cuK[b];
-    const int c = (lk - lq + row - a.cuQ[b]) / a.chunkSize;
+    const RowPlace place = placeOfRow(a, row);
+    const int b = place.b, c = place.c;
     int32_t* out = a.indices + static_cast<size_t>(item) * a.topK;
     if (c <= keep) {
       writeAllPast(out, c, a.topK, tid, kThreads);

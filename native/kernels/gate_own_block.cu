@@ -15,11 +15,7 @@ __global__ void __launch_bounds__(kThreads) ownBlockKernel(GateArgs a) {
   const int64_t items = static_cast<int64_t>(a.nqh) * a.totalQ;
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; w < items;
        w += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int row = static_cast<int>(w % a.totalQ);
-    const int b = sequenceOf(a.cuQ, a.batch, row);
-    const int lq = a.cuQ[b + 1] - a.cuQ[b];
-    const int lk = a.cuK[b + 1] - a.cuK[b];
-    a.indices[w] = (lk - lq + row - a.cuQ[b]) / a.chunkSize;
+    a.indices[w] = placeOfRow(a, static_cast<int>(w % a.totalQ)).c;
   }
 }
 
