@@ -77,6 +77,7 @@ inline int gateTileRows(int listCap, bool large) { return listCap > 0 ? 128 : la
 
 struct GatePlan {
   int totalBlocks = 0;
+  int maxBlocks = 1;  // blocks of the longest sequence (keys)
   int packBits = 1;  // bits that hold any block index of a sequence (GateArgs::packBits)
   int listCap = 0;   // 0: no fast path
   bool large = false;  // gate_topk_large.cu selects every row (gateUsesLarge)
@@ -105,10 +106,11 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
 Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream);
 Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream);
 // The fast path on wgmma (gate_topk_sm90.cu): topK 2 to 8 with packed lists,
-// on compute capability 9.0 devices when the addon holds sm_90a code, unless
+// and topK 9 to 12 where no sequence has more than 33 blocks (maxBlocks), on
+// compute capability 9.0 devices when the addon holds sm_90a code, unless
 // MOBA_GATE_KERNEL=sm80 keeps launchGateFast's mma.sync kernel. Same tiles,
 // same results.
-bool gateUsesSm90(int topK, int packBits, const CudaContext& ctx);
+bool gateUsesSm90(int topK, int packBits, int maxBlocks, const CudaContext& ctx);
 Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
 // Every row by gate_topk_large.cu (plan.large); numTiles tiles of kGateLargeTileRows rows.
 // Rows it cannot certify go to a.fallback for the exact kernel.

@@ -1,7 +1,8 @@
 // Gate scores and top-(k-1) selection on Hopper (sm_90a) for topK 2 to 8,
-// MoBA's usual (512, 3) and (128, 8) among them: the scores on wgmma, the
-// selection in the accumulator registers, with no branch and no pass through
-// shared memory. The exactness argument, the band, its certification and
+// MoBA's usual (512, 3) and (128, 8) among them, and for topK 9 to 12 when
+// no sequence has more than 33 blocks ((4096, 12) up to 128K tokens): the
+// scores on wgmma, the selection in the accumulator registers, with no
+// branch and no pass through shared memory. The exactness argument, the band, its certification and
 // exact re-scoring are gate_topk.cu's (see its file comment); only the way
 // the band's candidates are gathered differs.
 //
@@ -17,8 +18,9 @@
 // Selection. Every score enters a packed entry (its low packBits mantissa
 // bits replaced by its block index) and each thread keeps, per row, its best
 // KL entries of the columns it sees (KL = 4 for topK 2 and 3, 8 for topK 4
-// to 8): four (KL = 4) or eight (KL = 8) scores at a time are sorted and
-// merged into the list, whatever the data, so a warp's cost does not depend
+// to 12; past 8 only where a thread sees at most eight of a row's past
+// blocks, so that its list drops nothing): four (KL = 4) or eight (KL = 8)
+// scores at a time are sorted and merged into the list, whatever the data, so a warp's cost does not depend
 // on its busiest row. At the end the quad merges its four lists into the
 // row's best 2 KL (shuffles and bitonic merges). The row's band
 // [T - 2 eps, ...) is complete unless some thread may have dropped a band
@@ -54,6 +56,16 @@ using namespace gate;
 // more blocks (chunk 128: 3.20 -> 3.47 random, 3.59 -> 4.55 drift; chunk 64
 // drift: 5.7 -> 17.3 ms), so topK 4 stays on lists of eight.
 constexpr int kMaxTopKLists4 = 3;
+
+// Sequences of at most this many blocks let topK 9 to kWideMaxTopK run on
+// lists of eight (Wide below): rows have at most 32 past blocks, eight per
+// thread. The band holds 16 entries, so keep 11 leaves room for five
+// near-ties; a fuller band goes to the exact kernel, a CTA per row. At
+// topK 16 (room for one) that cost 3x on random inputs, (4096, 16) at 128K
+// 1.52 -> 4.65 ms, while topK 10 and 12 gained: (4096, 12) 1.37 -> 1.13-1.25
+// ms random, 1.24-1.33 -> 0.96-0.98 drift.
+constexpr int kWideMaxBlocks = 33;
+constexpr int kWideMaxTopK = 12;
 
 // One warpgroup per CTA with two centroid stages; five CTAs per SM for
 // lists of four and at head dim 64 (at most 102 registers per thread; 95-96
@@ -155,7 +167,10 @@ __device__ __forceinline__ void foldTile(float (&l0)[KL], float (&l1)[KL], const
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename T, int D, int KL>
+// Wide: topK 9 to 12 (keep past KL) on lists of eight, for sequences of at
+// most 33 blocks: a row has at most 32 past blocks, a thread sees at most
+// eight of them, and its list keeps them all.
+template <typename T, int D, int KL, bool Wide>
 __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, KL>::kCtasPerSm)
     fastKernelSm90(GateArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -312,17 +327,26 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
       for (int k = 0; k < KB; ++k) R[k] = fmaxf(R[k], other[k]);
     }
     bitonicClean<0, KB>(R);
-    // Each thread's list dropped only entries at most its last: the most
-    // any of the row's four lists may have dropped.
-    float dropped = fmaxf(half ? lB[KL - 1] : lA[KL - 1], __shfl_xor_sync(kFull, half ? lA[KL - 1] : lB[KL - 1], 1));
+    // Each thread's list dropped only entries at most its last, and only if
+    // the thread saw more than KL of the row's past blocks (columns
+    // 8 i + 2 tq and 8 i + 2 tq + 1 of each tile are its own; wide rows
+    // never do): the most any of the row's four lists may have dropped.
+    float lastA = lA[KL - 1], lastB = lB[KL - 1];
+    if constexpr (Wide) {
+      auto seen = [&](int c) { return 2 * (c >> 3) + min(max((c & 7) - 2 * tq, 0), 2); };
+      if (seen(cA) <= KL) lastA = -INFINITY;
+      if (seen(cB) <= KL) lastB = -INFINITY;
+    }
+    float dropped = fmaxf(half ? lastB : lastA, __shfl_xor_sync(kFull, half ? lastA : lastB, 1));
     dropped = fmaxf(dropped, __shfl_xor_sync(kFull, dropped, 2));
 
     if (owner && ownRow < nRows && pOwn > keepMax) {
-      const int keep = keepMax;  // 1 or 2 (lists of 4), 3 to 7 (lists of 8)
+      const int keep = keepMax;  // 1 or 2 (lists of 4), 3 to 7 (lists of 8), 8 to 11 (Wide)
+      constexpr int kPicked = Wide ? KB : KL;  // entries that may hold the keep-th and the next
       const float twoEps = 2.f * rb.eps;
       const float rel = packingRel(a.packBits);
-      const float kth = pick<KL>(R, keep - 1);
-      const float next = pick<KL>(R, keep);
+      const float kth = pick<kPicked>(R, keep - 1);
+      const float next = pick<kPicked>(R, keep);
       const float L = bandFloor(kth, twoEps, rel);
       int nb = 0;  // the band: R[0, nb)
 #pragma unroll
@@ -332,7 +356,15 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
       if (state == keep) {
         // No near-tie: the row's blocks are its first keep entries.
         int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + ownRow) * a.topK;
-        if constexpr (KL == 4) {
+        if constexpr (Wide) {
+          // Block indices below 33: ascending from a bit mask.
+          uint64_t set = 0;
+#pragma unroll
+          for (int k = 0; k < KB - 1; ++k)
+            if (k < keep) set |= uint64_t{1} << packedIndex(R[k], packMask);
+          for (int m = 0; m < keep; ++m, set &= set - 1) out[m] = __ffsll(static_cast<long long>(set)) - 1;
+          writeRowTail(out, keep, pOwn, a.topK);
+        } else if constexpr (KL == 4) {
           const int i0 = packedIndex(R[0], packMask), i1 = packedIndex(R[1], packMask);
           if (keep == 1) {
             out[0] = i0;
@@ -354,7 +386,7 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
         // holds for a prefix of the sorted band.
         int nc = 0;
 #pragma unroll
-        for (int k = 0; k < KL - 1; ++k) nc += k < keep && certainAbove(R[k], next, twoEps, rel) ? 1 : 0;
+        for (int k = 0; k < kPicked - 1; ++k) nc += k < keep && certainAbove(R[k], next, twoEps, rel) ? 1 : 0;
         rowCertain[ownRow] = nc;
 #pragma unroll
         for (int k = 0; k < KB; ++k) {
@@ -392,10 +424,10 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
 #endif
 }
 
-template <typename T, int D, int KL>
+template <typename T, int D, int KL, bool Wide = false>
 Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
   using C = Sm90GateCfg<D, KL>;
-  auto kernel = fastKernelSm90<T, D, KL>;
+  auto kernel = fastKernelSm90<T, D, KL, Wide>;
   MOBA_RETURN_IF_ERROR(cudaStatus(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes), "gate smem limit"));
   dim3 grid(static_cast<unsigned>(numTiles * C::kParts), static_cast<unsigned>(a.nqh));
@@ -405,10 +437,10 @@ Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t
 
 }  // namespace
 
-bool gateUsesSm90(int topK, int packBits, const CudaContext& ctx) {
+bool gateUsesSm90(int topK, int packBits, int maxBlocks, const CudaContext& ctx) {
   static const bool forceSm80 = envIs("MOBA_GATE_KERNEL", "sm80");
-  return runsSm90a(ctx) && !forceSm80 && topK >= 2 && topK <= 8 &&
-         packBits <= kGateMaxPackBits;
+  const bool wide = topK <= kWideMaxTopK && maxBlocks <= kWideMaxBlocks;
+  return runsSm90a(ctx) && !forceSm80 && topK >= 2 && (topK <= 8 || wide) && packBits <= kGateMaxPackBits;
 }
 
 Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream) {
@@ -416,8 +448,9 @@ Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dep
   return withGateTypes(dtype, a.headDim, [&](auto t, auto d) {
     using T = decltype(t);
     constexpr int D = decltype(d)::value;
-    return a.topK <= kMaxTopKLists4 ? launchTyped<T, D, 4>(a, numTiles, dependent, stream)
-                                    : launchTyped<T, D, 8>(a, numTiles, dependent, stream);
+    if (a.topK <= kMaxTopKLists4) return launchTyped<T, D, 4>(a, numTiles, dependent, stream);
+    return a.topK <= 8 ? launchTyped<T, D, 8>(a, numTiles, dependent, stream)
+                       : launchTyped<T, D, 8, true>(a, numTiles, dependent, stream);
   });
 }
 

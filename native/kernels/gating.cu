@@ -91,7 +91,7 @@ Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, 
   // makeGatePlan admits topK 2 to kMaxTopK here: register lists up to 16,
   // the large-topK kernel past that (plan.large).
   if (plan.listCap > 0) {
-    MOBA_RETURN_IF_ERROR(gateUsesSm90(p.topK, plan.packBits, ctx)
+    MOBA_RETURN_IF_ERROR(gateUsesSm90(p.topK, plan.packBits, plan.maxBlocks, ctx)
                              ? launchGateFastSm90(a, p.dtype, plan.numTiles, dependent, ctx.stream)
                              : launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, dependent, ctx.stream));
   } else {
@@ -132,6 +132,7 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
     maxBlocks = std::max(maxBlocks, blocks);
   }
   plan->totalBlocks = static_cast<int>(totalBlocks);
+  plan->maxBlocks = static_cast<int>(maxBlocks);
   plan->packBits = 1;
   while (plan->packBits < 31 && (int64_t{1} << plan->packBits) < maxBlocks) ++plan->packBits;
   plan->listCap = gateListCap(p.topK);

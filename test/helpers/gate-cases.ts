@@ -280,6 +280,44 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     }
   });
 
+  it('selects a row whose best blocks crowd one quarter of its columns, topK 8 to 16, either side of 33 blocks', async () => {
+    using device = open();
+    const rng = rngFor('gate crowded quarter');
+    // On Hopper, topK 9 to 12 runs the wgmma kernel's lists of eight only
+    // while no sequence passes 33 blocks (each thread then sees at most eight
+    // of a row's past blocks); 34 blocks, and topK 16, take the mma.sync kernel. Blocks
+    // j = 0, 1 (mod 8) all fall in one thread's columns: here they score
+    // highest, so that thread's list is full of the row's best blocks.
+    const chunkSize = 16;
+    for (const [topK, lens] of [[12, [33 * 16, 300, 17]], [11, [33 * 16 - 5, 33 * 16]], [16, [33 * 16, 90]], [12, [34 * 16, 200]], [9, [33 * 16]], [8, [33 * 16, 40]]] as const) {
+      for (const dtype of ['bf16', 'f16'] as const) {
+        const headDim = opts.headDims[(topK + lens.length) % opts.headDims.length]!;
+        const c = makeCase(rng, { dtype, batch: lens.length, maxLen: 1, group: 2, numKVHeads: 2, headDim, chunkSize, topK, chunked: false });
+        c.cuK = Int32Array.from([0, ...lens.map((_, i) => lens.slice(0, i + 1).reduce((x, y) => x + y, 0))]);
+        c.cuQ = c.cuK;
+        c.q = roundTo(randn(c.cuQ[lens.length]! * c.numQHeads * headDim, rng), dtype);
+        for (let i = 0; i < c.q.length; i += headDim) c.q[i] = 1 + (i % 3); // positive first component
+        c.k = new Float32Array(c.cuK[lens.length]! * c.numKVHeads * headDim);
+        for (let b = 0; b < lens.length; b++) {
+          for (let s = c.cuK[b]!; s < c.cuK[b + 1]!; s++) {
+            const j = Math.floor((s - c.cuK[b]!) / chunkSize);
+            // Distinct levels, multiples of 1/4: the crowded quarter's above every other.
+            const level = (j & 7) < 2 ? 30 + j : ((j * 7) % 97) / 4;
+            for (let kvh = 0; kvh < c.numKVHeads; kvh++) c.k[(s * c.numKVHeads + kvh) * headDim] = level;
+          }
+        }
+        const got = await runGate(device, c);
+        checkWellFormed(c, got);
+        const want = reference.mobaGate(c.q, c.k, {
+          cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
+          headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
+        });
+        const first = firstDifference(got, want);
+        expect(first, `differs from the reference at flat index ${first} of ${describeCase(c)}`).toBe(-1);
+      }
+    }
+  });
+
   it('returns well-formed indices for NaN and Inf inputs (NaN scores rank lowest)', async () => {
     using device = open();
     const rng = rngFor('gate nan inf');
