@@ -72,10 +72,11 @@ __device__ __forceinline__ float pick(const float (&ls)[M], int i) {
 // rowState of a row whose selection was certain and is already written.
 constexpr int kRowWritten = -2;
 
-// Writes a row whose keep (at most 7) best blocks are certain, from
-// registers: idx holds their indices and INT_MAX in every other slot. Sorted
-// largest first, the keep indices are the network's last entries, read
-// backwards in ascending order; then the row's own block c and -1 padding.
+// Writes a row's keep (at most 7) chosen blocks from registers (a certain
+// row, or a ranked band's best): idx holds their indices and INT_MAX in
+// every other slot. Sorted largest first, the keep indices are the
+// network's last entries, read backwards in ascending order; then the row's
+// own block c and -1 padding.
 __device__ __forceinline__ void writeCertainRow(int (&idx)[8], int keep, int c, int topK, int32_t* out) {
   sort8<0>(idx);
 #pragma unroll
@@ -392,7 +393,7 @@ __device__ __forceinline__ void writeRankedBand(float* bs, int* bi, int nc, int 
   if (keep <= 7) {
     // Ascending block order by a sorting network in registers: an insertion
     // sort in shared memory is a chain of dependent loads (about 5% of a
-    // one-tile (4096, 8) gate's instructions at 128K, twice that of its stalls).
+    // one-tile (4096, 8) gate's instructions at 128K, 8% of its stall samples).
     int idx[8];
 #pragma unroll
     for (int m = 0; m < 8; ++m) idx[m] = m < keep ? bi[m] : INT_MAX;

@@ -2,9 +2,9 @@
 // MoBA's usual (512, 3) and (128, 8) among them, and for topK 9 to 12 when
 // no sequence has more than 33 blocks ((4096, 12) up to 128K tokens): the
 // scores on wgmma, the selection in the accumulator registers, with no
-// branch and no pass through shared memory. The exactness argument, the band, its certification and
-// exact re-scoring are gate_topk.cu's (see its file comment); only the way
-// the band's candidates are gathered differs.
+// branch and no pass through shared memory. The exactness argument, the
+// band, its certification and exact re-scoring are gate_topk.cu's (see its
+// file comment); only the way the band's candidates are gathered differs.
 //
 // A CTA (one warpgroup) owns 64 consecutive query rows of one sequence and
 // one query head, half of a plan tile. q goes from global memory into
@@ -20,9 +20,10 @@
 // KL entries of the columns it sees (KL = 4 for topK 2 and 3, 8 for topK 4
 // to 12; past 8 only where a thread sees at most eight of a row's past
 // blocks, so that its list drops nothing): four (KL = 4) or eight (KL = 8)
-// scores at a time are sorted and merged into the list, whatever the data, so a warp's cost does not depend
-// on its busiest row. At the end the quad merges its four lists into the
-// row's best 2 KL (shuffles and bitonic merges). The row's band
+// scores at a time are sorted and merged into the list, whatever the data,
+// so a warp's cost does not depend on its busiest row. At the end the quad
+// merges its four lists into the row's best 2 KL (shuffles and bitonic
+// merges). The row's band
 // [T - 2 eps, ...) is complete unless some thread may have dropped a band
 // entry, which only a thread whose last entry reaches the band can have
 // done: it takes KL or more near-ties in one quarter of the row. Such rows,
