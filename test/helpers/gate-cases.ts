@@ -191,6 +191,14 @@ function compareWithReference(c: GateCase, got: Int32Array, want: Int32Array): n
   return differing;
 }
 
+/** The float64 reference's selection for a case. */
+function referenceGate(c: GateCase): Int32Array {
+  return reference.mobaGate(c.q, c.k, {
+    cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
+    headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
+  });
+}
+
 const CHUNKS = [16, 48, 64, 100, 128, 512, 1024];
 const TOPKS = [1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 40, 64, 100];
 const GROUPS = [1, 2, 4, 8];
@@ -235,10 +243,7 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     for (const c of sweep(rng, opts.headDims)) {
       const got = await runGate(device, c);
       checkWellFormed(c, got);
-      const want = reference.mobaGate(c.q, c.k, {
-        cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
-        headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
-      });
+      const want = referenceGate(c);
       nearTies += compareWithReference(c, got, want);
       rows += got.length / c.topK;
       if (cpu) {
@@ -271,10 +276,7 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
         }
         for (let i = 0; i < c.q.length; i += headDim) c.q[i] = 1 + (i % 3); // positive first component
         const got = await runGate(device, c);
-        const want = reference.mobaGate(c.q, c.k, {
-          cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
-          headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
-        });
+        const want = referenceGate(c);
         expect(Array.from(got)).toEqual(Array.from(want));
       }
     }
@@ -285,15 +287,16 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     const rng = rngFor('gate crowded quarter');
     // On Hopper, topK 9 to 12 runs the wgmma kernel's lists of eight only
     // while no sequence passes 33 blocks (each thread then sees at most eight
-    // of a row's past blocks); 34 blocks, and topK 16, take the mma.sync kernel. Blocks
-    // j = 0, 1 (mod 8) all fall in one thread's columns: here they score
-    // highest, so that thread's list is full of the row's best blocks.
+    // of a row's past blocks); 34 blocks, and topK 16, take the mma.sync
+    // kernel. Blocks j = 0, 1 (mod 8) all fall in one thread's columns: here
+    // they score highest, so that thread's list is full of the row's best blocks.
     const chunkSize = 16;
     for (const [topK, lens] of [[12, [33 * 16, 300, 17]], [11, [33 * 16 - 5, 33 * 16]], [16, [33 * 16, 90]], [12, [34 * 16, 200]], [9, [33 * 16]], [8, [33 * 16, 40]]] as const) {
       for (const dtype of ['bf16', 'f16'] as const) {
         const headDim = opts.headDims[(topK + lens.length) % opts.headDims.length]!;
         const c = makeCase(rng, { dtype, batch: lens.length, maxLen: 1, group: 2, numKVHeads: 2, headDim, chunkSize, topK, chunked: false });
-        c.cuK = Int32Array.from([0, ...lens.map((_, i) => lens.slice(0, i + 1).reduce((x, y) => x + y, 0))]);
+        let end = 0;
+        c.cuK = Int32Array.from([0, ...lens.map((n) => (end += n))]);
         c.cuQ = c.cuK;
         c.q = roundTo(randn(c.cuQ[lens.length]! * c.numQHeads * headDim, rng), dtype);
         for (let i = 0; i < c.q.length; i += headDim) c.q[i] = 1 + (i % 3); // positive first component
@@ -308,10 +311,7 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
         }
         const got = await runGate(device, c);
         checkWellFormed(c, got);
-        const want = reference.mobaGate(c.q, c.k, {
-          cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
-          headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
-        });
+        const want = referenceGate(c);
         const first = firstDifference(got, want);
         expect(first, `differs from the reference at flat index ${first} of ${describeCase(c)}`).toBe(-1);
       }
@@ -347,10 +347,7 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
         const sel = Array.from(got.subarray((h * totalQ + row) * c.topK, (h * totalQ + row + 1) * c.topK));
         expect(sel.slice(0, keep + 1)).toEqual([...Array.from({ length: keep }, (_, i) => i), cur]);
       }
-      const want = reference.mobaGate(c.q, c.k, {
-        cuSeqlensQ: c.cuQ, cuSeqlensK: c.cuK, numQHeads: c.numQHeads, numKVHeads: c.numKVHeads,
-        headDim: c.headDim, chunkSize: c.chunkSize, topK: c.topK,
-      });
+      const want = referenceGate(c);
       compareWithReference(c, got, want);
     }
   });
