@@ -42,6 +42,7 @@
 #include "gate_dispatch.cuh"
 #include "gate_internal.h"
 #include "gate_select.cuh"
+#include "gate_sm90_cta.cuh"
 
 namespace moba {
 namespace {
@@ -192,55 +193,20 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
   // The exact kernel after this one may be placed as soon as every CTA here
   // has started; it waits for this grid's end before it reads anything.
   allowDependentGrid();
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int tq = lane & 3;
-  const RowTile tile = rowTileOf(a, kRows, C::kParts);
-  const int b = tile.b, h = tile.h, kvh = tile.kvh;
-  const int nRows = tile.nRows, row0 = tile.row0, pos0 = tile.pos0, pLast = tile.pLast;
-  const int keepMax = a.topK - 1;
-  const int numCTiles = pLast > keepMax ? (pLast + kBN - 1) / kBN : 0;
-  // The warp's 16 rows start at r16 (warpgroup w: rows 64 w ... 64 w + 63);
-  // this thread's fragment rows are r16 + g and r16 + g + 8. After the
-  // selection the quad's lanes tq and tq ^ 2 both hold row half tq & 1, and
-  // lanes 0 and 1 own the quad's two rows.
-  const int r16 = warp * 16;
-  const int rowA = r16 + (lane >> 2), rowB = rowA + 8;
-  const int half = tq & 1;
-  const int ownRow = half ? rowB : rowA;
-  const bool owner = tq < 2;
-  const int pOwn = ownRow < nRows ? a.chunkDiv(pos0 + ownRow) : 0;
-
-  const size_t qRowStride = static_cast<size_t>(a.nqh) * D;
-  const uint16_t* qBase = static_cast<const uint16_t*>(a.q) + static_cast<size_t>(row0) * qRowStride +
-                            static_cast<size_t>(h) * D;
+  const Sm90Place p = sm90PlaceOf<D, kRows, kBN>(a, C::kParts);
+  const int tq = p.tq, half = p.half, ownRow = p.ownRow, keepMax = p.keepMax;
+  const int numCTiles = p.numCTiles, nRows = p.tile.nRows, row0 = p.tile.row0, h = p.tile.h, pOwn = p.pOwn;
+  const bool owner = p.owner;
   if (numCTiles > 0) {
-    const size_t hiStride = static_cast<size_t>(a.nkvh) * D;
-    const uint16_t* hiBase =
-        static_cast<const uint16_t*>(a.hi) + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D;
-    // Each thread copies the same 16-byte chunk of every kLoadStep-th row of
-    // each tile. Layout: the row's dims [64 hf, 64 hf + 64) at byte
-    // hf * kBN * 128 + row * 128, 16-byte chunks XOR-ed with row % 8
-    // (kLoadStep is a multiple of 8, so the swizzle is fixed per thread).
-    constexpr int kChunks = D / 8;
-    constexpr int kLoadStep = C::kThreads / kChunks;
-    static_assert(kLoadStep % 8 == 0 && kBN % kLoadStep == 0, "tile rows per copy step");
-    const int ldRow = tid / kChunks, ldCh = tid % kChunks;
-    const uint32_t ldDst = stages + (ldCh >> 3) * (kBN * 128) + ldRow * 128 + (((ldCh & 7) ^ (ldRow & 7)) * 16);
     // Tiles are loaded in order: the next one's source advances by a tile.
-    const uint16_t* nextSrc = hiBase + static_cast<size_t>(ldRow) * hiStride + ldCh * 8;
-    const size_t stepElems = kLoadStep * hiStride;
-    int rowsLeft = pLast - ldRow;  // rows of the next tile this thread may copy, from its first
+    const Sm90TileCopy<D, C::kThreads, kBN> copier(a, p.tile, stages);
+    const uint16_t* nextSrc = copier.first;
+    int rowsLeft = p.tile.pLast - copier.ldRow;  // rows of the next tile this thread may copy, from its first
     int nextTile = 0;
     auto loadNextTile = [&]() {
       if (nextTile < numCTiles) {
-        const uint32_t dst = ldDst + (nextTile % kStages) * C::kStageBytes;
-        const uint16_t* src = nextSrc;
-#pragma unroll
-        for (int it = 0; it < kBN / kLoadStep; ++it, src += stepElems) {
-          const bool valid = it * kLoadStep < rowsLeft;
-          cpAsync16(dst + it * kLoadStep * 128, valid ? src : hiBase, valid);
-        }
-        nextSrc += kBN * hiStride;
+        copier.copy(nextSrc, rowsLeft, (nextTile % kStages) * C::kStageBytes);
+        nextSrc += kBN * copier.hiStride;
         rowsLeft -= kBN;
         ++nextTile;
       }
@@ -248,32 +214,20 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
     };
 
     uint32_t qa[D / 16][4];
-    loadRowFragments<D>(qa, qBase, qRowStride, r16, nRows, lane);
-    // Up to here the CTA read only the op's inputs: the centroid operand and
-    // its statistics come from the grids before this one.
-    waitForPrimaryGrid();
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) loadNextTile();
-
     float q2[2];
     uint32_t nonzero[2];
-    scaleRowOperand<T, D>(qa, 0, q2[0], nonzero[0]);
-    scaleRowOperand<T, D>(qa, 1, q2[1], nonzero[1]);
-    const uint32_t* st = a.stats + (static_cast<size_t>(b) * a.nkvh + kvh) * kGateStats;
+    loadQOperand<T, D>(p, qa, q2, nonzero, [&] {
+#pragma unroll
+      for (int s = 0; s < kStages - 1; ++s) loadNextTile();
+    });
+    const uint32_t* st = statsOf(a, p);
     // The packing's error is bounded per comparison below (bandFloor,
     // certainAbove): eps is the tensor cores' alone.
     const RowBound rb = rowBound<D>(half ? q2[1] : q2[0], half ? nonzero[1] : nonzero[0],
                                     __uint_as_float(st[kStatBound]), __uint_as_float(st[kStatNorm]), 0);
     const uint32_t packMask = (1u << a.packBits) - 1u;
-
-    // Past blocks of the thread's rows (0 past the tile: every column
-    // masked), and the fewest and most of the warp's rows (consecutive
-    // positions, so its first and last).
-    const int cA = rowA < nRows ? a.chunkDiv(pos0 + rowA) : 0;
-    const int cB = rowB < nRows ? a.chunkDiv(pos0 + rowB) : 0;
-    const int warpLast = min(r16 + 15, nRows - 1);
-    const int cWarpMin = r16 < nRows ? a.chunkDiv(pos0 + r16) : 0;
-    const int cWarpMax = r16 < nRows ? a.chunkDiv(pos0 + warpLast) : 0;
+    const Sm90Past past = sm90PastOf(a, p);
+    const int cA = past.cA, cB = past.cB, cWarpMin = past.cWarpMin, cWarpMax = past.cWarpMax;
 
     float lA[KL], lB[KL];
 #pragma unroll
@@ -288,20 +242,8 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
       attn::fenceProxyAsync();  // this thread's copies, visible to wgmma's reads
       __syncthreads();
       loadNextTile();
-      // The descriptor's address field (bytes / 16, 14 bits) holds any
-      // address in the stages, so each k-step adds its offset to the
-      // stage's descriptor.
-      const uint64_t stDesc = attn::wgmmaDesc(stages + (t % kStages) * C::kStageBytes, 16, 1024);
-      attn::wgmmaFence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint64_t desc = stDesc + static_cast<uint64_t>(((kk >> 2) * (kBN * 128) + (kk & 3) * 32) >> 4);
-        attn::wgmmaRS<__half, 0>(acc, qa[kk], desc, kk > 0 ? 1 : 0);
-      }
-      attn::wgmmaCommit();
-      attn::wgmmaWait<0>();
-      attn::fenceRegs(acc);
-      attn::fenceRegs(qa);
+      issueTileProduct<D, kBN>(acc, qa, stages + (t % kStages) * C::kStageBytes);
+      awaitTileProduct<D>(acc, qa);
       const int j0 = t * kBN;
       if (j0 >= cWarpMax) continue;  // warp-uniform: no row of the warp has these blocks
       foldTile(lA, lB, acc, j0, j0 | (2 * tq), ~packMask, cA, cB, cWarpMin, cWarpMax);
@@ -404,36 +346,16 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
     waitForPrimaryGrid();  // every CTA: this grid never completes ahead of those before it
   }
 
-  // Finish each row: the blocks still contested are re-scored exactly, a
-  // warp at a time; then the owner ranks them and writes the row.
-  const int c = pOwn;
-  const int state = owner && ownRow < nRows && c > keepMax ? rowState[ownRow] : -1;
-  const bool live = state >= 0;
-  int nb = 0, nc = 0;
-  if (live) {
-    nb = state;
-    nc = nb > keepMax ? rowCertain[ownRow] : keepMax;
-  }
-  const int need = max(nb - nc, 0);  // entries [nc, nb) of the row get exact scores
-  rescoreContested<T, D, KB, D / 8>(
-      need, nc, ownRow, queues + warp * C::kQueueInts,
-      [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[b]) * a.nkvh + kvh) * D; },
-      static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI, bandS, lane);
-
-  if (owner && ownRow < nRows)
-    finishRow(a, h, row0 + ownRow, c, keepMax, state, bandS + ownRow * KB, bandI + ownRow * KB, nc, nb);
+  finishCtaRows<T, D, KB, C::kQueueInts>(a, p, rowState, rowCertain, queues, bandS, bandI);
 #endif
 }
 
 template <typename T, int D, int KL, bool Wide = false>
 Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
   using C = Sm90GateCfg<D, KL>;
-  auto kernel = fastKernelSm90<T, D, KL, Wide>;
-  MOBA_RETURN_IF_ERROR(cudaStatus(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes), "gate smem limit"));
-  dim3 grid(static_cast<unsigned>(numTiles * C::kParts), static_cast<unsigned>(a.nqh));
-  return cudaStatus(launchInOrder(kernel, grid, dim3(C::kThreads), C::kSmemBytes, stream, dependent, a),
-                    "gate scores (sm90)");
+  const dim3 grid(static_cast<unsigned>(numTiles * C::kParts), static_cast<unsigned>(a.nqh));
+  return launchScoresKernel(fastKernelSm90<T, D, KL, Wide>, grid, C::kThreads, C::kSmemBytes, a, dependent, stream,
+                            "gate scores (sm90)");
 }
 
 }  // namespace
