@@ -200,7 +200,7 @@ function referenceGate(c: GateCase): Int32Array {
 }
 
 const CHUNKS = [16, 48, 64, 100, 128, 512, 1024];
-const TOPKS = [1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 40, 64, 100];
+const TOPKS = [1, 2, 3, 4, 5, 6, 8, 12, 16, 17, 24, 32, 40, 64, 100];
 const GROUPS = [1, 2, 4, 8];
 
 /** The sweep: every (chunkSize, topK) pair, the other dimensions drawn so that each value recurs. */
@@ -318,11 +318,77 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     }
   });
 
+  it('matches the reference (and on CUDA the CPU backend) for topK 17 to 32 on sequences past one tile of blocks', async () => {
+    using device = open();
+    using cpu = opts.cuda ? openDevice({ backend: 'cpu', poisonOutputs: true }) : undefined;
+    const rng = rngFor('gate past one tile');
+    // On Hopper a batch whose longest sequence has more than 64 blocks takes
+    // the two-pass kernel for topK 17 to 32; the sweep's shorter ones take
+    // the large-topK kernel. The second sequence stays short.
+    const configs = [
+      [17, 16, 'bf16', 1, false], [20, 24, 'f16', 2, true], [24, 16, 'f16', 4, false],
+      [28, 20, 'bf16', 1, true], [32, 16, 'bf16', 2, true], [32, 32, 'f16', 1, false],
+    ] as const;
+    let n = 0;
+    let rows = 0;
+    let nearTies = 0;
+    for (const [topK, chunkSize, dtype, group, chunked] of configs) {
+      const headDim = opts.headDims[n++ % opts.headDims.length]!;
+      const c = makeCase(rng, { dtype, batch: 2, maxLen: 1, group, numKVHeads: group === 4 ? 1 : 2, headDim, chunkSize, topK, chunked: false });
+      const lk = [chunkSize * rng.int(65, 90) + rng.int(0, chunkSize - 1), rng.int(1, chunkSize * 40)];
+      const lq = chunked ? lk.map((l) => rng.int(1, l)) : lk;
+      c.cuK = Int32Array.from([0, lk[0]!, lk[0]! + lk[1]!]);
+      c.cuQ = Int32Array.from([0, lq[0]!, lq[0]! + lq[1]!]);
+      c.q = roundTo(randn(c.cuQ[2]! * c.numQHeads * headDim, rng), dtype);
+      c.k = roundTo(randn(c.cuK[2]! * c.numKVHeads * headDim, rng), dtype);
+      const got = await runGate(device, c);
+      checkWellFormed(c, got);
+      nearTies += compareWithReference(c, got, referenceGate(c));
+      rows += got.length / c.topK;
+      if (cpu) {
+        const first = firstDifference(got, await runGate(cpu, c));
+        expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(c)}`).toBe(-1);
+      }
+    }
+    expect(nearTies).toBeLessThan(Math.max(5, rows / 200));
+  });
+
+  it('selects a row whose best blocks share one column of every tile, topK 17 to 32', async () => {
+    using device = open();
+    const rng = rngFor('gate shared column');
+    // On Hopper, topK 17 to 32 over more than one tile of blocks first takes
+    // each row's best block of each column of its 64-block tiles, and the
+    // keep-th best of those 64 sets a floor for a second pass. Here the best
+    // blocks are all 64 apart (one column), so the floor comes from the
+    // other columns, far below them.
+    const chunkSize = 16;
+    for (const [topK, column, dtype] of [[32, 5, 'bf16'], [24, 40, 'f16'], [17, 63, 'bf16'], [32, 0, 'f16']] as const) {
+      const headDim = opts.headDims[topK % opts.headDims.length]!;
+      const blocks = 64 * topK + 3;
+      const c = makeCase(rng, { dtype, batch: 1, maxLen: 1, group: 2, numKVHeads: 1, headDim, chunkSize, topK, chunked: true });
+      c.cuK = Int32Array.from([0, blocks * chunkSize]);
+      c.cuQ = Int32Array.from([0, 8]); // the sequence's last eight positions
+      c.q = roundTo(randn(8 * c.numQHeads * headDim, rng), dtype);
+      for (let i = 0; i < c.q.length; i += headDim) c.q[i] = 1 + (i % 3); // positive first component
+      c.k = new Float32Array(blocks * chunkSize * headDim);
+      for (let s = 0; s < blocks * chunkSize; s++) {
+        const j = Math.floor(s / chunkSize);
+        // Distinct levels, multiples of 1/4, for the column's blocks; the rest lower.
+        c.k[s * headDim] = j % 64 === column ? 30 + Math.floor(j / 64) / 4 : ((j * 7) % 97) / 4;
+      }
+      const got = await runGate(device, c);
+      checkWellFormed(c, got);
+      const want = referenceGate(c);
+      const first = firstDifference(got, want);
+      expect(first, `differs from the reference at flat index ${first} of ${describeCase(c)}`).toBe(-1);
+    }
+  });
+
   it('returns well-formed indices for NaN and Inf inputs (NaN scores rank lowest)', async () => {
     using device = open();
     const rng = rngFor('gate nan inf');
-    // topK 3 and 4: the fast path (on Hopper the wgmma kernel, lists of four and of eight); topK 24 the large-topK kernel
-    // (chunks of 8 give rows enough blocks).
+    // topK 3 and 4: the fast path (on Hopper the wgmma kernel, lists of four and of eight); topK 24 the kernels past
+    // topK 16 (on Hopper the two-pass one: chunks of 8 give rows enough blocks, more than one tile of 64).
     for (const [dtype, topK, chunkSize] of [
       ['bf16', 4, 32], ['f16', 4, 32], ['bf16', 3, 32], ['f16', 3, 32], ['bf16', 24, 8], ['f16', 24, 8],
     ] as const) {

@@ -1,0 +1,341 @@
+// Gate scores and top-(k-1) selection on Hopper (sm_90a) for topK 17 to 32,
+// in two passes over each CTA's centroid tiles, scored on wgmma as in
+// gate_topk_sm90.cu (same q operand, tiles, packed entries and error bound).
+//
+// Why two passes. Lists of keep entries per thread do not fit in registers
+// past topK 12, and a heap per row in shared memory (gate_topk_large.cu)
+// pays a dependent insertion for every block that enters it, on FP32 scores.
+// Here a row's work per score is the same few instructions whatever keep:
+//  1. Each thread keeps, for each of its two rows, the best packed entry of
+//     each of its 16 columns: a column's blocks are 64 apart, one max per
+//     score. The quad's 64 column maxima are distinct entries of the row, so
+//     their keep-th best is at most the row's keep-th best packed value, and
+//     its band floor T at most the row's band floor L (bandFloor increases
+//     with its argument).
+//  2. The tiles again: every entry at or above T joins the row's candidates
+//     in shared memory (up to kCap; a row with more takes the exact kernel).
+//     On i.i.d. scores a row has about keep + 12 of them.
+// Then the quad sorts the row's candidates (16 per lane, merged across the
+// quad), and the band [L, ...), its certain prefix, the exact re-scoring of
+// the rest and the ranked output are those of the other tensor-core gates,
+// so the indices are the CPU backend's.
+//
+// A row's keep-th best among the column maxima is only a useful floor while
+// keep is well below the quad's 64 columns: at keep 31 (topK 32) about 43
+// candidates on i.i.d. scores, at keep 47 about 78, past the capacity. So
+// topK 33 and more stay on gate_topk_large.cu, as do sequences of one tile
+// of blocks or fewer (kTwoPassMinBlocks).
+#include <climits>
+
+#include "common/attn_device.cuh"
+#include "common/cuda_context.h"
+#include "common/dependent_launch.h"
+#include "common/env_switch.h"
+#include "common/grid_dependency.cuh"
+#include "common/sm90_sync.cuh"
+#include "common/wgmma_ops.cuh"
+#include "gate_device.cuh"
+#include "gate_dispatch.cuh"
+#include "gate_internal.h"
+#include "gate_select.cuh"
+#include "gate_sm90_cta.cuh"
+
+namespace moba {
+namespace {
+
+using namespace gate;
+
+constexpr int kTwoPassMinTopK = 17, kTwoPassMaxTopK = 32;
+// Sequences of at most one tile of blocks stay on gate_topk_large.cu: both
+// kernels then score one tile per CTA, this one twice, and its fp16 bound
+// contests more blocks than the large kernel's FP32 one where scores share a
+// large component. (2048, 24) at 128K, 64 blocks: 5.33 / 4.48 ms random /
+// drift there, 5.20 / 7.60 here; (1024, 20), 128 blocks: 9.80 / 8.87 there,
+// 5.70 / 7.89 here.
+constexpr int kTwoPassMinBlocks = 65;
+
+template <int D>
+struct TwoPassCfg {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kRows = kWarps * 16;  // one warpgroup: an m64 product
+  static constexpr int kBN = 64;             // centroids per tile
+  static constexpr int kStages = 2;
+  static constexpr int kStageBytes = kBN * D * 2;
+  static constexpr int kCap = 64;   // candidates per row: 16 per lane of the quad
+  static constexpr int kBand = kCap;
+  static constexpr int kQueueInts = 16 * kBand;  // a warp's re-scoring queue: 16 rows
+  static constexpr int kLoopBytes = kStages * kStageBytes + kRows * kCap * 4;
+  static constexpr int kAfterLoop = kRows * kBand * 8 + kWarps * kQueueInts * 4;
+  static constexpr int kBytes = kLoopBytes > kAfterLoop ? kLoopBytes : kAfterLoop;
+  static constexpr int kSmemBytes = kBytes + 1024;  // + alignment of the swizzled tiles
+  static constexpr int kCtasPerSm = 4;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr unsigned kFull = 0xffffffffu;
+
+// Sorts a lane's 16 values best first: two sorts of eight, the second
+// reversed, a clean of sixteen.
+__device__ __forceinline__ void sort16(float (&v)[16]) {
+  sort8<0>(v);
+  sort8<8>(v);
+  reverseRun<8, 8>(v);
+  bitonicClean<0, 16>(v);
+}
+
+// The quad's 64 values (16 per lane, any order) sorted best first across it:
+// lane tq ends with ranks [16 tq, 16 tq + 16). Merge-splits: lanes tq and
+// tq ^ 1 into a sorted 32, then the two 32s (tq ^ 3 on mirrored ranks, a
+// half-cleaner between tq and tq ^ 1, a clean within the lane).
+__device__ __forceinline__ void quadSort64(float (&v)[16], int tq) {
+  sort16(v);
+  const bool lowHalf = (tq & 1) == 0, lowPair = tq < 2;
+  float o[16];
+#pragma unroll
+  for (int k = 0; k < 16; ++k) o[k] = __shfl_xor_sync(kFull, v[15 - k], 1);
+#pragma unroll
+  for (int k = 0; k < 16; ++k) v[k] = lowHalf ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
+  bitonicClean<0, 16>(v);
+#pragma unroll
+  for (int k = 0; k < 16; ++k) o[k] = __shfl_xor_sync(kFull, v[15 - k], 3);
+#pragma unroll
+  for (int k = 0; k < 16; ++k) v[k] = lowPair ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
+#pragma unroll
+  for (int k = 0; k < 16; ++k) o[k] = __shfl_xor_sync(kFull, v[k], 1);
+#pragma unroll
+  for (int k = 0; k < 16; ++k) v[k] = lowHalf ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
+  bitonicClean<0, 16>(v);
+}
+
+// Rank r (run-time, below 64) of a quad-sorted row, in every lane of the quad.
+__device__ __forceinline__ float quadRank(const float (&v)[16], int r, int lane) {
+  return __shfl_sync(kFull, pick<16>(v, r & 15), (lane & ~3) | (r >> 4));
+}
+
+// Column 8 i + 2 tq + e of a tile is block jq | (8 i + e), jq = j0 | 2 tq;
+// slot 2 i + e of the thread's row (acc: row half 0 in elements 0-1, half 1
+// in 2-3 of each 8-column chunk). Columns at or past a row's own block (c0,
+// c1) are masked, tested only where some row of the warp needs it (cMin,
+// cMax: the warp's fewest and most past blocks; warp-uniform).
+template <typename F>
+__device__ __forceinline__ void forEachEntry(const float (&acc)[8][4], int j0, int jq, uint32_t notMask, int cMin,
+                                             int cMax, F&& f) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    if (j0 + 8 * i >= cMax) break;  // no row of the warp has these blocks
+    const bool masked = j0 + 8 * (i + 1) > cMin;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int j = jq | (8 * i + e);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
+        f(hf, 2 * i + e, j, masked, __int_as_float((__float_as_int(acc[i][2 * hf + e]) & notMask) | static_cast<uint32_t>(j)));
+    }
+  }
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <typename T, int D>
+__global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasPerSm) twoPassKernelSm90(GateArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = TwoPassCfg<D>;
+  constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, KB = C::kBand, kCap = C::kCap;
+  extern __shared__ uint8_t smemRaw[];
+  const uint32_t rawAddr = smemAddr(smemRaw);
+  const uint32_t stages = (rawAddr + 1023u) & ~1023u;
+  uint8_t* smem = smemRaw + (stages - rawAddr);
+  float* cand = reinterpret_cast<float*>(smem + kStages * C::kStageBytes);  // [row][kCap]
+  // After the second pass all of it holds each row's band and the warps' queues.
+  float* bandS = reinterpret_cast<float*>(smem);
+  int* bandI = reinterpret_cast<int*>(smem + kRows * KB * 4);
+  int* queues = reinterpret_cast<int*>(smem + kRows * KB * 8);
+  __shared__ int candCount[kRows];
+  // Band size; or -1: hand to the exact kernel.
+  __shared__ int rowState[kRows];
+  __shared__ int rowCertain[kRows];  // band entries certain to be among the row's best keep
+
+  allowDependentGrid();
+  const Sm90Place p = sm90PlaceOf<D, kRows, kBN>(a, 1);
+  const int lane = p.lane, tq = p.tq, rowA = p.rowA, rowB = p.rowB, keepMax = p.keepMax;
+  const int numCTiles = p.numCTiles, nRows = p.tile.nRows, pLast = p.tile.pLast;
+  if (numCTiles > 0) {
+    for (int r = threadIdx.x; r < kRows; r += C::kThreads) candCount[r] = 0;  // seen after the loop's first barrier
+    // Load n of 2 numCTiles is tile n, then tile n - numCTiles.
+    const Sm90TileCopy<D, C::kThreads, kBN> copier(a, p.tile, stages);
+    const int numLoads = 2 * numCTiles;
+    int nextLoad = 0;
+    auto loadNextTile = [&]() {
+      if (nextLoad < numLoads) {
+        const int t = nextLoad < numCTiles ? nextLoad : nextLoad - numCTiles;
+        copier.copy(copier.first + static_cast<size_t>(t) * kBN * copier.hiStride, pLast - t * kBN - copier.ldRow,
+                    (nextLoad % kStages) * C::kStageBytes);
+        ++nextLoad;
+      }
+      cpAsyncCommit();
+    };
+
+    uint32_t qa[D / 16][4];
+    float q2[2];
+    uint32_t nonzero[2];
+    loadQOperand<T, D>(p, qa, q2, nonzero, [&] {
+#pragma unroll
+      for (int s = 0; s < kStages - 1; ++s) loadNextTile();
+    });
+    const uint32_t* st = statsOf(a, p);
+    const float statBound = __uint_as_float(st[kStatBound]), statNorm = __uint_as_float(st[kStatNorm]);
+    const RowBound rbA = rowBound<D>(q2[0], nonzero[0], statBound, statNorm, 0);
+    const RowBound rbB = rowBound<D>(q2[1], nonzero[1], statBound, statNorm, 0);
+    const uint32_t packMask = (1u << a.packBits) - 1u;
+    const float rel = packingRel(a.packBits);
+    const Sm90Past past = sm90PastOf(a, p);
+    const int cA = past.cA, cB = past.cB, cWarpMin = past.cWarpMin, cWarpMax = past.cWarpMax;
+
+    float slots[2][16];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+      for (int s = 0; s < 16; ++s) slots[hf][s] = -INFINITY;
+    float thr[2] = {INFINITY, INFINITY};
+    float acc[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+    for (int n = 0; n < numLoads; ++n) {
+      cpAsyncWait<kStages - 2>();
+      attn::fenceProxyAsync();  // this thread's copies, visible to wgmma's reads
+      __syncthreads();
+      loadNextTile();
+      issueTileProduct<D, kBN>(acc, qa, stages + (n % kStages) * C::kStageBytes);
+      if (n == numCTiles) {
+        // Between the passes, while the first product of the second runs:
+        // each row's floor T from its quad's column maxima (warp-uniform).
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          quadSort64(slots[hf], tq);
+          const float kth = quadRank(slots[hf], keepMax - 1, lane);
+          const int c = hf ? cB : cA;
+          const RowBound& rb = hf ? rbB : rbA;
+          // Rows with at most keep past blocks, or without a bound, collect nothing.
+          if (c > keepMax && rb.ok) thr[hf] = bandFloor(kth, 2.f * rb.eps, rel);
+        }
+      }
+      awaitTileProduct<D>(acc, qa);
+      const bool second = n >= numCTiles;
+      const int j0 = (second ? n - numCTiles : n) * kBN;
+      if (j0 >= cWarpMax) continue;  // warp-uniform: no row of the warp has these blocks
+      const int jq = j0 | (2 * tq);
+      if (!second) {
+        forEachEntry(acc, j0, jq, ~packMask, cWarpMin, cWarpMax, [&](int hf, int s, int j, bool masked, float x) {
+          const bool past = !masked || j < (hf ? cB : cA);
+          slots[hf][s] = fmaxf(slots[hf][s], past ? x : -INFINITY);
+        });
+      } else {
+        // Entries at or above T, appended to the row's candidates: a count,
+        // one shared-memory atomic per row, then predicated stores.
+        int cnt[2] = {0, 0};
+        forEachEntry(acc, j0, jq, ~packMask, cWarpMin, cWarpMax, [&](int hf, int, int j, bool masked, float x) {
+          const bool past = !masked || j < (hf ? cB : cA);
+          cnt[hf] += past && x >= thr[hf] ? 1 : 0;
+        });
+        int pos[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) pos[hf] = cnt[hf] > 0 ? atomicAdd(&candCount[hf ? rowB : rowA], cnt[hf]) : 0;
+        forEachEntry(acc, j0, jq, ~packMask, cWarpMin, cWarpMax, [&](int hf, int, int j, bool masked, float x) {
+          const bool past = !masked || j < (hf ? cB : cA);
+          if (past && x >= thr[hf]) {
+            if (pos[hf] < kCap) cand[(hf ? rowB : rowA) * kCap + pos[hf]] = x;
+            ++pos[hf];
+          }
+        });
+      }
+    }
+    cpAsyncWait<0>();
+    __syncthreads();  // every candidate is in
+
+    // Each row's candidates, 16 per lane of the quad, sorted across it.
+    float cv[2][16];
+    int count[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = hf ? rowB : rowA;
+      count[hf] = candCount[r];
+      const int have = min(count[hf], kCap);
+#pragma unroll
+      for (int m = 0; m < 16; ++m) cv[hf][m] = 16 * tq + m < have ? cand[r * kCap + 16 * tq + m] : -INFINITY;
+    }
+    __syncthreads();  // the stages and candidates become band buffers
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      quadSort64(cv[hf], tq);
+      const int r = hf ? rowB : rowA;
+      const int c = hf ? cB : cA;
+      const RowBound& rb = hf ? rbB : rbA;
+      const float twoEps = 2.f * rb.eps;
+      const int keep = keepMax;
+      const float kth = quadRank(cv[hf], keep - 1, lane);
+      const float next = quadRank(cv[hf], keep, lane);
+      const float L = bandFloor(kth, twoEps, rel);
+      // The band is the row's entries at or above L (all of them candidates,
+      // as T <= L); its certain prefix outranks the (keep+1)-th and so every
+      // block past it.
+      int nb = 0, nc = 0;
+#pragma unroll
+      for (int m = 0; m < 16; ++m) {
+        nb += cv[hf][m] >= L ? 1 : 0;
+        nc += 16 * tq + m < keep && certainAbove(cv[hf][m], next, twoEps, rel) ? 1 : 0;
+      }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        nb += __shfl_xor_sync(kFull, nb, off);
+        nc += __shfl_xor_sync(kFull, nc, off);
+      }
+      const bool live = r < nRows && c > keepMax;
+      if (live) {
+#pragma unroll
+        for (int m = 0; m < 16; ++m) {
+          if (16 * tq + m < nb) {
+            bandS[r * KB + 16 * tq + m] = cv[hf][m];
+            bandI[r * KB + 16 * tq + m] = packedIndex(cv[hf][m], packMask);
+          }
+        }
+      }
+      if (live && tq == hf) {
+        rowState[r] = !rb.ok || count[hf] > kCap ? -1 : nb;
+        rowCertain[r] = nc;
+      }
+    }
+    __syncthreads();
+  } else {
+    waitForPrimaryGrid();  // every CTA: this grid never completes ahead of those before it
+  }
+
+  finishCtaRows<T, D, KB, C::kQueueInts>(a, p, rowState, rowCertain, queues, bandS, bandI);
+#endif
+}
+
+template <typename T, int D>
+Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
+  using C = TwoPassCfg<D>;
+  const dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(a.nqh));
+  return launchScoresKernel(twoPassKernelSm90<T, D>, grid, C::kThreads, C::kSmemBytes, a, dependent, stream,
+                            "gate scores (two passes)");
+}
+
+}  // namespace
+
+bool gateUsesTwoPass(int topK, int packBits, int maxBlocks, const CudaContext& ctx) {
+  static const bool forceOld = envIs("MOBA_GATE_KERNEL", "sm80");
+  return runsSm90a(ctx) && !forceOld && topK >= kTwoPassMinTopK && topK <= kTwoPassMaxTopK &&
+         maxBlocks >= kTwoPassMinBlocks && packBits <= kGateMaxPackBits;
+}
+
+Status launchGateTwoPass(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream) {
+  if (numTiles == 0) return Status::Ok();
+  return withGateTypes(dtype, a.headDim, [&](auto t, auto d) {
+    return launchTyped<decltype(t), decltype(d)::value>(a, numTiles, dependent, stream);
+  });
+}
+
+}  // namespace moba
