@@ -231,29 +231,36 @@ export interface GateTestOptions {
   cuda?: boolean;
 }
 
+/**
+ * Runs each case, checks its form and its agreement with the float64
+ * reference (compareWithReference), and with cpu given, that it equals the
+ * CPU backend's bit for bit; near-ties at fp32 resolution, the only rows
+ * allowed to differ from the reference, must stay rare on random data.
+ */
+async function expectRandomCases(device: Device, cpu: Device | undefined, cases: Iterable<GateCase>): Promise<void> {
+  let rows = 0;
+  let nearTies = 0;
+  for (const c of cases) {
+    const got = await runGate(device, c);
+    checkWellFormed(c, got);
+    nearTies += compareWithReference(c, got, referenceGate(c));
+    rows += got.length / c.topK;
+    if (cpu) {
+      // Both backends compute the same fp32 scores where the order depends on them.
+      const first = firstDifference(got, await runGate(cpu, c));
+      expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(c)}`).toBe(-1);
+    }
+  }
+  expect(nearTies).toBeLessThan(Math.max(5, rows / 200));
+}
+
 export function defineGateTests(open: () => Device, opts: GateTestOptions): void {
   reportSeedOnFailure();
 
   it('matches the float64 reference over the grid (batch, lengths, chunk sizes, topK, GQA, head dims, dtypes, chunked queries)', async () => {
     using device = open();
     using cpu = opts.cuda ? openDevice({ backend: 'cpu', poisonOutputs: true }) : undefined;
-    const rng = rngFor('gate sweep');
-    let rows = 0;
-    let nearTies = 0;
-    for (const c of sweep(rng, opts.headDims)) {
-      const got = await runGate(device, c);
-      checkWellFormed(c, got);
-      const want = referenceGate(c);
-      nearTies += compareWithReference(c, got, want);
-      rows += got.length / c.topK;
-      if (cpu) {
-        // Both backends compute the same fp32 scores where the order depends on them.
-        const first = firstDifference(got, await runGate(cpu, c));
-        expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(c)}`).toBe(-1);
-      }
-    }
-    // Near-ties at fp32 resolution are rare on random data.
-    expect(nearTies).toBeLessThan(Math.max(5, rows / 200));
+    await expectRandomCases(device, cpu, sweep(rngFor('gate sweep'), opts.headDims));
   });
 
   it('selects exactly the reference blocks when score gaps are far above fp32 rounding', async () => {
@@ -330,8 +337,7 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
       [28, 20, 'bf16', 1, true], [32, 16, 'bf16', 2, true], [32, 32, 'f16', 1, false],
     ] as const;
     let n = 0;
-    let rows = 0;
-    let nearTies = 0;
+    const cases: GateCase[] = [];
     for (const [topK, chunkSize, dtype, group, chunked] of configs) {
       const headDim = opts.headDims[n++ % opts.headDims.length]!;
       const c = makeCase(rng, { dtype, batch: 2, maxLen: 1, group, numKVHeads: group === 4 ? 1 : 2, headDim, chunkSize, topK, chunked: false });
@@ -341,16 +347,9 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
       c.cuQ = Int32Array.from([0, lq[0]!, lq[0]! + lq[1]!]);
       c.q = roundTo(randn(c.cuQ[2]! * c.numQHeads * headDim, rng), dtype);
       c.k = roundTo(randn(c.cuK[2]! * c.numKVHeads * headDim, rng), dtype);
-      const got = await runGate(device, c);
-      checkWellFormed(c, got);
-      nearTies += compareWithReference(c, got, referenceGate(c));
-      rows += got.length / c.topK;
-      if (cpu) {
-        const first = firstDifference(got, await runGate(cpu, c));
-        expect(first, `CUDA and CPU differ at flat index ${first} of ${describeCase(c)}`).toBe(-1);
-      }
+      cases.push(c);
     }
-    expect(nearTies).toBeLessThan(Math.max(5, rows / 200));
+    await expectRandomCases(device, cpu, cases);
   });
 
   it('selects a row whose best blocks share one column of every tile, topK 17 to 32', async () => {
