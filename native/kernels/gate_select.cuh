@@ -39,8 +39,8 @@ __device__ __forceinline__ void sort8(V (&x)[N]) {
 }
 
 // Sorts the bitonic run x[O, O + Len) best first (half-cleaners of Len/2 ... 1).
-template <int O, int Len, int N>
-__device__ __forceinline__ void bitonicClean(float (&x)[N]) {
+template <int O, int Len, int N, typename V>
+__device__ __forceinline__ void bitonicClean(V (&x)[N]) {
 #pragma unroll
   for (int s = Len / 2; s >= 1; s >>= 1)
 #pragma unroll
@@ -49,11 +49,11 @@ __device__ __forceinline__ void bitonicClean(float (&x)[N]) {
 }
 
 // Reverses x[O, O + Len): a sorted run followed by a reversed sorted run is bitonic.
-template <int O, int Len, int N>
-__device__ __forceinline__ void reverseRun(float (&x)[N]) {
+template <int O, int Len, int N, typename V>
+__device__ __forceinline__ void reverseRun(V (&x)[N]) {
 #pragma unroll
   for (int i = 0; i < Len / 2; ++i) {
-    const float t = x[O + i];
+    const V t = x[O + i];
     x[O + i] = x[O + Len - 1 - i];
     x[O + Len - 1 - i] = t;
   }
@@ -372,11 +372,48 @@ __device__ __forceinline__ void rescoreContested(int need, int nc, int ownRow, i
   __syncwarp();
 }
 
+// Sorts x[0, N) largest first, N = 16 or 32: sorts of eight, then bitonic
+// merges of the runs.
+template <int N, typename V>
+__device__ __forceinline__ void sortNetwork(V (&x)[N]) {
+  static_assert(N == 16 || N == 32, "networks of 16 or 32");
+  sort8<0>(x);
+  sort8<8>(x);
+  reverseRun<8, 8>(x);
+  bitonicClean<0, 16>(x);
+  if constexpr (N == 32) {
+    sort8<16>(x);
+    sort8<24>(x);
+    reverseRun<24, 8>(x);
+    bitonicClean<16, 16>(x);
+    reverseRun<16, 16>(x);
+    bitonicClean<0, 32>(x);
+  }
+}
+
+// Writes a row's keep (at most N) blocks bi[0, keep) in ascending order, then
+// its own block c and -1 padding up to topK.
+template <int N>
+__device__ __forceinline__ void writeBandAscending(const int* bi, int keep, int c, int topK, int32_t* out) {
+  int idx[N];
+#pragma unroll
+  for (int m = 0; m < N; ++m) idx[m] = m < keep ? bi[m] : INT_MIN;
+  sortNetwork<N>(idx);
+  // Largest first, the keep indices lead: written backwards.
+#pragma unroll
+  for (int m = 0; m < N; ++m)
+    if (m < keep) out[keep - 1 - m] = idx[m];
+  writeRowTail(out, keep, c, topK);
+}
+
 // Writes a row from its band (bs, bi: nb entries, the first nc certain to be
 // among its best keep): the entries [nc, nb), re-scored exactly, are ranked
 // by (exact score, block index), the best keep - nc join the certain ones,
 // and the keep blocks go out ascending, then the row's own block c and -1
-// padding up to topK.
+// padding up to topK. keep is at most kMaxKeep, which picks the networks
+// compiled in (the caller's largest keep, at most kRankedBandMaxKeep).
+constexpr int kRankedBandMaxKeep = 31;
+template <int kMaxKeep>
 __device__ __forceinline__ void writeRankedBand(float* bs, int* bi, int nc, int nb, int keep, int c, int topK,
                                                 int32_t* out) {
   for (int r = nc; r < keep; ++r) {  // rank the re-scored entries exactly
@@ -390,34 +427,30 @@ __device__ __forceinline__ void writeRankedBand(float* bs, int* bi, int nc, int 
     bs[best] = ts;
     bi[best] = ti;
   }
-  if (keep <= 7) {
-    // Ascending block order by a sorting network in registers: an insertion
-    // sort in shared memory is a chain of dependent loads (about 5% of a
-    // one-tile (4096, 8) gate's instructions at 128K, 8% of its stall samples).
+  // Ascending block order by a sorting network in registers: an insertion
+  // sort in shared memory is a chain of dependent loads (about 5% of a
+  // one-tile (4096, 8) gate's instructions at 128K, 8% of its stall samples;
+  // half the stall samples of (128, 32) at keep 31).
+  static_assert(kMaxKeep >= 1 && kMaxKeep <= kRankedBandMaxKeep, "keep within the networks");
+  if (kMaxKeep <= 7 || keep <= 7) {
     int idx[8];
 #pragma unroll
     for (int m = 0; m < 8; ++m) idx[m] = m < keep ? bi[m] : INT_MAX;
     writeCertainRow(idx, keep, c, topK, out);
-    return;
+  } else if (kMaxKeep <= 15 || keep <= 15) {
+    writeBandAscending<16>(bi, keep, c, topK, out);
+  } else {
+    writeBandAscending<32>(bi, keep, c, topK, out);
   }
-  for (int x = 1; x < keep; ++x) {  // ascending block order
-    const int v = bi[x];
-    int y = x - 1;
-    while (y >= 0 && bi[y] > v) {
-      bi[y + 1] = bi[y];
-      --y;
-    }
-    bi[y + 1] = v;
-  }
-  for (int m = 0; m < keep; ++m) out[m] = bi[m];
-  writeRowTail(out, keep, c, topK);
 }
 
 // The last step of a row in the tensor-core gates (its owner thread): a row
 // with at most keep past blocks takes them all; a row written right after
 // the selection is done; a row without a band (state < 0, not written)
 // goes on the fallback list for the exact kernel; any other is ranked from
-// its band (bandS, bandI: nb entries, the first nc certain).
+// its band (bandS, bandI: nb entries, the first nc certain). keep is at
+// most kMaxKeep (writeRankedBand).
+template <int kMaxKeep>
 __device__ __forceinline__ void finishRow(const GateArgs& a, int h, int row, int c, int keep, int state, float* bandS,
                                           int* bandI, int nc, int nb) {
   int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row) * a.topK;
@@ -428,7 +461,7 @@ __device__ __forceinline__ void finishRow(const GateArgs& a, int h, int row, int
   } else if (state < 0) {
     a.fallback[atomicAdd(a.fallbackCount, 1)] = h * a.totalQ + row;
   } else {
-    writeRankedBand(bandS, bandI, nc, nb, keep, c, a.topK, out);
+    writeRankedBand<kMaxKeep>(bandS, bandI, nc, nb, keep, c, a.topK, out);
   }
 }
 

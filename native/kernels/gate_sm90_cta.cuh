@@ -162,8 +162,9 @@ __device__ __forceinline__ void awaitTileProduct(float (&acc)[8][4], uint32_t (&
 // are re-scored exactly, a warp at a time; then each owner ranks its row's
 // band and writes the row (finishRow). rowState: band size, -1 (exact
 // kernel) or kRowWritten; rowCertain: the band's certain prefix; bands of
-// KB entries per row; queues of kQueueInts per warp.
-template <typename T, int D, int KB, int kQueueInts>
+// KB entries per row; queues of kQueueInts per warp; rows keep at most
+// kMaxKeep blocks.
+template <typename T, int D, int KB, int kQueueInts, int kMaxKeep>
 __device__ __forceinline__ void finishCtaRows(const GateArgs& a, const Sm90Place& p, const int* rowState,
                                               const int* rowCertain, int* queues, float* bandS, int* bandI) {
   const RowTile& t = p.tile;
@@ -180,7 +181,7 @@ __device__ __forceinline__ void finishCtaRows(const GateArgs& a, const Sm90Place
       [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[t.b]) * a.nkvh + t.kvh) * D; },
       static_cast<size_t>(a.nkvh) * D, p.qBase, p.qRowStride, bandI, bandS, p.lane);
   if (p.owner && p.ownRow < t.nRows)
-    finishRow(a, t.h, t.row0 + p.ownRow, c, p.keepMax, state, bandS + p.ownRow * KB, bandI + p.ownRow * KB, nc, nb);
+    finishRow<kMaxKeep>(a, t.h, t.row0 + p.ownRow, c, p.keepMax, state, bandS + p.ownRow * KB, bandI + p.ownRow * KB, nc, nb);
 }
 
 // Launches a gate scores kernel with its dynamic shared memory.

@@ -550,7 +550,7 @@ __global__ void __launch_bounds__(FastCfg<D, KL>::kThreads, FastCfg<D, KL>::kCta
       static_cast<size_t>(a.nkvh) * D, qBase, qRowStride, bandI, bandS, lane);
 
   if (ownRow < nRows)
-    finishRow(a, h, row0 + ownRow, c, keepMax, state, bandS + ownRow * KL, bandI + ownRow * KL, nc, nb);
+    finishRow<kKeepSlot + 1>(a, h, row0 + ownRow, c, keepMax, state, bandS + ownRow * KL, bandI + ownRow * KL, nc, nb);
 }
 
 template <typename T, int D, int KL, bool kPacked>

@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
     waitForPrimaryGrid();  // every CTA: this grid never completes ahead of those before it
   }
 
-  finishCtaRows<T, D, KB, C::kQueueInts>(a, p, rowState, rowCertain, queues, bandS, bandI);
+  finishCtaRows<T, D, KB, C::kQueueInts, Wide ? kWideMaxTopK - 1 : 7>(a, p, rowState, rowCertain, queues, bandS, bandI);
 #endif
 }
 

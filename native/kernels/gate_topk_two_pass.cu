@@ -6,15 +6,17 @@
 // past topK 12, and a heap per row in shared memory (gate_topk_large.cu)
 // pays a dependent insertion for every block that enters it, on FP32 scores.
 // Here a row's work per score is the same few instructions whatever keep:
-//  1. Each thread keeps, for each of its two rows, the best packed entry of
+//  1. Each thread keeps, for each of its two rows, the best raw score of
 //     each of its 16 columns: a column's blocks are 64 apart, one max per
-//     score. The quad's 64 column maxima are distinct entries of the row, so
-//     their keep-th best is at most the row's keep-th best packed value, and
-//     its band floor T at most the row's band floor L (bandFloor increases
+//     score. The quad's 64 column maxima are scores of distinct blocks, so
+//     their keep-th best is at most the row's keep-th best score; lowered
+//     by the packing's error it bounds the row's keep-th best packed entry,
+//     and its band floor T the row's band floor L (bandFloor increases
 //     with its argument).
-//  2. The tiles again: every entry at or above T joins the row's candidates
-//     in shared memory (up to kCap; a row with more takes the exact kernel).
-//     On i.i.d. scores a row has about keep + 12 of them.
+//  2. The tiles again: every score whose packed entry may reach T (one
+//     compare of the raw score) joins the row's candidates in shared memory
+//     as a packed entry (up to kCap; a row with more takes the exact
+//     kernel). On i.i.d. scores a row has about keep + 12 of them.
 // Then the quad sorts the row's candidates (16 per lane, merged across the
 // quad), and the band [L, ...), its certain prefix, the exact re-scoring of
 // the rest and the ranked output are those of the other tensor-core gates,
@@ -64,9 +66,13 @@ struct TwoPassCfg {
   static constexpr int kStageBytes = kBN * D * 2;
   static constexpr int kCap = 64;   // candidates per row: 16 per lane of the quad
   static constexpr int kBand = kCap;
+  // Rows of candidates and bands one word past their size: the quad's
+  // lanes and a warp's 16 row owners then touch distinct banks.
+  static constexpr int kCandStride = kCap + 1;
+  static constexpr int kBandStride = kBand + 1;
   static constexpr int kQueueInts = 16 * kBand;  // a warp's re-scoring queue: 16 rows
-  static constexpr int kLoopBytes = kStages * kStageBytes + kRows * kCap * 4;
-  static constexpr int kAfterLoop = kRows * kBand * 8 + kWarps * kQueueInts * 4;
+  static constexpr int kLoopBytes = kStages * kStageBytes + kRows * kCandStride * 4;
+  static constexpr int kAfterLoop = kRows * kBandStride * 8 + kWarps * kQueueInts * 4;
   static constexpr int kBytes = kLoopBytes > kAfterLoop ? kLoopBytes : kAfterLoop;
   static constexpr int kSmemBytes = kBytes + 1024;  // + alignment of the swizzled tiles
   static constexpr int kCtasPerSm = 4;
@@ -113,13 +119,14 @@ __device__ __forceinline__ float quadRank(const float (&v)[16], int r, int lane)
   return __shfl_sync(kFull, pick<16>(v, r & 15), (lane & ~3) | (r >> 4));
 }
 
-// Column 8 i + 2 tq + e of a tile is block jq | (8 i + e), jq = j0 | 2 tq;
-// slot 2 i + e of the thread's row (acc: row half 0 in elements 0-1, half 1
-// in 2-3 of each 8-column chunk). Columns at or past a row's own block (c0,
-// c1) are masked, tested only where some row of the warp needs it (cMin,
-// cMax: the warp's fewest and most past blocks; warp-uniform).
+// f(hf, s, j, past, x) for each score x of the tile the thread holds:
+// column 8 i + 2 tq + e is block j = jq | (8 i + e), jq = j0 | 2 tq, slot
+// s = 2 i + e of row half hf (acc: half 0 in elements 0-1, half 1 in 2-3 of
+// each 8-column chunk). past: j is below the row's own block (cA, cB),
+// tested only where some row of the warp needs it (cMin, cMax: the warp's
+// fewest and most past blocks; warp-uniform).
 template <typename F>
-__device__ __forceinline__ void forEachEntry(const float (&acc)[8][4], int j0, int jq, uint32_t notMask, int cMin,
+__device__ __forceinline__ void forEachEntry(const float (&acc)[8][4], int j0, int jq, int cA, int cB, int cMin,
                                              int cMax, F&& f) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
@@ -129,10 +136,18 @@ __device__ __forceinline__ void forEachEntry(const float (&acc)[8][4], int j0, i
     for (int e = 0; e < 2; ++e) {
       const int j = jq | (8 * i + e);
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf)
-        f(hf, 2 * i + e, j, masked, __int_as_float((__float_as_int(acc[i][2 * hf + e]) & notMask) | static_cast<uint32_t>(j)));
+      for (int hf = 0; hf < 2; ++hf) f(hf, 2 * i + e, j, !masked || j < (hf ? cB : cA), acc[i][2 * hf + e]);
     }
   }
+}
+
+// Packing moves a score x by at most rel |x| (packingRel), and x - rel |x|
+// increases with x. So a score of at least v has a packed entry of at
+// least packedFloor(v); and a score whose packed entry reaches v is at
+// least rawFloor(v) (2 rel |v| covers rel |x| near v).
+__device__ __forceinline__ float packedFloor(float v, float rel) { return __fsub_rd(v, __fmul_ru(rel, fabsf(v))); }
+__device__ __forceinline__ float rawFloor(float v, float rel) {
+  return __fsub_rd(v, __fmul_ru(2.f * rel, fabsf(v)));
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
@@ -140,16 +155,16 @@ template <typename T, int D>
 __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasPerSm) twoPassKernelSm90(GateArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = TwoPassCfg<D>;
-  constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, KB = C::kBand, kCap = C::kCap;
+  constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, KBS = C::kBandStride, kCap = C::kCap;
   extern __shared__ uint8_t smemRaw[];
   const uint32_t rawAddr = smemAddr(smemRaw);
   const uint32_t stages = (rawAddr + 1023u) & ~1023u;
   uint8_t* smem = smemRaw + (stages - rawAddr);
-  float* cand = reinterpret_cast<float*>(smem + kStages * C::kStageBytes);  // [row][kCap]
+  float* cand = reinterpret_cast<float*>(smem + kStages * C::kStageBytes);  // [row][kCandStride]
   // After the second pass all of it holds each row's band and the warps' queues.
   float* bandS = reinterpret_cast<float*>(smem);
-  int* bandI = reinterpret_cast<int*>(smem + kRows * KB * 4);
-  int* queues = reinterpret_cast<int*>(smem + kRows * KB * 8);
+  int* bandI = reinterpret_cast<int*>(smem + kRows * KBS * 4);
+  int* queues = reinterpret_cast<int*>(smem + kRows * KBS * 8);
   __shared__ int candCount[kRows];
   // Band size; or -1: hand to the exact kernel.
   __shared__ int rowState[kRows];
@@ -196,7 +211,7 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
     for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
       for (int s = 0; s < 16; ++s) slots[hf][s] = -INFINITY;
-    float thr[2] = {INFINITY, INFINITY};
+    float thr[2] = {INFINITY, INFINITY};  // raw scores at or above it are candidates
     float acc[8][4];
 #pragma unroll
     for (int i = 0; i < 8; ++i)
@@ -211,14 +226,16 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
       if (n == numCTiles) {
         // Between the passes, while the first product of the second runs:
         // each row's floor T from its quad's column maxima (warp-uniform).
+        // The keep-th best raw maximum is at most the row's keep-th best raw
+        // score, so its packedFloor is at most the keep-th best entry.
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           quadSort64(slots[hf], tq);
-          const float kth = quadRank(slots[hf], keepMax - 1, lane);
+          const float kth = packedFloor(quadRank(slots[hf], keepMax - 1, lane), rel);
           const int c = hf ? cB : cA;
           const RowBound& rb = hf ? rbB : rbA;
           // Rows with at most keep past blocks, or without a bound, collect nothing.
-          if (c > keepMax && rb.ok) thr[hf] = bandFloor(kth, 2.f * rb.eps, rel);
+          if (c > keepMax && rb.ok) thr[hf] = rawFloor(bandFloor(kth, 2.f * rb.eps, rel), rel);
         }
       }
       awaitTileProduct<D>(acc, qa);
@@ -227,28 +244,31 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
       if (j0 >= cWarpMax) continue;  // warp-uniform: no row of the warp has these blocks
       const int jq = j0 | (2 * tq);
       if (!second) {
-        forEachEntry(acc, j0, jq, ~packMask, cWarpMin, cWarpMax, [&](int hf, int s, int j, bool masked, float x) {
-          const bool past = !masked || j < (hf ? cB : cA);
+        forEachEntry(acc, j0, jq, cA, cB, cWarpMin, cWarpMax, [&](int hf, int s, int, bool past, float x) {
           slots[hf][s] = fmaxf(slots[hf][s], past ? x : -INFINITY);
         });
       } else {
-        // Entries at or above T, appended to the row's candidates: a count,
-        // one shared-memory atomic per row, then predicated stores.
-        int cnt[2] = {0, 0};
-        forEachEntry(acc, j0, jq, ~packMask, cWarpMin, cWarpMax, [&](int hf, int, int j, bool masked, float x) {
-          const bool past = !masked || j < (hf ? cB : cA);
-          cnt[hf] += past && x >= thr[hf] ? 1 : 0;
+        // Scores at or above the floor join the row's candidates as packed
+        // entries: one compare each into a bit mask (bit 16 hf + s), one
+        // shared-memory atomic per row, then the stores.
+        uint32_t take = 0;
+        forEachEntry(acc, j0, jq, cA, cB, cWarpMin, cWarpMax, [&](int hf, int s, int, bool past, float x) {
+          take |= past && x >= thr[hf] ? 1u << (16 * hf + s) : 0u;
         });
-        int pos[2];
+        if (take != 0) {
+          int pos[2];
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) pos[hf] = cnt[hf] > 0 ? atomicAdd(&candCount[hf ? rowB : rowA], cnt[hf]) : 0;
-        forEachEntry(acc, j0, jq, ~packMask, cWarpMin, cWarpMax, [&](int hf, int, int j, bool masked, float x) {
-          const bool past = !masked || j < (hf ? cB : cA);
-          if (past && x >= thr[hf]) {
-            if (pos[hf] < kCap) cand[(hf ? rowB : rowA) * kCap + pos[hf]] = x;
-            ++pos[hf];
+          for (int hf = 0; hf < 2; ++hf) {
+            const int cnt = __popc(hf ? take >> 16 : take & 0xffffu);
+            pos[hf] = cnt > 0 ? atomicAdd(&candCount[hf ? rowB : rowA], cnt) : 0;
           }
-        });
+          forEachEntry(acc, j0, jq, cA, cB, cWarpMin, cWarpMax, [&](int hf, int s, int j, bool, float x) {
+            if ((take >> (16 * hf + s)) & 1u) {
+              if (pos[hf] < kCap) cand[(hf ? rowB : rowA) * C::kCandStride + pos[hf]] = packEntry(x, packMask, j);
+              ++pos[hf];
+            }
+          });
+        }
       }
     }
     cpAsyncWait<0>();
@@ -263,7 +283,7 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
       count[hf] = candCount[r];
       const int have = min(count[hf], kCap);
 #pragma unroll
-      for (int m = 0; m < 16; ++m) cv[hf][m] = 16 * tq + m < have ? cand[r * kCap + 16 * tq + m] : -INFINITY;
+      for (int m = 0; m < 16; ++m) cv[hf][m] = 16 * tq + m < have ? cand[r * C::kCandStride + 16 * tq + m] : -INFINITY;
     }
     __syncthreads();  // the stages and candidates become band buffers
 #pragma unroll
@@ -273,9 +293,8 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
       const int c = hf ? cB : cA;
       const RowBound& rb = hf ? rbB : rbA;
       const float twoEps = 2.f * rb.eps;
-      const int keep = keepMax;
-      const float kth = quadRank(cv[hf], keep - 1, lane);
-      const float next = quadRank(cv[hf], keep, lane);
+      const float kth = quadRank(cv[hf], keepMax - 1, lane);
+      const float next = quadRank(cv[hf], keepMax, lane);
       const float L = bandFloor(kth, twoEps, rel);
       // The band is the row's entries at or above L (all of them candidates,
       // as T <= L); its certain prefix outranks the (keep+1)-th and so every
@@ -284,7 +303,7 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
 #pragma unroll
       for (int m = 0; m < 16; ++m) {
         nb += cv[hf][m] >= L ? 1 : 0;
-        nc += 16 * tq + m < keep && certainAbove(cv[hf][m], next, twoEps, rel) ? 1 : 0;
+        nc += 16 * tq + m < keepMax && certainAbove(cv[hf][m], next, twoEps, rel) ? 1 : 0;
       }
 #pragma unroll
       for (int off = 1; off <= 2; off <<= 1) {
@@ -296,8 +315,8 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
 #pragma unroll
         for (int m = 0; m < 16; ++m) {
           if (16 * tq + m < nb) {
-            bandS[r * KB + 16 * tq + m] = cv[hf][m];
-            bandI[r * KB + 16 * tq + m] = packedIndex(cv[hf][m], packMask);
+            bandS[r * KBS + 16 * tq + m] = cv[hf][m];
+            bandI[r * KBS + 16 * tq + m] = packedIndex(cv[hf][m], packMask);
           }
         }
       }
@@ -311,7 +330,7 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
     waitForPrimaryGrid();  // every CTA: this grid never completes ahead of those before it
   }
 
-  finishCtaRows<T, D, KB, C::kQueueInts>(a, p, rowState, rowCertain, queues, bandS, bandI);
+  finishCtaRows<T, D, KBS, C::kQueueInts, kTwoPassMaxTopK - 1>(a, p, rowState, rowCertain, queues, bandS, bandI);
 #endif
 }
 
