@@ -113,11 +113,10 @@ Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles,
 bool gateUsesSm90(int topK, int packBits, int maxBlocks, const CudaContext& ctx);
 Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
 // topK 17 to 32 in two passes over the centroid tiles (gate_topk_two_pass.cu),
-// on compute capability 9.0 devices when the addon holds sm_90a code, some
-// sequence has more than one tile (64) of blocks (maxBlocks) and packBits
-// allows packed entries, unless MOBA_GATE_KERNEL=sm80 keeps
+// on compute capability 9.0 devices when the addon holds sm_90a code and
+// packBits allows packed entries, unless MOBA_GATE_KERNEL=sm80 keeps
 // launchGateLarge. The same tiles as launchGateLarge, the same results.
-bool gateUsesTwoPass(int topK, int packBits, int maxBlocks, const CudaContext& ctx);
+bool gateUsesTwoPass(int topK, int packBits, const CudaContext& ctx);
 Status launchGateTwoPass(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
 // Every row by gate_topk_large.cu (plan.large); numTiles tiles of kGateLargeTileRows rows.
 // Rows it cannot certify go to a.fallback for the exact kernel.

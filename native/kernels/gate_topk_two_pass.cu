@@ -25,9 +25,9 @@
 // A row's keep-th best among the column maxima is only a useful floor while
 // keep is well below the quad's 64 columns: at keep 31 (topK 32) about 43
 // candidates on i.i.d. scores, at keep 47 about 78, past the capacity. So
-// topK 33 and more stay on gate_topk_large.cu, as do sequences of one tile
-// of blocks or fewer (kTwoPassMinBlocks).
+// topK 33 and more stay on gate_topk_large.cu.
 #include <climits>
+#include <type_traits>
 
 #include "common/attn_device.cuh"
 #include "common/cuda_context.h"
@@ -48,13 +48,6 @@ namespace {
 using namespace gate;
 
 constexpr int kTwoPassMinTopK = 17, kTwoPassMaxTopK = 32;
-// Sequences of at most one tile of blocks stay on gate_topk_large.cu: both
-// kernels then score one tile per CTA, this one twice, and its fp16 bound
-// contests more blocks than the large kernel's FP32 one where scores share a
-// large component. (2048, 24) at 128K, 64 blocks: 5.33 / 4.48 ms random /
-// drift there, 5.20 / 7.60 here; (1024, 20), 128 blocks: 9.80 / 8.87 there,
-// 5.70 / 7.89 here.
-constexpr int kTwoPassMinBlocks = 65;
 
 template <int D>
 struct TwoPassCfg {
@@ -122,16 +115,16 @@ __device__ __forceinline__ float quadRank(const float (&v)[16], int r, int lane)
 // f(hf, s, j, past, x) for each score x of the tile the thread holds:
 // column 8 i + 2 tq + e is block j = jq | (8 i + e), jq = j0 | 2 tq, slot
 // s = 2 i + e of row half hf (acc: half 0 in elements 0-1, half 1 in 2-3 of
-// each 8-column chunk). past: j is below the row's own block (cA, cB),
-// tested only where some row of the warp needs it (cMin, cMax: the warp's
-// fewest and most past blocks; warp-uniform).
-template <typename F>
+// each 8-column chunk). past: j is below the row's own block (cA, cB).
+// Only a Masked tile (one that reaches past cMin, the fewest past blocks of
+// the warp's rows) tests it, and stops at cMax, the most.
+template <bool Masked, typename F>
 __device__ __forceinline__ void forEachEntry(const float (&acc)[8][4], int j0, int jq, int cA, int cB, int cMin,
                                              int cMax, F&& f) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    if (j0 + 8 * i >= cMax) break;  // no row of the warp has these blocks
-    const bool masked = j0 + 8 * (i + 1) > cMin;
+    if (Masked && j0 + 8 * i >= cMax) break;  // no row of the warp has these blocks
+    const bool masked = Masked && j0 + 8 * (i + 1) > cMin;
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int j = jq | (8 * i + e);
@@ -211,65 +204,90 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
     for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
       for (int s = 0; s < 16; ++s) slots[hf][s] = -INFINITY;
-    float thr[2] = {INFINITY, INFINITY};  // raw scores at or above it are candidates
     float acc[8][4];
 #pragma unroll
     for (int i = 0; i < 8; ++i)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
-    for (int n = 0; n < numLoads; ++n) {
+    // Load n's product: issued once its tile is in, and awaited.
+    auto issueProduct = [&](int n) {
       cpAsyncWait<kStages - 2>();
       attn::fenceProxyAsync();  // this thread's copies, visible to wgmma's reads
       __syncthreads();
       loadNextTile();
       issueTileProduct<D, kBN>(acc, qa, stages + (n % kStages) * C::kStageBytes);
-      if (n == numCTiles) {
-        // Between the passes, while the first product of the second runs:
-        // each row's floor T from its quad's column maxima (warp-uniform).
-        // The keep-th best raw maximum is at most the row's keep-th best raw
-        // score, so its packedFloor is at most the keep-th best entry.
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          quadSort64(slots[hf], tq);
-          const float kth = packedFloor(quadRank(slots[hf], keepMax - 1, lane), rel);
-          const int c = hf ? cB : cA;
-          const RowBound& rb = hf ? rbB : rbA;
-          // Rows with at most keep past blocks, or without a bound, collect nothing.
-          if (c > keepMax && rb.ok) thr[hf] = rawFloor(bandFloor(kth, 2.f * rb.eps, rel), rel);
-        }
-      }
-      awaitTileProduct<D>(acc, qa);
-      const bool second = n >= numCTiles;
-      const int j0 = (second ? n - numCTiles : n) * kBN;
-      if (j0 >= cWarpMax) continue;  // warp-uniform: no row of the warp has these blocks
-      const int jq = j0 | (2 * tq);
-      if (!second) {
-        forEachEntry(acc, j0, jq, cA, cB, cWarpMin, cWarpMax, [&](int hf, int s, int, bool past, float x) {
-          slots[hf][s] = fmaxf(slots[hf][s], past ? x : -INFINITY);
-        });
+    };
+    // The tile's body, by whether its columns need the past test (a column
+    // is not past for some row of the warp; warp-uniform).
+    auto forTile = [&](int j0, auto&& body) {
+      if (j0 >= cWarpMax) return;  // no row of the warp has these blocks
+      if (j0 + kBN > cWarpMin) {
+        body(std::true_type{});
       } else {
-        // Scores at or above the floor join the row's candidates as packed
-        // entries: one compare each into a bit mask (bit 16 hf + s), one
-        // shared-memory atomic per row, then the stores.
+        body(std::false_type{});
+      }
+    };
+
+    // Pass 1: column maxima.
+    for (int n = 0; n < numCTiles; ++n) {
+      issueProduct(n);
+      awaitTileProduct<D>(acc, qa);
+      const int j0 = n * kBN;
+      forTile(j0, [&](auto masked) {
+        forEachEntry<decltype(masked)::value>(acc, j0, j0 | (2 * tq), cA, cB, cWarpMin, cWarpMax,
+                                              [&](int hf, int s, int, bool past, float x) {
+                                                slots[hf][s] = fmaxf(slots[hf][s], past ? x : -INFINITY);
+                                              });
+      });
+    }
+    // Between the passes, while the first product of the second runs: each
+    // row's floor from its quad's column maxima (warp-uniform). The keep-th
+    // best raw maximum is at most the row's keep-th best raw score, so its
+    // packedFloor is at most the keep-th best entry.
+    issueProduct(numCTiles);
+    float thr[2] = {INFINITY, INFINITY};  // raw scores at or above it are candidates
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      quadSort64(slots[hf], tq);
+      const float kth = packedFloor(quadRank(slots[hf], keepMax - 1, lane), rel);
+      const int c = hf ? cB : cA;
+      const RowBound& rb = hf ? rbB : rbA;
+      // Rows with at most keep past blocks, or without a bound, collect nothing.
+      if (c > keepMax && rb.ok) thr[hf] = rawFloor(bandFloor(kth, 2.f * rb.eps, rel), rel);
+    }
+
+    // Pass 2: scores at or above the floor join the row's candidates as
+    // packed entries: one compare each into a bit mask (bit 16 hf + s), one
+    // shared-memory atomic per row, then a store of every entry, without
+    // branches: those not taken, or past the row's capacity, go to the row's
+    // pad word (column kCap).
+    float* const candA = cand + rowA * C::kCandStride;
+    float* const candB = cand + rowB * C::kCandStride;
+    for (int n = numCTiles; n < numLoads; ++n) {
+      if (n > numCTiles) issueProduct(n);
+      awaitTileProduct<D>(acc, qa);
+      const int j0 = (n - numCTiles) * kBN;
+      const int jq = j0 | (2 * tq);
+      forTile(j0, [&](auto masked) {
+        constexpr bool kMasked = decltype(masked)::value;
         uint32_t take = 0;
-        forEachEntry(acc, j0, jq, cA, cB, cWarpMin, cWarpMax, [&](int hf, int s, int, bool past, float x) {
+        forEachEntry<kMasked>(acc, j0, jq, cA, cB, cWarpMin, cWarpMax, [&](int hf, int s, int, bool past, float x) {
           take |= past && x >= thr[hf] ? 1u << (16 * hf + s) : 0u;
         });
-        if (take != 0) {
-          int pos[2];
+        if (take == 0) return;
+        int pos[2];
 #pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const int cnt = __popc(hf ? take >> 16 : take & 0xffffu);
-            pos[hf] = cnt > 0 ? atomicAdd(&candCount[hf ? rowB : rowA], cnt) : 0;
-          }
-          forEachEntry(acc, j0, jq, cA, cB, cWarpMin, cWarpMax, [&](int hf, int s, int j, bool, float x) {
-            if ((take >> (16 * hf + s)) & 1u) {
-              if (pos[hf] < kCap) cand[(hf ? rowB : rowA) * C::kCandStride + pos[hf]] = packEntry(x, packMask, j);
-              ++pos[hf];
-            }
-          });
+        for (int hf = 0; hf < 2; ++hf) {
+          const int cnt = __popc(hf ? take >> 16 : take & 0xffffu);
+          pos[hf] = cnt > 0 ? atomicAdd(&candCount[hf ? rowB : rowA], cnt) : 0;
         }
-      }
+        forEachEntry<kMasked>(acc, j0, jq, cA, cB, cWarpMin, cWarpMax, [&](int hf, int s, int j, bool, float x) {
+          const bool taken = (take >> (16 * hf + s)) & 1u;
+          const int col = taken && pos[hf] < kCap ? pos[hf] : kCap;
+          (hf ? candB : candA)[col] = packEntry(x, packMask, j);
+          pos[hf] += taken ? 1 : 0;
+        });
+      });
     }
     cpAsyncWait<0>();
     __syncthreads();  // every candidate is in
@@ -344,10 +362,10 @@ Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t
 
 }  // namespace
 
-bool gateUsesTwoPass(int topK, int packBits, int maxBlocks, const CudaContext& ctx) {
+bool gateUsesTwoPass(int topK, int packBits, const CudaContext& ctx) {
   static const bool forceOld = envIs("MOBA_GATE_KERNEL", "sm80");
   return runsSm90a(ctx) && !forceOld && topK >= kTwoPassMinTopK && topK <= kTwoPassMaxTopK &&
-         maxBlocks >= kTwoPassMinBlocks && packBits <= kGateMaxPackBits;
+         packBits <= kGateMaxPackBits;
 }
 
 Status launchGateTwoPass(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream) {

@@ -94,7 +94,7 @@ Status enqueueGate(const GateParams& p, const GatePlan& plan, CudaContext& ctx, 
     MOBA_RETURN_IF_ERROR(gateUsesSm90(p.topK, plan.packBits, plan.maxBlocks, ctx)
                              ? launchGateFastSm90(a, p.dtype, plan.numTiles, dependent, ctx.stream)
                              : launchGateFast(a, p.dtype, plan.listCap, plan.numTiles, dependent, ctx.stream));
-  } else if (gateUsesTwoPass(p.topK, plan.packBits, plan.maxBlocks, ctx)) {
+  } else if (gateUsesTwoPass(p.topK, plan.packBits, ctx)) {
     MOBA_RETURN_IF_ERROR(launchGateTwoPass(a, p.dtype, plan.numTiles, dependent, ctx.stream));
   } else {
     MOBA_RETURN_IF_ERROR(launchGateLarge(a, p.dtype, plan.numTiles, dependent, ctx.stream));
