@@ -22,20 +22,19 @@
 //     on wgmma and, per thread, a branch-free best four (topK 2, 3) or best
 //     eight (topK 4 to 8) of the columns it holds, merged per row; the same
 //     band, certification and fallback.
-//     gate_topk_two_pass.cu takes topK 17 to 32 on Hopper where a sequence
-//     has more than one tile (64) of blocks: the same wgmma scores, twice.
-//     The first pass keeps each row's best block per column of its tiles
-//     (one max per score); their keep-th best bounds the row's from below,
-//     and the second pass collects the blocks at or above that floor (less
-//     the band's margin) into the row's candidates in shared memory, from
-//     which the quad sorts the band.
-//  3. gate_topk_large.cu (topK 17 to 256; on Hopper 33 to 256, and 17 to
-//     32 over at most 64 blocks): tiles of query rows against tiles of fp32
-//     centroids on the FP32 pipes (FMA, within a proven distance of the CPU
-//     backend's scores), a heap of each row's best blocks in shared memory;
-//     blocks too close to the boundary to order are re-scored in the CPU's
-//     summation order, and rows with too many such near-ties, or NaN/Inf
-//     data, go to the exact kernel's list.
+//     gate_topk_two_pass.cu takes topK 17 to 32 on Hopper: the same wgmma
+//     scores, twice. The first pass keeps each row's best score per column
+//     of its tiles (one max per score); their keep-th best bounds the row's
+//     from below, and the second pass collects the blocks at or above that
+//     floor (less the band's margin) into the row's candidates in shared
+//     memory, from which the quad sorts the band.
+//  3. gate_topk_large.cu (topK 17 to 256; on Hopper 33 to 256): tiles of
+//     query rows against tiles of fp32 centroids on the FP32 pipes (FMA,
+//     within a proven distance of the CPU backend's scores), a heap of each
+//     row's best blocks in shared memory; blocks too close to the boundary
+//     to order are re-scored in the CPU's summation order, and rows with
+//     too many such near-ties, or NaN/Inf data, go to the exact kernel's
+//     list.
 //  4. gate_exact_rows.cu: the rows steps 2 and 3 hand back, one CTA each:
 //     exact fp32 scores of every past block, exact top-(topK-1).
 //     gate_own_block.cu: topK 1 keeps the current block alone, so nothing
