@@ -329,9 +329,10 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     using device = open();
     using cpu = opts.cuda ? openDevice({ backend: 'cpu', poisonOutputs: true }) : undefined;
     const rng = rngFor('gate past one tile');
-    // On Hopper a batch whose longest sequence has more than 64 blocks takes
-    // the two-pass kernel for topK 17 to 32; the sweep's shorter ones take
-    // the large-topK kernel. The second sequence stays short.
+    // On Hopper topK 17 to 32 takes the two-pass kernel. The sweep's
+    // sequences have one tile (64) of blocks or fewer; the first sequence
+    // here has more, so both passes run over several tiles. The second
+    // sequence stays short.
     const configs = [
       [17, 16, 'bf16', 1, false], [20, 24, 'f16', 2, true], [24, 16, 'f16', 4, false],
       [28, 20, 'bf16', 1, true], [32, 16, 'bf16', 2, true], [32, 32, 'f16', 1, false],
@@ -355,11 +356,10 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
   it('selects a row whose best blocks share one column of every tile, topK 17 to 32', async () => {
     using device = open();
     const rng = rngFor('gate shared column');
-    // On Hopper, topK 17 to 32 over more than one tile of blocks first takes
-    // each row's best block of each column of its 64-block tiles, and the
-    // keep-th best of those 64 sets a floor for a second pass. Here the best
-    // blocks are all 64 apart (one column), so the floor comes from the
-    // other columns, far below them.
+    // On Hopper, topK 17 to 32 first takes each row's best score of each
+    // column of its 64-block tiles, and the keep-th best of those 64 sets a
+    // floor for a second pass. Here the best blocks are all 64 apart (one
+    // column), so the floor comes from the other columns, far below them.
     const chunkSize = 16;
     for (const [topK, column, dtype] of [[32, 5, 'bf16'], [24, 40, 'f16'], [17, 63, 'bf16'], [32, 0, 'f16']] as const) {
       const headDim = opts.headDims[topK % opts.headDims.length]!;
@@ -387,7 +387,7 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     using device = open();
     const rng = rngFor('gate nan inf');
     // topK 3 and 4: the fast path (on Hopper the wgmma kernel, lists of four and of eight); topK 24 the kernels past
-    // topK 16 (on Hopper the two-pass one: chunks of 8 give rows enough blocks, more than one tile of 64).
+    // topK 16 (on Hopper the two-pass one; chunks of 8 give rows more than one tile of 64 blocks).
     for (const [dtype, topK, chunkSize] of [
       ['bf16', 4, 32], ['f16', 4, 32], ['bf16', 3, 32], ['f16', 3, 32], ['bf16', 24, 8], ['f16', 24, 8],
     ] as const) {
