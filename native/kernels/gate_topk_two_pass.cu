@@ -74,21 +74,12 @@ struct TwoPassCfg {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr unsigned kFull = 0xffffffffu;
 
-// Sorts a lane's 16 values best first: two sorts of eight, the second
-// reversed, a clean of sixteen.
-__device__ __forceinline__ void sort16(float (&v)[16]) {
-  sort8<0>(v);
-  sort8<8>(v);
-  reverseRun<8, 8>(v);
-  bitonicClean<0, 16>(v);
-}
-
 // The quad's 64 values (16 per lane, any order) sorted best first across it:
 // lane tq ends with ranks [16 tq, 16 tq + 16). Merge-splits: lanes tq and
 // tq ^ 1 into a sorted 32, then the two 32s (tq ^ 3 on mirrored ranks, a
 // half-cleaner between tq and tq ^ 1, a clean within the lane).
 __device__ __forceinline__ void quadSort64(float (&v)[16], int tq) {
-  sort16(v);
+  sortNetwork(v);
   const bool lowHalf = (tq & 1) == 0, lowPair = tq < 2;
   float o[16];
 #pragma unroll
