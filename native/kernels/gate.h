@@ -22,13 +22,14 @@
 //     on wgmma and, per thread, a branch-free best four (topK 2, 3) or best
 //     eight (topK 4 to 8) of the columns it holds, merged per row; the same
 //     band, certification and fallback.
-//     gate_topk_two_pass.cu takes topK 17 to 32 on Hopper: the same wgmma
+//     gate_topk_two_pass.cu takes topK 17 to 64 on Hopper: the same wgmma
 //     scores, twice. The first pass keeps each row's best score per column
-//     of its tiles (one max per score); their keep-th best bounds the row's
-//     from below, and the second pass collects the blocks at or above that
-//     floor (less the band's margin) into the row's candidates in shared
-//     memory, from which the quad sorts the band.
-//  3. gate_topk_large.cu (topK 17 to 256; on Hopper 33 to 256): tiles of
+//     of its tiles (past topK 32, per column and tile parity; one max per
+//     score); their keep-th best bounds the row's from below, and the
+//     second pass collects the blocks at or above that floor (less the
+//     band's margin) into the row's candidates in shared memory, from which
+//     the quad sorts the band.
+//  3. gate_topk_large.cu (topK 17 to 256; on Hopper 65 to 256): tiles of
 //     query rows against tiles of fp32 centroids on the FP32 pipes (FMA,
 //     within a proven distance of the CPU backend's scores), a heap of each
 //     row's best blocks in shared memory; blocks too close to the boundary

@@ -112,7 +112,7 @@ Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles,
 // same results.
 bool gateUsesSm90(int topK, int packBits, int maxBlocks, const CudaContext& ctx);
 Status launchGateFastSm90(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream);
-// topK 17 to 32 in two passes over the centroid tiles (gate_topk_two_pass.cu),
+// topK 17 to 64 in two passes over the centroid tiles (gate_topk_two_pass.cu),
 // on compute capability 9.0 devices when the addon holds sm_90a code and
 // packBits allows packed entries, unless MOBA_GATE_KERNEL=sm80 keeps
 // launchGateLarge. The same tiles as launchGateLarge, the same results.

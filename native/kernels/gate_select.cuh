@@ -277,7 +277,8 @@ struct DimRun<4> {
 };
 
 // Exact scores of queued band entries, a warp at a time: queue[i] = (row
-// << 8) | slot names entry bandI[row * KL + slot], whose exact score
+// << 8) | slot (16 bits hold it: rows and slots below 256) names entry
+// bandI[row * KL + slot], whose exact score
 // replaces bandS[row * KL + slot]. The CPU backend's order (exactDot):
 // partial sum e collects dims e, e+8, e+16, ... in turn, then
 // ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)). 8 / P lanes take an entry, 4 P
@@ -287,8 +288,8 @@ struct DimRun<4> {
 // pairs. cent: the sequence's fp32 centroids for the KV head, block stride
 // cStride; kLoadUnroll: the 8-dim steps whose loads are in flight at once
 // (rescoreQueued's is for P = 4, with as many registers for the others).
-template <typename T, int D, int KL, int P, int kLoadUnroll>
-__device__ __forceinline__ void rescoreQueuedBy(const int* queue, int total, const float* cent, size_t cStride,
+template <typename T, int D, int KL, int P, int kLoadUnroll, typename Code>
+__device__ __forceinline__ void rescoreQueuedBy(const Code* queue, int total, const float* cent, size_t cStride,
                                                 const uint16_t* qBase, size_t qRowStride, const int* bandI,
                                                 float* bandS, int lane) {
   using Run = DimRun<P>;
@@ -330,8 +331,8 @@ __device__ __forceinline__ void rescoreQueuedBy(const int* queue, int total, con
 // most rows, and eight lanes each then made a warp wait for one round of
 // loads per four entries; two lanes each for every count cost (512, 3)
 // random inputs 3% at 128K, where a warp rarely has more than four.
-template <typename T, int D, int KL, int kLoadUnroll>
-__device__ __forceinline__ void rescoreQueued(const int* queue, int total, const float* cent, size_t cStride,
+template <typename T, int D, int KL, int kLoadUnroll, typename Code>
+__device__ __forceinline__ void rescoreQueued(const Code* queue, int total, const float* cent, size_t cStride,
                                               const uint16_t* qBase, size_t qRowStride, const int* bandI, float* bandS,
                                               int lane) {
   // The same registers of loads in flight for each P.
@@ -354,8 +355,8 @@ __device__ __forceinline__ void rescoreQueued(const int* queue, int total, const
 // centOf() gives the row's fp32 centroids, read only when some lane has
 // work; kLoadUnroll as for rescoreQueued (fewer where the kernel is short
 // of registers).
-template <typename T, int D, int KL, int kLoadUnroll, typename CentOf>
-__device__ __forceinline__ void rescoreContested(int need, int nc, int ownRow, int* queue, CentOf centOf,
+template <typename T, int D, int KL, int kLoadUnroll, typename Code, typename CentOf>
+__device__ __forceinline__ void rescoreContested(int need, int nc, int ownRow, Code* queue, CentOf centOf,
                                                  size_t cStride, const uint16_t* qBase, size_t qRowStride,
                                                  const int* bandI, float* bandS, int lane) {
   int upTo = need;
@@ -366,29 +367,29 @@ __device__ __forceinline__ void rescoreContested(int need, int nc, int ownRow, i
   }
   const int total = __shfl_sync(0xffffffffu, upTo, 31);
   if (total == 0) return;  // warp-uniform
-  for (int i = 0; i < need; ++i) queue[upTo - need + i] = (ownRow << 8) | (nc + i);
+  for (int i = 0; i < need; ++i) queue[upTo - need + i] = static_cast<Code>((ownRow << 8) | (nc + i));
   __syncwarp();
   rescoreQueued<T, D, KL, kLoadUnroll>(queue, total, centOf(), cStride, qBase, qRowStride, bandI, bandS, lane);
   __syncwarp();
 }
 
-// Sorts x[0, N) largest first, N = 16 or 32: sorts of eight, then bitonic
-// merges of the runs.
+// Sorts x[O, O + Len) largest first, Len = 8, 16, 32 or 64: sorts of eight,
+// then bitonic merges of the runs.
+template <int O, int Len, int N, typename V>
+__device__ __forceinline__ void sortRun(V (&x)[N]) {
+  if constexpr (Len == 8) {
+    sort8<O>(x);
+  } else {
+    sortRun<O, Len / 2>(x);
+    sortRun<O + Len / 2, Len / 2>(x);
+    reverseRun<O + Len / 2, Len / 2>(x);
+    bitonicClean<O, Len>(x);
+  }
+}
 template <int N, typename V>
 __device__ __forceinline__ void sortNetwork(V (&x)[N]) {
-  static_assert(N == 16 || N == 32, "networks of 16 or 32");
-  sort8<0>(x);
-  sort8<8>(x);
-  reverseRun<8, 8>(x);
-  bitonicClean<0, 16>(x);
-  if constexpr (N == 32) {
-    sort8<16>(x);
-    sort8<24>(x);
-    reverseRun<24, 8>(x);
-    bitonicClean<16, 16>(x);
-    reverseRun<16, 16>(x);
-    bitonicClean<0, 32>(x);
-  }
+  static_assert(N == 16 || N == 32 || N == 64, "networks of 16, 32 or 64");
+  sortRun<0, N>(x);
 }
 
 // Writes a row's keep (at most N) blocks bi[0, keep) in ascending order, then
@@ -412,20 +413,39 @@ __device__ __forceinline__ void writeBandAscending(const int* bi, int keep, int 
 // and the keep blocks go out ascending, then the row's own block c and -1
 // padding up to topK. keep is at most kMaxKeep, which picks the networks
 // compiled in (the caller's largest keep, at most kRankedBandMaxKeep).
-constexpr int kRankedBandMaxKeep = 31;
+constexpr int kRankedBandMaxKeep = 63;
 template <int kMaxKeep>
 __device__ __forceinline__ void writeRankedBand(float* bs, int* bi, int nc, int nb, int keep, int c, int topK,
                                                 int32_t* out) {
-  for (int r = nc; r < keep; ++r) {  // rank the re-scored entries exactly
-    int best = r;
-    for (int m = r + 1; m < nb; ++m)
-      if (ranksAbove(bs[m], bi[m], bs[best], bi[best])) best = m;
-    const float ts = bs[r];
-    const int ti = bi[r];
-    bs[r] = bs[best];
-    bi[r] = bi[best];
-    bs[best] = ts;
-    bi[best] = ti;
+  // Only the set [0, keep) matters (it goes out in block order), so a row
+  // may move whichever side of the cut is smaller: the best keep - nc
+  // entries of [nc, nb) to the front, or the worst nb - keep to the back.
+  // Scores that trend along the sequence contest much of a long band whose
+  // cut lies near its end (at (128, 64) about 24 of 64 entries, with one
+  // past the cut). Keeps up to 15 (lists in registers, at their register
+  // caps) take the first way only.
+  auto swapEntries = [&](int x, int y) {
+    const float ts = bs[x];
+    const int ti = bi[x];
+    bs[x] = bs[y];
+    bi[x] = bi[y];
+    bs[y] = ts;
+    bi[y] = ti;
+  };
+  if (kMaxKeep <= 15 || keep - nc <= nb - keep) {
+    for (int r = nc; r < keep; ++r) {  // the best of [r, nb) to r
+      int best = r;
+      for (int m = r + 1; m < nb; ++m)
+        if (ranksAbove(bs[m], bi[m], bs[best], bi[best])) best = m;
+      swapEntries(r, best);
+    }
+  } else {
+    for (int e = nb - 1; e >= keep; --e) {  // the worst of [nc, e] to e
+      int worst = e;
+      for (int m = nc; m < e; ++m)
+        if (ranksAbove(bs[worst], bi[worst], bs[m], bi[m])) worst = m;
+      swapEntries(e, worst);
+    }
   }
   // Ascending block order by a sorting network in registers: an insertion
   // sort in shared memory is a chain of dependent loads (about 5% of a
@@ -439,8 +459,10 @@ __device__ __forceinline__ void writeRankedBand(float* bs, int* bi, int nc, int 
     writeCertainRow(idx, keep, c, topK, out);
   } else if (kMaxKeep <= 15 || keep <= 15) {
     writeBandAscending<16>(bi, keep, c, topK, out);
-  } else {
+  } else if (kMaxKeep <= 31 || keep <= 31) {
     writeBandAscending<32>(bi, keep, c, topK, out);
+  } else {
+    writeBandAscending<64>(bi, keep, c, topK, out);
   }
 }
 

@@ -162,11 +162,11 @@ __device__ __forceinline__ void awaitTileProduct(float (&acc)[8][4], uint32_t (&
 // are re-scored exactly, a warp at a time; then each owner ranks its row's
 // band and writes the row (finishRow). rowState: band size, -1 (exact
 // kernel) or kRowWritten; rowCertain: the band's certain prefix; bands of
-// KB entries per row; queues of kQueueInts per warp; rows keep at most
-// kMaxKeep blocks.
-template <typename T, int D, int KB, int kQueueInts, int kMaxKeep>
+// KB entries per row; queues of kQueueLen codes (int or uint16_t) per warp;
+// rows keep at most kMaxKeep blocks.
+template <typename T, int D, int KB, int kQueueLen, int kMaxKeep, typename Code>
 __device__ __forceinline__ void finishCtaRows(const GateArgs& a, const Sm90Place& p, const int* rowState,
-                                              const int* rowCertain, int* queues, float* bandS, int* bandI) {
+                                              const int* rowCertain, Code* queues, float* bandS, int* bandI) {
   const RowTile& t = p.tile;
   const int c = p.pOwn;
   const int state = p.owner && p.ownRow < t.nRows && c > p.keepMax ? rowState[p.ownRow] : -1;
@@ -177,7 +177,7 @@ __device__ __forceinline__ void finishCtaRows(const GateArgs& a, const Sm90Place
   }
   const int need = max(nb - nc, 0);  // entries [nc, nb) of the row get exact scores
   rescoreContested<T, D, KB, D / 8>(
-      need, nc, p.ownRow, queues + p.warp * kQueueInts,
+      need, nc, p.ownRow, queues + p.warp * kQueueLen,
       [&] { return a.cent + (static_cast<size_t>(a.cuBlocks[t.b]) * a.nkvh + t.kvh) * D; },
       static_cast<size_t>(a.nkvh) * D, p.qBase, p.qRowStride, bandI, bandS, p.lane);
   if (p.owner && p.ownRow < t.nRows)

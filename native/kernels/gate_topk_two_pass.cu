@@ -1,4 +1,4 @@
-// Gate scores and top-(k-1) selection on Hopper (sm_90a) for topK 17 to 32,
+// Gate scores and top-(k-1) selection on Hopper (sm_90a) for topK 17 to 64,
 // in two passes over each CTA's centroid tiles, scored on wgmma as in
 // gate_topk_sm90.cu (same q operand, tiles, packed entries and error bound).
 //
@@ -6,26 +6,30 @@
 // past topK 12, and a heap per row in shared memory (gate_topk_large.cu)
 // pays a dependent insertion for every block that enters it, on FP32 scores.
 // Here a row's work per score is the same few instructions whatever keep:
-//  1. Each thread keeps, for each of its two rows, the best raw score of
-//     each of its 16 columns: a column's blocks are 64 apart, one max per
-//     score. The quad's 64 column maxima are scores of distinct blocks, so
-//     their keep-th best is at most the row's keep-th best score; lowered
-//     by the packing's error it bounds the row's keep-th best packed entry,
-//     and its band floor T the row's band floor L (bandFloor increases
-//     with its argument).
+//  1. The row's blocks are cut into parts: a thread's 16 columns of each
+//     tile for its two rows (a column's blocks are 64 apart), and past topK
+//     32 also by the tile's parity. Each thread keeps the best raw score of
+//     each of its parts, one max per score. The quad's part maxima are
+//     scores of distinct blocks, so their keep-th best is at most the row's
+//     keep-th best score; lowered by the packing's error it bounds the
+//     row's keep-th best packed entry, and its band floor T the row's band
+//     floor L (bandFloor increases with its argument).
 //  2. The tiles again: every score whose packed entry may reach T (one
 //     compare of the raw score) joins the row's candidates in shared memory
 //     as a packed entry (up to kCap; a row with more takes the exact
-//     kernel). On i.i.d. scores a row has about keep + 12 of them.
-// Then the quad sorts the row's candidates (16 per lane, merged across the
-// quad), and the band [L, ...), its certain prefix, the exact re-scoring of
-// the rest and the ranked output are those of the other tensor-core gates,
-// so the indices are the CPU backend's.
+//     kernel).
+// Then the quad sorts the row's candidates (kCap / 4 per lane, merged
+// across the quad), and the band [L, ...), its certain prefix, the exact
+// re-scoring of the rest and the ranked output are those of the other
+// tensor-core gates, so the indices are the CPU backend's.
 //
-// A row's keep-th best among the column maxima is only a useful floor while
-// keep is well below the quad's 64 columns: at keep 31 (topK 32) about 43
-// candidates on i.i.d. scores, at keep 47 about 78, past the capacity. So
-// topK 33 and more stay on gate_topk_large.cu.
+// The part maxima give a useful floor only while keep is well below the
+// number of parts. On i.i.d. scores over 512 to 2048 blocks: 64 parts
+// leave about 40 candidates at keep 31 and about 80 at keep 47; 128 parts
+// leave about 55 at keep 47 and 75 to 82 at keep 63 (all measured at 128K
+// but the 64-part keep 47). So topK 17 to 32 takes 64 parts and 64
+// candidates per row, topK 33 to 64 takes 128 of each; topK 65 and more
+// stay on gate_topk_large.cu.
 #include <climits>
 #include <type_traits>
 
@@ -47,60 +51,74 @@ namespace {
 
 using namespace gate;
 
-constexpr int kTwoPassMinTopK = 17, kTwoPassMaxTopK = 32;
+constexpr int kTwoPassMinTopK = 17, kTwoPassNarrowMaxTopK = 32, kTwoPassMaxTopK = 64;
 
-template <int D>
+// kSlots: parts per thread and row (16 columns, times 2 tile parities when
+// wide), also the candidates per lane of the quad.
+template <int D, int kSlots>
 struct TwoPassCfg {
+  static_assert(kSlots == 16 || kSlots == 32, "16 columns, or 16 columns by tile parity");
+  static constexpr bool kWide = kSlots == 32;
+  static constexpr int kParities = kSlots / 16;
+  static constexpr int kMaxKeep = kWide ? kTwoPassMaxTopK - 1 : kTwoPassNarrowMaxTopK - 1;
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRows = kWarps * 16;  // one warpgroup: an m64 product
   static constexpr int kBN = 64;             // centroids per tile
   static constexpr int kStages = 2;
   static constexpr int kStageBytes = kBN * D * 2;
-  static constexpr int kCap = 64;   // candidates per row: 16 per lane of the quad
-  static constexpr int kBand = kCap;
+  static constexpr int kCap = 4 * kSlots;  // candidates per row: kSlots per lane of the quad
+  // Band entries per row; a row with more takes the exact kernel. At keep
+  // 63 a band holds about 64 entries on i.i.d. and trending scores alike;
+  // 96 keeps three wide CTAs per SM in shared memory.
+  static constexpr int kBand = kWide ? 96 : kCap;
   // Rows of candidates and bands one word past their size: the quad's
   // lanes and a warp's 16 row owners then touch distinct banks.
   static constexpr int kCandStride = kCap + 1;
   static constexpr int kBandStride = kBand + 1;
-  static constexpr int kQueueInts = 16 * kBand;  // a warp's re-scoring queue: 16 rows
+  // A warp's re-scoring queue: room for every band entry of its 16 rows,
+  // as 16-bit codes.
+  static constexpr int kQueueLen = 16 * kBand;
   static constexpr int kLoopBytes = kStages * kStageBytes + kRows * kCandStride * 4;
-  static constexpr int kAfterLoop = kRows * kBandStride * 8 + kWarps * kQueueInts * 4;
+  static constexpr int kAfterLoop = kRows * kBandStride * 8 + kWarps * kQueueLen * 2;
   static constexpr int kBytes = kLoopBytes > kAfterLoop ? kLoopBytes : kAfterLoop;
   static constexpr int kSmemBytes = kBytes + 1024;  // + alignment of the swizzled tiles
-  static constexpr int kCtasPerSm = 4;
+  static constexpr int kCtasPerSm = kWide ? 3 : 4;
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr unsigned kFull = 0xffffffffu;
 
-// The quad's 64 values (16 per lane, any order) sorted best first across it:
-// lane tq ends with ranks [16 tq, 16 tq + 16). Merge-splits: lanes tq and
-// tq ^ 1 into a sorted 32, then the two 32s (tq ^ 3 on mirrored ranks, a
+// The quad's 4 N values (N per lane, any order) sorted best first across
+// it: lane tq ends with ranks [N tq, N tq + N). Merge-splits: lanes tq and
+// tq ^ 1 into a sorted 2 N, then the two 2 Ns (tq ^ 3 on mirrored ranks, a
 // half-cleaner between tq and tq ^ 1, a clean within the lane).
-__device__ __forceinline__ void quadSort64(float (&v)[16], int tq) {
+template <int N>
+__device__ __forceinline__ void quadSort(float (&v)[N], int tq) {
   sortNetwork(v);
   const bool lowHalf = (tq & 1) == 0, lowPair = tq < 2;
-  float o[16];
+  float o[N];
 #pragma unroll
-  for (int k = 0; k < 16; ++k) o[k] = __shfl_xor_sync(kFull, v[15 - k], 1);
+  for (int k = 0; k < N; ++k) o[k] = __shfl_xor_sync(kFull, v[N - 1 - k], 1);
 #pragma unroll
-  for (int k = 0; k < 16; ++k) v[k] = lowHalf ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
-  bitonicClean<0, 16>(v);
+  for (int k = 0; k < N; ++k) v[k] = lowHalf ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
+  bitonicClean<0, N>(v);
 #pragma unroll
-  for (int k = 0; k < 16; ++k) o[k] = __shfl_xor_sync(kFull, v[15 - k], 3);
+  for (int k = 0; k < N; ++k) o[k] = __shfl_xor_sync(kFull, v[N - 1 - k], 3);
 #pragma unroll
-  for (int k = 0; k < 16; ++k) v[k] = lowPair ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
+  for (int k = 0; k < N; ++k) v[k] = lowPair ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
 #pragma unroll
-  for (int k = 0; k < 16; ++k) o[k] = __shfl_xor_sync(kFull, v[k], 1);
+  for (int k = 0; k < N; ++k) o[k] = __shfl_xor_sync(kFull, v[k], 1);
 #pragma unroll
-  for (int k = 0; k < 16; ++k) v[k] = lowHalf ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
-  bitonicClean<0, 16>(v);
+  for (int k = 0; k < N; ++k) v[k] = lowHalf ? fmaxf(v[k], o[k]) : fminf(v[k], o[k]);
+  bitonicClean<0, N>(v);
 }
 
-// Rank r (run-time, below 64) of a quad-sorted row, in every lane of the quad.
-__device__ __forceinline__ float quadRank(const float (&v)[16], int r, int lane) {
-  return __shfl_sync(kFull, pick<16>(v, r & 15), (lane & ~3) | (r >> 4));
+// Rank r (run-time, below 4 N) of a quad-sorted row, in every lane of the quad.
+template <int N>
+__device__ __forceinline__ float quadRank(const float (&v)[N], int r, int lane) {
+  static_assert((N & (N - 1)) == 0, "lanes hold a power of two");
+  return __shfl_sync(kFull, pick<N>(v, r & (N - 1)), (lane & ~3) | (r / N));
 }
 
 // f(hf, s, j, past, x) for each score x of the tile the thread holds:
@@ -135,10 +153,11 @@ __device__ __forceinline__ float rawFloor(float v, float rel) {
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <typename T, int D>
-__global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasPerSm) twoPassKernelSm90(GateArgs a) {
+template <typename T, int D, int kSlots>
+__global__ void __launch_bounds__(TwoPassCfg<D, kSlots>::kThreads, TwoPassCfg<D, kSlots>::kCtasPerSm)
+    twoPassKernelSm90(GateArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = TwoPassCfg<D>;
+  using C = TwoPassCfg<D, kSlots>;
   constexpr int kRows = C::kRows, kBN = C::kBN, kStages = C::kStages, KBS = C::kBandStride, kCap = C::kCap;
   extern __shared__ uint8_t smemRaw[];
   const uint32_t rawAddr = smemAddr(smemRaw);
@@ -148,7 +167,7 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
   // After the second pass all of it holds each row's band and the warps' queues.
   float* bandS = reinterpret_cast<float*>(smem);
   int* bandI = reinterpret_cast<int*>(smem + kRows * KBS * 4);
-  int* queues = reinterpret_cast<int*>(smem + kRows * KBS * 8);
+  uint16_t* queues = reinterpret_cast<uint16_t*>(smem + kRows * KBS * 8);
   __shared__ int candCount[kRows];
   // Band size; or -1: hand to the exact kernel.
   __shared__ int rowState[kRows];
@@ -190,11 +209,12 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
     const Sm90Past past = sm90PastOf(a, p);
     const int cA = past.cA, cB = past.cB, cWarpMin = past.cWarpMin, cWarpMax = past.cWarpMax;
 
-    float slots[2][16];
+    // Part maxima: slots[hf][16 parity + s] (parity of the tile when wide).
+    float slots[2][kSlots];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
-      for (int s = 0; s < 16; ++s) slots[hf][s] = -INFINITY;
+      for (int s = 0; s < kSlots; ++s) slots[hf][s] = -INFINITY;
     float acc[8][4];
 #pragma unroll
     for (int i = 0; i < 8; ++i)
@@ -219,27 +239,36 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
       }
     };
 
-    // Pass 1: column maxima.
+    // Pass 1: part maxima. The tile's parity picks the slots at compile
+    // time (a warp-uniform branch between two copies of the body).
     for (int n = 0; n < numCTiles; ++n) {
       issueProduct(n);
       awaitTileProduct<D>(acc, qa);
       const int j0 = n * kBN;
-      forTile(j0, [&](auto masked) {
-        forEachEntry<decltype(masked)::value>(acc, j0, j0 | (2 * tq), cA, cB, cWarpMin, cWarpMax,
-                                              [&](int hf, int s, int, bool past, float x) {
-                                                slots[hf][s] = fmaxf(slots[hf][s], past ? x : -INFINITY);
-                                              });
-      });
+      auto fold = [&](auto parity) {
+        constexpr int kOff = 16 * decltype(parity)::value;
+        forTile(j0, [&](auto masked) {
+          forEachEntry<decltype(masked)::value>(acc, j0, j0 | (2 * tq), cA, cB, cWarpMin, cWarpMax,
+                                                [&](int hf, int s, int, bool past, float x) {
+                                                  slots[hf][kOff + s] = fmaxf(slots[hf][kOff + s], past ? x : -INFINITY);
+                                                });
+        });
+      };
+      if (C::kParities == 2 && (n & 1)) {
+        fold(std::integral_constant<int, C::kParities - 1>{});
+      } else {
+        fold(std::integral_constant<int, 0>{});
+      }
     }
     // Between the passes, while the first product of the second runs: each
-    // row's floor from its quad's column maxima (warp-uniform). The keep-th
+    // row's floor from its quad's part maxima (warp-uniform). The keep-th
     // best raw maximum is at most the row's keep-th best raw score, so its
     // packedFloor is at most the keep-th best entry.
     issueProduct(numCTiles);
     float thr[2] = {INFINITY, INFINITY};  // raw scores at or above it are candidates
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      quadSort64(slots[hf], tq);
+      quadSort(slots[hf], tq);
       const float kth = packedFloor(quadRank(slots[hf], keepMax - 1, lane), rel);
       const int c = hf ? cB : cA;
       const RowBound& rb = hf ? rbB : rbA;
@@ -254,7 +283,11 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
     // pad word (column kCap).
     float* const candA = cand + rowA * C::kCandStride;
     float* const candB = cand + rowB * C::kCandStride;
-    for (int n = numCTiles; n < numLoads; ++n) {
+    // The pass has numCTiles >= 1 tiles. As a do-while the compiler sees no
+    // path that skips awaiting the product issued above (it would add a
+    // wgmma wait of its own after the loop).
+    int n = numCTiles;
+    do {
       if (n > numCTiles) issueProduct(n);
       awaitTileProduct<D>(acc, qa);
       const int j0 = (n - numCTiles) * kBN;
@@ -279,25 +312,25 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
           pos[hf] += taken ? 1 : 0;
         });
       });
-    }
+    } while (++n < numLoads);
     cpAsyncWait<0>();
     __syncthreads();  // every candidate is in
 
-    // Each row's candidates, 16 per lane of the quad, sorted across it.
-    float cv[2][16];
+    // Each row's candidates, kSlots per lane of the quad, sorted across it.
+    float cv[2][kSlots];
     int count[2];
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const int r = hf ? rowB : rowA;
-      count[hf] = candCount[r];
+      count[hf] = candCount[hf ? rowB : rowA];
       const int have = min(count[hf], kCap);
+      const float* rowCand = hf ? candB : candA;
 #pragma unroll
-      for (int m = 0; m < 16; ++m) cv[hf][m] = 16 * tq + m < have ? cand[r * C::kCandStride + 16 * tq + m] : -INFINITY;
+      for (int m = 0; m < kSlots; ++m) cv[hf][m] = kSlots * tq + m < have ? rowCand[kSlots * tq + m] : -INFINITY;
     }
     __syncthreads();  // the stages and candidates become band buffers
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      quadSort64(cv[hf], tq);
+      quadSort(cv[hf], tq);
       const int r = hf ? rowB : rowA;
       const int c = hf ? cB : cA;
       const RowBound& rb = hf ? rbB : rbA;
@@ -310,9 +343,9 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
       // block past it.
       int nb = 0, nc = 0;
 #pragma unroll
-      for (int m = 0; m < 16; ++m) {
+      for (int m = 0; m < kSlots; ++m) {
         nb += cv[hf][m] >= L ? 1 : 0;
-        nc += 16 * tq + m < keepMax && certainAbove(cv[hf][m], next, twoEps, rel) ? 1 : 0;
+        nc += kSlots * tq + m < keepMax && certainAbove(cv[hf][m], next, twoEps, rel) ? 1 : 0;
       }
 #pragma unroll
       for (int off = 1; off <= 2; off <<= 1) {
@@ -320,17 +353,18 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
         nc += __shfl_xor_sync(kFull, nc, off);
       }
       const bool live = r < nRows && c > keepMax;
-      if (live) {
+      const bool exact = !rb.ok || count[hf] > kCap || nb > C::kBand;
+      if (live && !exact) {
 #pragma unroll
-        for (int m = 0; m < 16; ++m) {
-          if (16 * tq + m < nb) {
-            bandS[r * KBS + 16 * tq + m] = cv[hf][m];
-            bandI[r * KBS + 16 * tq + m] = packedIndex(cv[hf][m], packMask);
+        for (int m = 0; m < kSlots; ++m) {
+          if (kSlots * tq + m < nb) {
+            bandS[r * KBS + kSlots * tq + m] = cv[hf][m];
+            bandI[r * KBS + kSlots * tq + m] = packedIndex(cv[hf][m], packMask);
           }
         }
       }
       if (live && tq == hf) {
-        rowState[r] = !rb.ok || count[hf] > kCap ? -1 : nb;
+        rowState[r] = exact ? -1 : nb;
         rowCertain[r] = nc;
       }
     }
@@ -339,15 +373,15 @@ __global__ void __launch_bounds__(TwoPassCfg<D>::kThreads, TwoPassCfg<D>::kCtasP
     waitForPrimaryGrid();  // every CTA: this grid never completes ahead of those before it
   }
 
-  finishCtaRows<T, D, KBS, C::kQueueInts, kTwoPassMaxTopK - 1>(a, p, rowState, rowCertain, queues, bandS, bandI);
+  finishCtaRows<T, D, KBS, C::kQueueLen, C::kMaxKeep>(a, p, rowState, rowCertain, queues, bandS, bandI);
 #endif
 }
 
-template <typename T, int D>
+template <typename T, int D, int kSlots>
 Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t stream) {
-  using C = TwoPassCfg<D>;
+  using C = TwoPassCfg<D, kSlots>;
   const dim3 grid(static_cast<unsigned>(numTiles), static_cast<unsigned>(a.nqh));
-  return launchScoresKernel(twoPassKernelSm90<T, D>, grid, C::kThreads, C::kSmemBytes, a, dependent, stream,
+  return launchScoresKernel(twoPassKernelSm90<T, D, kSlots>, grid, C::kThreads, C::kSmemBytes, a, dependent, stream,
                             "gate scores (two passes)");
 }
 
@@ -362,7 +396,8 @@ bool gateUsesTwoPass(int topK, int packBits, const CudaContext& ctx) {
 Status launchGateTwoPass(const GateArgs& a, DType dtype, int numTiles, bool dependent, cudaStream_t stream) {
   if (numTiles == 0) return Status::Ok();
   return withGateTypes(dtype, a.headDim, [&](auto t, auto d) {
-    return launchTyped<decltype(t), decltype(d)::value>(a, numTiles, dependent, stream);
+    return a.topK > kTwoPassNarrowMaxTopK ? launchTyped<decltype(t), decltype(d)::value, 32>(a, numTiles, dependent, stream)
+                                          : launchTyped<decltype(t), decltype(d)::value, 16>(a, numTiles, dependent, stream);
   });
 }
 

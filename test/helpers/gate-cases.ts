@@ -325,24 +325,28 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     }
   });
 
-  it('matches the reference (and on CUDA the CPU backend) for topK 17 to 32 on sequences past one tile of blocks', async () => {
+  it('matches the reference (and on CUDA the CPU backend) for topK 17 to 64 on sequences past one tile of blocks', async () => {
     using device = open();
     using cpu = opts.cuda ? openDevice({ backend: 'cpu', poisonOutputs: true }) : undefined;
     const rng = rngFor('gate past one tile');
-    // On Hopper topK 17 to 32 takes the two-pass kernel. The sweep's
-    // sequences have one tile (64) of blocks or fewer; the first sequence
-    // here has more, so both passes run over several tiles. The second
-    // sequence stays short.
+    // On Hopper topK 17 to 64 takes the two-pass kernel, whose first pass
+    // keeps a row's best score per column of its 64-block tiles, and past
+    // topK 32 per column and tile parity. The sweep's sequences have one
+    // tile of blocks or two; the first sequence here has more than one tile
+    // (topK up to 32) or more than two (past 32), so both passes run over
+    // several tiles and parities. The second sequence stays short.
     const configs = [
       [17, 16, 'bf16', 1, false], [20, 24, 'f16', 2, true], [24, 16, 'f16', 4, false],
       [28, 20, 'bf16', 1, true], [32, 16, 'bf16', 2, true], [32, 32, 'f16', 1, false],
+      [33, 16, 'f16', 2, false], [40, 8, 'bf16', 1, true], [48, 12, 'f16', 4, true], [64, 8, 'bf16', 2, false],
     ] as const;
     let n = 0;
     const cases: GateCase[] = [];
     for (const [topK, chunkSize, dtype, group, chunked] of configs) {
       const headDim = opts.headDims[n++ % opts.headDims.length]!;
       const c = makeCase(rng, { dtype, batch: 2, maxLen: 1, group, numKVHeads: group === 4 ? 1 : 2, headDim, chunkSize, topK, chunked: false });
-      const lk = [chunkSize * rng.int(65, 90) + rng.int(0, chunkSize - 1), rng.int(1, chunkSize * 40)];
+      const blocks = topK > 32 ? rng.int(129, 300) : rng.int(65, 90);
+      const lk = [chunkSize * blocks + rng.int(0, chunkSize - 1), rng.int(1, chunkSize * 40)];
       const lq = chunked ? lk.map((l) => rng.int(1, l)) : lk;
       c.cuK = Int32Array.from([0, lk[0]!, lk[0]! + lk[1]!]);
       c.cuQ = Int32Array.from([0, lq[0]!, lq[0]! + lq[1]!]);
@@ -353,17 +357,20 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     await expectRandomCases(device, cpu, cases);
   });
 
-  it('selects a row whose best blocks share one column of every tile, topK 17 to 32', async () => {
+  it('selects a row whose best blocks share one column of every tile (of every other tile past topK 32), topK 17 to 64', async () => {
     using device = open();
     const rng = rngFor('gate shared column');
     // On Hopper, topK 17 to 32 first takes each row's best score of each
     // column of its 64-block tiles, and the keep-th best of those 64 sets a
-    // floor for a second pass. Here the best blocks are all 64 apart (one
-    // column), so the floor comes from the other columns, far below them.
-    const chunkSize = 16;
-    for (const [topK, column, dtype] of [[32, 5, 'bf16'], [24, 40, 'f16'], [17, 63, 'bf16'], [32, 0, 'f16']] as const) {
+    // floor for a second pass; past topK 32, of each column and tile parity
+    // (128 parts). Here the best blocks all fall in one part: one column,
+    // and past topK 32 the even tiles only. So the floor comes from the
+    // other parts, far below them.
+    for (const [topK, column, dtype] of [[32, 5, 'bf16'], [24, 40, 'f16'], [17, 63, 'bf16'], [32, 0, 'f16'], [64, 17, 'f16'], [40, 62, 'bf16']] as const) {
+      const wide = topK > 32;
+      const chunkSize = wide ? 8 : 16;
       const headDim = opts.headDims[topK % opts.headDims.length]!;
-      const blocks = 64 * topK + 3;
+      const blocks = (wide ? 128 : 64) * topK + 3;
       const c = makeCase(rng, { dtype, batch: 1, maxLen: 1, group: 2, numKVHeads: 1, headDim, chunkSize, topK, chunked: true });
       c.cuK = Int32Array.from([0, blocks * chunkSize]);
       c.cuQ = Int32Array.from([0, 8]); // the sequence's last eight positions
@@ -373,7 +380,8 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
       for (let s = 0; s < blocks * chunkSize; s++) {
         const j = Math.floor(s / chunkSize);
         // Distinct levels, multiples of 1/4, for the column's blocks; the rest lower.
-        c.k[s * headDim] = j % 64 === column ? 30 + Math.floor(j / 64) / 4 : ((j * 7) % 97) / 4;
+        const best = j % 64 === column && (!wide || Math.floor(j / 64) % 2 === 0);
+        c.k[s * headDim] = best ? 30 + Math.floor(j / 64) / 4 : ((j * 7) % 97) / 4;
       }
       const got = await runGate(device, c);
       checkWellFormed(c, got);
