@@ -394,10 +394,11 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
   it('returns well-formed indices for NaN and Inf inputs (NaN scores rank lowest)', async () => {
     using device = open();
     const rng = rngFor('gate nan inf');
-    // topK 3 and 4: the fast path (on Hopper the wgmma kernel, lists of four and of eight); topK 24 the kernels past
-    // topK 16 (on Hopper the two-pass one; chunks of 8 give rows more than one tile of 64 blocks).
+    // topK 3 and 4: the fast path (on Hopper the wgmma kernel, lists of four and of eight); topK 24, 40 and 64 the
+    // kernels past topK 16 (on Hopper the two-pass one, 64 and 128 parts per row; chunks of 8 and 4 give rows more
+    // than one and two tiles of 64 blocks).
     for (const [dtype, topK, chunkSize] of [
-      ['bf16', 4, 32], ['f16', 4, 32], ['bf16', 3, 32], ['f16', 3, 32], ['bf16', 24, 8], ['f16', 24, 8],
+      ['bf16', 4, 32], ['f16', 4, 32], ['bf16', 3, 32], ['f16', 3, 32], ['bf16', 24, 8], ['f16', 24, 8], ['bf16', 40, 8], ['f16', 64, 4],
     ] as const) {
       const c = makeCase(rng, { dtype, batch: 3, maxLen: 600, group: 2, numKVHeads: 1, headDim: opts.headDims[0]!, chunkSize, topK, chunked: false });
       const D = c.headDim;
