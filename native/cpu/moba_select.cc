@@ -1,6 +1,8 @@
 #include "moba_select.h"
 
 #include <algorithm>
+#include <cstring>
+#include <functional>
 
 #include "../common/dtype.h"
 #include "f8.h"
@@ -106,76 +108,124 @@ void scoreBlocks(const float* const* q, int nq, const float* centroids, size_t b
   }
 }
 
-// Higher score first; NaN below everything; ties to the lower block index.
-// A strict total order (blocks are distinct), so the best k are one set
-// however they are found.
-inline bool better(const ScoredBlock& a, const ScoredBlock& b) {
-  const bool an = std::isnan(a.score), bn = std::isnan(b.score);
-  if (an != bn) return bn;
-  if (!an && a.score != b.score) return a.score > b.score;
-  return a.block < b.block;
+// A block's rank as one integer, larger first: the score's order (NaN below
+// everything, -0 equal to +0), then the lower block index. A strict total
+// order (blocks are distinct), so the best k are one set however they are
+// found, and comparing keys costs no branches on NaN.
+inline uint64_t rankKey(float score, int32_t block) {
+  if (score == 0.f) score = 0.f;  // -0 ranks as +0
+  uint32_t u;
+  std::memcpy(&u, &score, sizeof u);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  if (std::isnan(score)) u = 0;
+  return (static_cast<uint64_t>(u) << 32) | (0xffffffffu - static_cast<uint32_t>(block));
+}
+inline int32_t blockOfKey(uint64_t key) { return static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(key)); }
+
+// Puts the best keep (< n) of keys [0, n) first, in any order.
+inline void selectBestKeys(uint64_t* keys, int n, int keep) {
+  std::nth_element(keys, keys + keep - 1, keys + n, std::greater<uint64_t>());
 }
 
-// Lists up to this long are kept by insertion while the scores go by;
-// longer ones by partial_sort.
-constexpr int kInsertionKeep = 32;
-
-// The best `keep` (<= kInsertionKeep) of blocks [0, n), best first, into best.
-void keepBest(const float* scores, int32_t n, int keep, ScoredBlock* best) {
-  int m = 0;
-  auto offer = [&](int32_t j) {
-    const ScoredBlock c{scores[j], j};
-    if (m == keep && !better(c, best[m - 1])) return;
-    int at = m < keep ? m++ : m - 1;  // full: the last drops out
-    for (; at > 0 && better(c, best[at - 1]); --at) best[at] = best[at - 1];
-    best[at] = c;
-  };
-  int32_t j = 0;
-  for (; j < n && m < keep; ++j) offer(j);
-  // The list is full and its blocks are all before j: a block enters only
-  // with a score above the last one's (a NaN never does), or, while the last
-  // one's is NaN, with any score that is not.
-  while (j < n) {
-    const float last = best[keep - 1].score;
-    if (std::isnan(last)) {
-      for (; j < n && std::isnan(scores[j]); ++j) {
+// The best keep blocks of [0, n) into blocks[0, keep), in any order. Which
+// way is fastest depends on n and keep (measured per row, n 16 to 2,048,
+// keep 2 to 63, i.i.d. scores):
+//  - by insertion into a sorted list while the scores go by, each score
+//    first compared with the list's last: most scores stop there once
+//    the list is full, but each entering block shifts up to keep others.
+//    Fastest where n >= 4 keep^2.
+//  - one selection (nth_element) over every block's key: fastest up to
+//    n = 24 keep.
+//  - past that, keys appended to a buffer of 2 keep only while they beat
+//    the keep-th best so far, the buffer cut back to keep by a selection
+//    whenever it fills.
+// keys has room for max(n, 2 keep) entries.
+void keepBestBlocks(const float* scores, int32_t n, int keep, uint64_t* keys, int32_t* blocks) {
+  if (n >= 4 * keep * keep) {
+    int m = 0;  // keys[0, m): the best so far, best first
+    auto offer = [&](int32_t j) {
+      const uint64_t c = rankKey(scores[j], j);
+      if (m == keep && c < keys[m - 1]) return;
+      int at = m < keep ? m++ : m - 1;  // full: the last drops out
+      for (; at > 0 && c > keys[at - 1]; --at) keys[at] = keys[at - 1];
+      keys[at] = c;
+    };
+    int32_t j = 0;
+    for (; j < n && m < keep; ++j) offer(j);
+    // The list is full and its blocks all come before j: a block enters
+    // only with a score above the last one's (a NaN never does), or, while
+    // the last one's is NaN, with any score that is not.
+    while (j < n) {
+      const float last = scores[blockOfKey(keys[keep - 1])];
+      if (std::isnan(last)) {
+        for (; j < n && std::isnan(scores[j]); ++j) {
+        }
+      } else {
+        for (; j < n && !(scores[j] > last); ++j) {
+        }
       }
-    } else {
-      for (; j < n && !(scores[j] > last); ++j) {
+      if (j < n) offer(j++);
+    }
+  } else if (n <= 24 * keep) {
+    for (int32_t j = 0; j < n; ++j) keys[j] = rankKey(scores[j], j);
+    selectBestKeys(keys, n, keep);
+  } else {
+    const int cap = 2 * keep;
+    int m = 0;
+    int32_t j = 0;
+    for (; j < cap; ++j) keys[m++] = rankKey(scores[j], j);
+    selectBestKeys(keys, m, keep);
+    m = keep;
+    // keys[keep - 1] is the keep-th best so far; the same test as above.
+    float last = scores[blockOfKey(keys[keep - 1])];
+    while (j < n) {
+      if (std::isnan(last)) {
+        for (; j < n && std::isnan(scores[j]); ++j) {
+        }
+      } else {
+        for (; j < n && !(scores[j] > last); ++j) {
+        }
+      }
+      if (j == n) break;
+      keys[m++] = rankKey(scores[j], j);
+      ++j;
+      if (m == cap) {
+        selectBestKeys(keys, m, keep);
+        m = keep;
+        last = scores[blockOfKey(keys[keep - 1])];
       }
     }
-    if (j < n) offer(j++);
+    if (m > keep) selectBestKeys(keys, m, keep);
   }
+  for (int i = 0; i < keep; ++i) blocks[i] = blockOfKey(keys[i]);
 }
 
-// A row's selection from the scores of its past blocks [0, current).
+// A row's selection from the scores of its past blocks [0, current);
+// scores is not read when the row keeps every past block.
 void pickBlocks(const float* scores, int32_t current, int topK, SelectScratch& scratch, int32_t* out) {
   const int keepPast = static_cast<int>(std::min<int32_t>(topK - 1, current));
   int n = 0;
-  if (keepPast > 0) {
-    ScoredBlock few[kInsertionKeep];
-    ScoredBlock* best = few;
-    if (keepPast <= kInsertionKeep) {
-      keepBest(scores, current, keepPast, few);
-    } else {
-      scratch.ranked.resize(current);
-      for (int32_t j = 0; j < current; ++j) scratch.ranked[j] = {scores[j], j};
-      std::partial_sort(scratch.ranked.begin(), scratch.ranked.begin() + keepPast, scratch.ranked.end(), better);
-      best = scratch.ranked.data();
-    }
-    std::sort(best, best + keepPast, [](const ScoredBlock& a, const ScoredBlock& b) { return a.block < b.block; });
-    for (int i = 0; i < keepPast; ++i) out[n++] = best[i].block;
+  if (keepPast == current) {
+    for (; n < keepPast; ++n) out[n] = n;
+  } else if (keepPast > 0) {
+    scratch.keys.resize(std::max<size_t>(current, 2 * static_cast<size_t>(keepPast)));
+    keepBestBlocks(scores, current, keepPast, scratch.keys.data(), out);
+    std::sort(out, out + keepPast);
+    n = keepPast;
   }
   out[n++] = current;
   while (n < topK) out[n++] = -1;
 }
+
+// Blocks a row scores: none when it keeps every past block.
+inline int32_t blocksToScore(int32_t current, int topK) { return topK - 1 >= current ? 0 : current; }
 
 }  // namespace
 
 void selectBlocks(const float* q, const float* centroids, size_t blockStride, int headDim, int64_t t, int chunkSize,
                   int topK, SelectScratch& scratch, int32_t* out) {
   const int32_t current = static_cast<int32_t>(t / chunkSize);
-  const int32_t scored = topK > 1 ? current : 0;
+  const int32_t scored = blocksToScore(current, topK);
   scratch.scores.resize(scored);
   float* rowScores = scratch.scores.data();
   scoreBlocks(&q, 1, centroids, blockStride, headDim, scored, &rowScores);
@@ -186,7 +236,7 @@ void selectBlocksPair(const float* q0, const float* q1, const float* centroids, 
                       int64_t t0, int64_t t1, int chunkSize, int topK, SelectScratch& scratch, int32_t* out0,
                       int32_t* out1) {
   const int32_t current0 = static_cast<int32_t>(t0 / chunkSize), current1 = static_cast<int32_t>(t1 / chunkSize);
-  const int32_t scored = topK > 1 ? std::max(current0, current1) : 0;
+  const int32_t scored = std::max(blocksToScore(current0, topK), blocksToScore(current1, topK));
   scratch.scores.resize(2 * static_cast<size_t>(scored));
   const float* q[2] = {q0, q1};
   float* rowScores[2] = {scratch.scores.data(), scratch.scores.data() + scored};

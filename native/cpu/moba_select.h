@@ -67,13 +67,9 @@ Centroids computeCentroids(const void* k, const KeyLayout& layout, DType dtype, 
 // ascending, -1 padded. `q` is the query row in fp32, `centroids` points at
 // block 0 of the sequence for this query's KV head (stride between blocks:
 // `blockStride` floats). `scratch` is reused between calls.
-struct ScoredBlock {
-  float score;
-  int32_t block;
-};
 struct SelectScratch {
-  std::vector<float> scores;        // every past block's score
-  std::vector<ScoredBlock> ranked;  // long selections: partial_sort's input
+  std::vector<float> scores;    // every past block's score
+  std::vector<uint64_t> keys;   // blocks ranked as integers (keepBestBlocks)
 };
 void selectBlocks(const float* q, const float* centroids, size_t blockStride, int headDim, int64_t t, int chunkSize,
                   int topK, SelectScratch& scratch, int32_t* out);
