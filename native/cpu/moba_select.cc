@@ -217,8 +217,8 @@ void pickBlocks(const float* scores, int32_t current, int topK, SelectScratch& s
   while (n < topK) out[n++] = -1;
 }
 
-// Blocks a row scores: none when it keeps every past block.
-inline int32_t blocksToScore(int32_t current, int topK) { return topK - 1 >= current ? 0 : current; }
+// Blocks a row scores: none when it keeps no past block (topK 1) or every one.
+inline int32_t blocksToScore(int32_t current, int topK) { return topK <= 1 || topK - 1 >= current ? 0 : current; }
 
 }  // namespace
 

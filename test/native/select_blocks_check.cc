@@ -1,10 +1,11 @@
 // The CPU backend's block selection (selectBlocks, selectBlocksPair) against
 // a plain sort, as a plain program: test/select-blocks.test.ts builds it
 // against native/cpu/moba_select.cc and runs it. Head dim 8, q = e0 and
-// centroid j = s_j e0, so block j scores exactly s_j (-0 as +0). Row lengths
-// and kept counts cover each way the selection takes (insertion, one
-// selection over all, a buffer cut back as it fills), with scores that are
-// i.i.d., tied, rising, falling, or holding NaN, infinities and zeros.
+// centroid j = s_j e0, so block j scores exactly s_j (-0 as +0). Row
+// lengths and kept counts (none to 255) cover each way the selection takes
+// (insertion, one selection over all, a buffer cut back as it fills), with
+// scores that are i.i.d., tied, rising, falling, or holding NaN, infinities
+// and zeros.
 // Prints "ok" and exits 0, or what differed and exits 1.
 #include <algorithm>
 #include <cmath>
@@ -81,7 +82,7 @@ int main() {
   std::mt19937 rng(12345);
   const float q[kDim] = {1, 0, 0, 0, 0, 0, 0, 0};
   SelectScratch scratch;
-  const int keeps[] = {1, 2, 3, 5, 7, 8, 12, 15, 16, 24, 31, 32, 40, 63, 64, 100, 127, 255};
+  const int keeps[] = {0, 1, 2, 3, 5, 7, 8, 12, 15, 16, 24, 31, 32, 40, 63, 64, 100, 127, 255};
   for (int keep : keeps) {
     // Lengths either side of each switch (n = 4 keep^2, n = 24 keep), the
     // smallest with a choice (keep + 1), one the row keeps whole, and long.
