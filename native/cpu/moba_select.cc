@@ -127,6 +127,18 @@ inline void selectBestKeys(uint64_t* keys, int n, int keep) {
   std::nth_element(keys, keys + keep - 1, keys + n, std::greater<uint64_t>());
 }
 
+// The first block from j on that ranks above a kept block scored last,
+// given that every block from j on comes after it: a score above last (a
+// NaN never is), or, while last is NaN, any score that is not. n if none.
+inline int32_t nextAbove(const float* scores, int32_t j, int32_t n, float last) {
+  if (std::isnan(last)) {
+    while (j < n && std::isnan(scores[j])) ++j;
+  } else {
+    while (j < n && !(scores[j] > last)) ++j;
+  }
+  return j;
+}
+
 // The best keep blocks of [0, n) into blocks[0, keep), in any order. Which
 // way is fastest depends on n and keep (measured per row, n 16 to 2,048,
 // keep 2 to 63, i.i.d. scores):
@@ -152,20 +164,8 @@ void keepBestBlocks(const float* scores, int32_t n, int keep, uint64_t* keys, in
     };
     int32_t j = 0;
     for (; j < n && m < keep; ++j) offer(j);
-    // The list is full and its blocks all come before j: a block enters
-    // only with a score above the last one's (a NaN never does), or, while
-    // the last one's is NaN, with any score that is not.
-    while (j < n) {
-      const float last = scores[blockOfKey(keys[keep - 1])];
-      if (std::isnan(last)) {
-        for (; j < n && std::isnan(scores[j]); ++j) {
-        }
-      } else {
-        for (; j < n && !(scores[j] > last); ++j) {
-        }
-      }
-      if (j < n) offer(j++);
-    }
+    // The list is full and its blocks all come before j.
+    while ((j = nextAbove(scores, j, n, scores[blockOfKey(keys[keep - 1])])) < n) offer(j++);
   } else if (n <= 24 * keep) {
     for (int32_t j = 0; j < n; ++j) keys[j] = rankKey(scores[j], j);
     selectBestKeys(keys, n, keep);
@@ -176,17 +176,9 @@ void keepBestBlocks(const float* scores, int32_t n, int keep, uint64_t* keys, in
     for (; j < cap; ++j) keys[m++] = rankKey(scores[j], j);
     selectBestKeys(keys, m, keep);
     m = keep;
-    // keys[keep - 1] is the keep-th best so far; the same test as above.
+    // keys[keep - 1] is the keep-th best so far.
     float last = scores[blockOfKey(keys[keep - 1])];
-    while (j < n) {
-      if (std::isnan(last)) {
-        for (; j < n && std::isnan(scores[j]); ++j) {
-        }
-      } else {
-        for (; j < n && !(scores[j] > last); ++j) {
-        }
-      }
-      if (j == n) break;
+    while ((j = nextAbove(scores, j, n, last)) < n) {
       keys[m++] = rankKey(scores[j], j);
       ++j;
       if (m == cap) {
