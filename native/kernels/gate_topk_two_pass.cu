@@ -114,6 +114,13 @@ __device__ __forceinline__ void quadSort(float (&v)[N], int tq) {
   bitonicClean<0, N>(v);
 }
 
+// dst = src, element by element (static indices keep both in registers).
+template <int N>
+__device__ __forceinline__ void moveInto(float (&dst)[N], const float (&src)[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) dst[k] = src[k];
+}
+
 // Rank r (run-time, below 4 N) of a quad-sorted row, in every lane of the quad.
 template <int N>
 __device__ __forceinline__ float quadRank(const float (&v)[N], int r, int lane) {
@@ -265,15 +272,20 @@ __global__ void __launch_bounds__(TwoPassCfg<D, kSlots>::kThreads, TwoPassCfg<D,
     // best raw maximum is at most the row's keep-th best raw score, so its
     // packedFloor is at most the keep-th best entry.
     issueProduct(numCTiles);
+    // The two rows in turn through one copy of the sorts (they are most of
+    // the kernel's code): row B's maxima move into row A's registers.
     float thr[2] = {INFINITY, INFINITY};  // raw scores at or above it are candidates
-#pragma unroll
+#pragma unroll 1
     for (int hf = 0; hf < 2; ++hf) {
-      quadSort(slots[hf], tq);
-      const float kth = packedFloor(quadRank(slots[hf], keepMax - 1, lane), rel);
+      if (hf == 1) moveInto(slots[0], slots[1]);
+      quadSort(slots[0], tq);
+      const float kth = packedFloor(quadRank(slots[0], keepMax - 1, lane), rel);
       const int c = hf ? cB : cA;
-      const RowBound& rb = hf ? rbB : rbA;
+      const RowBound rb = hf ? rbB : rbA;
       // Rows with at most keep past blocks, or without a bound, collect nothing.
-      if (c > keepMax && rb.ok) thr[hf] = rawFloor(bandFloor(kth, 2.f * rb.eps, rel), rel);
+      const float t = c > keepMax && rb.ok ? rawFloor(bandFloor(kth, 2.f * rb.eps, rel), rel) : INFINITY;
+      thr[0] = hf ? thr[0] : t;
+      thr[1] = hf ? t : thr[1];
     }
 
     // Pass 2: scores at or above the floor join the row's candidates as
@@ -328,15 +340,18 @@ __global__ void __launch_bounds__(TwoPassCfg<D, kSlots>::kThreads, TwoPassCfg<D,
       for (int m = 0; m < kSlots; ++m) cv[hf][m] = kSlots * tq + m < have ? rowCand[kSlots * tq + m] : -INFINITY;
     }
     __syncthreads();  // the stages and candidates become band buffers
-#pragma unroll
+#pragma unroll 1
     for (int hf = 0; hf < 2; ++hf) {
-      quadSort(cv[hf], tq);
+      if (hf == 1) moveInto(cv[0], cv[1]);
+      float (&v)[kSlots] = cv[0];
+      quadSort(v, tq);
       const int r = hf ? rowB : rowA;
       const int c = hf ? cB : cA;
-      const RowBound& rb = hf ? rbB : rbA;
+      const int countRow = hf ? count[1] : count[0];
+      const RowBound rb = hf ? rbB : rbA;
       const float twoEps = 2.f * rb.eps;
-      const float kth = quadRank(cv[hf], keepMax - 1, lane);
-      const float next = quadRank(cv[hf], keepMax, lane);
+      const float kth = quadRank(v, keepMax - 1, lane);
+      const float next = quadRank(v, keepMax, lane);
       const float L = bandFloor(kth, twoEps, rel);
       // The band is the row's entries at or above L (all of them candidates,
       // as T <= L); its certain prefix outranks the (keep+1)-th and so every
@@ -344,8 +359,8 @@ __global__ void __launch_bounds__(TwoPassCfg<D, kSlots>::kThreads, TwoPassCfg<D,
       int nb = 0, nc = 0;
 #pragma unroll
       for (int m = 0; m < kSlots; ++m) {
-        nb += cv[hf][m] >= L ? 1 : 0;
-        nc += kSlots * tq + m < keepMax && certainAbove(cv[hf][m], next, twoEps, rel) ? 1 : 0;
+        nb += v[m] >= L ? 1 : 0;
+        nc += kSlots * tq + m < keepMax && certainAbove(v[m], next, twoEps, rel) ? 1 : 0;
       }
 #pragma unroll
       for (int off = 1; off <= 2; off <<= 1) {
@@ -353,13 +368,13 @@ __global__ void __launch_bounds__(TwoPassCfg<D, kSlots>::kThreads, TwoPassCfg<D,
         nc += __shfl_xor_sync(kFull, nc, off);
       }
       const bool live = r < nRows && c > keepMax;
-      const bool exact = !rb.ok || count[hf] > kCap || nb > C::kBand;
+      const bool exact = !rb.ok || countRow > kCap || nb > C::kBand;
       if (live && !exact) {
 #pragma unroll
         for (int m = 0; m < kSlots; ++m) {
           if (kSlots * tq + m < nb) {
-            bandS[r * KBS + kSlots * tq + m] = cv[hf][m];
-            bandI[r * KBS + kSlots * tq + m] = packedIndex(cv[hf][m], packMask);
+            bandS[r * KBS + kSlots * tq + m] = v[m];
+            bandI[r * KBS + kSlots * tq + m] = packedIndex(v[m], packMask);
           }
         }
       }
