@@ -106,7 +106,8 @@ Status makeGatePlan(const GateParams& p, bool withMeta, bool withLists, GatePlan
 Status launchGateCentroids(const GateArgs& a, DType dtype, bool dependent, cudaStream_t stream);
 Status launchGateFast(const GateArgs& a, DType dtype, int listCap, int numTiles, bool dependent, cudaStream_t stream);
 // The fast path on wgmma (gate_topk_sm90.cu): topK 2 to 8 with packed lists,
-// and topK 9 to 12 where no sequence has more than 33 blocks (maxBlocks), on
+// and topK 9 to 12 up to a number of blocks per sequence (maxBlocks) that
+// falls with topK (4,096 blocks at topK 9, 256 at topK 12), on
 // compute capability 9.0 devices when the addon holds sm_90a code, unless
 // MOBA_GATE_KERNEL=sm80 keeps launchGateFast's mma.sync kernel. Same tiles,
 // same results.

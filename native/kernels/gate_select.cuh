@@ -394,17 +394,24 @@ __device__ __forceinline__ void sortNetwork(V (&x)[N]) {
 
 // Writes a row's keep (at most N) blocks bi[0, keep) in ascending order, then
 // its own block c and -1 padding up to topK.
+// The same from registers: idx[0, keep) (the rest is overwritten).
 template <int N>
-__device__ __forceinline__ void writeBandAscending(const int* bi, int keep, int c, int topK, int32_t* out) {
-  int idx[N];
+__device__ __forceinline__ void writeAscending(int (&idx)[N], int keep, int c, int topK, int32_t* out) {
 #pragma unroll
-  for (int m = 0; m < N; ++m) idx[m] = m < keep ? bi[m] : INT_MIN;
+  for (int m = 0; m < N; ++m) idx[m] = m < keep ? idx[m] : INT_MIN;
   sortNetwork<N>(idx);
   // Largest first, the keep indices lead: written backwards.
 #pragma unroll
   for (int m = 0; m < N; ++m)
     if (m < keep) out[keep - 1 - m] = idx[m];
   writeRowTail(out, keep, c, topK);
+}
+template <int N>
+__device__ __forceinline__ void writeBandAscending(const int* bi, int keep, int c, int topK, int32_t* out) {
+  int idx[N];
+#pragma unroll
+  for (int m = 0; m < N; ++m) idx[m] = m < keep ? bi[m] : INT_MIN;
+  writeAscending(idx, keep, c, topK, out);
 }
 
 // Writes a row from its band (bs, bi: nb entries, the first nc certain to be

@@ -1,6 +1,6 @@
 // Gate scores and top-(k-1) selection on Hopper (sm_90a) for topK 2 to 8,
-// MoBA's usual (512, 3) and (128, 8) among them, and for topK 9 to 12 when
-// no sequence has more than 33 blocks ((4096, 12) up to 128K tokens): the
+// MoBA's usual (512, 3) and (128, 8) among them, and for topK 9 to 12 up to
+// a number of blocks per sequence that falls with topK (wideMaxBlocks): the
 // scores on wgmma, the selection in the accumulator registers, with no
 // branch and no pass through shared memory. The exactness argument, the
 // band, its certification and exact re-scoring are gate_topk.cu's (see its
@@ -59,15 +59,23 @@ using namespace gate;
 // drift: 5.7 -> 17.3 ms), so topK 4 stays on lists of eight.
 constexpr int kMaxTopKLists4 = 3;
 
-// Sequences of at most this many blocks let topK 9 to kWideMaxTopK run on
-// lists of eight (Wide below): rows have at most 32 past blocks, eight per
-// thread. The band holds 16 entries, so keep 11 leaves room for five
-// near-ties; a fuller band goes to the exact kernel, a CTA per row. At
-// topK 16 (room for one) that cost 3x on random inputs, (4096, 16) at 128K
-// 1.52 -> 4.65 ms, while topK 10 and 12 gained: (4096, 12) 1.37 -> 1.13-1.25
-// ms random, 1.24-1.33 -> 0.96-0.98 drift.
-constexpr int kWideMaxBlocks = 33;
+// topK 9 to kWideMaxTopK on lists of eight (Wide below). The band holds the
+// quad's best 16 entries, so keep 11 leaves room for five near-ties; a
+// fuller band, or a thread whose eight may have dropped a band entry, sends
+// the row to the exact kernel, a CTA per row. Near-ties grow with the
+// blocks a row scores, so the longest sequence allowed falls with keep.
+// Measured at 128K against the mma.sync kernel (ms per call, random /
+// drift inputs): keep 8 gains up to 4,096 blocks ((32, 9) 11.0 -> 10.0 /
+// 13.8 -> 12.9); keep 9 to 2,048 ((64, 10) 6.70 -> 6.22 / 6.75 -> 6.69;
+// 4,096: (32, 10) 15.7 -> 20.4 drift); keep 10 to 1,024 ((128, 11) 4.45 ->
+// 4.52 / 4.29 -> 3.97; 2,048: (64, 11) 6.86 -> 7.85 / 6.86 -> 9.62); keep
+// 11 to 256 ((512, 12) 2.51 -> 2.46 / 2.19 -> 1.91; 512: (256, 12) 3.31 ->
+// 3.55 random; 1,024: (128, 12) 4.54 -> 6.38). topK 16 (room for one) cost
+// 3x even at 32 blocks ((4096, 16) 1.52 -> 4.65 ms random).
 constexpr int kWideMaxTopK = 12;
+constexpr int wideMaxBlocks(int topK) {
+  return topK == 9 ? 4096 : topK == 10 ? 2048 : topK == 11 ? 1024 : topK == 12 ? 256 : 0;
+}
 
 // One warpgroup per CTA with two centroid stages; five CTAs per SM for
 // lists of four and at head dim 64 (at most 102 registers per thread; 95-96
@@ -169,9 +177,9 @@ __device__ __forceinline__ void foldTile(float (&l0)[KL], float (&l1)[KL], const
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// Wide: topK 9 to 12 (keep past KL) on lists of eight, for sequences of at
-// most 33 blocks: a row has at most 32 past blocks, a thread sees at most
-// eight of them, and its list keeps them all.
+// Wide: topK 9 to 12 (keep past KL) on lists of eight. A thread's list is
+// then complete only where it saw at most eight of the row's past blocks;
+// elsewhere its last entry bounds what it dropped, as for topK up to 8.
 template <typename T, int D, int KL, bool Wide>
 __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, KL>::kCtasPerSm)
     fastKernelSm90(GateArgs a) {
@@ -272,8 +280,9 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
     bitonicClean<0, KB>(R);
     // Each thread's list dropped only entries at most its last, and only if
     // the thread saw more than KL of the row's past blocks (columns
-    // 8 i + 2 tq and 8 i + 2 tq + 1 of each tile are its own; wide rows
-    // never do): the most any of the row's four lists may have dropped.
+    // 8 i + 2 tq and 8 i + 2 tq + 1 of each tile are its own; rows of at
+    // most 33 blocks never do): the most any of the row's four lists may
+    // have dropped.
     float lastA = lA[KL - 1], lastB = lB[KL - 1];
     if constexpr (Wide) {
       auto seen = [&](int c) { return 2 * (c >> 3) + min(max((c & 7) - 2 * tq, 0), 2); };
@@ -300,13 +309,20 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
         // No near-tie: the row's blocks are its first keep entries.
         int32_t* out = a.indices + (static_cast<size_t>(h) * a.totalQ + row0 + ownRow) * a.topK;
         if constexpr (Wide) {
-          // Block indices below 33: ascending from a bit mask.
-          uint64_t set = 0;
+          if (pOwn <= 64) {
+            // Block indices below 64: ascending from a bit mask.
+            uint64_t set = 0;
 #pragma unroll
-          for (int k = 0; k < KB - 1; ++k)
-            if (k < keep) set |= uint64_t{1} << packedIndex(R[k], packMask);
-          for (int m = 0; m < keep; ++m, set &= set - 1) out[m] = __ffsll(static_cast<long long>(set)) - 1;
-          writeRowTail(out, keep, pOwn, a.topK);
+            for (int k = 0; k < KB - 1; ++k)
+              if (k < keep) set |= uint64_t{1} << packedIndex(R[k], packMask);
+            for (int m = 0; m < keep; ++m, set &= set - 1) out[m] = __ffsll(static_cast<long long>(set)) - 1;
+            writeRowTail(out, keep, pOwn, a.topK);
+          } else {
+            int idx[KB];
+#pragma unroll
+            for (int k = 0; k < KB; ++k) idx[k] = packedIndex(R[k], packMask);
+            writeAscending(idx, keep, pOwn, a.topK, out);
+          }
         } else if constexpr (KL == 4) {
           const int i0 = packedIndex(R[0], packMask), i1 = packedIndex(R[1], packMask);
           if (keep == 1) {
@@ -362,7 +378,7 @@ Status launchTyped(const GateArgs& a, int numTiles, bool dependent, cudaStream_t
 
 bool gateUsesSm90(int topK, int packBits, int maxBlocks, const CudaContext& ctx) {
   static const bool forceSm80 = envIs("MOBA_GATE_KERNEL", "sm80");
-  const bool wide = topK <= kWideMaxTopK && maxBlocks <= kWideMaxBlocks;
+  const bool wide = topK <= kWideMaxTopK && maxBlocks <= wideMaxBlocks(topK);
   return runsSm90a(ctx) && !forceSm80 && topK >= 2 && (topK <= 8 || wide) && packBits <= kGateMaxPackBits;
 }
 

@@ -52,6 +52,26 @@ function makeCase(
   return { dtype: o.dtype, cuQ, cuK, numQHeads, numKVHeads: o.numKVHeads, headDim: o.headDim, chunkSize: o.chunkSize, topK: o.topK, q, k };
 }
 
+/**
+ * Two sequences: the first of `blocks` whole blocks and part of one more, the
+ * second at most 40 blocks; random q and k. chunked: queries are the last
+ * positions of each sequence.
+ */
+function longAndShortCase(
+  rng: Rng,
+  o: { topK: number; chunkSize: number; dtype: Dtype; group: number; chunked: boolean; blocks: number; headDim: number },
+): GateCase {
+  const { chunkSize, dtype, group, headDim } = o;
+  const c = makeCase(rng, { dtype, batch: 2, maxLen: 1, group, numKVHeads: group === 4 ? 1 : 2, headDim, chunkSize, topK: o.topK, chunked: false });
+  const lk = [chunkSize * o.blocks + rng.int(0, chunkSize - 1), rng.int(1, chunkSize * 40)];
+  const lq = o.chunked ? lk.map((l) => rng.int(1, l)) : lk;
+  c.cuK = Int32Array.from([0, lk[0]!, lk[0]! + lk[1]!]);
+  c.cuQ = Int32Array.from([0, lq[0]!, lq[0]! + lq[1]!]);
+  c.q = roundTo(randn(c.cuQ[2]! * c.numQHeads * headDim, rng), dtype);
+  c.k = roundTo(randn(c.cuK[2]! * c.numKVHeads * headDim, rng), dtype);
+  return c;
+}
+
 function describeCase(c: GateCase): string {
   return `${c.dtype} lq=[${lengthsOf(c.cuQ).join(',')}] lk=[${lengthsOf(c.cuK).join(',')}] heads=${c.numQHeads}/${c.numKVHeads} ` +
     `D=${c.headDim} B=${c.chunkSize} topK=${c.topK}`;
@@ -289,16 +309,17 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     }
   });
 
-  it('selects a row whose best blocks crowd one quarter of its columns, topK 8 to 16, either side of 33 blocks', async () => {
+  it('selects a row whose best blocks crowd one quarter of its columns, topK 8 to 16, either side of 33 blocks and of the lists-of-eight limits', async () => {
     using device = open();
     const rng = rngFor('gate crowded quarter');
-    // On Hopper, topK 9 to 12 runs the wgmma kernel's lists of eight only
-    // while no sequence passes 33 blocks (each thread then sees at most eight
-    // of a row's past blocks); 34 blocks, and topK 16, take the mma.sync
-    // kernel. Blocks j = 0, 1 (mod 8) all fall in one thread's columns: here
-    // they score highest, so that thread's list is full of the row's best blocks.
+    // On Hopper, topK 9 to 12 runs the wgmma kernel's lists of eight up to
+    // 4,096 (topK 9) to 256 (topK 12) blocks per sequence, topK 16 the
+    // mma.sync kernel. Up to 33 blocks each thread sees at most eight of a
+    // row's past blocks; past that a thread's list may drop band entries.
+    // Blocks j = 0, 1 (mod 8) all fall in one thread's columns: here they
+    // score highest, so that thread's list is full of the row's best blocks.
     const chunkSize = 16;
-    for (const [topK, lens] of [[12, [33 * 16, 300, 17]], [11, [33 * 16 - 5, 33 * 16]], [16, [33 * 16, 90]], [12, [34 * 16, 200]], [9, [33 * 16]], [8, [33 * 16, 40]]] as const) {
+    for (const [topK, lens] of [[12, [33 * 16, 300, 17]], [11, [33 * 16 - 5, 33 * 16]], [16, [33 * 16, 90]], [12, [34 * 16, 200]], [9, [33 * 16]], [8, [33 * 16, 40]], [9, [300 * 16 + 3, 40]], [12, [256 * 16, 257 * 16]]] as const) {
       for (const dtype of ['bf16', 'f16'] as const) {
         const headDim = opts.headDims[(topK + lens.length) % opts.headDims.length]!;
         const c = makeCase(rng, { dtype, batch: lens.length, maxLen: 1, group: 2, numKVHeads: 2, headDim, chunkSize, topK, chunked: false });
@@ -325,6 +346,25 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
     }
   });
 
+  it('matches the reference (and on CUDA the CPU backend) for topK 9 to 12 on sequences of 34 to 300 blocks', async () => {
+    using device = open();
+    using cpu = opts.cuda ? openDevice({ backend: 'cpu', poisonOutputs: true }) : undefined;
+    const rng = rngFor('gate lists of eight, long');
+    // On Hopper topK 9 to 12 takes the wgmma kernel's lists of eight up to a
+    // number of blocks per sequence that falls with topK (256 at topK 12),
+    // the mma.sync kernel past it; the sweep's sequences stay short. The
+    // first sequence here passes 33 blocks, where a thread sees more than
+    // eight of a row's past blocks; the last config passes 256 blocks.
+    const configs = [
+      [9, 16, 'bf16', 1, false, 250, 300], [10, 8, 'f16', 2, true, 100, 200], [11, 16, 'bf16', 4, true, 34, 90],
+      [12, 16, 'f16', 2, false, 200, 256], [12, 8, 'bf16', 1, true, 257, 300],
+    ] as const;
+    const cases = configs.map(([topK, chunkSize, dtype, group, chunked, minBlocks, maxBlocks], n) =>
+      longAndShortCase(rng, { topK, chunkSize, dtype, group, chunked, blocks: rng.int(minBlocks, maxBlocks), headDim: opts.headDims[n % opts.headDims.length]! }),
+    );
+    await expectRandomCases(device, cpu, cases);
+  });
+
   it('matches the reference (and on CUDA the CPU backend) for topK 17 to 64 on sequences past one tile of blocks', async () => {
     using device = open();
     using cpu = opts.cuda ? openDevice({ backend: 'cpu', poisonOutputs: true }) : undefined;
@@ -340,20 +380,9 @@ export function defineGateTests(open: () => Device, opts: GateTestOptions): void
       [28, 20, 'bf16', 1, true], [32, 16, 'bf16', 2, true], [32, 32, 'f16', 1, false],
       [33, 16, 'f16', 2, false], [40, 8, 'bf16', 1, true], [48, 12, 'f16', 4, true], [64, 8, 'bf16', 2, false],
     ] as const;
-    let n = 0;
-    const cases: GateCase[] = [];
-    for (const [topK, chunkSize, dtype, group, chunked] of configs) {
-      const headDim = opts.headDims[n++ % opts.headDims.length]!;
-      const c = makeCase(rng, { dtype, batch: 2, maxLen: 1, group, numKVHeads: group === 4 ? 1 : 2, headDim, chunkSize, topK, chunked: false });
-      const blocks = topK > 32 ? rng.int(129, 300) : rng.int(65, 90);
-      const lk = [chunkSize * blocks + rng.int(0, chunkSize - 1), rng.int(1, chunkSize * 40)];
-      const lq = chunked ? lk.map((l) => rng.int(1, l)) : lk;
-      c.cuK = Int32Array.from([0, lk[0]!, lk[0]! + lk[1]!]);
-      c.cuQ = Int32Array.from([0, lq[0]!, lq[0]! + lq[1]!]);
-      c.q = roundTo(randn(c.cuQ[2]! * c.numQHeads * headDim, rng), dtype);
-      c.k = roundTo(randn(c.cuK[2]! * c.numKVHeads * headDim, rng), dtype);
-      cases.push(c);
-    }
+    const cases = configs.map(([topK, chunkSize, dtype, group, chunked], n) =>
+      longAndShortCase(rng, { topK, chunkSize, dtype, group, chunked, blocks: topK > 32 ? rng.int(129, 300) : rng.int(65, 90), headDim: opts.headDims[n % opts.headDims.length]! }),
+    );
     await expectRandomCases(device, cpu, cases);
   });
 
