@@ -392,13 +392,11 @@ __device__ __forceinline__ void sortNetwork(V (&x)[N]) {
   sortRun<0, N>(x);
 }
 
-// Writes a row's keep (at most N) blocks bi[0, keep) in ascending order, then
-// its own block c and -1 padding up to topK.
-// The same from registers: idx[0, keep) (the rest is overwritten).
+// Writes a row's keep (at most N) blocks idx[0, keep) in ascending order,
+// then its own block c and -1 padding up to topK; idx[keep, N) hold INT_MIN.
+// idx is sorted in place.
 template <int N>
 __device__ __forceinline__ void writeAscending(int (&idx)[N], int keep, int c, int topK, int32_t* out) {
-#pragma unroll
-  for (int m = 0; m < N; ++m) idx[m] = m < keep ? idx[m] : INT_MIN;
   sortNetwork<N>(idx);
   // Largest first, the keep indices lead: written backwards.
 #pragma unroll
@@ -406,6 +404,7 @@ __device__ __forceinline__ void writeAscending(int (&idx)[N], int keep, int c, i
     if (m < keep) out[keep - 1 - m] = idx[m];
   writeRowTail(out, keep, c, topK);
 }
+// The same for blocks bi[0, keep) in shared memory.
 template <int N>
 __device__ __forceinline__ void writeBandAscending(const int* bi, int keep, int c, int topK, int32_t* out) {
   int idx[N];

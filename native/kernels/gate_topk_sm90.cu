@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(Sm90GateCfg<D, KL>::kThreads, Sm90GateCfg<D, K
           } else {
             int idx[KB];
 #pragma unroll
-            for (int k = 0; k < KB; ++k) idx[k] = packedIndex(R[k], packMask);
+            for (int k = 0; k < KB; ++k) idx[k] = k < keep ? packedIndex(R[k], packMask) : INT_MIN;
             writeAscending(idx, keep, pOwn, a.topK, out);
           }
         } else if constexpr (KL == 4) {
