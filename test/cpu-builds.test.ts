@@ -7,13 +7,14 @@
  * and every build must print the same hash of its results. Builds for sets
  * this CPU lacks cannot run here; the test names the ones it ran.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { expect, it } from 'vitest';
+
+import { runCommand } from './helpers/child-process.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cxx = process.env.CXX || 'g++';
@@ -40,26 +41,16 @@ const builds: { name: string; flags: string[] }[] = [
     : []),
 ];
 
-function run(cmd: string, args: string[]): Promise<{ status: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (b) => (out += b));
-    child.stderr.on('data', (b) => (out += b));
-    child.on('close', (status) => resolve({ status, out }));
-  });
-}
-
 it(`the CPU tile loop gives the same bits in every build (${builds.map((b) => b.name).join(', ')})`, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'moba-builds-'));
   try {
     const results = await Promise.all(builds.map(async (b, i) => {
       const exe = join(dir, `check${i}`);
-      const built = await run(cxx, ['-std=gnu++17', '-O2', '-ffp-contract=off', ...b.flags, '-o', exe,
+      const built = await runCommand(cxx, ['-std=gnu++17', '-O2', '-ffp-contract=off', ...b.flags, '-o', exe,
         join(root, 'test/native/attend_rows_check.cc'), join(root, 'native/cpu/online_softmax.cc'),
         join(root, 'native/common/dtype.cc')]);
       expect(built.status, `${b.name}: ${built.out}`).toBe(0);
-      const ran = await run(exe, []);
+      const ran = await runCommand(exe, []);
       expect(ran.status, `${b.name}: ${ran.out}`).toBe(0);
       return { name: b.name, hash: ran.out.trim() };
     }));

@@ -29,18 +29,10 @@
 #include "common/grid_dependency.cuh"
 #include "common/ptx.cuh"
 #include "common/sm90_sync.cuh"
+#include "floor_timing.h"
 
 using namespace moba;
 using moba::ptx::smemAddr;
-
-#define CHECK(x)                                                                           \
-  do {                                                                                     \
-    cudaError_t e = (x);                                                                   \
-    if (e != cudaSuccess) {                                                                \
-      std::printf("error: %s: %s (line %d)\n", #x, cudaGetErrorString(e), __LINE__);       \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
 
 constexpr int kHeads = 8, kDim = 128, kPage = 16, kBlock = 512, kBlocks = 256, kUnion = 9, kUnions = 16;
 constexpr int kPages = kBlocks * kBlock / kPage;          // pages of the 128K sequence
@@ -311,30 +303,11 @@ Kernel kernelOf(Variant v) {
   return nullptr;
 }
 
-// Microseconds per launch over `iters` back-to-back launches (after 50 unmeasured ones).
-template <typename Launch>
-float usPerLaunch(Launch launch, int iters) {
-  cudaEvent_t e0, e1;
-  CHECK(cudaEventCreate(&e0));
-  CHECK(cudaEventCreate(&e1));
-  for (int i = 0; i < 50; ++i) launch();
-  CHECK(cudaEventRecord(e0));
-  for (int i = 0; i < iters; ++i) launch();
-  CHECK(cudaEventRecord(e1));
-  CHECK(cudaEventSynchronize(e1));
-  float ms;
-  CHECK(cudaEventElapsedTime(&ms, e0, e1));
-  CHECK(cudaGetLastError());
-  CHECK(cudaEventDestroy(e0));
-  CHECK(cudaEventDestroy(e1));
-  return ms * 1000.f / iters;
-}
-
 template <typename Launch>
 void report(const char* name, Launch launch, double bytes) {
   float best = 1e30f, worst = 0.f;
   for (int r = 0; r < 5; ++r) {
-    const float us = usPerLaunch(launch, 600);
+    const float us = 1000.f * msPerLaunch(launch, 50, 600);
     best = std::min(best, us);
     worst = std::max(worst, us);
   }

@@ -1,9 +1,25 @@
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 
 import { expect } from 'vitest';
 
 /** The built package's entry, as a URL a child's `import` takes. */
 export const distEntry = new URL('../../dist/index.js', import.meta.url).href;
+
+/**
+ * Runs `cmd` with `args` without blocking the event loop (so that several
+ * run at once); resolves with its exit status and its stdout and stderr
+ * together (status -1 when it could not start).
+ */
+export function runCommand(cmd: string, args: string[]): Promise<{ status: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (b) => (out += b));
+    child.stderr.on('data', (b) => (out += b));
+    child.on('error', (e) => resolve({ status: -1, out: String(e) }));
+    child.on('close', (status) => resolve({ status, out }));
+  });
+}
 
 /**
  * Runs ES-module `source` in a fresh Node.js process (60 s at most), with
