@@ -54,7 +54,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "common/attn_device.cuh"
@@ -78,7 +77,7 @@ struct Shape {
   static constexpr int kThreads = 128 * (kWG + 1);
   static constexpr int kQBytes = kBM * kDim * 2;
   static constexpr int kSmemBytes = kQBufs * kQBytes + kStages * kTileBytes + 256 + 1024;
-  static constexpr int kItemsPerHead = (kLen + kBM - 1) / kBM;
+  static constexpr int kItems = kSeqs * kHeads * ((kLen + kBM - 1) / kBM);  // (sequence, head, row tile)
 };
 constexpr int kMaxTopK = 8;
 
@@ -87,7 +86,6 @@ enum Mode : int { kStreamQ, kProducts, kMax, kLists2, kLists4, kLists8 };
 struct Args {
   int chunk;      // tokens per block
   int bpad;       // block rows per (sequence, head) in the centroid array: a multiple of kBN
-  int items;      // kSeqs * kHeads * Shape::kItemsPerHead
   int topK;       // blocks written per row (lists only)
   float* best;    // [kHeads][kTokens] the row's best past-block score (max, lists)
   int* out;       // [kHeads][kTokens][topK] (lists)
@@ -102,7 +100,7 @@ __device__ __forceinline__ Item itemOf(const Args& a, int i) {
   using S = Shape<kWG>;
   constexpr int kHeadsAll = kSeqs * kHeads;
   Item it;
-  const int qt = S::kItemsPerHead - 1 - i / kHeadsAll;  // longest first
+  const int qt = S::kItems / kHeadsAll - 1 - i / kHeadsAll;  // longest first
   const int sh = i % kHeadsAll;
   it.s = sh / kHeads;
   it.h = sh % kHeads;
@@ -287,7 +285,7 @@ __global__ void __launch_bounds__(Shape<kWG>::kThreads, 1)
   if (wg == 0) {
     if (tid != 0) return;
     int g = 0;
-    for (int i = blockIdx.x, it = 0; i < a.items; i += gridDim.x, ++it) {
+    for (int i = blockIdx.x, it = 0; i < S::kItems; i += gridDim.x, ++it) {
       const Item item = itemOf<kWG>(a, i);
       const int qb = it % kQBufs;
       if (it >= kQBufs) mbarWait(qEmpty(qb), (it / kQBufs - 1) & 1);
@@ -311,7 +309,7 @@ __global__ void __launch_bounds__(Shape<kWG>::kThreads, 1)
 
   const int c = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
   int g = 0;
-  for (int i = blockIdx.x, it = 0; i < a.items; i += gridDim.x, ++it) {
+  for (int i = blockIdx.x, it = 0; i < S::kItems; i += gridDim.x, ++it) {
     const Item item = itemOf<kWG>(a, i);
     const int qb = it % kQBufs;
     mbarWait(qFull(qb), (it / kQBufs) & 1);
@@ -548,16 +546,15 @@ int main() {
     const cuuint64_t cStrides[1] = {kDim * 2};
     const cuuint32_t cBox[2] = {64, kBN};
     const CUtensorMap cMap = tensorMap(cen, 2, cDims, cStrides, cBox);
-    auto centroids = [&] {
-      centroidKernel<<<kSeqs * blocks, 256>>>(reinterpret_cast<const uint4*>(k), reinterpret_cast<uint4*>(cen), cfg.chunk,
-                                               bpad);
+    auto centroids = [&](cudaStream_t stream = 0) {
+      centroidKernel<<<kSeqs * blocks, 256, 0, stream>>>(reinterpret_cast<const uint4*>(k), reinterpret_cast<uint4*>(cen),
+                                                         cfg.chunk, bpad);
     };
+    const Args a{cfg.chunk, bpad, cfg.topK, best, out};
     auto scores = [&](int mode, int wg) {
       if (wg == 2) {
-        const Args a{cfg.chunk, bpad, kSeqs * kHeads * Shape<2>::kItemsPerHead, cfg.topK, best, out};
         kernelOf<2>(mode)<<<sms, Shape<2>::kThreads, Shape<2>::kSmemBytes>>>(qMap2, cMap, a);
       } else {
-        const Args a{cfg.chunk, bpad, kSeqs * kHeads * Shape<3>::kItemsPerHead, cfg.topK, best, out};
         kernelOf<3>(mode)<<<sms, Shape<3>::kThreads, Shape<3>::kSmemBytes>>>(qMap3, cMap, a);
       }
     };
@@ -590,7 +587,7 @@ int main() {
     }
     char name[96];
     std::snprintf(name, sizeof name, "(%d, %d) centroids", cfg.chunk, cfg.topK);
-    report(name, centroids, elems * 2.0);
+    report(name, [&] { centroids(); }, elems * 2.0);
     for (int wg = 2; wg <= cfg.maxWG; ++wg) {
       for (int mode : {static_cast<int>(kStreamQ), static_cast<int>(kProducts), static_cast<int>(kMax),
                        static_cast<int>(kLists2), listMode}) {
@@ -617,8 +614,7 @@ int main() {
         CHECK(cudaEventRecord(forked, 0));
         CHECK(cudaStreamWaitEvent(side, forked, 0));
         scores(mode, 2);
-        centroidKernel<<<kSeqs * blocks, 256, 0, side>>>(reinterpret_cast<const uint4*>(k), reinterpret_cast<uint4*>(cen),
-                                                         cfg.chunk, bpad);
+        centroids(side);
         CHECK(cudaEventRecord(joined, side));
         CHECK(cudaStreamWaitEvent(0, joined, 0));
       }, qkBytes);
